@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Create (or reuse) the project's virtual environment and install requirements.txt into it.
+# Prints nothing but errors when everything is already installed. Idempotent.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${MCM_VENV:-$HOME/.cache/mcm/venv}"
+PY="${PYTHON:-python3}"
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[setup] creating virtual environment $VENV"
+  mkdir -p "$(dirname "$VENV")"
+  "$PY" -m venv "$VENV"
+fi
+stamp="$VENV/.mcm-requirements.sha"
+want="$(sha256sum "$ROOT/requirements.txt" | cut -d' ' -f1)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "[setup] installing requirements.txt into $VENV (first time: a few minutes)"
+  "$VENV/bin/pip" install --disable-pip-version-check -q -r "$ROOT/requirements.txt" 2>&1 \
+    | grep -v "is ignored: it is neither a file nor a directory" || true
+  "$VENV/bin/python" -c "import torch, torchvision, label_studio_ml, label_studio_sdk, mlxtend" \
+    || { echo "[setup] dependency install failed" >&2; exit 1; }
+  echo "$want" > "$stamp"
+fi
