@@ -1,0 +1,188 @@
+"""One-class autoencoder over (re-calibrated) outputs: it learns what head-class output patterns
+look like on the skewed labeled data, so outputs it reconstructs badly are likely tail classes."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .scoring import RECONSTRUCTION_SCORE_BOUND, softmax
+
+INPUT_SPACES = ("logits", "probs")
+
+
+def default_hidden(num_classes: int) -> tuple[int, int]:
+    """Paper: C->10->9 for C=10. For large C keep a bottleneck below C (else it learns identity)."""
+    if num_classes <= 10:
+        return (10, 9)
+    return (max(10, num_classes // 2), max(9, num_classes // 4))
+
+
+class Autoencoder(nn.Module):
+    """Encoder in->h1->h2 with ReLU, mirror decoder h2->h1->in.
+
+    In probability space the decoder ends with softmax so the reconstruction is a probability
+    vector too (keeps S <= 2)."""
+
+    def __init__(self, in_dim: int, hidden: tuple[int, ...] = (10, 9), softmax_output: bool = False):
+        super().__init__()
+        dims = [in_dim, *hidden]
+        enc, dec = [], []
+        for a, b in zip(dims[:-1], dims[1:]):
+            enc += [nn.Linear(a, b), nn.ReLU()]
+        rdims = dims[::-1]
+        for i, (a, b) in enumerate(zip(rdims[:-1], rdims[1:])):
+            dec.append(nn.Linear(a, b))
+            if i < len(rdims) - 2:
+                dec.append(nn.ReLU())
+        self.encoder = nn.Sequential(*enc)
+        self.decoder = nn.Sequential(*dec)
+        self.softmax_output = softmax_output
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.decoder(self.encoder(x))
+        return torch.softmax(out, dim=1) if self.softmax_output else out
+
+
+@dataclass
+class AETrainInfo:
+    steps: int
+    epochs: int
+    best_val_loss: float
+
+
+def train_autoencoder(model: Autoencoder, x: np.ndarray, *, lr: float = 1e-3, batch_size: int = 64,
+                      min_steps: int = 2000, max_steps: int = 20000, patience: int = 10,
+                      holdout_fraction: float = 0.1, seed: int = 0) -> AETrainInfo:
+    """Adam + MSE until convergence: at least ``min_steps`` optimisation steps (few hundred labeled
+    examples would give only a handful of steps per epoch), then early stopping on held-out
+    reconstruction loss with best-weight restore, capped at ``max_steps``."""
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    xt = torch.from_numpy(np.asarray(x, dtype=np.float32))
+    n = len(xt)
+    perm = rng.permutation(n)
+    n_val = int(holdout_fraction * n) if n >= 20 else 0
+    val_idx, tr_idx = perm[:n_val], perm[n_val:]
+    x_tr = xt[np.sort(tr_idx)]
+    x_val = xt[np.sort(val_idx)] if n_val else x_tr
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    mse = nn.MSELoss()
+    best, best_state, bad, steps, epochs = float("inf"), None, 0, 0, 0
+    while steps < max_steps:
+        model.train()
+        order = torch.randperm(len(x_tr), generator=gen)
+        for i in range(0, len(x_tr), batch_size):
+            b = x_tr[order[i:i + batch_size]]
+            opt.zero_grad()
+            loss = mse(model(b), b)
+            loss.backward()
+            opt.step()
+            steps += 1
+            if steps >= max_steps:
+                break
+        epochs += 1
+        model.eval()
+        with torch.no_grad():
+            val = float(mse(model(x_val), x_val))
+        if val < best - 1e-8:
+            best, bad, best_state = val, 0, copy.deepcopy(model.state_dict())
+        else:
+            bad += 1
+        if steps >= min_steps and bad >= patience:
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return AETrainInfo(steps, epochs, best)
+
+
+class AutoencoderScorer:
+    """Fit an autoencoder (or a small ensemble) on labeled outputs z and score S = ||p - p_hat||^2.
+
+    input_space="logits" (paper): the AE sees standardised z, S = ||softmax(z) - softmax(z_hat)||^2.
+    input_space="probs" (authors' released code): the AE sees p = softmax(z), decoder ends in
+    softmax, S = ||p - p_hat||^2 (same ranking as their MSE, which is S / C).
+    """
+
+    def __init__(self, num_classes: int, *, input_space: str = "logits", hidden: tuple[int, ...] | None = None,
+                 standardize: bool = True, n_models: int = 1, lr: float = 1e-3, batch_size: int = 64,
+                 min_steps: int = 2000, max_steps: int = 20000, patience: int = 10, seed: int = 0):
+        if input_space not in INPUT_SPACES:
+            raise ValueError(f"input_space must be one of {INPUT_SPACES}, got {input_space!r}")
+        if n_models < 1:
+            raise ValueError(f"n_models must be >= 1, got {n_models}")
+        self.num_classes = int(num_classes)
+        self.input_space = input_space
+        self.hidden = tuple(hidden) if hidden else default_hidden(num_classes)
+        self.standardize = bool(standardize)
+        self.n_models = int(n_models)
+        self.train_kwargs = dict(lr=lr, batch_size=batch_size, min_steps=min_steps, max_steps=max_steps,
+                                 patience=patience)
+        self.seed = int(seed)
+        self.models: list[Autoencoder] = []
+        self.mean = np.zeros(num_classes, np.float32)
+        self.std = np.ones(num_classes, np.float32)
+        self.infos: list[AETrainInfo] = []
+
+    upper_bound = RECONSTRUCTION_SCORE_BOUND
+
+    def _ae_input(self, z: np.ndarray) -> np.ndarray:
+        if self.input_space == "probs":
+            return softmax(z).astype(np.float32)
+        return ((z - self.mean) / self.std).astype(np.float32)
+
+    def fit(self, z: np.ndarray) -> "AutoencoderScorer":
+        z = np.asarray(z, dtype=np.float32)
+        if self.input_space == "logits" and self.standardize:
+            self.mean = z.mean(0).astype(np.float32)
+            self.std = np.maximum(z.std(0), 1e-6).astype(np.float32)
+        x = self._ae_input(z)
+        self.models, self.infos = [], []
+        for m in range(self.n_models):
+            s = self.seed * 1000 + m
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(s)
+                ae = Autoencoder(self.num_classes, self.hidden, softmax_output=self.input_space == "probs")
+            self.infos.append(train_autoencoder(ae, x, seed=s, **self.train_kwargs))
+            self.models.append(ae)
+        return self
+
+    @torch.no_grad()
+    def reconstruct_probs(self, z: np.ndarray, model: Autoencoder) -> np.ndarray:
+        out = model(torch.from_numpy(self._ae_input(z))).numpy().astype(np.float64)
+        if self.input_space == "probs":
+            return out
+        return softmax(out * self.std + self.mean)
+
+    def score(self, z: np.ndarray, batch_size: int = 65536) -> np.ndarray:
+        if not self.models:
+            raise ValueError("autoencoder scorer is not fitted: call fit() first")
+        z = np.asarray(z, dtype=np.float32)
+        out = np.empty(len(z), dtype=np.float64)
+        for i in range(0, len(z), batch_size):
+            zb = z[i:i + batch_size]
+            p = softmax(zb)
+            s = np.zeros(len(zb))
+            for m in self.models:
+                s += ((p - self.reconstruct_probs(zb, m)) ** 2).sum(1)
+            out[i:i + batch_size] = s / len(self.models)
+        return out
+
+    # -- persistence helpers (plain tensors only) --
+    def state(self) -> dict:
+        return {"mean": torch.from_numpy(self.mean.copy()), "std": torch.from_numpy(self.std.copy()),
+                "models": [m.state_dict() for m in self.models]}
+
+    def load_state(self, state: dict) -> None:
+        self.mean = state["mean"].numpy().astype(np.float32)
+        self.std = state["std"].numpy().astype(np.float32)
+        self.models = []
+        for sd in state["models"]:
+            ae = Autoencoder(self.num_classes, self.hidden, softmax_output=self.input_space == "probs")
+            ae.load_state_dict(sd)
+            ae.eval()
+            self.models.append(ae)

@@ -1,0 +1,180 @@
+"""MinorityMiner: the default strategy = RC layer (focal loss) + autoencoder reconstruction score.
+
+Public API (stable, used by the backend and outside benchmarks):
+    miner = MinorityMiner(num_classes=C, seed=0).fit(features, labels)
+    miner.score(features)          # (M,), higher = more likely a tail-class example
+    miner.predict_proba(features)  # (M, C) re-calibrated probabilities
+    miner.score_upper_bound        # 0 <= score <= bound
+    miner.save(path); MinorityMiner.load(path)
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .autoencoder import INPUT_SPACES, AutoencoderScorer, default_hidden
+from .recalibration import RecalibrationLayer, fit_recalibration
+from .scoring import softmax
+from .validation import check_features, check_labels, check_num_classes
+
+log = logging.getLogger(__name__)
+
+FORMAT = "mcm_core.MinorityMiner"
+FORMAT_VERSION = 1
+
+
+class MinorityMiner:
+    """Rank unlabeled examples by how unlike the labeled head-class output patterns they are.
+
+    Options beyond the contract are for tuning/ablation; the defaults are the benchmarked best
+    (see README, "Benchmark")."""
+
+    def __init__(self, num_classes: int, seed: int = 0, *, gamma: float = 2.0, alpha: Any = None,
+                 input_space: str = "logits", ae_hidden: tuple[int, ...] | None = None,
+                 standardize: bool = True, n_models: int = 1, ae_min_steps: int = 2000,
+                 ae_max_steps: int = 20000, ae_patience: int = 10, rc_lr: float = 1e-2,
+                 rc_patience: int = 10, rc_max_epochs: int = 200, rc_weight_decay: float = 0.0):
+        self.num_classes = check_num_classes(num_classes)
+        if input_space not in INPUT_SPACES:
+            raise ValueError(f"input_space must be one of {INPUT_SPACES}, got {input_space!r}")
+        if gamma < 0:
+            raise ValueError(f"gamma must be >= 0, got {gamma}")
+        if alpha is not None:
+            a = np.asarray(alpha, dtype=np.float64)
+            if a.ndim == 0:
+                a = np.full(self.num_classes, float(a))
+            if a.shape != (self.num_classes,) or not np.isfinite(a).all() or (a < 0).any():
+                raise ValueError(f"alpha must be a non-negative scalar or a vector of {self.num_classes} values")
+            alpha = [float(v) for v in a]
+        self.config = dict(
+            num_classes=self.num_classes, seed=int(seed), gamma=float(gamma), alpha=alpha,
+            input_space=input_space,
+            ae_hidden=list(ae_hidden) if ae_hidden else list(default_hidden(self.num_classes)),
+            standardize=bool(standardize), n_models=int(n_models), ae_min_steps=int(ae_min_steps),
+            ae_max_steps=int(ae_max_steps), ae_patience=int(ae_patience), rc_lr=float(rc_lr),
+            rc_patience=int(rc_patience), rc_max_epochs=int(rc_max_epochs),
+            rc_weight_decay=float(rc_weight_decay))
+        self.seed = int(seed)
+        self.in_dim: int | None = None
+        self.rc: RecalibrationLayer | None = None
+        self.ae: AutoencoderScorer | None = None
+        self.fit_info: dict = {}
+
+    # ------------------------------------------------------------------ fit / score
+    def _new_scorer(self) -> AutoencoderScorer:
+        c = self.config
+        return AutoencoderScorer(
+            self.num_classes, input_space=c["input_space"], hidden=tuple(c["ae_hidden"]),
+            standardize=c["standardize"], n_models=c["n_models"], min_steps=c["ae_min_steps"],
+            max_steps=c["ae_max_steps"], patience=c["ae_patience"], seed=self.seed)
+
+    def fit(self, features, labels) -> "MinorityMiner":
+        """Train the RC layer on (features, labels), then the autoencoder on its logits."""
+        x = check_features(features)
+        y = check_labels(labels, len(x), self.num_classes)
+        c = self.config
+        alpha = None if c["alpha"] is None else np.asarray(c["alpha"], np.float32)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            rc, rc_res = fit_recalibration(
+                x, y, self.num_classes, gamma=c["gamma"], alpha=alpha, lr=c["rc_lr"],
+                patience=c["rc_patience"], max_epochs=c["rc_max_epochs"],
+                weight_decay=c["rc_weight_decay"], seed=self.seed)
+        z = self._logits(x, rc)
+        ae = self._new_scorer().fit(z)
+        self.rc, self.ae, self.in_dim = rc, ae, x.shape[1]
+        counts = np.bincount(y, minlength=self.num_classes)
+        self.fit_info = {"n_labeled": int(len(y)), "labeled_per_class": counts.tolist(),
+                         "rc_best_epoch": rc_res.best_epoch, "rc_epochs": rc_res.epochs_run,
+                         "ae_steps": [i.steps for i in ae.infos]}
+        log.info("MinorityMiner fitted on %d examples (per class %s); RC best epoch %d/%d; AE steps %s",
+                 len(y), counts.tolist(), rc_res.best_epoch + 1, rc_res.epochs_run, self.fit_info["ae_steps"])
+        return self
+
+    @staticmethod
+    @torch.no_grad()
+    def _logits(x: np.ndarray, rc: RecalibrationLayer, batch_size: int = 65536) -> np.ndarray:
+        rc.eval()
+        out = [rc(torch.from_numpy(x[i:i + batch_size])).numpy() for i in range(0, len(x), batch_size)]
+        return np.concatenate(out).astype(np.float32)
+
+    def _check_fitted(self) -> None:
+        if self.rc is None or self.ae is None:
+            raise ValueError("MinorityMiner is not fitted: call fit(features, labels) first")
+
+    def logits(self, features) -> np.ndarray:
+        """Re-calibrated logits z (M, C)."""
+        self._check_fitted()
+        return self._logits(check_features(features, dim=self.in_dim), self.rc)
+
+    def predict_proba(self, features) -> np.ndarray:
+        """Re-calibrated probabilities softmax(z) (M, C)."""
+        return softmax(self.logits(features)).astype(np.float32)
+
+    def score(self, features) -> np.ndarray:
+        """S = ||softmax(z) - softmax(z_hat)||^2 (M,), float64, in [0, score_upper_bound]."""
+        self._check_fitted()
+        return self.ae.score(self.logits(features))
+
+    @property
+    def score_upper_bound(self) -> float:
+        """Scores are squared distances between probability vectors (averaged over the ensemble): <= 2."""
+        return float(AutoencoderScorer.upper_bound)
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.rc is not None and self.ae is not None
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike) -> None:
+        """Atomic write (temp file in the same directory + os.replace); plain tensors and dicts only,
+        so load() can use torch.load(weights_only=True) and never executes code."""
+        self._check_fitted()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": self.config,
+                   "in_dim": self.in_dim, "fit_info": self.fit_info,
+                   "rc": self.rc.state_dict(), "ae": self.ae.state()}
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                torch.save(payload, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "MinorityMiner":
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"miner file not found: {path}")
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # corrupt / foreign file
+            raise ValueError(f"cannot read miner file {path}: {exc}") from exc
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a MinorityMiner file")
+        if payload.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{path}: unsupported format version {payload.get('format_version')}")
+        cfg = dict(payload["config"])
+        num_classes, seed = cfg.pop("num_classes"), cfg.pop("seed")
+        miner = cls(num_classes, seed, **cfg)
+        miner.in_dim = int(payload["in_dim"])
+        miner.fit_info = payload.get("fit_info", {})
+        rc = RecalibrationLayer(miner.in_dim, num_classes)
+        rc.load_state_dict(payload["rc"])
+        rc.eval()
+        ae = miner._new_scorer()
+        ae.load_state(payload["ae"])
+        miner.rc, miner.ae = rc, ae
+        return miner

@@ -1,0 +1,73 @@
+"""Decision module: reconstruction-error score, stable descending ranking and the detection
+(top-K) aggregation."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+# S = ||p - q||^2 for two probability vectors is at most 2 (all mass on different classes).
+RECONSTRUCTION_SCORE_BOUND = 2.0
+
+
+def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
+    z = np.asarray(z, dtype=np.float64)
+    z = z - z.max(axis=axis, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def reconstruction_score(p: np.ndarray, p_hat: np.ndarray) -> np.ndarray:
+    """S = ||p - p_hat||^2 per row (both are probability vectors, so 0 <= S <= 2)."""
+    p = np.asarray(p, dtype=np.float64)
+    p_hat = np.asarray(p_hat, dtype=np.float64)
+    if p.shape != p_hat.shape:
+        raise ValueError(f"shape mismatch: {p.shape} vs {p_hat.shape}")
+    return ((p - p_hat) ** 2).sum(axis=-1)
+
+
+def logit_reconstruction_score(z: np.ndarray, z_hat: np.ndarray) -> np.ndarray:
+    """The paper's S = ||softmax(z) - softmax(z_hat)||^2."""
+    return reconstruction_score(softmax(z), softmax(z_hat))
+
+
+def rank_descending(scores: np.ndarray) -> np.ndarray:
+    """Indices from highest to lowest score; equal scores keep their input order (stable)."""
+    s = np.asarray(scores, dtype=np.float64)
+    return np.argsort(-s, kind="stable")
+
+
+def aggregate_detection_scores(per_image_scores: Sequence[np.ndarray], per_image_confidences: Sequence[np.ndarray],
+                               k: int = 3, empty_score: float = 0.0) -> np.ndarray:
+    """Image score = mean S over its K most confident detections (fewer if it has fewer).
+
+    An image with no detection gets ``empty_score`` (default 0.0 = "nothing to mine", ranked last,
+    since S >= 0): with no object there is no tail-class object to find.
+    Ties in confidence keep detection order (stable)."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if len(per_image_scores) != len(per_image_confidences):
+        raise ValueError("per_image_scores and per_image_confidences must have the same length")
+    out = np.empty(len(per_image_scores), dtype=np.float64)
+    for i, (s, c) in enumerate(zip(per_image_scores, per_image_confidences)):
+        s = np.asarray(s, dtype=np.float64).reshape(-1)
+        c = np.asarray(c, dtype=np.float64).reshape(-1)
+        if s.shape != c.shape:
+            raise ValueError(f"image {i}: {s.size} scores but {c.size} confidences")
+        if s.size == 0:
+            out[i] = empty_score
+            continue
+        top = np.argsort(-c, kind="stable")[:k]
+        out[i] = s[top].mean()
+    return out
+
+
+def detection_scores_from_logits(per_image_logits: Sequence[np.ndarray], per_image_confidences: Sequence[np.ndarray],
+                                 scorer, k: int = 3, empty_score: float = 0.0) -> np.ndarray:
+    """Detection variant: ``scorer`` maps (n_det, C) logits to (n_det,) S values (e.g. a fitted
+    AutoencoderScorer.score_logits); the image score is the top-K confident mean."""
+    scores = []
+    for z in per_image_logits:
+        z = np.asarray(z, dtype=np.float32)
+        scores.append(np.asarray(scorer(z)) if z.size else np.zeros(0))
+    return aggregate_detection_scores(scores, per_image_confidences, k=k, empty_score=empty_score)

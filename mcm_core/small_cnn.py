@@ -1,0 +1,107 @@
+"""The paper's small CNN, used as the biased model M in the benchmark and as a
+trainable backbone ("simple-cnn") when no pretrained weights are available.
+
+Two conv blocks + one hidden dense layer; the hidden layer is the penultimate
+feature space the miner works on (``features``), ``head`` is M's own last layer.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class SmallCNN(nn.Module):
+    """conv(32)-conv(64)-maxpool-dropout -> dense(128) -> dense(C)."""
+
+    def __init__(self, num_classes: int, in_channels: int = 1, feature_dim: int = 128):
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        self.num_classes = int(num_classes)
+        self.in_channels = int(in_channels)
+        self.feature_dim = int(feature_dim)
+        self.conv = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(2), nn.Dropout(0.25),
+            # Fixed spatial size makes the dense layer independent of the input size (8x8 digits, 28x28 MNIST, 224 photos).
+            nn.AdaptiveAvgPool2d((7, 7)),
+        )
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(64 * 7 * 7, feature_dim), nn.ReLU())
+        self.dropout = nn.Dropout(0.5)
+        self.head = nn.Linear(feature_dim, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate activations (N, feature_dim)."""
+        return self.fc(self.conv(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.features(x)))
+
+
+def _as_nchw(images: np.ndarray, in_channels: int | None = None) -> torch.Tensor:
+    arr = np.asarray(images, dtype=np.float32)
+    if arr.ndim == 3:
+        arr = arr[:, None, :, :]
+    if arr.ndim != 4:
+        raise ValueError(f"images must have shape (N,H,W) or (N,C,H,W), got {arr.shape}")
+    if arr.shape[0] == 0:
+        raise ValueError("images is empty")
+    if not np.isfinite(arr).all():
+        raise ValueError("images contain NaN or inf")
+    if in_channels is not None and arr.shape[1] != in_channels:
+        raise ValueError(f"images have {arr.shape[1]} channels, model expects {in_channels}")
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def train_small_cnn(
+    images: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    seed: int = 0,
+    epochs: int = 8,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+) -> SmallCNN:
+    """Train M with plain cross-entropy (it is meant to inherit the data's skew)."""
+    x = _as_nchw(images)
+    y = np.asarray(labels)
+    if y.ndim != 1 or len(y) != len(x):
+        raise ValueError(f"labels must have shape ({len(x)},), got {y.shape}")
+    if y.size and (y.min() < 0 or y.max() >= num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes})")
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = SmallCNN(num_classes, in_channels=x.shape[1])
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    yt = torch.from_numpy(y.astype(np.int64))
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(x), batch_size):
+            idx = perm[i:i + batch_size]
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x[idx]), yt[idx])
+            loss.backward()
+            opt.step()
+    model.eval()
+    return model
+
+
+@torch.no_grad()
+def small_cnn_features(model: SmallCNN, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Penultimate features (N, D) float32, eval mode."""
+    x = _as_nchw(images, model.in_channels)
+    model.eval()
+    out = [model.features(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    return torch.cat(out).numpy().astype(np.float32)
+
+
+@torch.no_grad()
+def small_cnn_logits(model: SmallCNN, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """M's own logits (N, C): the input of the uncertainty baselines."""
+    x = _as_nchw(images, model.in_channels)
+    model.eval()
+    out = [model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    return torch.cat(out).numpy().astype(np.float32)
