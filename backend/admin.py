@@ -1,0 +1,385 @@
+"""Admin command: connect the backend to a Label Studio project and switch tail-first ordering on.
+
+Why a command: the steps that make a person see rare-class tasks first are easy to get subtly
+wrong in the UI (loopback blocked, the annotation webhook without credentials, sorting by score
+doing nothing because `project.model_version` is the backend's title). This does them in order
+and checks each one.
+
+    python -m backend.admin [--ls-url URL] [--api-key KEY] COMMAND --project N ...
+
+Commands: connect, enable-ordering, retrain, status. Every failure prints one line naming the
+cause (Label Studio unreachable, bad token, unknown project, backend not connected) and exits 1.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+from typing import Any, Callable, Sequence
+
+import httpx
+import requests
+
+VIEW_TITLE = "Tail classes first"
+VIEW_ORDERING = ["-tasks:predictions_score"]
+VIEW_FILTERS = {
+    "conjunction": "and",
+    "items": [{"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0}],
+}
+UNCERTAINTY_SAMPLING = "Uncertainty sampling"
+
+
+class AdminError(Exception):
+    """A failure the user can act on; the message is the one line printed."""
+
+
+# ----------------------------------------------------------------------------- Label Studio access
+class LabelStudioAdmin:
+    """The few Label Studio operations the admin command needs, with errors that name the cause."""
+
+    def __init__(self, url: str | None, api_key: str | None, timeout: float = 30.0) -> None:
+        if not url:
+            raise AdminError("Label Studio URL missing: pass --ls-url or set LABEL_STUDIO_URL")
+        if not api_key:
+            raise AdminError("Label Studio API key missing: pass --api-key or set LABEL_STUDIO_API_KEY")
+        from label_studio_sdk import LabelStudio
+
+        self.url = url.rstrip("/")
+        try:
+            self.client = LabelStudio(base_url=self.url, api_key=api_key, timeout=timeout)
+        except Exception as exc:  # a JWT token is refreshed at construction time
+            raise self._translate(exc, "authenticating") from None
+
+    def _translate(self, exc: Exception, what: str) -> AdminError:
+        if isinstance(exc, (httpx.TransportError, requests.ConnectionError, requests.Timeout)):
+            return AdminError(f"Label Studio unreachable at {self.url} ({type(exc).__name__}: {exc})")
+        status = getattr(exc, "status_code", None)
+        if status is None and getattr(exc, "response", None) is not None:
+            status = getattr(exc.response, "status_code", None)
+        if status == 401:
+            return AdminError(f"Label Studio at {self.url} rejected the API key (HTTP 401): check "
+                              "LABEL_STUDIO_API_KEY / --api-key (legacy tokens must be enabled to use one)")
+        if status == 403:
+            return AdminError(f"Label Studio at {self.url} refused {what} (HTTP 403): the token's user lacks permission")
+        body = getattr(exc, "body", None)
+        return AdminError(f"Label Studio at {self.url} failed while {what}: HTTP {status} {str(body)[:300]}"
+                          if status else f"Label Studio at {self.url} failed while {what}: {exc}")
+
+    def call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except AdminError:
+            raise
+        except Exception as exc:
+            raise self._translate(exc, what) from None
+
+    def raw(self, method: str, path: str, what: str, **kwargs: Any) -> Any:
+        """A request the sdk has no method for (same auth and base URL as the sdk)."""
+        try:
+            response = self.client._client_wrapper.httpx_client.request(path, method=method, **kwargs)
+        except Exception as exc:
+            raise self._translate(exc, what) from None
+        if response.status_code == 401:
+            raise self._translate(_Status(401), what)
+        if response.status_code >= 300:
+            raise AdminError(f"Label Studio at {self.url} failed while {what}: HTTP {response.status_code} "
+                             f"{response.text[:300]}")
+        return response.json() if response.content else None
+
+    def check_token(self) -> None:
+        self.call("checking the API key", self.client.users.whoami)
+
+    def project(self, project_id: int) -> Any:
+        self.check_token()
+        try:
+            return self.client.projects.get(id=project_id)
+        except Exception as exc:
+            if getattr(exc, "status_code", None) == 404:
+                raise AdminError(f"unknown project {project_id}: Label Studio at {self.url} has no such "
+                                 "project (or the token's user cannot see it)") from None
+            raise self._translate(exc, f"reading project {project_id}") from None
+
+    def ml_backends(self, project_id: int) -> list[Any]:
+        return list(self.call(f"listing ML backends of project {project_id}", self.client.ml.list,
+                              project=project_id) or [])
+
+    def connected_backend(self, project_id: int, backend_url: str | None = None) -> Any:
+        """The project's ML backend (the one at `backend_url` if given); AdminError if none."""
+        backends = self.ml_backends(project_id)
+        if backend_url:
+            backends = [b for b in backends if (b.url or "").rstrip("/") == backend_url.rstrip("/")]
+        if not backends:
+            raise AdminError(f"backend not connected: project {project_id} has no ML backend"
+                             + (f" at {backend_url}" if backend_url else "")
+                             + "; run `python -m backend.admin connect --project "
+                             f"{project_id} --url BACKEND_URL` first")
+        return backends[0]
+
+    def model_versions(self, project_id: int) -> list[dict]:
+        """Prediction versions of the project, newest first: [{model_version, count, latest}]."""
+        data = self.raw("GET", f"api/projects/{project_id}/model-versions/", "listing model versions",
+                        params={"extended": "true"})
+        rows = data.get("static", []) if isinstance(data, dict) else data
+        return [r for r in (rows or []) if r.get("model_version")]
+
+
+class _Status(Exception):
+    def __init__(self, status_code: int) -> None:
+        super().__init__(f"HTTP {status_code}")
+        self.status_code = status_code
+
+
+# ----------------------------------------------------------------------------- backend access
+def basic_auth_from_env() -> tuple[str, str] | None:
+    user, password = os.environ.get("BASIC_AUTH_USER"), os.environ.get("BASIC_AUTH_PASS")
+    return (user, password) if user and password else None
+
+
+def backend_get(backend_url: str, path: str, params: dict | None = None, timeout: float = 10.0) -> dict:
+    """GET a JSON route of our backend; AdminError naming the cause otherwise."""
+    url = backend_url.rstrip("/") + path
+    try:
+        response = requests.get(url, params=params, auth=basic_auth_from_env(), timeout=timeout)
+    except requests.RequestException as exc:
+        raise AdminError(f"backend unreachable at {backend_url} ({type(exc).__name__}); is it running?") from None
+    if response.status_code == 401:
+        raise AdminError(f"backend at {backend_url} requires basic auth: set BASIC_AUTH_USER and BASIC_AUTH_PASS")
+    if response.status_code >= 300:
+        raise AdminError(f"backend at {backend_url} answered HTTP {response.status_code} to {path}: "
+                         f"{response.text[:200]}")
+    try:
+        return response.json()
+    except ValueError:
+        raise AdminError(f"backend at {backend_url} answered {path} with non-JSON: {response.text[:200]}") from None
+
+
+def backend_status(backend_url: str, project_id: int) -> dict:
+    return backend_get(backend_url, "/mcm/status", params={"project": project_id})
+
+
+# ----------------------------------------------------------------------------- commands
+def cmd_connect(ls: LabelStudioAdmin, args: argparse.Namespace) -> int:
+    project = ls.project(args.project)
+    backend_url = args.url.rstrip("/")
+    backend_get(backend_url, "/health")  # fail early with a clear line when the backend is down
+    auth = basic_auth_from_env()
+    fields: dict[str, Any] = dict(url=backend_url, project=project.id, title=args.title, is_interactive=False)
+    if auth:
+        fields.update(auth_method="BASIC_AUTH", basic_auth_user=auth[0], basic_auth_pass=auth[1])
+    existing = [b for b in ls.ml_backends(project.id) if (b.url or "").rstrip("/") == backend_url]
+    if existing:
+        ml = ls.call("updating the ML backend", ls.client.ml.update, id=existing[0].id, **fields)
+        print(f"ML backend {ml.id} already registered for project {project.id}: settings updated")
+    else:
+        ml = ls.call(f"registering the ML backend {backend_url} (Label Studio must reach it: for a loopback "
+                     "backend start Label Studio with ML_BLOCK_LOCAL_IP=false USE_DEFAULT_BANNED_SUBNETS=false)",
+                     ls.client.ml.create, **fields)
+        print(f"registered ML backend {ml.id} ({backend_url}) for project {project.id} '{project.title}'")
+
+    # Label Studio creates a webhook <backend>/webhook for annotation events when the backend is
+    # registered; it does not carry the basic-auth credentials (only START_TRAINING does).
+    hook_url = backend_url + "/webhook"
+    hooks = [h for h in ls.call("listing webhooks", ls.client.webhooks.list, project=str(project.id)) or []
+             if (h.url or "").rstrip("/") == hook_url]
+    if not hooks:
+        raise AdminError(f"Label Studio did not create the annotation webhook {hook_url} for project "
+                         f"{project.id}: annotations will not trigger training")
+    if auth:
+        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        for hook in hooks:
+            headers = dict(hook.headers or {})
+            headers["Authorization"] = f"Basic {token}"
+            ls.call("adding basic auth to the annotation webhook", ls.client.webhooks.update,
+                    id=hook.id, url=hook.url, headers=headers)
+        print(f"annotation webhook {hook_url} now sends basic auth")
+    else:
+        print(f"annotation webhook {hook_url} active (no basic auth configured)")
+    print(f"next: annotate, then `python -m backend.admin enable-ordering --project {project.id}`")
+    return 0
+
+
+def newest_prediction_version(ls: LabelStudioAdmin, project_id: int, preferred: str | None) -> tuple[str, int]:
+    """The version `project.model_version` should point to, and how many predictions it has.
+
+    The backend's current version wins when Label Studio holds predictions of it; otherwise
+    the version with the most recent prediction.
+    """
+    versions = ls.model_versions(project_id)
+    if not versions:
+        raise AdminError(f"project {project_id} has no predictions yet: wait for training to finish "
+                         f"(`status --project {project_id}`) or start it with `retrain`")
+    counts = {v["model_version"]: int(v.get("count") or 0) for v in versions}
+    if preferred and counts.get(preferred):
+        return preferred, counts[preferred]
+    return versions[0]["model_version"], int(versions[0].get("count") or 0)
+
+
+def upsert_view(ls: LabelStudioAdmin, project_id: int, title: str) -> tuple[Any, bool]:
+    """Create or update the Data Manager tab; returns (view, created)."""
+    data = {"title": title, "ordering": VIEW_ORDERING, "filters": VIEW_FILTERS}
+    views = ls.call("listing Data Manager views", ls.client.views.list, project=project_id) or []
+    for view in views:
+        if (view.data or {}).get("title") == title:
+            merged = dict(view.data or {})
+            merged.update(data)
+            return ls.call("updating the view", ls.client.views.update, id=str(view.id),
+                           project=project_id, data=merged), False
+    return ls.call("creating the view", ls.client.views.create, project=project_id, data=data), True
+
+
+def cmd_enable_ordering(ls: LabelStudioAdmin, args: argparse.Namespace) -> int:
+    project = ls.project(args.project)
+    ml = ls.connected_backend(project.id)
+    status: dict | None = None
+    try:
+        status = backend_status(ml.url, project.id)
+    except AdminError as exc:
+        print(f"warning: could not read the backend's status ({exc}); using Label Studio's newest predictions")
+    version, count = newest_prediction_version(ls, project.id, (status or {}).get("model_version"))
+    if project.model_version != version:
+        ls.call("setting project.model_version", ls.client.projects.update, id=project.id, model_version=version)
+        print(f"project.model_version: {project.model_version!r} -> {version!r} ({count} predictions)")
+    else:
+        print(f"project.model_version already {version!r} ({count} predictions)")
+
+    view, created = upsert_view(ls, project.id, args.view_title)
+    print(f"{'created' if created else 'updated'} Data Manager tab '{args.view_title}' (view {view.id}): "
+          "unlabeled tasks, highest prediction score (likely tail class) first")
+
+    if args.uncertainty_sampling:
+        ls.call("setting Uncertainty sampling", ls.client.projects.update, id=project.id,
+                sampling=UNCERTAINTY_SAMPLING)
+        print(f"project sampling -> {UNCERTAINTY_SAMPLING!r}: 'Label All Tasks' now serves the LOWEST score first")
+        direction = (status or {}).get("score_direction")
+        if direction == "tail-low":
+            print("backend runs with MCM_SCORE_DIRECTION=tail-low: lowest score = likely tail class. OK")
+        else:
+            shown = direction or "unknown"
+            print(f"WARNING: the backend's score direction is {shown}; restart it with "
+                  "MCM_SCORE_DIRECTION=tail-low (then `retrain`, and run enable-ordering again) so the "
+                  "tail comes first under Uncertainty sampling (and use the tab above no longer)")
+        print("Annotators: click 'Label All Tasks'.")
+    else:
+        print(f"Annotators: open the '{args.view_title}' tab in the project's Data Manager and click "
+              "'Label Tasks As Displayed' (NOT 'Label All Tasks', which ignores the tab's order).")
+        print(f"After each retraining run `enable-ordering --project {project.id}` again "
+              "(or let the backend keep project.model_version current).")
+    return 0
+
+
+def cmd_retrain(ls: LabelStudioAdmin, args: argparse.Namespace) -> int:
+    project = ls.project(args.project)
+    ml = ls.connected_backend(project.id)
+    ls.call(f"requesting training from ML backend {ml.id}", ls.client.ml.train, id=ml.id)
+    print(f"training requested from {ml.url} for project {project.id}; "
+          f"follow it with `python -m backend.admin status --project {project.id}`")
+    return 0
+
+
+def collect_status(ls: LabelStudioAdmin, project_id: int) -> dict:
+    project = ls.project(project_id)
+    ml = ls.connected_backend(project.id)
+    try:
+        backend = backend_status(ml.url, project.id)
+    except AdminError as exc:
+        backend = {"error": str(exc)}
+    versions = ls.model_versions(project.id)
+    return {
+        "label_studio": {
+            "url": ls.url,
+            "project": project.id,
+            "title": project.title,
+            "tasks": getattr(project, "task_number", None),
+            "labeled_tasks": getattr(project, "num_tasks_with_annotations", None),
+            "model_version": project.model_version,
+            "sampling": project.sampling,
+            "predictions_per_version": {v["model_version"]: v.get("count") for v in versions},
+            "ml_backend": {"id": ml.id, "url": ml.url, "state": getattr(ml, "state", None)},
+        },
+        "backend": backend,
+    }
+
+
+def cmd_status(ls: LabelStudioAdmin, args: argparse.Namespace) -> int:
+    info = collect_status(ls, args.project)
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    lsi, be = info["label_studio"], info["backend"]
+    print(f"Label Studio {lsi['url']} project {lsi['project']} '{lsi['title']}': {lsi['tasks']} tasks, "
+          f"{lsi['labeled_tasks']} labeled; sampling {lsi['sampling']!r}")
+    print(f"  project.model_version: {lsi['model_version']!r}")
+    print("  predictions per version: " + (", ".join(f"{k}={v}" for k, v in lsi["predictions_per_version"].items())
+                                          or "none"))
+    print(f"  ML backend {lsi['ml_backend']['id']}: {lsi['ml_backend']['url']} (state {lsi['ml_backend']['state']})")
+    if "error" in be:
+        print(f"backend: {be['error']}")
+        return 1
+    print(f"backend model version: {be.get('model_version')!r} (trained at {be.get('trained_at')}; "
+          f"training now: {be.get('training')})")
+    print(f"  labeled: {be.get('n_labeled')}; per class: "
+          + ", ".join(f"{k}={v}" for k, v in sorted((be.get("labeled_per_class") or {}).items())))
+    print(f"  tail classes: {', '.join(map(str, be.get('tail_classes') or [])) or 'none detected'}")
+    print(f"  tasks scored: {be.get('n_scored')}")
+    if be.get("last_error"):
+        print(f"  last error: {be['last_error']}")
+    if be.get("model_version") and lsi["model_version"] != be.get("model_version"):
+        print(f"  note: project.model_version differs from the backend's version; run "
+              f"`enable-ordering --project {lsi['project']}` so sorting by score uses the new predictions")
+    return 0
+
+
+# ----------------------------------------------------------------------------- entry point
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m backend.admin",
+        description="Connect the minority-class mining backend to Label Studio and put the tail first.")
+    parser.add_argument("--ls-url", default=os.environ.get("LABEL_STUDIO_URL"),
+                        help="Label Studio URL (default: $LABEL_STUDIO_URL)")
+    parser.add_argument("--api-key", default=os.environ.get("LABEL_STUDIO_API_KEY"),
+                        help="Label Studio token (default: $LABEL_STUDIO_API_KEY)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("connect", help="register the backend for a project (basic auth from "
+                       "BASIC_AUTH_USER/BASIC_AUTH_PASS, also on the annotation webhook)")
+    p.add_argument("--project", type=int, required=True)
+    p.add_argument("--url", required=True, help="backend URL as Label Studio reaches it, e.g. http://127.0.0.1:9090")
+    p.add_argument("--title", default="Minority-class mining", help="ML backend title shown in Label Studio")
+    p.set_defaults(func=cmd_connect)
+
+    p = sub.add_parser("enable-ordering", help=f"create/update the '{VIEW_TITLE}' tab and point "
+                       "project.model_version at the newest predictions")
+    p.add_argument("--project", type=int, required=True)
+    p.add_argument("--view-title", default=VIEW_TITLE)
+    p.add_argument("--uncertainty-sampling", action="store_true",
+                   help="also switch project sampling to 'Uncertainty sampling' (lowest score first); the "
+                   "backend must then run with MCM_SCORE_DIRECTION=tail-low")
+    p.set_defaults(func=cmd_enable_ordering)
+
+    p = sub.add_parser("retrain", help="ask the connected backend to train now")
+    p.add_argument("--project", type=int, required=True)
+    p.set_defaults(func=cmd_retrain)
+
+    p = sub.add_parser("status", help="model version, labeled per class, tail classes, last training, scored tasks")
+    p.add_argument("--project", type=int, required=True)
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=cmd_status)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        ls = LabelStudioAdmin(args.ls_url, args.api_key)
+        return args.func(ls, args)
+    except AdminError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
