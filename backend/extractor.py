@@ -1,0 +1,64 @@
+"""Adapter between the backend and `mcm_core.backbones`.
+
+It decides what the feature cache holds (frozen backbone: feature vectors;
+trainable simple-cnn: prepared images, because the CNN's features change at
+every retrain) and hides the backbone API from the rest of the backend.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+
+import numpy as np
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+
+class Extractor:
+    """Builds the configured backbone once (fails fast on bad weights)."""
+
+    def __init__(self, spec: str, weights: str | None = None) -> None:
+        from mcm_core.backbones import build_backbone  # heavy import, done once at start
+
+        self.spec = spec
+        self.weights = weights
+        self._build = lambda: build_backbone(spec, weights)
+        self.backbone = self._build()
+        self.trainable = bool(getattr(self.backbone, "trainable", False))
+
+    @property
+    def cache_kind(self) -> str:
+        """Cache directory name: changes whenever what is cached would change."""
+        if self.trainable:
+            return "images-" + "x".join(str(v) for v in self.backbone.input_shape)
+        fingerprint = getattr(self.backbone, "fingerprint", self.spec)
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.spec.split(":")[0])[:40]
+        return f"features-{slug}-{hashlib.sha256(fingerprint.encode()).hexdigest()[:16]}"
+
+    def prepare(self, images: list[Image.Image]) -> np.ndarray:
+        """Decoded images -> what the cache stores (features, or uint8 prepared images)."""
+        prepared = self.backbone.prepare(images)
+        if self.trainable:
+            return prepared
+        return np.asarray(self.backbone.extract_prepared(prepared), dtype=np.float32)
+
+    def features(self, cached: np.ndarray, trained=None) -> np.ndarray:
+        """Feature rows from cached arrays (simple-cnn: with the given trained CNN)."""
+        if not self.trainable:
+            return np.asarray(cached, dtype=np.float32)
+        if trained is None:
+            raise RuntimeError("simple-cnn features need a trained CNN")
+        return np.asarray(trained.extract_prepared(cached), dtype=np.float32)
+
+    def train(self, cached: np.ndarray, labels: np.ndarray, num_classes: int, seed: int):
+        """A fresh trainable backbone fitted on the prepared images (simple-cnn only)."""
+        model = self._build()
+        model.fit_prepared(cached, labels, num_classes=num_classes, seed=seed)
+        return model
+
+    def load_trained(self, path: str):
+        model = self._build()
+        model.load(path)
+        return model

@@ -1,0 +1,129 @@
+"""Talk back to Label Studio through label-studio-sdk 2.x.
+
+Generic helpers (no mining logic) so the admin CLI and the training job share
+them: list annotated tasks, list unlabeled tasks, push predictions in checked
+chunks, set `project.model_version`, delete a model version's predictions.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Iterable, Iterator, Sequence
+
+from label_studio_sdk import LabelStudio
+
+logger = logging.getLogger(__name__)
+
+PAGE_SIZE = 1000
+_ANNOTATED = {"conjunction": "and", "items": [
+    {"filter": "filter:tasks:total_annotations", "operator": "greater", "type": "Number", "value": 0}]}
+_UNLABELED = {"conjunction": "and", "items": [
+    {"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0}]}
+
+
+class LabelStudioSyncError(RuntimeError):
+    """Label Studio answered, but not with what we needed (message says what)."""
+
+
+def make_client(url: str | None, api_key: str | None, timeout: float = 60.0) -> LabelStudio:
+    """An sdk client; personal access tokens are refreshed by the sdk itself."""
+    if not url or not api_key:
+        raise LabelStudioSyncError("LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY must both be set to talk to Label Studio")
+    return LabelStudio(base_url=url.rstrip("/"), api_key=api_key, timeout=timeout)
+
+
+def auth_header(client: LabelStudio) -> str:
+    """The Authorization header value the sdk would send (`Token <key>` or `Bearer <access>`)."""
+    return client._client_wrapper.get_headers()["Authorization"]
+
+
+def _plain(obj: Any) -> Any:
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump()
+    if hasattr(obj, "dict") and not isinstance(obj, dict):
+        return obj.dict()
+    return obj
+
+
+def _iter_tasks(client: LabelStudio, project_id: int, filters: dict, fields: str) -> Iterator[dict]:
+    query = json.dumps({"filters": filters})
+    page, seen = 1, 0
+    while True:
+        try:
+            pager = client.tasks.list(project=int(project_id), page=page, page_size=PAGE_SIZE,
+                                      fields=fields, query=query)
+        except Exception as exc:
+            # Label Studio answers 404 for a page past the end.
+            if getattr(exc, "status_code", None) == 404 and page > 1:
+                return
+            raise
+        items = list(pager.items or [])
+        for item in items:
+            yield _plain(item)
+        seen += len(items)
+        total = getattr(pager.response, "total", None) if getattr(pager, "response", None) is not None else None
+        if not items or (total is not None and seen >= total) or len(items) < PAGE_SIZE:
+            return
+        page += 1
+
+
+def list_annotated_tasks(client: LabelStudio, project_id: int) -> list[dict]:
+    """Tasks with at least one annotation, with `data` and `annotations`."""
+    return list(_iter_tasks(client, project_id, _ANNOTATED, "all"))
+
+
+def list_unlabeled_tasks(client: LabelStudio, project_id: int) -> list[dict]:
+    """Tasks without annotations, with `id` and `data` (to score them)."""
+    return [{"id": t["id"], "data": t.get("data") or {}}
+            for t in _iter_tasks(client, project_id, _UNLABELED, "task_only")]
+
+
+def list_unlabeled_task_ids(client: LabelStudio, project_id: int) -> list[int]:
+    return [int(t["id"]) for t in list_unlabeled_tasks(client, project_id)]
+
+
+def get_label_config(client: LabelStudio, project_id: int) -> str:
+    project = client.projects.get(id=int(project_id))
+    return project.label_config
+
+
+def push_predictions(client: LabelStudio, project_id: int, predictions: Sequence[dict],
+                     chunk_size: int = 1000) -> int:
+    """POST predictions in chunks; raise if Label Studio created fewer than sent.
+
+    Label Studio answers 201 even when it silently drops items (score outside
+    [0, 1], from_name/to_name not in the config), so the `created` count is the
+    only signal that a push worked.
+    """
+    created_total = 0
+    for start in range(0, len(predictions), chunk_size):
+        chunk = list(predictions[start:start + chunk_size])
+        response = client.projects.import_predictions(id=int(project_id), request=chunk)
+        created = getattr(response, "created", None)
+        if created is None and isinstance(response, dict):
+            created = response.get("created")
+        if created is None or int(created) != len(chunk):
+            raise LabelStudioSyncError(
+                f"project {project_id}: Label Studio created {created} of {len(chunk)} predictions in chunk "
+                f"starting at {start} (scores outside [0,1] or from_name/to_name not matching the config?)")
+        created_total += int(created)
+    return created_total
+
+
+def set_model_version(client: LabelStudio, project_id: int, version: str) -> None:
+    """Make the project's score column and Uncertainty sampling use `version`'s predictions."""
+    client.projects.update(id=int(project_id), model_version=version)
+
+
+def delete_model_version(client: LabelStudio, project_id: int, version: str) -> None:
+    """Delete all predictions of `version` in the project."""
+    response = client._client_wrapper.httpx_client.request(
+        f"api/projects/{int(project_id)}/model-versions/", method="DELETE", json={"model_version": version})
+    if response.status_code >= 300:
+        raise LabelStudioSyncError(f"deleting model version {version!r} of project {project_id} failed: "
+                                   f"HTTP {response.status_code} {response.text[:200]}")
+
+
+def chunked(items: Sequence, size: int) -> Iterable[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]

@@ -1,0 +1,109 @@
+"""Versioned, atomic model storage under MODEL_DIR/<project_id>/.
+
+Layout:
+    MODEL_DIR/<project>/<version>/miner.pt      MinorityMiner.save
+    MODEL_DIR/<project>/<version>/backbone.pt   the trained simple-cnn (trainable backbones only)
+    MODEL_DIR/<project>/<version>/meta.json     classes, counts, timings
+    MODEL_DIR/<project>/current.json            {"version": ...}: the pointer, replaced atomically
+A version directory is built under a temporary name and renamed into place, and
+the pointer is switched only afterwards, so a crash mid-save never loses the
+previous model.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from typing import Any, Callable
+
+VERSION_RE = re.compile(r"^mcm-v(\d+)-\d{8}T\d{6}$")
+
+
+def atomic_write_json(path: str, payload: Any) -> None:
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(payload, handle, indent=1, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class ModelStore:
+    """Reads and writes one project's versions."""
+
+    def __init__(self, project_dir: str) -> None:
+        self.project_dir = project_dir
+
+    @property
+    def pointer_path(self) -> str:
+        return os.path.join(self.project_dir, "current.json")
+
+    def version_dir(self, version: str) -> str:
+        if not VERSION_RE.match(version):
+            raise ValueError(f"not a model version name: {version!r}")
+        return os.path.join(self.project_dir, version)
+
+    def versions(self) -> list[str]:
+        """Complete versions, oldest first."""
+        if not os.path.isdir(self.project_dir):
+            return []
+        found = [d for d in os.listdir(self.project_dir)
+                 if VERSION_RE.match(d) and os.path.exists(os.path.join(self.project_dir, d, "meta.json"))]
+        return sorted(found, key=lambda v: int(VERSION_RE.match(v).group(1)))
+
+    def current_version(self) -> str | None:
+        try:
+            with open(self.pointer_path) as handle:
+                version = json.load(handle).get("version")
+        except FileNotFoundError:
+            return None
+        if version and os.path.exists(os.path.join(self.project_dir, version, "meta.json")):
+            return version
+        return None
+
+    def pointer_mtime(self) -> float | None:
+        try:
+            return os.stat(self.pointer_path).st_mtime_ns
+        except FileNotFoundError:
+            return None
+
+    def next_version(self) -> str:
+        existing = [int(VERSION_RE.match(v).group(1)) for v in self.versions()]
+        number = max(existing, default=0) + 1
+        return f"mcm-v{number}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
+
+    def save(self, write_files: Callable[[str], dict], meta: dict) -> str:
+        """Create a new version: `write_files(tmpdir)` writes the model files and returns extra meta."""
+        os.makedirs(self.project_dir, exist_ok=True)
+        version = self.next_version()
+        tmp = tempfile.mkdtemp(dir=self.project_dir, prefix=".saving-")
+        try:
+            extra = write_files(tmp) or {}
+            atomic_write_json(os.path.join(tmp, "meta.json"), {**meta, **extra, "version": version})
+            os.replace(tmp, os.path.join(self.project_dir, version))
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        atomic_write_json(self.pointer_path, {"version": version})
+        return version
+
+    def read_meta(self, version: str) -> dict:
+        with open(os.path.join(self.version_dir(version), "meta.json")) as handle:
+            return json.load(handle)
+
+    def prune(self, keep: int = 5) -> None:
+        """Remove old versions beyond the newest `keep` (never the current one)."""
+        current = self.current_version()
+        for version in self.versions()[:-keep]:
+            if version != current:
+                shutil.rmtree(os.path.join(self.project_dir, version), ignore_errors=True)

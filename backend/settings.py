@@ -1,0 +1,138 @@
+"""Every environment setting of the backend in one place.
+
+Why one module: `--help`, the README and the code read the same table, so a
+setting cannot be documented in one place and parsed differently in another.
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+from typing import Mapping
+
+# name -> (default, help). Order is the order shown by `python _wsgi.py --help`.
+SETTINGS_HELP: dict[str, tuple[str | None, str]] = {
+    "LABEL_STUDIO_URL": (None, "Base URL of Label Studio (e.g. http://localhost:8080). Needed to fetch "
+                         "annotated tasks, download /data/... images and push predictions."),
+    "LABEL_STUDIO_API_KEY": (None, "Personal access token (JWT refresh token, exchanged for access tokens) "
+                             "or legacy token. Only ever sent to the LABEL_STUDIO_URL host."),
+    "MODEL_DIR": ("./models", "Where models, versions and feature caches live: MODEL_DIR/<project_id>/."),
+    "MCM_BACKBONE": ("resnet18", "Feature extractor: resnet18 | resnet50 | torchscript:<path> | simple-cnn."),
+    "MCM_BACKBONE_WEIGHTS": (None, "Local weights file for resnet18/resnet50 (else torchvision's cache)."),
+    "MCM_ALLOWED_HOSTS": ("", "Comma-separated hostnames, IPs or CIDRs that may be fetched even though "
+                          "they are loopback/private/link-local (e.g. 127.0.0.1,10.0.0.0/8,minio)."),
+    "MCM_SCORE_DIRECTION": ("tail-high", "tail-high: score high = likely tail class (sort by score "
+                            "descending); tail-low: 1 - score, for Label Studio's Uncertainty sampling."),
+    "BASIC_AUTH_USER": (None, "With BASIC_AUTH_PASS: require HTTP basic auth on every route except "
+                        "/health and the annotation webhook (see README)."),
+    "BASIC_AUTH_PASS": (None, "Password for BASIC_AUTH_USER."),
+    "REDIS_URL": (None, "Unset: train in a background thread of this process. Set: reserved for an RQ "
+                  "worker deployment (backend.jobs.train_project is the job function)."),
+    "MCM_DEBOUNCE_SECONDS": ("2", "Wait this long after the last training event before training, so a "
+                             "burst of annotations causes one training."),
+    "MCM_SEED": ("0", "Seed for every random choice (training is deterministic given the data)."),
+    "MCM_PREDICT_CHUNK": ("1000", "Predictions per import/predictions request when pushing scores."),
+    "MCM_IMAGE_MAX_BYTES": ("20000000", "Largest image download accepted, in bytes."),
+    "MCM_IMAGE_TIMEOUT": ("10", "Seconds before an image download is abandoned."),
+    "MCM_SCORE_TRANSFORM": ("sqrt", "How raw scores map into [0,1]: linear (score/upper bound) or sqrt "
+                            "(sqrt of that; spreads the small values). Both monotone."),
+    "LOG_LEVEL": ("INFO", "Python logging level."),
+}
+
+SCORE_DIRECTIONS = ("tail-high", "tail-low")
+SCORE_TRANSFORMS = ("linear", "sqrt")
+
+
+def _int(env: Mapping[str, str], name: str) -> int:
+    raw = env.get(name) or SETTINGS_HELP[name][0]
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _float(env: Mapping[str, str], name: str) -> float:
+    raw = env.get(name) or SETTINGS_HELP[name][0]
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Parsed, validated settings; build with `Settings.from_env()`."""
+
+    label_studio_url: str | None = None
+    label_studio_api_key: str | None = None
+    model_dir: str = "./models"
+    backbone: str = "resnet18"
+    backbone_weights: str | None = None
+    allowed_hosts: tuple[str, ...] = ()
+    score_direction: str = "tail-high"
+    score_transform: str = "sqrt"
+    basic_auth_user: str | None = None
+    basic_auth_pass: str | None = None
+    redis_url: str | None = None
+    debounce_seconds: float = 2.0
+    seed: int = 0
+    predict_chunk: int = 1000
+    image_max_bytes: int = 20_000_000
+    image_timeout: float = 10.0
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if self.score_direction not in SCORE_DIRECTIONS:
+            raise ValueError(f"MCM_SCORE_DIRECTION must be one of {SCORE_DIRECTIONS}, got {self.score_direction!r}")
+        if self.score_transform not in SCORE_TRANSFORMS:
+            raise ValueError(f"MCM_SCORE_TRANSFORM must be one of {SCORE_TRANSFORMS}, got {self.score_transform!r}")
+        if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
+            raise ValueError("BASIC_AUTH_USER and BASIC_AUTH_PASS must be set together")
+        if self.predict_chunk < 1:
+            raise ValueError("MCM_PREDICT_CHUNK must be >= 1")
+        if self.debounce_seconds < 0:
+            raise ValueError("MCM_DEBOUNCE_SECONDS must be >= 0")
+        for entry in self.allowed_hosts:
+            if "/" in entry:
+                try:
+                    ipaddress.ip_network(entry, strict=False)
+                except ValueError:
+                    raise ValueError(f"MCM_ALLOWED_HOSTS entry {entry!r} is not a valid CIDR") from None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":
+        env = os.environ if env is None else env
+        values = dict(
+            label_studio_url=(env.get("LABEL_STUDIO_URL") or None),
+            label_studio_api_key=(env.get("LABEL_STUDIO_API_KEY") or None),
+            model_dir=env.get("MODEL_DIR") or "./models",
+            backbone=env.get("MCM_BACKBONE") or "resnet18",
+            backbone_weights=env.get("MCM_BACKBONE_WEIGHTS") or None,
+            allowed_hosts=tuple(h.strip().lower() for h in (env.get("MCM_ALLOWED_HOSTS") or "").split(",")
+                                if h.strip()),
+            score_direction=env.get("MCM_SCORE_DIRECTION") or "tail-high",
+            score_transform=env.get("MCM_SCORE_TRANSFORM") or "sqrt",
+            basic_auth_user=env.get("BASIC_AUTH_USER") or None,
+            basic_auth_pass=env.get("BASIC_AUTH_PASS") or None,
+            redis_url=env.get("REDIS_URL") or None,
+            debounce_seconds=_float(env, "MCM_DEBOUNCE_SECONDS"),
+            seed=_int(env, "MCM_SEED"),
+            predict_chunk=_int(env, "MCM_PREDICT_CHUNK"),
+            image_max_bytes=_int(env, "MCM_IMAGE_MAX_BYTES"),
+            image_timeout=_float(env, "MCM_IMAGE_TIMEOUT"),
+            log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
+        )
+        values.update(overrides)
+        return cls(**values)
+
+    def project_dir(self, project_id: int) -> str:
+        return os.path.join(self.model_dir, str(int(project_id)))
+
+
+def settings_help_text() -> str:
+    """The settings table as plain text for `--help`."""
+    lines = ["environment settings:"]
+    for name, (default, text) in SETTINGS_HELP.items():
+        shown = f" (default: {default})" if default not in (None, "") else ""
+        lines.append(f"  {name}{shown}\n      {text}")
+    return "\n".join(lines)

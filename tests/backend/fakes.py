@@ -1,0 +1,188 @@
+"""Local HTTP servers for backend tests: an image server and a small fake Label Studio API.
+
+The fake implements only the endpoints the backend calls (tasks list with the
+total_annotations filter, project get/patch, import/predictions with Label
+Studio's silent dropping rules, model-versions delete, token refresh, uploads
+and presign), so unit tests exercise the real sdk client over real HTTP.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+import numpy as np
+from PIL import Image
+from werkzeug.serving import make_server
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class ImageServer:
+    """Serves /img/<name> from a dict; /redirect?to=<url> answers 302; anything else 404."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.requests: list[tuple[str, dict]] = []
+        files, requests = self.files, self.requests
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def do_GET(self):
+                requests.append((self.path, dict(self.headers)))
+                parts = urlsplit(self.path)
+                if parts.path == "/redirect":
+                    self.send_response(302)
+                    self.send_header("Location", parse_qs(parts.query)["to"][0])
+                    self.end_headers()
+                    return
+                body = files.get(parts.path)
+                if body is None:
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class FakeLabelStudio:
+    """In-memory projects/tasks/predictions behind Label Studio's REST shapes."""
+
+    def __init__(self, legacy_token: str = "legacy-token-123") -> None:
+        from flask import Flask, jsonify, request
+
+        self.legacy_token = legacy_token
+        self.access_token = "access-token-xyz"
+        self.refresh_token: str | None = None
+        self.projects: dict[int, dict] = {}
+        self.tasks: dict[int, dict] = {}
+        self.predictions: list[dict] = []
+        self.uploads: dict[str, bytes] = {}
+        self.calls: list[tuple[str, str]] = []
+        self.redirect_target: str | None = None
+        app = Flask("fake-label-studio")
+        fake = self
+
+        def authorized() -> bool:
+            header = request.headers.get("Authorization", "")
+            return header in (f"Token {fake.legacy_token}", f"Bearer {fake.access_token}")
+
+        @app.before_request
+        def record():
+            fake.calls.append((request.method, request.path))
+            if request.path != "/api/token/refresh/" and not authorized():
+                return jsonify({"detail": "Authentication credentials were not provided."}), 401
+
+        @app.route("/api/token/refresh/", methods=["POST"])
+        def refresh():
+            if fake.refresh_token and (request.get_json() or {}).get("refresh") == fake.refresh_token:
+                return jsonify({"access": fake.access_token})
+            return jsonify({"detail": "invalid refresh token"}), 401
+
+        @app.route("/api/projects/<int:pid>/", methods=["GET", "PATCH"], strict_slashes=False)
+        def project(pid):
+            if pid not in fake.projects:
+                return jsonify({"detail": "Not found."}), 404
+            if request.method == "PATCH":
+                fake.projects[pid].update(request.get_json() or {})
+            return jsonify({"id": pid, **fake.projects[pid]})
+
+        @app.route("/api/tasks/", methods=["GET"], strict_slashes=False)
+        def tasks():
+            pid = int(request.args["project"])
+            query = json.loads(request.args.get("query") or "{}")
+            items = sorted((t for t in fake.tasks.values() if t["project"] == pid), key=lambda t: t["id"])
+            for flt in (query.get("filters") or {}).get("items", []):
+                assert flt["filter"] == "filter:tasks:total_annotations"
+                if flt["operator"] == "greater":
+                    items = [t for t in items if len(t["annotations"]) > flt["value"]]
+                else:
+                    items = [t for t in items if len(t["annotations"]) == flt["value"]]
+            page, size = int(request.args.get("page", 1)), int(request.args.get("page_size", 100))
+            chunk = items[(page - 1) * size: page * size]
+            if page > 1 and not chunk:
+                return jsonify({"detail": "Invalid page."}), 404
+            fields_all = request.args.get("fields") == "all"
+            out = [{"id": t["id"], "data": t["data"], "project": pid,
+                    **({"annotations": t["annotations"]} if fields_all else {})} for t in chunk]
+            return jsonify({"tasks": out, "total": len(items), "total_annotations": 0, "total_predictions": 0})
+
+        @app.route("/api/projects/<int:pid>/import/predictions", methods=["POST"])
+        def import_predictions(pid):
+            config = fake.projects[pid]
+            created = 0
+            for item in request.get_json():
+                score = item.get("score")
+                names_ok = all(r.get("from_name") == config["control_name"] and r.get("to_name") == config["image_name"]
+                               for r in item.get("result", []))
+                if score is None or not (0 <= score <= 1) or not names_ok:
+                    continue  # Label Studio drops these silently
+                fake.predictions.append({**item, "project": pid})
+                created += 1
+            return jsonify({"created": created}), 201
+
+        @app.route("/api/projects/<int:pid>/model-versions/", methods=["DELETE"])
+        def delete_versions(pid):
+            version = (request.get_json() or {}).get("model_version")
+            before = len(fake.predictions)
+            fake.predictions = [p for p in fake.predictions
+                                if not (p["project"] == pid and p["model_version"] == version)]
+            return jsonify({"count": before - len(fake.predictions)}), 200
+
+        @app.route("/data/upload/<path:name>")
+        def upload(name):
+            body = fake.uploads.get(name)
+            if body is None:
+                return "not found", 404
+            return body, 200, {"Content-Type": "image/png"}
+
+        @app.route("/tasks/<int:tid>/presign/")
+        def presign(tid):
+            uri = base64.urlsafe_b64decode(request.args["fileuri"]).decode()
+            fake.calls.append(("PRESIGN", uri))
+            return "", 303, {"Location": fake.redirect_target + "/img/" + uri.rsplit("/", 1)[-1]}
+
+        self.app = app
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.port = self.server.server_port
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def add_project(self, pid: int, label_config: str, image_name: str = "image", control_name: str = "choice") -> None:
+        self.projects[pid] = {"label_config": label_config, "model_version": "", "image_name": image_name,
+                              "control_name": control_name}
+
+    def add_task(self, pid: int, tid: int, image_url: str, label: str | None = None,
+                 control_name: str = "choice") -> None:
+        annotations = []
+        if label is not None:
+            annotations.append({"id": tid * 10, "was_cancelled": False, "updated_at": "2026-01-01T00:00:00Z",
+                                "result": [{"from_name": control_name, "to_name": "image", "type": "choices",
+                                            "value": {"choices": [label]}}]})
+        self.tasks[tid] = {"id": tid, "project": pid, "data": {"image": image_url}, "annotations": annotations}
+
+    def close(self) -> None:
+        self.server.shutdown()
