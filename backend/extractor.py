@@ -19,12 +19,16 @@ logger = logging.getLogger(__name__)
 class Extractor:
     """Builds the configured backbone once (fails fast on bad weights)."""
 
-    def __init__(self, spec: str, weights: str | None = None) -> None:
+    def __init__(self, spec: str, weights: str | None = None, *, cnn_epochs: int = 8,
+                 num_threads: int | None = None) -> None:
         from mcm_core.backbones import build_backbone  # heavy import, done once at start
 
         self.spec = spec
         self.weights = weights
-        self._build = lambda: build_backbone(spec, weights)
+        options: dict = {"num_threads": num_threads}
+        if spec.strip().lower() == "simple-cnn":
+            options["train_options"] = {"epochs": int(cnn_epochs)}
+        self._build = lambda: build_backbone(spec, weights, **options)
         self.backbone = self._build()
         self.trainable = bool(getattr(self.backbone, "trainable", False))
 

@@ -41,8 +41,9 @@ class BlockedAddressError(ImageFetchError):
 def _is_public(ip: ipaddress._BaseAddress) -> bool:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    return not (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved
-                or ip.is_multicast or ip.is_unspecified)
+    # is_global excludes private, loopback, link-local, reserved, shared (100.64/10) and
+    # documentation ranges; multicast is refused on top.
+    return ip.is_global and not (ip.is_multicast or ip.is_loopback or ip.is_link_local or ip.is_private)
 
 
 class AddressPolicy:

@@ -61,7 +61,8 @@ class Runtime:
 
     def __init__(self, settings: Settings, extractor: Extractor | None = None) -> None:
         self.settings = settings
-        self.extractor = extractor or Extractor(settings.backbone, settings.backbone_weights)
+        self.extractor = extractor or Extractor(settings.backbone, settings.backbone_weights,
+                                                 cnn_epochs=settings.cnn_epochs, num_threads=settings.torch_threads)
         self._projects: dict[int, ProjectState] = {}
         self._caches: dict[int, ArrayCache] = {}
         self._lock = threading.Lock()

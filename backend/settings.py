@@ -36,6 +36,8 @@ SETTINGS_HELP: dict[str, tuple[str | None, str]] = {
     "MCM_IMAGE_TIMEOUT": ("10", "Seconds before an image download is abandoned."),
     "MCM_SCORE_TRANSFORM": ("sqrt", "How raw scores map into [0,1]: linear (score/upper bound) or sqrt "
                             "(sqrt of that; spreads the small values). Both monotone."),
+    "MCM_CNN_EPOCHS": ("8", "simple-cnn only: training epochs of the small CNN at each retrain."),
+    "MCM_TORCH_THREADS": ("", "torch intra-op threads for feature extraction and training (default: torch's)."),
     "LOG_LEVEL": ("INFO", "Python logging level."),
 }
 
@@ -79,6 +81,8 @@ class Settings:
     predict_chunk: int = 1000
     image_max_bytes: int = 20_000_000
     image_timeout: float = 10.0
+    cnn_epochs: int = 8
+    torch_threads: int | None = None
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -90,6 +94,10 @@ class Settings:
             raise ValueError("BASIC_AUTH_USER and BASIC_AUTH_PASS must be set together")
         if self.predict_chunk < 1:
             raise ValueError("MCM_PREDICT_CHUNK must be >= 1")
+        if self.cnn_epochs < 1:
+            raise ValueError("MCM_CNN_EPOCHS must be >= 1")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ValueError("MCM_TORCH_THREADS must be >= 1")
         if self.debounce_seconds < 0:
             raise ValueError("MCM_DEBOUNCE_SECONDS must be >= 0")
         for entry in self.allowed_hosts:
@@ -120,6 +128,8 @@ class Settings:
             predict_chunk=_int(env, "MCM_PREDICT_CHUNK"),
             image_max_bytes=_int(env, "MCM_IMAGE_MAX_BYTES"),
             image_timeout=_float(env, "MCM_IMAGE_TIMEOUT"),
+            cnn_epochs=_int(env, "MCM_CNN_EPOCHS"),
+            torch_threads=(_int(env, "MCM_TORCH_THREADS") if env.get("MCM_TORCH_THREADS") else None),
             log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
         )
         values.update(overrides)

@@ -1,0 +1,215 @@
+"""Unit tests of the backend's building blocks (no HTTP app)."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from backend.annotations import task_label
+from backend.features import ArrayCache
+from backend.images import AddressPolicy, BlockedAddressError
+from backend.label_config import LabelConfigError, parse_label_config
+from backend.model_store import ModelStore
+from backend.scoring import map_scores
+from backend.settings import Settings, settings_help_text
+from backend.trainer import TrainingQueue
+
+from backend_fakes import LABEL_CONFIG
+
+
+# --- settings ---------------------------------------------------------------------------------
+def test_settings_from_env_parses_and_validates():
+    s = Settings.from_env({"MCM_ALLOWED_HOSTS": " 127.0.0.1, 10.0.0.0/8 ,Minio", "MCM_DEBOUNCE_SECONDS": "0.5",
+                           "MCM_SCORE_DIRECTION": "tail-low", "MODEL_DIR": "/x"})
+    assert s.allowed_hosts == ("127.0.0.1", "10.0.0.0/8", "minio")
+    assert s.debounce_seconds == 0.5 and s.score_direction == "tail-low" and s.model_dir == "/x"
+    assert Settings.from_env({}).backbone == "resnet18"
+    with pytest.raises(ValueError, match="MCM_SCORE_DIRECTION"):
+        Settings.from_env({"MCM_SCORE_DIRECTION": "up"})
+    with pytest.raises(ValueError, match="MCM_SEED"):
+        Settings.from_env({"MCM_SEED": "x"})
+    with pytest.raises(ValueError, match="BASIC_AUTH"):
+        Settings.from_env({"BASIC_AUTH_USER": "u"})
+    with pytest.raises(ValueError, match="CIDR"):
+        Settings.from_env({"MCM_ALLOWED_HOSTS": "10.0.0.0/99"})
+
+
+def test_help_text_lists_every_setting():
+    text = settings_help_text()
+    for name in ("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY", "MODEL_DIR", "MCM_BACKBONE", "MCM_BACKBONE_WEIGHTS",
+                 "MCM_ALLOWED_HOSTS", "MCM_SCORE_DIRECTION", "BASIC_AUTH_USER", "BASIC_AUTH_PASS", "REDIS_URL",
+                 "MCM_DEBOUNCE_SECONDS", "MCM_SEED", "MCM_PREDICT_CHUNK", "LOG_LEVEL"):
+        assert name in text
+
+
+# --- label config -----------------------------------------------------------------------------
+def test_label_config_supported():
+    config = parse_label_config(LABEL_CONFIG)
+    assert (config.image_name, config.image_key, config.control_name) == ("image", "image", "choice")
+    assert config.classes == ("zero", "one", "seven")
+
+
+@pytest.mark.parametrize("xml, expected", [
+    ('<View><Image name="i" value="$image"/></View>', "no <Choices>"),
+    ('<View><Text name="t" value="$t"/><Choices name="c" toName="t"><Choice value="a"/><Choice value="b"/>'
+     '</Choices></View>', "no <Image>"),
+    ('<View><Image name="i" value="$image"/><Choices name="c" toName="i"><Choice value="a"/><Choice value="b"/>'
+     '</Choices><Choices name="d" toName="i"><Choice value="a"/><Choice value="b"/></Choices></View>',
+     "2 <Choices>"),
+    ('<View><Image name="i" value="$a"/><Image name="j" value="$b"/><Choices name="c" toName="i">'
+     '<Choice value="a"/><Choice value="b"/></Choices></View>', "2 <Image>"),
+    ('<View><Image name="i" value="$image"/><Choices name="c" toName="i"><Choice value="a"/><Choice value="b"/>'
+     '</Choices><TextArea name="t" toName="i"/></View>', "TextArea"),
+    ('<View><Image name="i" value="$image"/><Choices name="c" toName="i" choice="multiple"><Choice value="a"/>'
+     '<Choice value="b"/></Choices></View>', "single choice"),
+    ('<View><Image name="i" value="$image"/><Choices name="c" toName="i"><Choice value="a"/></Choices></View>',
+     "at least 2"),
+    ("<View", "not valid XML"),
+    ("", "empty"),
+])
+def test_label_config_unsupported_names_the_problem(xml, expected):
+    with pytest.raises(LabelConfigError, match=expected):
+        parse_label_config(xml)
+
+
+# --- annotations --------------------------------------------------------------------------------
+def _ann(label, id_, updated, cancelled=False, control="choice"):
+    return {"id": id_, "updated_at": updated, "was_cancelled": cancelled,
+            "result": [{"from_name": control, "to_name": "image", "type": "choices", "value": {"choices": [label]}}]}
+
+
+def test_task_label_latest_wins_and_cancelled_ignored():
+    config = parse_label_config(LABEL_CONFIG)
+    task = {"id": 1, "annotations": [_ann("zero", 1, "2026-01-01"), _ann("seven", 2, "2026-01-02"),
+                                     _ann("one", 3, "2026-01-03", cancelled=True)]}
+    assert task_label(task, config) == ("seven", None)
+    label, reason = task_label({"id": 2, "annotations": [_ann("cat", 1, "2026")]}, config)
+    assert label is None and "unknown label 'cat'" in reason
+    label, reason = task_label({"id": 3, "annotations": [_ann("zero", 1, "2026", control="other")]}, config)
+    assert label is None and "no non-cancelled annotation" in reason
+
+
+# --- scores -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("transform", ["linear", "sqrt"])
+def test_score_mapping_monotone_in_unit_interval_and_flippable(transform):
+    raw = np.array([-1.0, 0.0, 1e-6, 0.01, 0.5, 1.9, 2.0, 5.0, np.nan])
+    high = map_scores(raw, 2.0, transform, "tail-high")
+    low = map_scores(raw, 2.0, transform, "tail-low")
+    assert np.all((high >= 0) & (high <= 1)) and np.all((low >= 0) & (low <= 1))
+    finite = high[:-1]
+    assert np.all(np.diff(finite) >= 0) and finite[2] > finite[1] and finite[3] > finite[2]
+    np.testing.assert_allclose(low, 1 - high)
+
+
+# --- address policy -------------------------------------------------------------------------------
+def _resolver(table):
+    return lambda host: table[host]
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "10.1.2.3", "192.168.0.5", "169.254.169.254", "::1",
+                                     "fd00::1", "0.0.0.0", "::ffff:127.0.0.1", "100.64.0.1", "224.0.0.1"])
+def test_private_addresses_refused(address):
+    policy = AddressPolicy((), _resolver({"evil.example": [address]}))
+    with pytest.raises(BlockedAddressError, match="MCM_ALLOWED_HOSTS"):
+        policy.check("evil.example")
+
+
+def test_every_resolved_address_is_checked_and_allow_list_works():
+    table = {"mixed.example": ["93.184.216.34", "10.0.0.7"], "public.example": ["93.184.216.34"],
+             "minio": ["172.18.0.2"]}
+    with pytest.raises(BlockedAddressError):
+        AddressPolicy((), _resolver(table)).check("mixed.example")
+    AddressPolicy((), _resolver(table)).check("public.example")
+    AddressPolicy(("10.0.0.0/8",), _resolver(table)).check("mixed.example")
+    AddressPolicy(("minio",), _resolver(table)).check("minio")
+    with pytest.raises(BlockedAddressError):
+        AddressPolicy(("10.0.0.0/8",), _resolver(table)).check("minio")
+
+
+# --- feature cache ------------------------------------------------------------------------------
+def test_array_cache_persists_and_keys_by_task_and_url(tmp_path):
+    directory = str(tmp_path / "cache")
+    cache = ArrayCache(directory)
+    keys = [(1, "a.png"), (2, "b.png")]
+    cache.put(keys, np.array([[1.0, 2.0], [3.0, 4.0]], dtype=np.float32))
+    assert cache.missing([(1, "a.png"), (1, "changed.png"), (3, "c.png")]) == [1, 2]
+    reloaded = ArrayCache(directory)
+    np.testing.assert_array_equal(reloaded.get([(2, "b.png"), (1, "a.png")]), [[3, 4], [1, 2]])
+    assert not [p for p in os.listdir(directory) if p.endswith(".tmp.npz")]
+
+
+def test_array_cache_compacts_many_shards(tmp_path):
+    cache = ArrayCache(str(tmp_path))
+    for i in range(40):
+        cache.put([(i, f"{i}.png")], np.full((1, 3), i, dtype=np.float32))
+    assert len([p for p in os.listdir(tmp_path) if p.startswith("shard-")]) < 40
+    reloaded = ArrayCache(str(tmp_path))
+    assert len(reloaded) == 40
+    np.testing.assert_array_equal(reloaded.get([(39, "39.png"), (0, "0.png")])[:, 0], [39, 0])
+
+
+# --- model store ------------------------------------------------------------------------------
+def test_model_store_versions_and_pointer(tmp_path):
+    store = ModelStore(str(tmp_path / "7"))
+    assert store.current_version() is None and store.versions() == []
+
+    def write(directory):
+        with open(os.path.join(directory, "miner.pt"), "w") as handle:
+            handle.write("x")
+        return {"extra": 1}
+
+    v1 = store.save(write, {"n": 1})
+    v2 = store.save(write, {"n": 2})
+    assert store.versions() == [v1, v2] and store.current_version() == v2
+    assert store.read_meta(v2)["n"] == 2 and store.read_meta(v2)["extra"] == 1
+
+    def broken(directory):
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        store.save(broken, {"n": 3})
+    assert store.current_version() == v2 and store.versions() == [v1, v2]
+    assert not [d for d in os.listdir(store.project_dir) if d.startswith(".saving-")]
+
+
+# --- training queue -----------------------------------------------------------------------------
+def test_burst_of_events_causes_at_most_two_trainings():
+    runs = []
+    gate = threading.Event()
+
+    def train(project_id):
+        runs.append(project_id)
+        gate.wait(2)
+
+    queue = TrainingQueue(train, debounce_seconds=0.05)
+    for _ in range(50):
+        queue.request(1, "ANNOTATION_CREATED")
+    time.sleep(0.2)  # first training is now running
+    statuses = [queue.request(1, "ANNOTATION_CREATED") for _ in range(50)]
+    assert statuses[0] == "queued-after-running" and set(statuses[1:]) == {"coalesced"}
+    gate.set()
+    assert queue.wait_idle(timeout=10)
+    assert runs == [1, 1]
+    queue.close()
+
+
+def test_queue_runs_projects_independently_and_survives_errors():
+    runs = []
+
+    def train(project_id):
+        runs.append(project_id)
+        if project_id == 2:
+            raise RuntimeError("label studio down")
+
+    queue = TrainingQueue(train, debounce_seconds=0.0)
+    queue.request(1)
+    queue.request(2)
+    assert queue.wait_idle(timeout=10)
+    assert sorted(runs) == [1, 2]
+    assert "label studio down" in queue.last_error(2) and queue.last_error(1) is None
+    queue.request(1)
+    assert queue.wait_idle(timeout=10) and runs.count(1) == 2
+    queue.close()
