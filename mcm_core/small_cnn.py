@@ -12,7 +12,9 @@ from torch import nn
 
 
 class SmallCNN(nn.Module):
-    """conv(32)-conv(64)-maxpool-dropout -> dense(128) -> dense(C)."""
+    """conv(32)-maxpool-conv(64)-maxpool-dropout -> dense(128) -> dense(C).
+
+    Pooling after each conv keeps a CPU epoch on 2k MNIST images at about a second."""
 
     def __init__(self, num_classes: int, in_channels: int = 1, feature_dim: int = 128):
         super().__init__()
@@ -22,9 +24,9 @@ class SmallCNN(nn.Module):
         self.in_channels = int(in_channels)
         self.feature_dim = int(feature_dim)
         self.conv = nn.Sequential(
-            nn.Conv2d(in_channels, 32, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
-            nn.MaxPool2d(2), nn.Dropout(0.25),
+            nn.Conv2d(in_channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True),
+            nn.Dropout(0.25),
             # Fixed spatial size makes the dense layer independent of the input size (8x8 digits, 28x28 MNIST, 224 photos).
             nn.AdaptiveAvgPool2d((7, 7)),
         )

@@ -1,0 +1,60 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mcm_core.autoencoder import Autoencoder, AutoencoderScorer, default_hidden, train_autoencoder
+
+
+def test_paper_architecture():
+    ae = Autoencoder(10)
+    linears = [m for m in ae.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(10, 10), (10, 9), (9, 10), (10, 10)]
+    assert sum(isinstance(m, nn.ReLU) for m in ae.encoder) == 2
+    assert default_hidden(10) == (10, 9)
+    assert default_hidden(100) == (50, 25)
+
+
+def test_softmax_output_is_a_probability_vector():
+    ae = Autoencoder(4, (3, 2), softmax_output=True)
+    out = ae(torch.randn(5, 4))
+    assert torch.allclose(out.sum(1), torch.ones(5), atol=1e-6)
+
+
+def test_training_runs_at_least_min_steps_and_reduces_loss():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(100, 5)).astype(np.float32)
+    torch.manual_seed(0)
+    ae = Autoencoder(5, (4, 3))
+    with torch.no_grad():
+        before = float(((ae(torch.from_numpy(x)) - torch.from_numpy(x)) ** 2).mean())
+    info = train_autoencoder(ae, x, min_steps=400, max_steps=5000, patience=2)
+    assert info.steps >= 400
+    assert info.best_val_loss < before
+
+
+def test_max_steps_caps_training():
+    x = np.random.default_rng(0).normal(size=(640, 3)).astype(np.float32)
+    info = train_autoencoder(Autoencoder(3, (2, 2)), x, min_steps=10, max_steps=25, patience=100)
+    assert info.steps == 25
+
+
+def test_scorer_flags_unseen_output_pattern():
+    # labeled logits: always one of classes 0-2 dominant; a class-3-dominant output is novel
+    rng = np.random.default_rng(0)
+    k = rng.integers(0, 3, 400)
+    z = rng.normal(scale=0.3, size=(400, 4)).astype(np.float32)
+    z[np.arange(400), k] += 5.0
+    for space in ("logits", "probs"):
+        sc = AutoencoderScorer(4, input_space=space, hidden=(3, 2), min_steps=1500, seed=0).fit(z)
+        novel = np.array([[0, 0, 0, 5.0]], np.float32)
+        assert sc.score(novel)[0] > np.quantile(sc.score(z), 0.95), space
+
+
+def test_scorer_errors():
+    with pytest.raises(ValueError):
+        AutoencoderScorer(3, input_space="features")
+    with pytest.raises(ValueError):
+        AutoencoderScorer(3, n_models=0)
+    with pytest.raises(ValueError, match="not fitted"):
+        AutoencoderScorer(3).score(np.zeros((1, 3), np.float32))

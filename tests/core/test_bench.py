@@ -1,0 +1,55 @@
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from mcm_core.bench.__main__ import main as bench_main
+from mcm_core.bench.data import DEFAULT_TAIL_RATIOS, load_dataset, skewed_split
+from mcm_core.metrics import skewness_ratios
+
+
+def test_skewed_split_follows_the_protocol():
+    labels = np.repeat(np.arange(10), 500)
+    s = skewed_split(labels, 10, seed=0)
+    assert len(np.intersect1d(s.train, s.pool)) == 0 and len(np.intersect1d(s.pool, s.test)) == 0
+    assert len(np.intersect1d(s.train, s.test)) == 0
+    pool_counts = np.bincount(labels[s.pool], minlength=10)
+    test_counts = np.bincount(labels[s.test], minlength=10)
+    assert len(set(pool_counts)) == 1 and len(set(test_counts)) == 1  # uniform
+    r = skewness_ratios(labels[s.train], 10)
+    assert r[0] == pytest.approx(DEFAULT_TAIL_RATIOS[0], abs=0.003)
+    assert r[1] == pytest.approx(DEFAULT_TAIL_RATIOS[1], abs=0.005)
+    assert np.bincount(labels[s.train])[0] >= 1
+    assert (r[2:] > 1).all()
+    assert not np.array_equal(skewed_split(labels, 10, seed=1).pool, s.pool)
+
+
+def test_digits_loads_as_images():
+    d = load_dataset("digits")
+    assert d.images.ndim == 3 and d.images.max() <= 1.0 and d.num_classes == 10
+    with pytest.raises(ValueError):
+        load_dataset("cifar")
+
+
+def test_speed_flag_forwards_lazily(monkeypatch):
+    seen = {}
+    fake = types.ModuleType("mcm_core.bench.speed")
+    fake.main = lambda argv: seen.setdefault("argv", argv) and 0
+    monkeypatch.setitem(sys.modules, "mcm_core.bench.speed", fake)
+    import mcm_core.bench as pkg
+    monkeypatch.setattr(pkg, "speed", fake, raising=False)
+    assert bench_main(["--speed", "--sizes", "10"]) == 0
+    assert seen["argv"] == ["--sizes", "10"]
+
+
+def test_quality_run_seed_on_digits():
+    from mcm_core.bench.quality import DEFAULT_NAME, run_seed
+    d = load_dataset("digits")
+    r = run_seed(d, seed=0, cnn_epochs=2, variants=[], miner_kwargs={"ae_min_steps": 200, "ae_max_steps": 600})
+    m = r["metrics"]
+    assert DEFAULT_NAME in m and "entropy (M outputs)" in m and "ablation: RC + entropy" in m
+    for row in m.values():
+        assert 0.0 <= row["auc_pr"] <= 1.0 and 0.0 <= row["p@50"] <= 1.0
+    assert r["info"]["n_pool_tail"] == 2 * r["info"]["n_pool"] // 10
+    assert r["info"]["tail_classes_train"] == [0, 1]

@@ -1,0 +1,161 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from mcm_core import MinorityMiner
+
+FAST = dict(ae_min_steps=300, ae_max_steps=1500)
+
+
+@pytest.fixture(scope="module")
+def data():
+    from conftest import make_blobs
+    # classes 0-2 are head classes, class 3 has 2 examples, class 4 has a single one
+    x, y, centers = make_blobs([80, 80, 80, 2, 1], num_classes=5, dim=12, seed=0)
+    x_tail, _, _ = make_blobs([0, 0, 0, 30, 30], num_classes=5, dim=12, seed=0)
+    x_head, _, _ = make_blobs([30, 30, 30, 0, 0], num_classes=5, dim=12, seed=7)
+    return x, y, x_head, x_tail
+
+
+@pytest.fixture(scope="module")
+def fitted(data):
+    x, y, _, _ = data
+    return MinorityMiner(5, seed=0, **FAST).fit(x, y)
+
+
+def test_fit_returns_self_and_shapes(data, fitted):
+    x, _, _, _ = data
+    s = fitted.score(x[:17])
+    assert s.shape == (17,)
+    p = fitted.predict_proba(x[:17])
+    assert p.shape == (17, 5)
+    assert p.sum(1) == pytest.approx(np.ones(17), abs=1e-5)
+    assert fitted.is_fitted
+
+
+def test_scores_within_upper_bound(data, fitted):
+    x, _, x_head, x_tail = data
+    s = fitted.score(np.concatenate([x, x_head, x_tail, x * 100]))
+    assert fitted.score_upper_bound == 2.0
+    assert (s >= 0).all() and (s <= fitted.score_upper_bound).all()
+
+
+def test_tail_examples_rank_above_head_examples(data, fitted):
+    _, _, x_head, x_tail = data
+    s_head, s_tail = fitted.score(x_head), fitted.score(x_tail)
+    assert np.median(s_tail) > np.median(s_head)
+
+
+def test_determinism(data, fitted):
+    x, y, x_head, _ = data
+    again = MinorityMiner(5, seed=0, **FAST).fit(x, y)
+    assert np.array_equal(again.score(x_head), fitted.score(x_head))
+    other = MinorityMiner(5, seed=1, **FAST).fit(x, y)
+    assert not np.array_equal(other.score(x_head), fitted.score(x_head))
+
+
+def test_fit_does_not_touch_global_rng(data):
+    x, y, _, _ = data
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    MinorityMiner(5, seed=0, **FAST).fit(x, y)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_save_load_round_trip(tmp_path, data, fitted):
+    x, _, x_head, x_tail = data
+    path = tmp_path / "sub" / "miner.pt"
+    fitted.save(path)
+    assert os.listdir(path.parent) == ["miner.pt"]  # no temp file left behind
+    loaded = MinorityMiner.load(path)
+    probe = np.concatenate([x_head, x_tail])
+    assert np.array_equal(loaded.score(probe), fitted.score(probe))
+    assert np.array_equal(loaded.predict_proba(probe), fitted.predict_proba(probe))
+    assert loaded.config == fitted.config
+    assert loaded.score_upper_bound == fitted.score_upper_bound
+
+
+def test_load_rejects_foreign_or_missing_files(tmp_path):
+    with pytest.raises(ValueError, match="not found"):
+        MinorityMiner.load(tmp_path / "missing.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="cannot read"):
+        MinorityMiner.load(junk)
+    other = tmp_path / "other.pt"
+    torch.save({"format": "something else"}, other)
+    with pytest.raises(ValueError, match="not a MinorityMiner"):
+        MinorityMiner.load(other)
+
+
+def test_save_before_fit_raises(tmp_path):
+    with pytest.raises(ValueError, match="not fitted"):
+        MinorityMiner(3).save(tmp_path / "m.pt")
+
+
+def test_score_before_fit_raises():
+    m = MinorityMiner(3)
+    with pytest.raises(ValueError, match="not fitted"):
+        m.score(np.zeros((2, 4), np.float32))
+    with pytest.raises(ValueError, match="not fitted"):
+        m.predict_proba(np.zeros((2, 4), np.float32))
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda x: np.where(np.arange(x.size).reshape(x.shape) == 5, np.nan, x), "NaN or inf"),
+    (lambda x: np.where(np.arange(x.size).reshape(x.shape) == 5, np.inf, x), "NaN or inf"),
+    (lambda x: x[0], "2-D"),
+    (lambda x: x[:, :, None], "2-D"),
+    (lambda x: x[:0], "empty"),
+])
+def test_fit_rejects_bad_features(data, bad, match):
+    x, y, _, _ = data
+    xb = bad(x)
+    with pytest.raises(ValueError, match=match):
+        MinorityMiner(5, **FAST).fit(xb, y[:len(xb)] if xb.ndim >= 1 and len(xb) <= len(y) else y)
+
+
+@pytest.mark.parametrize("labels_fn, match", [
+    (lambda y: np.where(np.arange(len(y)) == 3, 5, y), r"\[0, 5\)"),
+    (lambda y: np.where(np.arange(len(y)) == 3, -1, y), r"\[0, 5\)"),
+    (lambda y: y[:-1], "entries"),
+    (lambda y: y.reshape(-1, 1), "1-D"),
+    (lambda y: y + 0.5, "integers"),
+    (lambda y: y.astype(str), "integers"),
+])
+def test_fit_rejects_bad_labels(data, labels_fn, match):
+    x, y, _, _ = data
+    with pytest.raises(ValueError, match=match):
+        MinorityMiner(5, **FAST).fit(x, labels_fn(y))
+
+
+def test_score_rejects_bad_features(data, fitted):
+    x, _, _, _ = data
+    with pytest.raises(ValueError, match="columns"):
+        fitted.score(x[:, :5])
+    with pytest.raises(ValueError, match="NaN or inf"):
+        fitted.score(np.full((2, x.shape[1]), np.nan, np.float32))
+    with pytest.raises(ValueError, match="empty"):
+        fitted.score(x[:0])
+    with pytest.raises(ValueError, match="2-D"):
+        fitted.score(x[0])
+
+
+@pytest.mark.parametrize("kwargs", [dict(num_classes=1), dict(num_classes=2.5), dict(num_classes=3, gamma=-1),
+                                    dict(num_classes=3, input_space="pixels"),
+                                    dict(num_classes=3, alpha=[1.0, 2.0])])
+def test_constructor_rejects_bad_options(kwargs):
+    with pytest.raises(ValueError):
+        MinorityMiner(**kwargs)
+
+
+def test_classes_with_zero_or_one_example_and_probs_space(data):
+    x, y, _, x_tail = data
+    keep = y != 4  # class 4 now has no example at all
+    m = MinorityMiner(5, seed=0, input_space="probs", gamma=1.0, alpha=0.5, **FAST).fit(x[keep], y[keep])
+    s = m.score(x_tail)
+    assert s.shape == (60,) and ((s >= 0) & (s <= m.score_upper_bound)).all()
+    assert m.fit_info["labeled_per_class"] == [80, 80, 80, 2, 0]
