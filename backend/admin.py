@@ -253,6 +253,11 @@ def cmd_enable_ordering(ls: LabelStudioAdmin, args: argparse.Namespace) -> int:
                 sampling=UNCERTAINTY_SAMPLING)
         print(f"project sampling -> {UNCERTAINTY_SAMPLING!r}: 'Label All Tasks' now serves the LOWEST score first")
         direction = (status or {}).get("score_direction")
+        if not direction:
+            try:
+                direction = backend_get(ml.url, "/health").get("score_direction")
+            except AdminError:
+                direction = None
         if direction == "tail-low":
             print("backend runs with MCM_SCORE_DIRECTION=tail-low: lowest score = likely tail class. OK")
         else:
