@@ -269,8 +269,8 @@ def cmd_enable_ordering(ls: LabelStudioAdmin, args: argparse.Namespace) -> int:
     else:
         print(f"Annotators: open the '{args.view_title}' tab in the project's Data Manager and click "
               "'Label Tasks As Displayed' (NOT 'Label All Tasks', which ignores the tab's order).")
-        print(f"After each retraining run `enable-ordering --project {project.id}` again "
-              "(or let the backend keep project.model_version current).")
+        print("The backend re-points project.model_version after each retraining; if sorting by score "
+              f"looks stale, run `enable-ordering --project {project.id}` again.")
     return 0
 
 
