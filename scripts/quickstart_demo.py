@@ -117,8 +117,8 @@ def main() -> None:
     if not status.get("model_version") and not status.get("training"):
         run_admin("retrain", "--project", str(pid))
     status = wait_for_model(args.backend_url, pid, args.train_timeout)
-    log(f"model {status['model_version']}: {status.get('n_labeled')} labeled, tail classes "
-        f"{status.get('tail_classes')}, {status.get('n_scored')} tasks scored")
+    log(f"model {status['model_version']}: trained on {status.get('n_labeled')} labeled tasks, "
+        f"tail classes {status.get('tail_classes')}")
     run_admin("enable-ordering", "--project", str(pid))
     print(f"PROJECT_ID={pid}")
 

@@ -324,3 +324,19 @@ def test_8_missing_image_does_not_block_others(ls, backend, flow):
     assert missing not in scores, "a task without an image cannot carry a real score"
     status = backend.status(pid)
     assert not status["training"] and status["model_version"] == flow["version"]
+
+
+def test_9_admin_status_and_uncertainty_sampling(ls, ls_env, backend, flow):
+    pid = flow["pid"]
+    result = admin(ls_env, "status", "--project", str(pid), "--json")
+    assert result.returncode == 0, result.stderr + result.stdout
+    info = json.loads(result.stdout)
+    assert info["backend"]["model_version"] == flow["version"] == info["label_studio"]["model_version"]
+    assert set(info["backend"]["tail_classes"]) <= {str(d) for d in range(10)}
+    assert info["label_studio"]["labeled_tasks"] == ls.project(pid)["num_tasks_with_annotations"]
+
+    result = admin(ls_env, "enable-ordering", "--project", str(pid), "--uncertainty-sampling")
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert ls.project(pid)["sampling"] == "Uncertainty sampling"
+    # This backend runs tail-high, so the command must tell the user to flip the direction.
+    assert "MCM_SCORE_DIRECTION=tail-low" in result.stdout and "WARNING" in result.stdout
