@@ -80,7 +80,10 @@ def _to_8bit_mode(img: Image.Image, mode: str) -> Image.Image:
     because PIL's own conversion clips them instead of scaling."""
     if not isinstance(img, Image.Image):
         raise ValueError(f"expected a PIL.Image.Image, got {type(img).__name__}")
-    img = ImageOps.exif_transpose(img)
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception as exc:  # malformed EXIF must not make an otherwise readable image unusable
+        log.debug("ignoring unreadable EXIF orientation: %s", exc)
     if img.mode.startswith("I;16"):
         arr = np.asarray(img, dtype=np.float64) / 257.0
         img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")

@@ -322,3 +322,18 @@ def test_simple_cnn_bad_inputs(digits, tmp_path):
         build_backbone("simple-cnn", weights=str(junk))
     with pytest.raises(BackboneError, match="absent.pt"):
         build_backbone("simple-cnn", weights=str(tmp_path / "absent.pt"))
+
+
+def test_exif_orientation_is_applied_before_resizing():
+    backbone = build_backbone("simple-cnn", image_size=8)
+    arr = np.zeros((8, 16), dtype=np.uint8)
+    arr[:, :4] = 255  # bright stripe on the left
+    upright = Image.fromarray(arr, "L")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    tagged = Image.fromarray(arr, "L")
+    tagged.info["exif"] = exif.tobytes()
+    tagged.getexif()[0x0112] = 6
+    expected = backbone.prepare([upright.transpose(Image.Transpose.ROTATE_270)])
+    np.testing.assert_array_equal(backbone.prepare([tagged]), expected)
+    assert not np.array_equal(expected, backbone.prepare([upright]))
