@@ -12,6 +12,7 @@ import collections
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import numpy as np
@@ -152,12 +153,19 @@ def rescore_project(project_id: int, settings: Settings | None = None, runtime: 
     pushed = 0
     n_skipped = 0
     score_seconds = 0.0
-    for start in range(0, len(tasks), chunk * 10):
-        t0 = time.monotonic()
-        predictions, skipped = score_task_chunk(project_id, tasks[start:start + chunk * 10], runtime, model)
-        score_seconds += time.monotonic() - t0
-        n_skipped += len(skipped)
-        pushed += ls_sync.push_predictions(client, project_id, predictions, chunk_size=chunk)
+    # Scoring of the next block overlaps with pushing the previous one (one push in flight).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"mcm-push-{project_id}") as pusher:
+        pending = None
+        for start in range(0, len(tasks), chunk * 10):
+            t0 = time.monotonic()
+            predictions, skipped = score_task_chunk(project_id, tasks[start:start + chunk * 10], runtime, model)
+            score_seconds += time.monotonic() - t0
+            n_skipped += len(skipped)
+            if pending is not None:
+                pushed += pending.result()
+            pending = pusher.submit(ls_sync.push_predictions, client, project_id, predictions, chunk)
+        if pending is not None:
+            pushed += pending.result()
     ls_sync.set_model_version(client, project_id, model.version)
     if previous_version and previous_version != model.version:
         try:
@@ -166,7 +174,7 @@ def rescore_project(project_id: int, settings: Settings | None = None, runtime: 
             logger.warning("project %s: could not delete predictions of %s: %s", project_id, previous_version, exc)
     state.n_scored = pushed
     logger.info("project %s: re-scored %d unlabeled tasks with %s (%d skipped) in %.1fs (listing %.1fs, "
-                "scoring %.1fs, pushing %.1fs)", project_id, pushed, model.version, n_skipped,
+                "scoring %.1fs, rest pushing/waiting %.1fs)", project_id, pushed, model.version, n_skipped,
                 time.monotonic() - started, listed - started, score_seconds,
                 time.monotonic() - listed - score_seconds)
     return pushed

@@ -61,6 +61,9 @@ class Runtime:
 
     def __init__(self, settings: Settings, extractor: Extractor | None = None) -> None:
         self.settings = settings
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)  # process-wide; see MCM_TORCH_THREADS
         self.extractor = extractor or Extractor(settings.backbone, settings.backbone_weights,
                                                  cnn_epochs=settings.cnn_epochs, num_threads=settings.torch_threads)
         self._projects: dict[int, ProjectState] = {}

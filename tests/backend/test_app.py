@@ -231,7 +231,11 @@ def test_restart_keeps_each_projects_model_and_version(env):
     client = _client(env)
     assert client.post("/setup", json={"project": f"{PID}.1", "schema": LABEL_CONFIG}).json["model_version"] == env["v2"]
     after = client.post("/predict", json={"tasks": tasks, "project": f"{PID}.1"}).json
-    assert after == before
+    assert after["model_version"] == before["model_version"] == env["v2"]
+    for a, b in zip(after["results"], before["results"]):
+        assert a["result"] == b["result"] and a["model_version"] == b["model_version"]
+        # CNN features are recomputed in a different batch: equal up to float rounding.
+        assert a["score"] == pytest.approx(b["score"], rel=1e-4, abs=1e-9)
 
 
 def test_basic_auth_protects_everything_but_health_and_webhook(env):
