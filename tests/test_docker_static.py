@@ -21,6 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
 # Environment names of backend/worker containers that are not backend settings, and why.
 NON_BACKEND_ENV = {"WEB_CONCURRENCY": "gunicorn's worker-process count (read by gunicorn itself)"}
+# Settings whose compose default deliberately differs from the backend's own default, and why.
+COMPOSE_DEFAULT_OVERRIDES = {"MCM_ALLOWED_HOSTS": "the backend must fetch images from label-studio"}
 INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:[:?+\-][^}]*)?\}")
 
 
@@ -140,6 +142,29 @@ def test_every_backend_and_worker_env_name_is_a_backend_setting(compose):
     # and the compose file passes every backend setting through (so .env can set any of them)
     missing = known - _env_names(compose["services"]["backend"])
     assert not missing, f"backend service does not pass {sorted(missing)}"
+
+
+def _env_example_values() -> dict[str, str]:
+    text = (DOCKER / ".env.example").read_text()
+    return dict(re.findall(r"^([A-Z][A-Z0-9_]*)=(.*)$", text, flags=re.M))
+
+
+def test_compose_and_env_example_defaults_equal_the_backend_defaults(compose):
+    """Copying .env.example, or leaving a variable unset, gives the backend's documented default."""
+    example = _env_example_values()
+    checked = 0
+    for name, value in compose["services"]["backend"]["environment"].items():
+        match = re.fullmatch(r"\$\{(\w+):-([^}]*)\}", str(value))
+        if name not in SETTINGS_HELP or not match or match.group(1) != name:
+            continue
+        compose_default = match.group(2)
+        if name not in COMPOSE_DEFAULT_OVERRIDES:
+            assert compose_default == (SETTINGS_HELP[name][0] or ""), (
+                f"{name}: compose default {compose_default!r} != backend default {SETTINGS_HELP[name][0]!r}")
+        assert example.get(name) == compose_default, (
+            f"{name}: .env.example has {example.get(name)!r}, compose default is {compose_default!r}")
+        checked += 1
+    assert checked >= 10
 
 
 def test_env_example_documents_every_setting(compose):
