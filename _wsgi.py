@@ -49,7 +49,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+_app = None
+
+
+def __getattr__(name: str):
+    """`_wsgi.app` (gunicorn's `_wsgi:app`) is built on first access, so importing this module is cheap."""
+    global _app
+    if name == "app":
+        if _app is None:
+            _app = build_app()
+        return _app
+    raise AttributeError(name)
+
+
 if __name__ == "__main__":
     sys.exit(main())
-else:
-    app = build_app()

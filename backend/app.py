@@ -16,12 +16,13 @@ import hmac
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from flask import Flask, jsonify, request
 from label_studio_ml import api as ls_api
 
 from .label_config import LabelConfigError, parse_label_config
-from .model import TRAIN_EVENTS, MinorityMinerModel
+from .model import SCORE_EVENTS, TRAIN_EVENTS, MinorityMinerModel
 from .runtime import Runtime, register_runtime
 from .settings import Settings
 from .trainer import TrainingQueue
@@ -29,8 +30,6 @@ from .trainer import TrainingQueue
 logger = logging.getLogger(__name__)
 
 PUBLIC_PATHS = {"/", "/health", "/metrics", "/webhook"}
-IGNORED_EVENTS = ("TASKS_CREATED", "TASKS_DELETED", "PROJECT_CREATED", "PROJECT_UPDATED", "PROJECT_DELETED",
-                  "ANNOTATIONS_CREATED")
 
 
 class HttpError(Exception):
@@ -63,6 +62,12 @@ class AppState:
                 state.training = False
 
         self.queue = TrainingQueue(run_and_track, settings.debounce_seconds, on_error)
+        # Scoring of newly created tasks: one at a time, off the request thread.
+        self.scorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mcm-score")
+
+    def close(self) -> None:
+        self.queue.close()
+        self.scorer.shutdown(wait=False)
 
 
 def project_id_of(value) -> int:
@@ -148,6 +153,8 @@ def webhook_view():
     action = data.get("action")
     if not action or not isinstance(action, str):
         raise HttpError(400, "webhook payload has no 'action'")
+    if action in SCORE_EVENTS:
+        return _schedule_scoring(data, action)
     if action not in TRAIN_EVENTS:
         return jsonify({"status": "ignored", "action": action,
                         "reason": f"event {action} does not trigger training"}), 200
@@ -158,6 +165,26 @@ def webhook_view():
     if warning:
         body["warning"] = warning
     return jsonify(body), 201
+
+
+def _schedule_scoring(data: dict, action: str):
+    project_id = project_id_of(data.get("project"))
+    tasks = [t for t in data.get("tasks") or [] if isinstance(t, dict) and "id" in t]
+    app_state = _state()
+    if app_state.runtime.project(project_id).model is None or not tasks:
+        return jsonify({"status": "ignored", "action": action,
+                        "reason": "no trained model yet" if tasks else "no tasks in payload"}), 200
+    from .jobs import score_and_push_tasks
+
+    def run():
+        try:
+            score_and_push_tasks(project_id, tasks, runtime=app_state.runtime)
+        except Exception as exc:
+            logger.exception("project %s: scoring %d new tasks failed: %s", project_id, len(tasks), exc)
+            app_state.runtime.project(project_id).last_error = f"scoring new tasks: {exc.__class__.__name__}: {exc}"
+
+    app_state.scorer.submit(run)
+    return jsonify({"status": "scoring", "action": action, "project": project_id, "tasks": len(tasks)}), 202
 
 
 def _check_annotation_labels(project_id: int, data: dict) -> str | None:
@@ -294,7 +321,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
         _install_routes(app)
         previous = app.config.get("MCM_STATE")
         if previous is not None:
-            previous.queue.close()
+            previous.close()
         app.config["MCM_STATE"] = AppState(settings, runtime, train_fn)
     if preload:
         for project_id in runtime.known_projects():

@@ -178,3 +178,22 @@ def rescore_project(project_id: int, settings: Settings | None = None, runtime: 
                 time.monotonic() - started, listed - started, score_seconds,
                 time.monotonic() - listed - score_seconds)
     return pushed
+
+
+def score_and_push_tasks(project_id: int, tasks: Sequence[dict], settings: Settings | None = None,
+                         runtime: Runtime | None = None) -> int:
+    """Score newly created tasks with the current model and push them (TASKS_CREATED webhook).
+
+    Without this, tasks imported after a training would have no score, and so
+    no place in the tail-first order, until the next training.
+    """
+    runtime = runtime or get_runtime(settings or Settings.from_env())
+    model = runtime.project(project_id).model
+    if model is None or not tasks:
+        return 0
+    started = time.monotonic()
+    predictions, skipped = score_task_chunk(project_id, tasks, runtime, model)
+    pushed = ls_sync.push_predictions(runtime.ls_client(), project_id, predictions, runtime.settings.predict_chunk)
+    logger.info("project %s: scored %d new tasks with %s (%d skipped) in %.1fs", project_id, pushed, model.version,
+                len(skipped), time.monotonic() - started)
+    return pushed

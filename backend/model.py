@@ -16,8 +16,10 @@ logger = logging.getLogger(__name__)
 
 # Events that (re)train a project. 1.0.9's default lacks START_TRAINING and
 # names ANNOTATION_DELETED, which Label Studio 1.23 sends as ANNOTATIONS_DELETED.
-TRAIN_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "ANNOTATION_DELETED",
-                "START_TRAINING")
+TRAIN_EVENTS = ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED",
+                "ANNOTATION_DELETED", "START_TRAINING")
+# Tasks created after a training are scored with the current model at once.
+SCORE_EVENTS = ("TASKS_CREATED",)
 
 
 class MinorityMinerModel(LabelStudioMLBase):

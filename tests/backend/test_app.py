@@ -30,7 +30,7 @@ def env(tmp_path_factory):
     app = create_app(settings)
     state = {"fake": fake, "images": images, "truth": truth, "settings": settings, "app": app}
     yield state
-    state["app"].config["MCM_STATE"].queue.close()
+    state["app"].config["MCM_STATE"].close()
     fake.close()
     images.close()
 
@@ -216,6 +216,23 @@ def test_too_little_data_skips_training_without_error(env):
     assert client.get(f"/mcm/status?project={PID}").json["model_version"] == env["v2"]  # other project untouched
 
 
+def test_tasks_created_after_training_are_scored_at_once(env):
+    fake, images, client = env["fake"], env["images"], _client(env)
+    new_ids = [7001, 7002]
+    for tid, digit in zip(new_ids, (7, 0)):
+        images.files[f"/img/{tid}.png"] = png_bytes(mnist_by_digit()[digit][300])
+        fake.add_task(PID, tid, f"{images.url}/img/{tid}.png")
+    payload = {"action": "TASKS_CREATED", "project": {"id": PID},
+               "tasks": [{"id": tid, "data": fake.tasks[tid]["data"]} for tid in new_ids]}
+    response = client.post("/webhook", json=payload)
+    assert response.status_code == 202 and response.json["tasks"] == 2
+    env["app"].config["MCM_STATE"].scorer.submit(lambda: None).result(timeout=60)  # wait for the scorer
+    pushed = {p["task"]: p for p in fake.predictions if p["task"] in new_ids}
+    assert set(pushed) == set(new_ids) and {p["model_version"] for p in pushed.values()} == {env["v2"]}
+    for tid in new_ids:  # keep the rest of the module's bookkeeping unchanged
+        del fake.tasks[tid]
+
+
 def test_is_training_endpoint(env):
     response = _client(env).get(f"/is_training?project={PID}")
     assert response.status_code == 200 and response.json["is_training"] is False
@@ -226,7 +243,7 @@ def test_restart_keeps_each_projects_model_and_version(env):
     client = _client(env)
     tasks = _tasks(env, list(env["truth"])[:4])
     before = client.post("/predict", json={"tasks": tasks, "project": f"{PID}.1"}).json
-    env["app"].config["MCM_STATE"].queue.close()
+    env["app"].config["MCM_STATE"].close()
     env["app"] = create_app(env["settings"])  # a new process would do exactly this
     client = _client(env)
     assert client.post("/setup", json={"project": f"{PID}.1", "schema": LABEL_CONFIG}).json["model_version"] == env["v2"]
@@ -240,7 +257,7 @@ def test_restart_keeps_each_projects_model_and_version(env):
 
 def test_basic_auth_protects_everything_but_health_and_webhook(env):
     settings = Settings(**{**env["settings"].__dict__, "basic_auth_user": "ml", "basic_auth_pass": "s3cret"})
-    env["app"].config["MCM_STATE"].queue.close()
+    env["app"].config["MCM_STATE"].close()
     env["app"] = create_app(settings)
     client = _client(env)
     good = {"Authorization": "Basic " + base64.b64encode(b"ml:s3cret").decode()}

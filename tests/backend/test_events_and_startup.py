@@ -1,0 +1,81 @@
+"""Every webhook event's routing, start-up failures and the command line."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from backend.app import create_app
+from backend.runtime import Runtime
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PYTHON = sys.executable
+
+
+@pytest.fixture
+def recorded(make_settings):
+    """An app whose training function records the projects it was asked to train."""
+    calls: list[int] = []
+    app = create_app(make_settings(), train_fn=calls.append)
+    yield app, calls
+    app.config["MCM_STATE"].close()
+
+
+@pytest.mark.parametrize("action", ["ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED",
+                                    "START_TRAINING"])
+def test_training_events_schedule_one_training(recorded, action):
+    app, calls = recorded
+    payload = {"action": action, "project": {"id": 42, "title": "p"}}
+    if action == "ANNOTATIONS_DELETED":
+        payload["annotations"] = [{"id": 1}, {"id": 2}]
+    response = app.test_client().post("/webhook", json=payload)
+    assert response.status_code == 201 and response.json["project"] == 42
+    assert app.config["MCM_STATE"].queue.wait_idle(timeout=10)
+    assert calls == [42]
+
+
+@pytest.mark.parametrize("action", ["TASKS_CREATED", "PROJECT_UPDATED", "SOMETHING_NEW"])
+def test_other_events_are_acknowledged_and_ignored(recorded, action):
+    app, calls = recorded
+    response = app.test_client().post("/webhook", json={"action": action, "project": {"id": 42}})
+    assert response.status_code == 200 and response.json["status"] == "ignored"
+    assert app.config["MCM_STATE"].queue.wait_idle(timeout=5) and calls == []
+
+
+def test_training_without_label_studio_settings_reports_the_missing_setting(make_settings):
+    app = create_app(make_settings())  # no LABEL_STUDIO_URL / key
+    client = app.test_client()
+    assert client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 3}}).status_code == 201
+    assert app.config["MCM_STATE"].queue.wait_idle(timeout=30)
+    status = client.get("/mcm/status?project=3").json
+    assert "LABEL_STUDIO_URL" in status["last_error"] and status["model_version"] is None
+    app.config["MCM_STATE"].close()
+
+
+def test_missing_backbone_weights_stop_start_up_naming_the_file(make_settings, tmp_path):
+    missing = str(tmp_path / "nope.pt")
+    with pytest.raises(Exception, match="nope.pt"):
+        Runtime(make_settings(backbone="resnet18", backbone_weights=missing))
+    with pytest.raises(Exception, match="MCM_BACKBONE"):
+        Runtime(make_settings(backbone="vgg99"))
+
+
+def test_wsgi_help_lists_every_setting():
+    out = subprocess.run([PYTHON, "_wsgi.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    for name in ("--port", "--host", "LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY", "MODEL_DIR", "MCM_BACKBONE",
+                 "MCM_BACKBONE_WEIGHTS", "MCM_ALLOWED_HOSTS", "MCM_SCORE_DIRECTION", "BASIC_AUTH_USER",
+                 "BASIC_AUTH_PASS", "REDIS_URL", "MCM_DEBOUNCE_SECONDS", "MCM_SEED", "MCM_PREDICT_CHUNK", "LOG_LEVEL"):
+        assert name in out.stdout
+
+
+def test_wsgi_refuses_to_start_with_bad_weights(tmp_path, monkeypatch, caplog):
+    import _wsgi
+
+    monkeypatch.setenv("MCM_BACKBONE", "resnet18")
+    monkeypatch.setenv("MCM_BACKBONE_WEIGHTS", str(tmp_path / "missing.pt"))
+    monkeypatch.setenv("MODEL_DIR", str(tmp_path / "models"))
+    assert _wsgi.main(["--port", "0"]) == 2
+    assert "missing.pt" in caplog.text and "cannot start" in caplog.text
