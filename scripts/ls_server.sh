@@ -35,7 +35,11 @@ ensure_venv() {
   log "installing label-studio==$LS_VERSION into $VENV (first time: several minutes)"
   mkdir -p "$(dirname "$VENV")"
   [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --disable-pip-version-check -q "label-studio==$LS_VERSION" \
+  # pip's outcome is judged by the version check below; the grep drops its noise about
+  # configured-but-absent local index directories.
+  "$VENV/bin/pip" install --disable-pip-version-check -q "label-studio==$LS_VERSION" 2>&1 \
+    | grep -v "is ignored: it is neither a file nor a directory" >&2 || true
+  "$VENV/bin/python" -c 'import importlib.metadata as m; assert m.version("label-studio") == "'"$LS_VERSION"'"' 2>/dev/null \
     || die "pip install label-studio==$LS_VERSION failed (is the package index reachable?)"
 }
 
