@@ -26,8 +26,12 @@ SETTINGS_HELP: dict[str, tuple[str | None, str]] = {
     "BASIC_AUTH_USER": (None, "With BASIC_AUTH_PASS: require HTTP basic auth on every route except "
                         "/health and the annotation webhook (see README)."),
     "BASIC_AUTH_PASS": (None, "Password for BASIC_AUTH_USER."),
-    "REDIS_URL": (None, "Unset: train in a background thread of this process. Set: reserved for an RQ "
-                  "worker deployment (backend.jobs.train_project is the job function)."),
+    "REDIS_URL": (None, "Unset: train and re-score in a background thread of this process. Set (e.g. "
+                  "redis://redis:6379/0): the web process only enqueues; training and chunked re-scoring run "
+                  "as RQ jobs in `rq worker` processes sharing MODEL_DIR (see backend/distributed.py)."),
+    "MCM_RQ_QUEUE": ("mcm", "With REDIS_URL: the RQ queue the jobs go to (start workers on the same queue)."),
+    "MCM_SCORE_CHUNK_TASKS": ("5000", "With REDIS_URL: unlabeled tasks per re-scoring job; the chunks of one "
+                              "project are scored by all workers in parallel."),
     "MCM_DEBOUNCE_SECONDS": ("2", "Wait this long after the last training event before training, so a "
                              "burst of annotations causes one training."),
     "MCM_SEED": ("0", "Seed for every random choice (training is deterministic given the data)."),
@@ -78,6 +82,8 @@ class Settings:
     basic_auth_user: str | None = None
     basic_auth_pass: str | None = None
     redis_url: str | None = None
+    rq_queue: str = "mcm"
+    score_chunk_tasks: int = 5000
     debounce_seconds: float = 2.0
     seed: int = 0
     predict_chunk: int = 1000
@@ -96,6 +102,10 @@ class Settings:
             raise ValueError("BASIC_AUTH_USER and BASIC_AUTH_PASS must be set together")
         if self.predict_chunk < 1:
             raise ValueError("MCM_PREDICT_CHUNK must be >= 1")
+        if self.score_chunk_tasks < 1:
+            raise ValueError("MCM_SCORE_CHUNK_TASKS must be >= 1")
+        if not self.rq_queue:
+            raise ValueError("MCM_RQ_QUEUE must not be empty")
         if self.cnn_epochs < 1:
             raise ValueError("MCM_CNN_EPOCHS must be >= 1")
         if self.torch_threads < 1:
@@ -125,6 +135,8 @@ class Settings:
             basic_auth_user=env.get("BASIC_AUTH_USER") or None,
             basic_auth_pass=env.get("BASIC_AUTH_PASS") or None,
             redis_url=env.get("REDIS_URL") or None,
+            rq_queue=env.get("MCM_RQ_QUEUE") or "mcm",
+            score_chunk_tasks=_int(env, "MCM_SCORE_CHUNK_TASKS"),
             debounce_seconds=_float(env, "MCM_DEBOUNCE_SECONDS"),
             seed=_int(env, "MCM_SEED"),
             predict_chunk=_int(env, "MCM_PREDICT_CHUNK"),
