@@ -6,12 +6,20 @@ cheap features are recomputed from cached images). Either way a retrain never
 downloads or decodes an unchanged task again. Storage: append-only npz shards
 under MODEL_DIR/<project>/cache/<kind>/, each written atomically (temp file +
 os.replace), merged when there are many. A changed URL is a new key.
+
+Several processes (the web process, RQ workers) may share one directory: every
+writer names its shards uniquely (number + pid + random), a merge holds an
+exclusive file lock and deletes only the shards it merged, and a lookup that
+misses first picks up shards other processes wrote since.
 """
 from __future__ import annotations
 
+import fcntl
 import glob
 import logging
 import os
+import re
+import uuid
 import tempfile
 import threading
 from typing import Sequence
@@ -22,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 Key = tuple[int, str]
 MAX_SHARDS = 32
+_SHARD_NUMBER = re.compile(r"^shard-(\d+)")
 
 
 def _atomic_savez(path: str, **arrays: np.ndarray) -> None:
@@ -48,13 +57,19 @@ class ArrayCache:
         self._shards: list[np.ndarray] = []
         self._all: np.ndarray | None = None
         self._next_shard = 0
+        self._loaded: set[str] = set()
+        self._writer = f"{os.getpid()}{uuid.uuid4().hex[:6]}"  # unique shard names per writer process
         self._load()
 
     def _shard_paths(self) -> list[str]:
         return sorted(glob.glob(os.path.join(self.directory, "shard-*.npz")))
 
     def _load(self) -> None:
+        """Read the shards not read yet (also those other processes wrote since)."""
         for path in self._shard_paths():
+            if path in self._loaded:
+                continue
+            self._loaded.add(path)
             try:
                 with np.load(path, allow_pickle=False) as data:
                     ids, urls, values = data["task_ids"], data["urls"], data["values"]
@@ -62,8 +77,9 @@ class ArrayCache:
                 logger.warning("feature cache: ignoring unreadable shard %s: %s", path, exc)
                 continue
             self._append(ids, urls, values)
-            number = int(os.path.basename(path)[6:-4])
-            self._next_shard = max(self._next_shard, number + 1)
+            number = _SHARD_NUMBER.match(os.path.basename(path))
+            if number:
+                self._next_shard = max(self._next_shard, int(number.group(1)) + 1)
         if self._index:
             logger.info("feature cache %s: %d cached tasks", self.directory, len(self._index))
 
@@ -73,9 +89,15 @@ class ArrayCache:
             logger.warning("feature cache %s: dropping shard with shape %s (expected %s)", self.directory,
                            values.shape[1:], self._shards[0].shape[1:])
             return
+        keys = [(int(tid), str(url)) for tid, url in zip(ids.tolist(), urls.tolist())]
+        new = [row for row, key in enumerate(keys) if key not in self._index]
+        if not new:
+            return
+        if len(new) < len(keys):  # e.g. another process's merge of shards already read
+            values, keys = values[new], [keys[row] for row in new]
         self._shards.append(values)
-        for row, (tid, url) in enumerate(zip(ids.tolist(), urls.tolist())):
-            self._index[(int(tid), str(url))] = offset + row
+        for row, key in enumerate(keys):
+            self._index[key] = offset + row
         self._all = None
 
     def __len__(self) -> int:
@@ -84,7 +106,11 @@ class ArrayCache:
     def missing(self, keys: Sequence[Key]) -> list[int]:
         """Positions in `keys` that are not cached."""
         with self._lock:
-            return [i for i, key in enumerate(keys) if key not in self._index]
+            missing = [i for i, key in enumerate(keys) if key not in self._index]
+            if missing:
+                self._load()
+                missing = [i for i in missing if keys[i] not in self._index]
+            return missing
 
     def put(self, keys: Sequence[Key], values: np.ndarray) -> None:
         if not len(keys):
@@ -95,24 +121,36 @@ class ArrayCache:
         urls = np.asarray([k[1] for k in keys], dtype=str)
         values = np.ascontiguousarray(values)
         with self._lock:
-            path = os.path.join(self.directory, f"shard-{self._next_shard:06d}.npz")
+            path = os.path.join(self.directory, f"shard-{self._next_shard:06d}-{self._writer}.npz")
             _atomic_savez(path, task_ids=ids, urls=urls, values=values)
+            self._loaded.add(path)
             self._next_shard += 1
             self._append(ids, urls, values)
             if len(self._shards) > MAX_SHARDS:
                 self._compact()
 
     def _compact(self) -> None:
-        """Merge all shards into one file (new file first, then remove the old ones)."""
+        """Merge the shards this process read into one file (new file first, then remove those).
+
+        Under an exclusive lock file, so two processes never merge at once; shards
+        written by others meanwhile are not touched (they were not merged).
+        """
         keys = sorted(self._index.items(), key=lambda kv: kv[1])
         values = self._values()[[row for _, row in keys]]
-        old = self._shard_paths()
-        path = os.path.join(self.directory, f"shard-{self._next_shard:06d}.npz")
-        _atomic_savez(path, task_ids=np.asarray([k[0] for k, _ in keys], dtype=np.int64),
-                      urls=np.asarray([k[1] for k, _ in keys], dtype=str), values=values)
-        self._next_shard += 1
-        for p in old:
-            os.unlink(p)
+        os.makedirs(self.directory, exist_ok=True)
+        with open(os.path.join(self.directory, ".merge.lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            old = [p for p in self._shard_paths() if p in self._loaded]
+            path = os.path.join(self.directory, f"shard-{self._next_shard:06d}-{self._writer}.npz")
+            _atomic_savez(path, task_ids=np.asarray([k[0] for k, _ in keys], dtype=np.int64),
+                          urls=np.asarray([k[1] for k, _ in keys], dtype=str), values=values)
+            self._loaded.add(path)
+            self._next_shard += 1
+            for p in old:
+                try:
+                    os.unlink(p)
+                except FileNotFoundError:
+                    pass
         self._index = {key: i for i, (key, _) in enumerate(keys)}
         self._shards = [values]
         self._all = values
