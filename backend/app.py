@@ -61,7 +61,12 @@ class AppState:
             finally:
                 state.training = False
 
-        self.queue = TrainingQueue(run_and_track, settings.debounce_seconds, on_error)
+        if settings.redis_url and train_fn is None:
+            # Scale-out: training and re-scoring run as RQ jobs in `rq worker` processes.
+            from .distributed import RQTrainingQueue
+            self.queue = RQTrainingQueue(settings)
+        else:
+            self.queue = TrainingQueue(run_and_track, settings.debounce_seconds, on_error)
         # Scoring of newly created tasks: one at a time, off the request thread.
         self.scorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mcm-score")
 
@@ -253,6 +258,8 @@ def status_view():
         "n_scored": state.n_scored,
         "training": app_state.queue.is_training(project_id),
         "last_error": state.last_error or app_state.queue.last_error(project_id),
+        # RQ scale-out: training_state (queued/running/idle), rq_queue, scoring_version, n_scored
+        **(app_state.queue.status_fields(project_id) if hasattr(app_state.queue, "status_fields") else {}),
     })
 
 
