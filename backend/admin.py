@@ -297,7 +297,8 @@ def collect_status(ls: LabelStudioAdmin, project_id: int) -> dict:
             "project": project.id,
             "title": project.title,
             "tasks": getattr(project, "task_number", None),
-            "labeled_tasks": getattr(project, "num_tasks_with_annotations", None),
+            # finished_task_number counts imported annotations too (num_tasks_with_annotations does not)
+            "labeled_tasks": getattr(project, "finished_task_number", None),
             "model_version": project.model_version,
             "sampling": project.sampling,
             "predictions_per_version": {v["model_version"]: v.get("count") for v in versions},

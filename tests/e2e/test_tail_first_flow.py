@@ -333,7 +333,8 @@ def test_9_admin_status_and_uncertainty_sampling(ls, ls_env, backend, flow):
     info = json.loads(result.stdout)
     assert info["backend"]["model_version"] == flow["version"] == info["label_studio"]["model_version"]
     assert set(info["backend"]["tail_classes"]) <= {str(d) for d in range(10)}
-    assert info["label_studio"]["labeled_tasks"] == ls.project(pid)["num_tasks_with_annotations"]
+    assert info["label_studio"]["labeled_tasks"] == ls.project(pid)["finished_task_number"] \
+        == len(flow["truth"]) - sum(1 for t in flow["truth"] if flow["split"][t] == "pool") + N_REQUEUE
 
     result = admin(ls_env, "enable-ordering", "--project", str(pid), "--uncertainty-sampling")
     assert result.returncode == 0, result.stderr + result.stdout
