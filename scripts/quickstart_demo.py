@@ -81,7 +81,8 @@ def wait_for_model(backend_url: str, pid: int, timeout: float) -> dict:
     shown = 0.0
     while time.monotonic() < deadline:
         try:
-            status = requests.get(f"{backend_url}/mcm/status", params={"project": pid}, timeout=10).json()
+            status = requests.get(f"{backend_url}/mcm/status", params={"project": pid},
+                                  auth=admin.basic_auth_from_env(), timeout=10).json()
         except (requests.RequestException, ValueError):
             status = {}
         if status.get("model_version") and not status.get("training"):
@@ -113,7 +114,8 @@ def main() -> None:
         pid = create_project(session, url, args.files_root, args.state)
 
     run_admin("connect", "--project", str(pid), "--url", args.backend_url)
-    status = requests.get(f"{args.backend_url}/mcm/status", params={"project": pid}, timeout=10).json()
+    status = requests.get(f"{args.backend_url}/mcm/status", params={"project": pid},
+                          auth=admin.basic_auth_from_env(), timeout=10).json()
     if not status.get("model_version") and not status.get("training"):
         run_admin("retrain", "--project", str(pid))
     status = wait_for_model(args.backend_url, pid, args.train_timeout)

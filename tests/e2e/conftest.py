@@ -139,8 +139,11 @@ class BackendProcess:
             "OMP_NUM_THREADS": "2",
             "PYTHONUNBUFFERED": "1",
         })
-        for name in ("BASIC_AUTH_USER", "BASIC_AUTH_PASS", "REDIS_URL"):
-            self.env.pop(name, None)
+        self.env.pop("REDIS_URL", None)
+        # Run as in production: basic auth on the backend, so `connect` must pass it on to
+        # Label Studio and to the annotation webhook.
+        self.auth = ("e2e", os.urandom(8).hex())
+        self.env.update(BASIC_AUTH_USER=self.auth[0], BASIC_AUTH_PASS=self.auth[1])
 
     def start(self, timeout: float = 90.0) -> None:
         assert self.proc is None or self.proc.poll() is not None, "backend already running"
@@ -179,10 +182,13 @@ class BackendProcess:
         self.stop()
         self.start()
 
-    def status(self, project_id: int) -> dict:
-        response = requests.get(self.url + "/mcm/status", params={"project": project_id}, timeout=10)
+    def get(self, path: str, **params) -> dict:
+        response = requests.get(self.url + path, params=params, auth=self.auth, timeout=10)
         response.raise_for_status()
         return response.json()
+
+    def status(self, project_id: int) -> dict:
+        return self.get("/mcm/status", project=project_id)
 
     def log_tail(self, n: int = 40) -> str:
         try:

@@ -8,6 +8,7 @@ Ground truth never enters Label Studio's task data: it comes from the demo manif
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -86,10 +87,10 @@ class LS:
             "from_name": "digit", "to_name": "image", "type": "choices", "value": {"choices": [label]}}]})
 
 
-def admin(ls_env: dict, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, LABEL_STUDIO_URL=ls_env["url"], LABEL_STUDIO_API_KEY=ls_env["api_key"])
-    for name in ("BASIC_AUTH_USER", "BASIC_AUTH_PASS"):
-        env.pop(name, None)
+def admin(ls_env: dict, backend, *args: str) -> subprocess.CompletedProcess:
+    """Run `python -m backend.admin` as an operator would (backend's basic auth in the environment)."""
+    env = dict(os.environ, LABEL_STUDIO_URL=ls_env["url"], LABEL_STUDIO_API_KEY=ls_env["api_key"],
+               BASIC_AUTH_USER=backend.auth[0], BASIC_AUTH_PASS=backend.auth[1])
     return subprocess.run([sys.executable, "-m", "backend.admin", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
 
@@ -187,12 +188,17 @@ def test_1_project_with_mnist_local_files(ls, ls_env, flow, stopwatch, metrics):
 def test_2_connect_backend_with_admin_command(ls, ls_env, backend, flow, stopwatch):
     pid = flow["pid"]
     with stopwatch("2 connect backend (admin connect)"):
-        result = admin(ls_env, "connect", "--project", str(pid), "--url", backend.url)
+        result = admin(ls_env, backend, "connect", "--project", str(pid), "--url", backend.url)
     assert result.returncode == 0, result.stderr + result.stdout
     backends = ls.get("/api/ml", params={"project": pid})
     assert [b["url"].rstrip("/") for b in backends] == [backend.url]
-    hooks = ls.get("/api/webhooks/", params={"project": pid})
-    assert any(h["url"].rstrip("/") == backend.url + "/webhook" for h in hooks)
+    hooks = [h for h in ls.get("/api/webhooks/", params={"project": pid})
+             if h["url"].rstrip("/") == backend.url + "/webhook"]
+    assert len(hooks) == 1
+    expected = "Basic " + base64.b64encode(":".join(backend.auth).encode()).decode()
+    assert hooks[0]["headers"].get("Authorization") == expected, "the annotation webhook must carry basic auth"
+    # ... and the backend really enforces it (so Label Studio's own calls prove the credentials work).
+    assert requests.get(backend.url + "/mcm/status", params={"project": pid}, timeout=10).status_code == 401
 
 
 def test_3_skewed_annotation_burst(ls, backend, flow, stopwatch, metrics):
@@ -220,7 +226,7 @@ def test_4_training_scores_every_unlabeled_task(ls, backend, flow, stopwatch, me
         status = wait_trained(backend, pid, len(pool))
     version = status["model_version"]
     # The flood of ~600 webhooks coalesced into very few trainings.
-    versions = requests.get(backend.url + "/versions", params={"project": pid}, timeout=10).json()["versions"]
+    versions = backend.get("/versions", project=pid)["versions"]
     runs = status.get("training_runs", len(versions))
     metrics["trainings_after_burst"] = runs
     assert 1 <= runs <= 2, f"{runs} trainings for one burst of annotations: {versions}"
@@ -237,10 +243,10 @@ def test_4_training_scores_every_unlabeled_task(ls, backend, flow, stopwatch, me
     metrics["detected_tail_classes"] = status["tail_classes"]
 
 
-def test_5_enable_ordering_puts_tail_first(ls, ls_env, flow, stopwatch, metrics):
+def test_5_enable_ordering_puts_tail_first(ls, ls_env, backend, flow, stopwatch, metrics):
     pid, truth, tails = flow["pid"], flow["truth"], flow["tails"]
     with stopwatch("5 enable-ordering + read the queue"):
-        result = admin(ls_env, "enable-ordering", "--project", str(pid))
+        result = admin(ls_env, backend, "enable-ordering", "--project", str(pid))
         assert result.returncode == 0, result.stderr + result.stdout
         assert "Label Tasks As Displayed" in result.stdout
         views = [v for v in ls.get("/api/dm/views/", params={"project": pid})
@@ -300,7 +306,7 @@ def test_6_annotating_queue_head_retrains_and_reranks(ls, backend, flow, stopwat
 def test_7_restart_serves_same_version_without_retraining(backend, flow, stopwatch):
     pid = flow["pid"]
     before = backend.status(pid)
-    versions_before = requests.get(backend.url + "/versions", params={"project": pid}, timeout=10).json()["versions"]
+    versions_before = backend.get("/versions", project=pid)["versions"]
     with stopwatch("7 restart backend"):
         backend.restart()
     after = backend.status(pid)
@@ -310,7 +316,7 @@ def test_7_restart_serves_same_version_without_retraining(backend, flow, stopwat
     time.sleep(float(backend.env["MCM_DEBOUNCE_SECONDS"]) + 3)  # a retraining would have started by now
     later = backend.status(pid)
     assert later["model_version"] == flow["version"] and not later["training"]
-    versions_after = requests.get(backend.url + "/versions", params={"project": pid}, timeout=10).json()["versions"]
+    versions_after = backend.get("/versions", project=pid)["versions"]
     assert versions_after == versions_before
 
 
@@ -328,7 +334,7 @@ def test_8_missing_image_does_not_block_others(ls, backend, flow):
 
 def test_9_admin_status_and_uncertainty_sampling(ls, ls_env, backend, flow):
     pid = flow["pid"]
-    result = admin(ls_env, "status", "--project", str(pid), "--json")
+    result = admin(ls_env, backend, "status", "--project", str(pid), "--json")
     assert result.returncode == 0, result.stderr + result.stdout
     info = json.loads(result.stdout)
     assert info["backend"]["model_version"] == flow["version"] == info["label_studio"]["model_version"]
@@ -336,7 +342,7 @@ def test_9_admin_status_and_uncertainty_sampling(ls, ls_env, backend, flow):
     assert info["label_studio"]["labeled_tasks"] == ls.project(pid)["finished_task_number"] \
         == len(flow["truth"]) - sum(1 for t in flow["truth"] if flow["split"][t] == "pool") + N_REQUEUE
 
-    result = admin(ls_env, "enable-ordering", "--project", str(pid), "--uncertainty-sampling")
+    result = admin(ls_env, backend, "enable-ordering", "--project", str(pid), "--uncertainty-sampling")
     assert result.returncode == 0, result.stderr + result.stdout
     assert ls.project(pid)["sampling"] == "Uncertainty sampling"
     # This backend runs tail-high, so the command must tell the user to flip the direction.
