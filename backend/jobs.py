@@ -87,13 +87,14 @@ def train_project(project_id: int, settings: Settings | None = None, runtime: Ru
     logger.info("project %s: fitted miner on %d x %d features in %.1fs", project_id, *features.shape,
                 time.monotonic() - t0)
 
-    tail = sorted(config.classes, key=lambda c: counts.get(c, 0))[: max(1, len(config.classes) // 2)]
+    from mcm_core.metrics import tail_classes
+    tail = [config.classes[k] for k in tail_classes(y, len(config.classes))]  # count < 0.3 x mean count
     meta = {
         "project": project_id, "classes": list(config.classes), "image_key": config.image_key,
         "image_name": config.image_name, "control_name": config.control_name, "backbone": settings.backbone,
         "n_labeled": int(len(y)), "n_annotated_tasks": len(tasks), "n_skipped": len(tasks) - len(y),
         "labeled_per_class": {c: int(counts.get(c, 0)) for c in config.classes},
-        "tail_classes": [c for c in tail if counts.get(c, 0) < max(counts.values())],
+        "tail_classes": tail,
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "seed": settings.seed,
     }

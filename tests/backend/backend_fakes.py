@@ -83,6 +83,7 @@ class FakeLabelStudio:
         self.uploads: dict[str, bytes] = {}
         self.calls: list[tuple[str, str]] = []
         self.redirect_target: str | None = None
+        self.export_enabled = True
         app = Flask("fake-label-studio")
         fake = self
 
@@ -126,9 +127,21 @@ class FakeLabelStudio:
             if page > 1 and not chunk:
                 return jsonify({"detail": "Invalid page."}), 404
             fields_all = request.args.get("fields") == "all"
-            out = [{"id": t["id"], "data": t["data"], "project": pid,
+            out = [{"id": t["id"], "data": t["data"], "project": pid, "total_annotations": len(t["annotations"]),
                     **({"annotations": t["annotations"]} if fields_all else {})} for t in chunk]
+            if request.args.get("include"):
+                keep = request.args["include"].split(",")
+                out = [{k: v for k, v in t.items() if k in keep} for t in out]
             return jsonify({"tasks": out, "total": len(items), "total_annotations": 0, "total_predictions": 0})
+
+        @app.route("/api/projects/<int:pid>/export", methods=["GET"])
+        def export(pid):
+            if not fake.export_enabled:
+                return jsonify({"detail": "export disabled"}), 403
+            assert request.args.get("download_all_tasks") == "false"
+            return jsonify([{"id": t["id"], "data": t["data"], "annotations": t["annotations"], "predictions": []}
+                            for t in sorted(fake.tasks.values(), key=lambda t: t["id"])
+                            if t["project"] == pid and t["annotations"]])
 
         @app.route("/api/projects/<int:pid>/import/predictions", methods=["POST"])
         def import_predictions(pid):
