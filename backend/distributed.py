@@ -17,7 +17,8 @@ So a burst of events causes at most two trainings, like the in-process TrainingQ
 
 A running job keeps a lease key alive from a heartbeat thread. A job whose lease expired (worker
 killed: SIGKILL, OOM, container stop) is reaped: its slot is freed, the project's last_error says
-so, and RQ's own abandoned-job handling moves it to the FailedJobRegistry. The model store only
+so, RQ's own abandoned-job handling moves it to the FailedJobRegistry, and one new training is
+queued (once: a second death in a row waits for the next event). The model store only
 switches `current.json` after a complete version is renamed into place, so the previous model keeps
 being served.
 
@@ -168,7 +169,10 @@ class _Coordinator:
                 self.connection.hdel(key, slot)
                 self.connection.hset(key, "last_error", message)
                 if slot == "running":
-                    self.connection.hset(key, "dirty", "1")  # its events were not covered
+                    # Its events were not covered: retry once. A second death in a row (e.g. the
+                    # training runs out of memory) waits for the next event instead of looping.
+                    if self.connection.hincrby(key, "abandoned_in_a_row", 1) <= 1:
+                        self.connection.hset(key, "dirty", "1")
                 self._fail_abandoned(job_id)
             state = self.read(project_id)
             if state.get("dirty") == "1" and not state.get("queued") and not state.get("running"):
@@ -343,7 +347,7 @@ def _release(job: Job, coord: _Coordinator, project_id: int, error: str | None) 
         if error:
             coord.connection.hset(key, "last_error", error)
         else:
-            coord.connection.hdel(key, "last_error")
+            coord.connection.hdel(key, "last_error", "abandoned_in_a_row")
         state = coord.read(project_id)
         if state.get("dirty") == "1" and not state.get("queued") and not state.get("running"):
             follow = f"mcm-train-{int(project_id)}-{uuid.uuid4().hex[:12]}"
