@@ -100,16 +100,103 @@ def train_autoencoder(model: Autoencoder, x: np.ndarray, *, lr: float = 1e-3, ba
     return AETrainInfo(steps, epochs, best)
 
 
+class EnsembleAutoencoder(nn.Module):
+    """``n_models`` independent autoencoders of the same shape evaluated in one batched matmul.
+
+    Member m is exactly an ``Autoencoder`` (same init distribution as nn.Linear); batching only
+    removes the per-step Python overhead, so an ensemble of 5 costs about as much as one model."""
+
+    def __init__(self, in_dim: int, hidden: tuple[int, ...] = (10, 9), n_models: int = 1,
+                 softmax_output: bool = False):
+        super().__init__()
+        dims = [in_dim, *hidden]
+        self.dims = dims + dims[-2::-1]  # e.g. 10,10,9,10,10
+        self.n_models = n_models
+        self.n_encoder = len(hidden)
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for a, b in zip(self.dims[:-1], self.dims[1:]):
+            bound = 1.0 / np.sqrt(a)
+            self.weights.append(nn.Parameter(torch.empty(n_models, a, b).uniform_(-bound, bound)))
+            self.biases.append(nn.Parameter(torch.empty(n_models, 1, b).uniform_(-bound, bound)))
+        self.softmax_output = softmax_output
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (n_models, B, in_dim) or (B, in_dim) (broadcast to every member) -> (n_models, B, in_dim)."""
+        if x.dim() == 2:
+            x = x.unsqueeze(0).expand(self.n_models, -1, -1)
+        h = x
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            h = torch.baddbmm(b, h, w)
+            if i != last:
+                h = torch.relu(h)
+        return torch.softmax(h, dim=-1) if self.softmax_output else h
+
+
+def train_ensemble(model: EnsembleAutoencoder, x: np.ndarray, *, lr: float = 1e-3, batch_size: int = 64,
+                   min_steps: int = 2000, max_steps: int = 20000, patience: int = 10,
+                   holdout_fraction: float = 0.1, seed: int = 0) -> list[AETrainInfo]:
+    """Same schedule as ``train_autoencoder`` for every member (own mini-batch order, own early
+    stopping with best-weight restore); stops when all members have stopped."""
+    M = model.n_models
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    xt = torch.from_numpy(np.asarray(x, dtype=np.float32))
+    n = len(xt)
+    perm = rng.permutation(n)
+    n_val = int(holdout_fraction * n) if n >= 20 else 0
+    x_tr = xt[np.sort(perm[n_val:])]
+    x_val = xt[np.sort(perm[:n_val])] if n_val else x_tr
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    best = np.full(M, np.inf)
+    bad = np.zeros(M, int)
+    stop_step = np.zeros(M, int)
+    best_params = [p.detach().clone() for p in model.parameters()]
+    steps, epochs, n_tr = 0, 0, len(x_tr)
+    while steps < max_steps:
+        model.train()
+        orders = torch.stack([torch.randperm(n_tr, generator=gen) for _ in range(M)])
+        for i in range(0, n_tr, batch_size):
+            b = x_tr[orders[:, i:i + batch_size]]  # (M, B, C)
+            opt.zero_grad()
+            # sum over members of each member's mean MSE: the gradients stay independent
+            loss = ((model(b) - b) ** 2).mean(dim=(1, 2)).sum()
+            loss.backward()
+            opt.step()
+            steps += 1
+            if steps >= max_steps:
+                break
+        epochs += 1
+        with torch.no_grad():
+            val = ((model(x_val) - x_val.unsqueeze(0)) ** 2).mean(dim=(1, 2)).numpy()
+            improved = val < best - 1e-8
+            active = bad < patience if steps > min_steps else np.ones(M, bool)
+            for m in np.flatnonzero(improved & active):
+                for bp, p in zip(best_params, model.parameters()):
+                    bp[m] = p[m]
+                best[m], bad[m], stop_step[m] = val[m], 0, steps
+            bad[~improved] += 1
+        if steps >= min_steps and (bad >= patience).all():
+            break
+    with torch.no_grad():
+        for bp, p in zip(best_params, model.parameters()):
+            p.copy_(bp)
+    model.eval()
+    return [AETrainInfo(int(stop_step[m]), epochs, float(best[m])) for m in range(M)]
+
+
 class AutoencoderScorer:
     """Fit an autoencoder (or a small ensemble) on labeled outputs z and score S = ||p - p_hat||^2.
 
-    input_space="logits" (paper): the AE sees standardised z, S = ||softmax(z) - softmax(z_hat)||^2.
+    input_space="logits" (paper): the AE sees z (per-dimension standardised if ``standardize``),
+    S = ||softmax(z) - softmax(z_hat)||^2.
     input_space="probs" (authors' released code): the AE sees p = softmax(z), decoder ends in
     softmax, S = ||p - p_hat||^2 (same ranking as their MSE, which is S / C).
     """
 
     def __init__(self, num_classes: int, *, input_space: str = "logits", hidden: tuple[int, ...] | None = None,
-                 standardize: bool = True, n_models: int = 1, lr: float = 1e-3, batch_size: int = 64,
+                 standardize: bool = False, n_models: int = 5, lr: float = 1e-3, batch_size: int = 64,
                  min_steps: int = 2000, max_steps: int = 20000, patience: int = 10, seed: int = 0):
         if input_space not in INPUT_SPACES:
             raise ValueError(f"input_space must be one of {INPUT_SPACES}, got {input_space!r}")
@@ -123,7 +210,7 @@ class AutoencoderScorer:
         self.train_kwargs = dict(lr=lr, batch_size=batch_size, min_steps=min_steps, max_steps=max_steps,
                                  patience=patience)
         self.seed = int(seed)
-        self.models: list[Autoencoder] = []
+        self.model: EnsembleAutoencoder | None = None
         self.mean = np.zeros(num_classes, np.float32)
         self.std = np.ones(num_classes, np.float32)
         self.infos: list[AETrainInfo] = []
@@ -141,48 +228,44 @@ class AutoencoderScorer:
             self.mean = z.mean(0).astype(np.float32)
             self.std = np.maximum(z.std(0), 1e-6).astype(np.float32)
         x = self._ae_input(z)
-        self.models, self.infos = [], []
-        for m in range(self.n_models):
-            s = self.seed * 1000 + m
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(s)
-                ae = Autoencoder(self.num_classes, self.hidden, softmax_output=self.input_space == "probs")
-            self.infos.append(train_autoencoder(ae, x, seed=s, **self.train_kwargs))
-            self.models.append(ae)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self.model = self._new_model()
+        self.infos = train_ensemble(self.model, x, seed=self.seed, **self.train_kwargs)
         return self
 
+    def _new_model(self) -> EnsembleAutoencoder:
+        return EnsembleAutoencoder(self.num_classes, self.hidden, self.n_models,
+                                   softmax_output=self.input_space == "probs")
+
     @torch.no_grad()
-    def reconstruct_probs(self, z: np.ndarray, model: Autoencoder) -> np.ndarray:
-        out = model(torch.from_numpy(self._ae_input(z))).numpy().astype(np.float64)
+    def reconstruct_probs(self, z: np.ndarray) -> np.ndarray:
+        """(n_models, M, C) reconstructed probability vectors."""
+        out = self.model(torch.from_numpy(self._ae_input(z))).numpy().astype(np.float64)
         if self.input_space == "probs":
             return out
         return softmax(out * self.std + self.mean)
 
     def score(self, z: np.ndarray, batch_size: int = 65536) -> np.ndarray:
-        if not self.models:
+        if self.model is None:
             raise ValueError("autoencoder scorer is not fitted: call fit() first")
         z = np.asarray(z, dtype=np.float32)
         out = np.empty(len(z), dtype=np.float64)
         for i in range(0, len(z), batch_size):
             zb = z[i:i + batch_size]
             p = softmax(zb)
-            s = np.zeros(len(zb))
-            for m in self.models:
-                s += ((p - self.reconstruct_probs(zb, m)) ** 2).sum(1)
-            out[i:i + batch_size] = s / len(self.models)
+            # mean over ensemble members of S = ||p - p_hat||^2 (each <= 2, so the mean is too)
+            out[i:i + batch_size] = ((p[None] - self.reconstruct_probs(zb)) ** 2).sum(-1).mean(0)
         return out
 
     # -- persistence helpers (plain tensors only) --
     def state(self) -> dict:
         return {"mean": torch.from_numpy(self.mean.copy()), "std": torch.from_numpy(self.std.copy()),
-                "models": [m.state_dict() for m in self.models]}
+                "model": self.model.state_dict()}
 
     def load_state(self, state: dict) -> None:
         self.mean = state["mean"].numpy().astype(np.float32)
         self.std = state["std"].numpy().astype(np.float32)
-        self.models = []
-        for sd in state["models"]:
-            ae = Autoencoder(self.num_classes, self.hidden, softmax_output=self.input_space == "probs")
-            ae.load_state_dict(sd)
-            ae.eval()
-            self.models.append(ae)
+        self.model = self._new_model()
+        self.model.load_state_dict(state["model"])
+        self.model.eval()

@@ -33,11 +33,14 @@ class MinorityMiner:
     """Rank unlabeled examples by how unlike the labeled head-class output patterns they are.
 
     Options beyond the contract are for tuning/ablation; the defaults are the benchmarked best
-    (see README, "Benchmark")."""
+    on MNIST-5k (see README, "Benchmark"): the autoencoder sees the raw re-calibrated logits
+    (input_space="logits", standardize=False; the paper's input space) and the score is the mean S
+    over an ensemble of 5 autoencoders (n_models=5), which removes most of the seed-to-seed noise
+    of a single 10->9 bottleneck AE. focal gamma=2, alpha = normalised inverse class frequency."""
 
     def __init__(self, num_classes: int, seed: int = 0, *, gamma: float = 2.0, alpha: Any = None,
                  input_space: str = "logits", ae_hidden: tuple[int, ...] | None = None,
-                 standardize: bool = True, n_models: int = 1, ae_min_steps: int = 2000,
+                 standardize: bool = False, n_models: int = 5, ae_min_steps: int = 2000,
                  ae_max_steps: int = 20000, ae_patience: int = 10, rc_lr: float = 1e-2,
                  rc_patience: int = 10, rc_max_epochs: int = 200, rc_weight_decay: float = 0.0):
         self.num_classes = check_num_classes(num_classes)

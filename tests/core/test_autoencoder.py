@@ -3,7 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from mcm_core.autoencoder import Autoencoder, AutoencoderScorer, default_hidden, train_autoencoder
+from mcm_core.autoencoder import (Autoencoder, AutoencoderScorer, EnsembleAutoencoder, default_hidden,
+                                  train_autoencoder, train_ensemble)
 
 
 def test_paper_architecture():
@@ -40,15 +41,48 @@ def test_max_steps_caps_training():
 
 
 def test_scorer_flags_unseen_output_pattern():
+    # standardised and raw logits, probabilities; single model and ensemble
     # labeled logits: always one of classes 0-2 dominant; a class-3-dominant output is novel
     rng = np.random.default_rng(0)
     k = rng.integers(0, 3, 400)
     z = rng.normal(scale=0.3, size=(400, 4)).astype(np.float32)
     z[np.arange(400), k] += 5.0
-    for space in ("logits", "probs"):
-        sc = AutoencoderScorer(4, input_space=space, hidden=(3, 2), min_steps=1500, seed=0).fit(z)
+    for space, std, n in (("logits", False, 3), ("logits", True, 1), ("probs", False, 2)):
+        sc = AutoencoderScorer(4, input_space=space, standardize=std, n_models=n, hidden=(3, 2),
+                               min_steps=1500, seed=0).fit(z)
         novel = np.array([[0, 0, 0, 5.0]], np.float32)
-        assert sc.score(novel)[0] > np.quantile(sc.score(z), 0.95), space
+        s = sc.score(np.concatenate([novel, z]))
+        assert (s >= 0).all() and (s <= sc.upper_bound).all()
+        assert s[0] > np.quantile(s[1:], 0.95), (space, std, n)
+
+
+def test_ensemble_members_match_single_autoencoder_math():
+    torch.manual_seed(0)
+    ens = EnsembleAutoencoder(5, (4, 3), n_models=3)
+    x = torch.randn(7, 5)
+    out = ens(x)
+    assert out.shape == (3, 7, 5)
+    for m in range(3):  # member m == an Autoencoder carrying member m's weights
+        ae = Autoencoder(5, (4, 3))
+        linears = [l for l in ae.modules() if isinstance(l, nn.Linear)]
+        with torch.no_grad():
+            for lin, w, b in zip(linears, ens.weights, ens.biases):
+                lin.weight.copy_(w[m].T)
+                lin.bias.copy_(b[m, 0])
+            assert torch.allclose(ae(x), out[m], atol=1e-5)
+
+
+def test_ensemble_training_restores_each_members_best():
+    x = np.random.default_rng(1).normal(size=(200, 4)).astype(np.float32)
+    ens = EnsembleAutoencoder(4, (3, 2), n_models=2)
+    infos = train_ensemble(ens, x, min_steps=100, max_steps=2000, patience=3, seed=0)
+    assert len(infos) == 2
+    xv = torch.from_numpy(x)
+    perm = np.random.default_rng(0).permutation(200)
+    x_val = xv[np.sort(perm[:20])]
+    with torch.no_grad():
+        val = ((ens(x_val) - x_val) ** 2).mean(dim=(1, 2)).numpy()
+    assert val == pytest.approx([i.best_val_loss for i in infos], rel=1e-5)
 
 
 def test_scorer_errors():

@@ -83,7 +83,7 @@ def test_early_stopping_restores_best_epoch():
     assert res.epochs_run < 100  # it did stop early
     assert res.best_epoch == int(np.argmin(res.history))
     assert res.best_epoch < res.epochs_run - 1  # the last epoch was not the best one
-    final_w = float(model.weight)
+    final_w = float(model.weight.detach())
     assert final_w == pytest.approx(weights[res.best_epoch], abs=1e-6)
     assert (final_w - 0.3) ** 2 == pytest.approx(min(res.history), rel=1e-4)
 
