@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--ls-url", default=None, help="a real Label Studio (else an in-process fake)")
     parser.add_argument("--api-key", default=None)
+    parser.add_argument("--ls-project", type=int, default=None,
+                        help="reuse a project a previous --ls-url run created (same sizes and seed)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (MCM_TORCH_THREADS)")
     parser.add_argument("--out", default=None, help="also write the JSON figures here")
     args = parser.parse_args(argv)
@@ -144,12 +146,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.ls_url:
         from backend.ls_sync import make_client
         client = make_client(args.ls_url, args.api_key)
-        project = client.projects.create(title=f"mcm bench {time.strftime('%H%M%S')}",
-                                          label_config=_label_config(classes))
-        project_id = project.id
+        if args.ls_project:
+            project_id = args.ls_project
+        else:
+            project_id = client.projects.create(title=f"mcm bench {time.strftime('%H%M%S')}",
+                                                label_config=_label_config(classes)).id
         started = time.monotonic()
         http = client._client_wrapper.httpx_client
-        for start in range(0, len(tasks), 5000):
+        for start in range(0, len(tasks) if not args.ls_project else 0, 5000):
             body = [{"data": t["data"], **({"annotations": [{"result": t["annotations"][0]["result"]}]}
                                            if t["annotations"] else {})} for t in tasks[start:start + 5000]]
             r = http.request(f"api/projects/{project_id}/import", method="POST", json=body,
@@ -159,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         # Real task ids are assigned by Label Studio: map them back by image URL.
         from backend.ls_sync import _ANNOTATED, _UNLABELED, _iter_tasks
         ids = {t["data"]["image"]: t["id"] for flt in (_ANNOTATED, _UNLABELED)
-               for t in _iter_tasks(client, project_id, flt, "task_only")}
+               for t in _iter_tasks(client, project_id, flt, "task_only", include="id,data")}
         for t in tasks:
             t["id"] = ids[t["data"]["image"]]
         ls_url, api_key = args.ls_url, args.api_key
