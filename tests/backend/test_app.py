@@ -255,6 +255,17 @@ def test_restart_keeps_each_projects_model_and_version(env):
         assert a["score"] == pytest.approx(b["score"], rel=1e-4, abs=1e-9)
 
 
+def test_tail_low_direction_flips_scores_for_uncertainty_sampling(env):
+    tasks = _tasks(env, list(env["truth"])[:5])
+    high = _client(env).post("/predict", json={"tasks": tasks, "project": f"{PID}.1"}).json["results"]
+    env["app"].config["MCM_STATE"].close()
+    flipped = Settings(**{**env["settings"].__dict__, "score_direction": "tail-low"})
+    env["app"] = create_app(flipped)
+    low = _client(env).post("/predict", json={"tasks": tasks, "project": f"{PID}.1"}).json["results"]
+    for h, lo in zip(high, low):
+        assert lo["score"] == pytest.approx(1.0 - h["score"], abs=1e-9) and lo["result"] == h["result"]
+
+
 def test_basic_auth_protects_everything_but_health_and_webhook(env):
     settings = Settings(**{**env["settings"].__dict__, "basic_auth_user": "ml", "basic_auth_pass": "s3cret"})
     env["app"].config["MCM_STATE"].close()
