@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ls-project", type=int, default=None,
                         help="reuse a project a previous --ls-url run created (same sizes and seed)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (MCM_TORCH_THREADS)")
+    parser.add_argument("--miner-options", default="", help="MCM_MINER_OPTIONS (JSON), e.g. '{\"n_models\": 1}'")
     parser.add_argument("--out", default=None, help="also write the JSON figures here")
     args = parser.parse_args(argv)
 
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = Settings(model_dir=os.path.join(work, "models"), backbone="resnet18", backbone_weights=weights_path,
                         label_studio_url=ls_url, label_studio_api_key=api_key, debounce_seconds=0.0,
-                        predict_chunk=1000, torch_threads=args.threads)
+                        predict_chunk=1000, torch_threads=args.threads, miner_options=args.miner_options)
     runtime = Runtime(settings, Extractor("resnet18", weights_path, num_threads=args.threads))
     cache = runtime.cache(project_id)
     features = np.concatenate([_synthetic_features(args.annotated, labels, centers, rng),
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
 
     figures: dict = {"annotated": args.annotated, "unlabeled": args.unlabeled, "classes": args.classes,
                      "dim": args.dim, "label_studio": "real" if args.ls_url else "in-process fake",
-                     "torch_threads": args.threads}
+                     "torch_threads": args.threads, "miner_options": args.miner_options or "default"}
     if import_seconds is not None:
         figures["ls_import_seconds_not_counted"] = round(import_seconds, 1)
 

@@ -83,7 +83,8 @@ def train_project(project_id: int, settings: Settings | None = None, runtime: Ru
                     time.monotonic() - t0)
     features = runtime.features(project_id, keys, trained_backbone=trained_backbone)
     t0 = time.monotonic()
-    miner = MinorityMiner(num_classes=len(config.classes), seed=settings.seed).fit(features, y)
+    miner = MinorityMiner(num_classes=len(config.classes), seed=settings.seed,
+                          **settings.miner_kwargs).fit(features, y)
     logger.info("project %s: fitted miner on %d x %d features in %.1fs", project_id, *features.shape,
                 time.monotonic() - t0)
 

@@ -64,6 +64,12 @@ class Runtime:
         import torch
 
         torch.set_num_threads(settings.torch_threads)  # process-wide; see MCM_TORCH_THREADS
+        if settings.miner_kwargs:  # fail at start-up, not at the first training
+            from mcm_core import MinorityMiner
+            try:
+                MinorityMiner(num_classes=2, seed=settings.seed, **settings.miner_kwargs)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"MCM_MINER_OPTIONS={settings.miner_options!r} is not usable: {exc}") from None
         self.extractor = extractor or Extractor(settings.backbone, settings.backbone_weights,
                                                  cnn_epochs=settings.cnn_epochs, num_threads=settings.torch_threads)
         self._projects: dict[int, ProjectState] = {}

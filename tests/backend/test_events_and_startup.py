@@ -60,6 +60,8 @@ def test_missing_backbone_weights_stop_start_up_naming_the_file(make_settings, t
         Runtime(make_settings(backbone="resnet18", backbone_weights=missing))
     with pytest.raises(Exception, match="MCM_BACKBONE"):
         Runtime(make_settings(backbone="vgg99"))
+    with pytest.raises(ValueError, match="MCM_MINER_OPTIONS"):
+        Runtime(make_settings(miner_options='{"no_such_option": 1}'))
 
 
 def test_wsgi_help_lists_every_setting():

@@ -35,6 +35,11 @@ def test_settings_from_env_parses_and_validates():
         Settings.from_env({"BASIC_AUTH_USER": "u"})
     with pytest.raises(ValueError, match="CIDR"):
         Settings.from_env({"MCM_ALLOWED_HOSTS": "10.0.0.0/99"})
+    assert Settings.from_env({"MCM_MINER_OPTIONS": '{"n_models": 1}'}).miner_kwargs == {"n_models": 1}
+    with pytest.raises(ValueError, match="MCM_MINER_OPTIONS"):
+        Settings.from_env({"MCM_MINER_OPTIONS": "{n_models"})
+    with pytest.raises(ValueError, match="MCM_MINER_OPTIONS"):
+        Settings.from_env({"MCM_MINER_OPTIONS": '{"seed": 3}'})
 
 
 def test_help_text_lists_every_setting():
