@@ -29,6 +29,7 @@ from .settings import Settings
 logger = logging.getLogger(__name__)
 
 FETCH_THREADS = 8
+FAILURE_RETRY_SECONDS = 300
 
 
 @dataclasses.dataclass
@@ -77,6 +78,7 @@ class Runtime:
         self._lock = threading.Lock()
         self._client = None
         self._fetcher: ImageFetcher | None = None
+        self._failed: dict[tuple[int, str], tuple[float, str]] = {}  # (task id, url) -> (when, why)
 
     # -- Label Studio ----------------------------------------------------------
     def ls_client(self):
@@ -190,8 +192,25 @@ class Runtime:
         todo = [i for i in cache.missing([k for k in keys if k is not None])]
         present = [k for k in keys if k is not None]
         todo_keys = list(dict.fromkeys(present[i] for i in todo))
+        # Recently failed images are not retried on every request (a dead host would cost a timeout each time).
+        now = time.monotonic()
+        with self._lock:
+            for key in [k for k in todo_keys if k in self._failed]:
+                failed_at, reason = self._failed[key]
+                if now - failed_at < FAILURE_RETRY_SECONDS:
+                    skipped[key[0]] = f"{reason} (failed {now - failed_at:.0f}s ago; retried after " \
+                                      f"{FAILURE_RETRY_SECONDS}s)"
+                else:
+                    del self._failed[key]
+        todo_keys = [k for k in todo_keys if k[0] not in skipped]
         if todo_keys:
             self._download_and_prepare(project_id, todo_keys, skipped)
+            with self._lock:
+                for key in todo_keys:
+                    if key[0] in skipped:
+                        self._failed[key] = (now, skipped[key[0]])
+                if len(self._failed) > 100_000:  # bound the memory of a project full of dead links
+                    self._failed.clear()
         ok = [i for i, k in enumerate(keys) if k is not None and k[0] not in skipped]
         for task_id, reason in skipped.items():
             logger.warning("project %s: skipping task %s: %s", project_id, task_id, reason)

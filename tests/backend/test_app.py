@@ -156,6 +156,11 @@ def test_setup_and_predict_after_training(env):
     results = response.json["results"]
     assert len(results) == len(tasks)
     assert results[2:] == [[], [], [], []]  # no prediction for tasks whose image fails
+    # A failed image is remembered for a while instead of being fetched again on every request.
+    fetched = [p for p, _ in images.requests if p == "/img/missing.png"]
+    again = client.post("/predict", json={"tasks": tasks, "project": f"{PID}.1", "label_config": LABEL_CONFIG})
+    assert again.json["results"][2:] == [[], [], [], []]
+    assert [p for p, _ in images.requests if p == "/img/missing.png"] == fetched == ["/img/missing.png"]
     for tid, result in zip(good, results[:2]):
         assert result["model_version"] == env["v1"]
         assert result["score"] == pytest.approx(env["v1_scores"][tid], abs=1e-6)
