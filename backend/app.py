@@ -297,6 +297,10 @@ def _check_basic_auth():
     return response
 
 
+def _log_request():
+    logger.debug("%s %s (%s bytes)", request.method, request.path, request.content_length or 0)
+
+
 _INSTALL_LOCK = threading.Lock()
 
 
@@ -313,7 +317,11 @@ def _install_routes(app: Flask) -> None:
     app.view_functions["health"] = health_view
     app.add_url_rule("/versions", "mcm_versions_get", versions_view, methods=["GET"])
     app.add_url_rule("/mcm/status", "mcm_status", status_view, methods=["GET"])
-    app.before_request_funcs.setdefault(None, []).insert(0, _check_basic_auth)
+    # 1.0.9 logs every request's headers (credentials included) and body at DEBUG: replace with a redacted line.
+    before = app.before_request_funcs.setdefault(None, [])
+    before[:] = [f for f in before if f is not ls_api.log_request_info]
+    before.insert(0, _check_basic_auth)
+    before.append(_log_request)
     app.config["MCM_ROUTES_INSTALLED"] = True
 
 
