@@ -54,8 +54,9 @@ class Workers:
 
     def start(self, name: str, **extra_env) -> subprocess.Popen:
         log = open(self.log_dir / f"{name}.log", "w")
-        proc = subprocess.Popen([str(RQ), "worker", "--url", REDIS_URL, "--name", f"{name}-{uuid.uuid4().hex[:6]}",
-                                 self.queue], cwd=ROOT, env={**self.env, **extra_env}, stdout=log,
+        # The command of the compose file's worker service (docker/docker-compose.yml).
+        proc = subprocess.Popen([str(RQ), "worker", "-w", "backend.distributed.PreloadWorker", "--url", REDIS_URL,
+                                 "--name", f"{name}-{uuid.uuid4().hex[:6]}", self.queue], cwd=ROOT, env={**self.env, **extra_env}, stdout=log,
                                 stderr=subprocess.STDOUT)
         self.procs[name] = proc
         return proc
