@@ -1,5 +1,9 @@
 """Scale-out on Redis + RQ: training and bulk re-scoring as RQ jobs (used when REDIS_URL is set).
 
+Workers: `rq worker -w backend.distributed.PreloadWorker --url $REDIS_URL mcm` (same environment as
+the web process, same MODEL_DIR); the plain `rq worker` works too, only each job then spends
+seconds importing torch and building the backbone.
+
 What runs where:
 - web process (`RQTrainingQueue`, wired in by backend/app.py): only records events in Redis and
   enqueues a training job; /predict keeps serving the model in MODEL_DIR and picks up a model a
@@ -532,6 +536,17 @@ def score_chunk_job(project_id: int, version: str, index: int, tasks: Sequence[d
     return {"chunk": int(index), "scored": len(predictions), "skipped": len(skipped)}
 
 
+def _remove_older_scores(scores_root: str, version: str) -> None:
+    """Drop the chunk results of older versions (a newer version's may be being written right now)."""
+    from .model_store import VERSION_RE
+
+    number = int(VERSION_RE.match(version).group(1))
+    for other in glob.glob(os.path.join(scores_root, "mcm-v*")):
+        match = VERSION_RE.match(os.path.basename(other))
+        if match and int(match.group(1)) < number:
+            shutil.rmtree(other, ignore_errors=True)
+
+
 def push_version_job(project_id: int, version: str, n_chunks: int, previous_version: str | None) -> int:
     """RQ job: gather the chunk results and push them to Label Studio, once per version."""
     from . import ls_sync
@@ -579,9 +594,7 @@ def push_version_job(project_id: int, version: str, n_chunks: int, previous_vers
                 logger.warning("project %s: could not delete predictions of %s: %s", project_id, old, exc)
         atomic_write_json(marker, {"version": version, "pushed": pushed, "skipped": n_skipped})
         atomic_write_json(last_path, {"version": version})
-        for other in glob.glob(os.path.join(os.path.dirname(directory), "mcm-v*")):
-            if os.path.basename(other) != version:
-                shutil.rmtree(other, ignore_errors=True)
+        _remove_older_scores(os.path.dirname(directory), version)
         coord.connection.hset(key, mapping={"n_scored": pushed, "last_pushed": version})
         coord.connection.hdel(key, "last_error")
         logger.info("project %s: pushed %d predictions of %s from %d chunks (%d tasks skipped)", project_id, pushed,
