@@ -127,26 +127,39 @@ class Runtime:
                       if d.isdigit() and os.path.exists(os.path.join(self.settings.model_dir, d, "current.json")))
 
     def _load(self, state: ProjectState, store: ModelStore, mtime: float | None) -> None:
+        """Load the current version; if it is unreadable, serve the newest older version that loads."""
         state.loaded = True
         state.pointer_mtime = mtime
         version = store.current_version()
         if version is None or (state.model is not None and state.model.version == version):
             return
+        older = [v for v in reversed(store.versions()) if v != version]
+        for candidate in [version] + older:
+            if state.model is not None and state.model.version == candidate:
+                return  # already serving the best loadable version
+            try:
+                state.model = self._read_version(store, candidate)
+            except Exception as exc:
+                state.last_error = f"cannot load model {candidate}: {exc.__class__.__name__}: {exc}"
+                logger.error("project %s: %s", state.project_id, state.last_error)
+                continue
+            if candidate != version:
+                logger.warning("project %s: serving older model %s because %s cannot be loaded",
+                               state.project_id, candidate, version)
+            return
+
+    def _read_version(self, store: ModelStore, version: str) -> LoadedModel:
         from mcm_core import MinorityMiner
+
         started = time.monotonic()
         directory = store.version_dir(version)
-        try:
-            meta = store.read_meta(version)
-            miner = MinorityMiner.load(os.path.join(directory, "miner.pt"))
-            trained = None
-            if self.extractor.trainable:
-                trained = self.extractor.load_trained(os.path.join(directory, "backbone.pt"))
-        except Exception as exc:
-            state.last_error = f"cannot load model {version}: {exc}"
-            logger.error("project %s: %s", state.project_id, state.last_error)
-            return
-        state.model = LoadedModel(version=version, miner=miner, trained_backbone=trained, meta=meta)
-        logger.info("project %s: loaded model %s in %.2fs", state.project_id, version, time.monotonic() - started)
+        meta = store.read_meta(version)
+        miner = MinorityMiner.load(os.path.join(directory, "miner.pt"))
+        trained = None
+        if self.extractor.trainable:
+            trained = self.extractor.load_trained(os.path.join(directory, "backbone.pt"))
+        logger.info("project %s: loaded model %s in %.2fs", meta.get("project"), version, time.monotonic() - started)
+        return LoadedModel(version=version, miner=miner, trained_backbone=trained, meta=meta)
 
     def install(self, project_id: int, model: LoadedModel) -> None:
         """Make a model just trained in this process current without re-reading it from disk."""

@@ -260,6 +260,23 @@ def test_restart_keeps_each_projects_model_and_version(env):
         assert a["score"] == pytest.approx(b["score"], rel=1e-4, abs=1e-9)
 
 
+def test_unreadable_current_version_falls_back_to_the_previous_one(env):
+    import os
+    store_dir = os.path.join(env["settings"].model_dir, str(PID))
+    miner_file = os.path.join(store_dir, env["v2"], "miner.pt")
+    os.rename(miner_file, miner_file + ".bak")  # e.g. a disk problem or an incompatible library upgrade
+    try:
+        env["app"].config["MCM_STATE"].close()
+        env["app"] = create_app(env["settings"])
+        status = _client(env).get(f"/mcm/status?project={PID}").json
+        assert status["model_version"] == env["v1"] and env["v2"] in status["last_error"]
+    finally:
+        os.rename(miner_file + ".bak", miner_file)
+    env["app"].config["MCM_STATE"].close()
+    env["app"] = create_app(env["settings"])
+    assert _client(env).get(f"/mcm/status?project={PID}").json["model_version"] == env["v2"]
+
+
 def test_tail_low_direction_flips_scores_for_uncertainty_sampling(env):
     tasks = _tasks(env, list(env["truth"])[:5])
     high = _client(env).post("/predict", json={"tasks": tasks, "project": f"{PID}.1"}).json["results"]
