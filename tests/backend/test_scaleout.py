@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RQ = Path(sys.executable).with_name("rq")
 PID = 3
 
-pytestmark = pytest.mark.skipif(not REDIS_URL, reason="MCM_TEST_REDIS_URL is not set: these tests need a real "
+needs_redis = pytest.mark.skipif(not REDIS_URL, reason="MCM_TEST_REDIS_URL is not set: these tests need a real "
                                 "redis-server (scripts/test.sh starts one; or start `redis-server --port 6391` "
                                 "and export MCM_TEST_REDIS_URL=redis://127.0.0.1:6391/0)")
 
@@ -176,6 +176,7 @@ def test_feature_cache_survives_concurrent_writer_processes(tmp_path):
     assert not glob.glob(os.path.join(directory, "*.tmp*"))
 
 
+@needs_redis
 def test_burst_of_annotation_events_becomes_at_most_two_trainings(cluster):
     env = cluster(debounce=1.0)
     env["workers"].start("w1")
@@ -213,6 +214,7 @@ def test_burst_of_annotation_events_becomes_at_most_two_trainings(cluster):
         [_pushed(env["fake"], version)[t]["score"] for t in ids], abs=1e-6)
 
 
+@needs_redis
 def test_two_workers_score_chunks_in_parallel_like_the_single_process_path(cluster, images, tmp_path):
     env = cluster(unlabeled_per_class=4, chunk=3)  # 12 unlabeled tasks -> 4 chunk jobs
     env["workers"].start("w1")
@@ -251,6 +253,7 @@ def test_two_workers_score_chunks_in_parallel_like_the_single_process_path(clust
         assert distributed[task]["result"] == single[task]["result"]
 
 
+@needs_redis
 def test_worker_killed_mid_training_leaves_previous_model_and_a_failed_job(cluster):
     env = cluster()
     workers = env["workers"]
