@@ -52,11 +52,11 @@ class Workers:
         self.queue, self.env, self.log_dir = queue, env, log_dir
         self.procs: dict[str, subprocess.Popen] = {}
 
-    def start(self, name: str, **extra_env) -> subprocess.Popen:
+    def start(self, name: str, *options: str, **extra_env) -> subprocess.Popen:
         log = open(self.log_dir / f"{name}.log", "w")
         # The command of the compose file's worker service (docker/docker-compose.yml).
         proc = subprocess.Popen([str(RQ), "worker", "-w", "backend.distributed.PreloadWorker", "--url", REDIS_URL,
-                                 "--name", f"{name}-{uuid.uuid4().hex[:6]}", self.queue], cwd=ROOT, env={**self.env, **extra_env}, stdout=log,
+                                 "--name", f"{name}-{uuid.uuid4().hex[:6]}", *options, self.queue], cwd=ROOT, env={**self.env, **extra_env}, stdout=log,
                                 stderr=subprocess.STDOUT)
         self.procs[name] = proc
         return proc
@@ -217,8 +217,10 @@ def test_burst_of_annotation_events_becomes_at_most_two_trainings(cluster):
 @needs_redis
 def test_two_workers_score_chunks_in_parallel_like_the_single_process_path(cluster, images, tmp_path):
     env = cluster(unlabeled_per_class=4, chunk=3)  # 12 unlabeled tasks -> 4 chunk jobs
-    env["workers"].start("w1")
-    env["workers"].start("w2")
+    # 6 jobs (training, 4 chunks, push) and at most 3 per worker: whichever worker trains also
+    # scores at least one chunk, the other at least two, however the scheduling goes.
+    env["workers"].start("w1", "--max-jobs", "3")
+    env["workers"].start("w2", "--max-jobs", "3")
     assert env["client"].post("/train", json={"project": PID}).status_code == 201
     _wait_idle(env)
     fake = env["fake"]
