@@ -195,7 +195,7 @@ class AutoencoderScorer:
     softmax, S = ||p - p_hat||^2 (same ranking as their MSE, which is S / C).
     """
 
-    def __init__(self, num_classes: int, *, input_space: str = "logits", hidden: tuple[int, ...] | None = None,
+    def __init__(self, num_classes: int, *, input_space: str = "probs", hidden: tuple[int, ...] | None = None,
                  standardize: bool = False, n_models: int = 5, lr: float = 1e-3, batch_size: int = 64,
                  min_steps: int = 2000, max_steps: int = 20000, patience: int = 10, seed: int = 0):
         if input_space not in INPUT_SPACES:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .autoencoder import INPUT_SPACES, AutoencoderScorer, default_hidden
-from .recalibration import RecalibrationLayer, fit_recalibration
+from .recalibration import RecalibrationLayer, fit_recalibration, inverse_frequency_alpha
 from .scoring import softmax
 from .validation import check_features, check_labels, check_num_classes
 
@@ -33,13 +33,15 @@ class MinorityMiner:
     """Rank unlabeled examples by how unlike the labeled head-class output patterns they are.
 
     Options beyond the contract are for tuning/ablation; the defaults are the benchmarked best
-    on MNIST-5k (see README, "Benchmark"): the autoencoder sees the raw re-calibrated logits
-    (input_space="logits", standardize=False; the paper's input space) and the score is the mean S
-    over an ensemble of 5 autoencoders (n_models=5), which removes most of the seed-to-seed noise
-    of a single 10->9 bottleneck AE. focal gamma=2, alpha = normalised inverse class frequency."""
+    on MNIST-5k (see README, "Benchmark"): the autoencoder sees the re-calibrated probabilities
+    p = softmax(z) and reconstructs them through a softmax output (input_space="probs", the
+    authors' released code), and the score is the mean S = ||p - p_hat||^2 over an ensemble of 5
+    autoencoders (n_models=5), which removes most of the seed-to-seed noise of a single 10->9
+    bottleneck AE. Focal gamma=2, alpha = normalised inverse class frequency.
+    input_space="logits" is the paper's S = ||softmax(z) - softmax(z_hat)||^2."""
 
     def __init__(self, num_classes: int, seed: int = 0, *, gamma: float = 2.0, alpha: Any = None,
-                 input_space: str = "logits", ae_hidden: tuple[int, ...] | None = None,
+                 input_space: str = "probs", ae_hidden: tuple[int, ...] | None = None,
                  standardize: bool = False, n_models: int = 5, ae_min_steps: int = 2000,
                  ae_max_steps: int = 20000, ae_patience: int = 10, rc_lr: float = 1e-2,
                  rc_patience: int = 10, rc_max_epochs: int = 200, rc_weight_decay: float = 0.0):
@@ -78,17 +80,13 @@ class MinorityMiner:
             max_steps=c["ae_max_steps"], patience=c["ae_patience"], seed=self.seed)
 
     def fit(self, features, labels) -> "MinorityMiner":
-        """Train the RC layer on (features, labels), then the autoencoder on its logits."""
+        """Train the RC layer on (features, labels), then the autoencoder on its outputs."""
         x = check_features(features)
         y = check_labels(labels, len(x), self.num_classes)
         c = self.config
-        alpha = None if c["alpha"] is None else np.asarray(c["alpha"], np.float32)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            rc, rc_res = fit_recalibration(
-                x, y, self.num_classes, gamma=c["gamma"], alpha=alpha, lr=c["rc_lr"],
-                patience=c["rc_patience"], max_epochs=c["rc_max_epochs"],
-                weight_decay=c["rc_weight_decay"], seed=self.seed)
+        alpha = inverse_frequency_alpha(y, self.num_classes) if c["alpha"] is None \
+            else np.asarray(c["alpha"], np.float32)
+        rc, rc_res = self._fit_rc(x, y, self.seed, alpha)
         z = self._logits(x, rc)
         ae = self._new_scorer().fit(z)
         self.rc, self.ae, self.in_dim = rc, ae, x.shape[1]
@@ -99,6 +97,15 @@ class MinorityMiner:
         log.info("MinorityMiner fitted on %d examples (per class %s); RC best epoch %d/%d; AE steps %s",
                  len(y), counts.tolist(), rc_res.best_epoch + 1, rc_res.epochs_run, self.fit_info["ae_steps"])
         return self
+
+    def _fit_rc(self, x: np.ndarray, y: np.ndarray, seed: int, alpha: np.ndarray):
+        c = self.config
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return fit_recalibration(
+                x, y, self.num_classes, gamma=c["gamma"], alpha=alpha, lr=c["rc_lr"],
+                patience=c["rc_patience"], max_epochs=c["rc_max_epochs"],
+                weight_decay=c["rc_weight_decay"], seed=seed)
 
     @staticmethod
     @torch.no_grad()
@@ -121,7 +128,8 @@ class MinorityMiner:
         return softmax(self.logits(features)).astype(np.float32)
 
     def score(self, features) -> np.ndarray:
-        """S = ||softmax(z) - softmax(z_hat)||^2 (M,), float64, in [0, score_upper_bound]."""
+        """S = ||p - p_hat||^2 (M,), float64, in [0, score_upper_bound]; p = softmax(z) of the RC
+        layer, p_hat its reconstruction (mean over the AE ensemble)."""
         self._check_fitted()
         return self.ae.score(self.logits(features))
 

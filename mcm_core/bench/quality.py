@@ -31,8 +31,8 @@ METRICS = ("auc_pr", "avg_f", "p@50", "p@100")
 
 # Tuning variants of the default (selectable with --variants); keyword arguments of MinorityMiner.
 VARIANTS: dict[str, dict] = {
-    "AE on probs (released code)": {"input_space": "probs"},
-    "AE on standardised logits": {"standardize": True},
+    "AE on logits (paper)": {"input_space": "logits"},
+    "AE on standardised logits": {"input_space": "logits", "standardize": True},
     "single AE (no ensemble)": {"n_models": 1},
     "gamma=0 (cross-entropy RC)": {"gamma": 0.0},
     "gamma=1": {"gamma": 1.0},

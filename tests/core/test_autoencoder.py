@@ -49,7 +49,7 @@ def test_scorer_flags_unseen_output_pattern():
     z[np.arange(400), k] += 5.0
     for space, std, n in (("logits", False, 3), ("logits", True, 1), ("probs", False, 2)):
         sc = AutoencoderScorer(4, input_space=space, standardize=std, n_models=n, hidden=(3, 2),
-                               min_steps=1500, seed=0).fit(z)
+                               min_steps=600, seed=0).fit(z)
         novel = np.array([[0, 0, 0, 5.0]], np.float32)
         s = sc.score(np.concatenate([novel, z]))
         assert (s >= 0).all() and (s <= sc.upper_bound).all()

@@ -46,9 +46,11 @@ def test_speed_flag_forwards_lazily(monkeypatch):
 def test_quality_run_seed_on_digits():
     from mcm_core.bench.quality import DEFAULT_NAME, run_seed
     d = load_dataset("digits")
-    r = run_seed(d, seed=0, cnn_epochs=2, variants=[], miner_kwargs={"ae_min_steps": 200, "ae_max_steps": 600})
+    r = run_seed(d, seed=0, cnn_epochs=1, variants=["single AE (no ensemble)"],
+                 miner_kwargs={"ae_min_steps": 100, "ae_max_steps": 300, "n_models": 2})
     m = r["metrics"]
     assert DEFAULT_NAME in m and "entropy (M outputs)" in m and "ablation: RC + entropy" in m
+    assert "single AE (no ensemble)" in m and "hal (CE head)" in m
     for row in m.values():
         assert 0.0 <= row["auc_pr"] <= 1.0 and 0.0 <= row["p@50"] <= 1.0
     assert r["info"]["n_pool_tail"] == 2 * r["info"]["n_pool"] // 10

@@ -152,10 +152,11 @@ def test_constructor_rejects_bad_options(kwargs):
         MinorityMiner(**kwargs)
 
 
-def test_classes_with_zero_or_one_example_and_probs_space(data):
+def test_classes_with_zero_or_one_example_and_logit_space(data):
     x, y, _, x_tail = data
     keep = y != 4  # class 4 now has no example at all
-    m = MinorityMiner(5, seed=0, input_space="probs", gamma=1.0, alpha=0.5, **FAST).fit(x[keep], y[keep])
+    m = MinorityMiner(5, seed=0, input_space="logits", standardize=True, n_models=2, gamma=1.0, alpha=0.5,
+                      **FAST).fit(x[keep], y[keep])
     s = m.score(x_tail)
     assert s.shape == (60,) and ((s >= 0) & (s <= m.score_upper_bound)).all()
     assert m.fit_info["labeled_per_class"] == [80, 80, 80, 2, 0]
