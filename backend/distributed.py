@@ -40,6 +40,7 @@ import shutil
 import threading
 import time
 import uuid
+from datetime import timezone
 from typing import Any, Sequence
 
 import redis
@@ -137,7 +138,10 @@ class _Coordinator:
         if status == JobStatus.STARTED:
             if self.connection.exists(_lease_key(self.queue_name, job_id)):
                 return True, "running"
-            started = job.started_at.timestamp() if job.started_at else None
+            started_at = job.started_at
+            if started_at is not None and started_at.tzinfo is None:  # RQ stores UTC
+                started_at = started_at.replace(tzinfo=timezone.utc)
+            started = started_at.timestamp() if started_at else None
             if started is not None and self.now() - started < LEASE_SECONDS:
                 return True, "starting"
             return False, f"its worker stopped sending heartbeats (none for {LEASE_SECONDS}s)"
