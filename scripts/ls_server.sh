@@ -89,6 +89,8 @@ start() {
       export LABEL_STUDIO_BASE_DATA_DIR="$state/data"
       # Loopback ML backends are blocked (SSRF protection) unless BOTH are off.
       export ML_BLOCK_LOCAL_IP=false USE_DEFAULT_BANNED_SUBNETS=false
+      # Without this flag every import/predictions request recounts all tasks of the project.
+      export fflag_fix_back_4620_memory_efficient_predictions_import_08012025_short=true
       export LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true
       export LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT="$files_root"
       # Legacy tokens are off by default for a new organization; this must be set before it exists.
