@@ -248,6 +248,10 @@ def status_view():
     app_state = _state()
     state = app_state.runtime.project(project_id)
     meta = state.model.meta if state.model else {}
+    n_scored = state.n_scored
+    if not n_scored and state.model:  # after a restart: what the last re-scoring of this version recorded
+        scoring = app_state.runtime.store(project_id).read_scoring()
+        n_scored = scoring.get("n_scored", 0) if scoring.get("version") == state.model.version else 0
     return jsonify({
         "project": project_id,
         "model_version": state.model.version if state.model else None,
@@ -255,7 +259,8 @@ def status_view():
         "n_labeled": meta.get("n_labeled", 0),
         "labeled_per_class": meta.get("labeled_per_class", {}),
         "tail_classes": meta.get("tail_classes", []),
-        "n_scored": state.n_scored,
+        "n_scored": n_scored,
+        "score_direction": app_state.runtime.settings.score_direction,
         "training": app_state.queue.is_training(project_id),
         "last_error": state.last_error or app_state.queue.last_error(project_id),
         # RQ scale-out: training_state (queued/running/idle), rq_queue, scoring_version, n_scored

@@ -175,6 +175,7 @@ def rescore_project(project_id: int, settings: Settings | None = None, runtime: 
         except Exception as exc:  # stale predictions are harmless: they no longer count for sorting
             logger.warning("project %s: could not delete predictions of %s: %s", project_id, previous_version, exc)
     state.n_scored = pushed
+    runtime.store(project_id).record_scoring(model.version, pushed)
     logger.info("project %s: re-scored %d unlabeled tasks with %s (%d skipped) in %.1fs (listing %.1fs, "
                 "scoring %.1fs, rest pushing/waiting %.1fs)", project_id, pushed, model.version, n_skipped,
                 time.monotonic() - started, listed - started, score_seconds,

@@ -97,6 +97,22 @@ class ModelStore:
         atomic_write_json(self.pointer_path, {"version": version})
         return version
 
+    @property
+    def scoring_path(self) -> str:
+        return os.path.join(self.project_dir, "scoring.json")
+
+    def record_scoring(self, version: str, n_scored: int) -> None:
+        """Remember how many tasks a version scored, so /mcm/status survives a restart."""
+        atomic_write_json(self.scoring_path, {"version": version, "n_scored": int(n_scored),
+                                              "scored_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+
+    def read_scoring(self) -> dict:
+        try:
+            with open(self.scoring_path) as handle:
+                return json.load(handle)
+        except (FileNotFoundError, ValueError):
+            return {}
+
     def read_meta(self, version: str) -> dict:
         with open(os.path.join(self.version_dir(version), "meta.json")) as handle:
             return json.load(handle)

@@ -248,9 +248,15 @@ def test_restart_keeps_each_projects_model_and_version(env):
     client = _client(env)
     tasks = _tasks(env, list(env["truth"])[:4])
     before = client.post("/predict", json={"tasks": tasks, "project": f"{PID}.1"}).json
+    status_before = client.get(f"/mcm/status?project={PID}").json
     env["app"].config["MCM_STATE"].close()
     env["app"] = create_app(env["settings"])  # a new process would do exactly this
     client = _client(env)
+    status_after = client.get(f"/mcm/status?project={PID}").json
+    assert status_before["n_scored"] > 0
+    for field in ("model_version", "trained_at", "n_scored", "labeled_per_class", "tail_classes"):
+        assert status_after[field] == status_before[field], field
+    assert status_after["score_direction"] == "tail-high"
     assert client.post("/setup", json={"project": f"{PID}.1", "schema": LABEL_CONFIG}).json["model_version"] == env["v2"]
     after = client.post("/predict", json={"tasks": tasks, "project": f"{PID}.1"}).json
     assert after["model_version"] == before["model_version"] == env["v2"]
