@@ -46,7 +46,8 @@ def evaluate(y_pos: np.ndarray, scores: np.ndarray) -> dict:
             "p@50": precision_at_k(y_pos, scores, 50), "p@100": precision_at_k(y_pos, scores, 100)}
 
 
-def run_seed(dataset, seed: int, cnn_epochs: int, variants: list[str], miner_kwargs: dict) -> dict:
+def run_seed(dataset, seed: int, cnn_epochs: int, variants: list[str], miner_kwargs: dict,
+             ce_head_baselines: bool = True) -> dict:
     """All strategies on one seed; M is trained once and shared by every strategy."""
     t0 = time.time()
     C = dataset.num_classes
@@ -66,14 +67,20 @@ def run_seed(dataset, seed: int, cnn_epochs: int, variants: list[str], miner_kwa
     for v in variants:
         scores[v] = MinorityMiner(C, seed=seed, **{**miner_kwargs, **VARIANTS[v]}).fit(f_tr, y_tr).score(f_pool)
     for name, cls in BASELINES.items():
-        strat = cls(C, seed=seed).fit(f_tr, y_tr)
+        strat = cls(C, seed=seed)
+        if name == "random" or ce_head_baselines or name == "hal":
+            strat.fit(f_tr, y_tr)  # (the HAL explore term needs the labeled features)
+        else:
+            strat.class_proportions = np.bincount(y_tr, minlength=C) / len(y_tr)
+            strat.in_dim = f_tr.shape[1]
         if name == "random":
             scores[name] = strat.score(f_pool)
             continue
         # Paper protocol: uncertainty of the biased model M itself ...
         scores[f"{name} (M outputs)"] = strat.score_proba(p_pool, f_pool)
         # ... and the same baseline through the library interface (CE linear head on the features).
-        scores[f"{name} (CE head)"] = strat.score(f_pool)
+        if ce_head_baselines:
+            scores[f"{name} (CE head)"] = strat.score(f_pool)
     # Ablation: same autoencoder configuration, but on M's own logits (no RC layer).
     ab = AutoencoderScorer(C, seed=seed, input_space=miner.config["input_space"],
                            standardize=miner.config["standardize"], n_models=miner.config["n_models"],
@@ -152,10 +159,12 @@ def plot_curves(results: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mcm_core.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="mnist only, 2 seeds (<= 90 s)")
+    ap.add_argument("--quick", action="store_true",
+                    help="mnist only, 2 seeds, M trained 10 epochs, no CE-head baseline rows (<= 90 s)")
     ap.add_argument("--seeds", type=int, default=None, help="number of seeds (default 5, quick 2)")
     ap.add_argument("--datasets", default=None, help="comma list of mnist,digits (default both, quick mnist)")
-    ap.add_argument("--cnn-epochs", type=int, default=15, help="epochs of the biased CNN M (trained to convergence)")
+    ap.add_argument("--cnn-epochs", type=int, default=None,
+                    help="epochs of the biased CNN M (default 15, trained to convergence; quick 10)")
     ap.add_argument("--variants", default="", help="comma list of tuning variants, or 'all'; "
                     f"choices: {', '.join(VARIANTS)}")
     ap.add_argument("--miner", default="{}", help="JSON of MinorityMiner keyword arguments for the default row")
@@ -164,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     seeds = args.seeds or (2 if args.quick else 5)
+    cnn_epochs = args.cnn_epochs or (10 if args.quick else 15)
     datasets = (args.datasets or ("mnist" if args.quick else "mnist,digits")).split(",")
     variants = list(VARIANTS) if args.variants == "all" else [v for v in args.variants.split(",") if v]
     for v in variants:
@@ -178,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         ds = load_dataset(ds_name)
         runs = []
         for i in range(seeds):
-            r = run_seed(ds, i, args.cnn_epochs, variants, miner_kwargs)
+            r = run_seed(ds, i, cnn_epochs, variants, miner_kwargs, ce_head_baselines=not args.quick)
             runs.append(r)
             inf, m = r["info"], r["metrics"]
             print(f"[{ds_name} seed {i + 1}/{seeds}] train per class {inf['train_per_class']} | "
@@ -190,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         results[ds_name] = {"summary": summary, "runs": runs}
         print(format_table(ds_name, summary, seeds), flush=True)
     total = time.time() - t0
-    payload = {"config": {"seeds": seeds, "datasets": datasets, "cnn_epochs": args.cnn_epochs,
+    payload = {"config": {"seeds": seeds, "datasets": datasets, "cnn_epochs": cnn_epochs, "quick": args.quick,
                           "variants": variants, "miner_kwargs": miner_kwargs,
                           "tail_ratios": DEFAULT_TAIL_RATIOS, "threads": args.threads},
                "default_miner_config": MinorityMiner(10).config,
