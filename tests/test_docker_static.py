@@ -216,5 +216,5 @@ def test_dockerfile_command_is_the_documented_production_command():
 def test_dockerfile_command_equals_the_readme_gunicorn_line():
     lines = _readme_gunicorn_lines()
     assert lines, "README.md has no ```bash block line starting with 'gunicorn '"
-    assert _dockerfile_command() in [shlex.split(line) for line in lines], (
+    assert _dockerfile_command() in [shlex.split(line, comments=True) for line in lines], (
         f"Dockerfile CMD {' '.join(_dockerfile_command())!r} is not among README's {lines}")
