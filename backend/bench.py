@@ -86,6 +86,19 @@ class _BenchLabelStudio:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
+def synthetic_tasks(labels: np.ndarray, classes: list[str], n_unlabeled: int) -> list[dict]:
+    """Annotated tasks (one Choices annotation each, ids 1..N) followed by `n_unlabeled` unlabeled ones."""
+    tasks = []
+    for i, label in enumerate(labels.tolist()):
+        tasks.append({"id": i + 1, "data": {"image": f"https://images.example/{i + 1}.png"},
+                      "annotations": [{"id": i + 1, "was_cancelled": False, "updated_at": "2026",
+                                       "result": [{"from_name": "choice", "to_name": "image", "type": "choices",
+                                                   "value": {"choices": [classes[label]]}}]}]})
+    for tid in range(len(labels) + 1, len(labels) + n_unlabeled + 1):
+        tasks.append({"id": tid, "data": {"image": f"https://images.example/{tid}.png"}, "annotations": []})
+    return tasks
+
+
 def _synthetic_features(n: int, labels: np.ndarray, centers: np.ndarray, rng) -> np.ndarray:
     return (centers[labels] + rng.normal(scale=2.0, size=(n, centers.shape[1]))).astype(np.float32)
 
@@ -133,15 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     weights_path = os.path.join(work, "resnet18-random.pt")
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights_path)
 
-    tasks = []
-    for i, label in enumerate(labels.tolist()):
-        tasks.append({"id": i + 1, "data": {"image": f"https://images.example/{i + 1}.png"},
-                      "annotations": [{"id": i + 1, "was_cancelled": False, "updated_at": "2026",
-                                       "result": [{"from_name": "choice", "to_name": "image", "type": "choices",
-                                                   "value": {"choices": [classes[label]]}}]}]})
-    for j in range(args.unlabeled):
-        tid = args.annotated + j + 1
-        tasks.append({"id": tid, "data": {"image": f"https://images.example/{tid}.png"}, "annotations": []})
+    tasks = synthetic_tasks(labels, classes, args.unlabeled)
 
     import_seconds = None
     if args.ls_url:

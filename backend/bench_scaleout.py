@@ -58,7 +58,7 @@ def _build_project(args, work: str):
     import torch
     import torchvision
 
-    from backend.bench import _BenchLabelStudio, _label_config
+    from backend.bench import _BenchLabelStudio, _label_config, synthetic_tasks
     from backend.runtime import Runtime
     from backend.settings import Settings
 
@@ -68,15 +68,7 @@ def _build_project(args, work: str):
     classes = [f"class{i}" for i in range(n_classes)]
     labels = rng.choice(n_classes, args.annotated, p=weights / weights.sum())
     hidden = rng.choice(n_classes, args.unlabeled, p=weights / weights.sum())
-    tasks = []
-    for i, label in enumerate(labels.tolist()):
-        tasks.append({"id": i + 1, "data": {"image": f"https://images.example/{i + 1}.png"},
-                      "annotations": [{"id": i + 1, "was_cancelled": False, "updated_at": "2026",
-                                       "result": [{"from_name": "choice", "to_name": "image", "type": "choices",
-                                                   "value": {"choices": [classes[label]]}}]}]})
-    for j in range(args.unlabeled):
-        tid = args.annotated + j + 1
-        tasks.append({"id": tid, "data": {"image": f"https://images.example/{tid}.png"}, "annotations": []})
+    tasks = synthetic_tasks(labels, classes, args.unlabeled)
     api_key = "bench-token"
     fake = _BenchLabelStudio(api_key)
     fake.project.update({"label_config": _label_config(classes), "model_version": ""})
