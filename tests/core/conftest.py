@@ -17,6 +17,7 @@ def make_blobs(n_per_class, num_classes=4, dim=8, seed=0, sep=4.0):
     return np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.int64), centers
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def blobs():
+    """`make_blobs` as a fixture: test modules must not `import conftest` (several conftest.py exist)."""
     return make_blobs

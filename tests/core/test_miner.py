@@ -10,8 +10,8 @@ FAST = dict(ae_min_steps=300, ae_max_steps=1500)
 
 
 @pytest.fixture(scope="module")
-def data():
-    from conftest import make_blobs
+def data(blobs):
+    make_blobs = blobs
     # classes 0-2 are head classes, class 3 has 2 examples, class 4 has a single one
     x, y, centers = make_blobs([80, 80, 80, 2, 1], num_classes=5, dim=12, seed=0)
     x_tail, _, _ = make_blobs([0, 0, 0, 30, 30], num_classes=5, dim=12, seed=0)
