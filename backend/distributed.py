@@ -524,7 +524,7 @@ def load_version(runtime, project_id: int, version: str):
 def score_chunk_job(project_id: int, version: str, index: int, tasks: Sequence[dict]) -> dict:
     """RQ job: score one chunk with `version`; result written atomically to scores/<version>/."""
     from .jobs import score_task_chunk
-    from .model_store import atomic_write_json
+    from mcm_core.atomic import atomic_write_json
 
     started = time.monotonic()
     runtime = _worker_runtime()
@@ -554,7 +554,7 @@ def _remove_older_scores(scores_root: str, version: str) -> None:
 def push_version_job(project_id: int, version: str, n_chunks: int, previous_version: str | None) -> int:
     """RQ job: gather the chunk results and push them to Label Studio, once per version."""
     from . import ls_sync
-    from .model_store import atomic_write_json
+    from mcm_core.atomic import atomic_write_json
 
     job, coord = _current()
     project_id = int(project_id)

@@ -20,31 +20,18 @@ import logging
 import os
 import re
 import uuid
-import tempfile
 import threading
 from typing import Sequence
 
 import numpy as np
+
+from mcm_core.atomic import atomic_savez
 
 logger = logging.getLogger(__name__)
 
 Key = tuple[int, str]
 MAX_SHARDS = 32
 _SHARD_NUMBER = re.compile(r"^shard-(\d+)")
-
-
-def _atomic_savez(path: str, **arrays: np.ndarray) -> None:
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp.npz")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class ArrayCache:
@@ -122,7 +109,7 @@ class ArrayCache:
         values = np.ascontiguousarray(values)
         with self._lock:
             path = os.path.join(self.directory, f"shard-{self._next_shard:06d}-{self._writer}.npz")
-            _atomic_savez(path, task_ids=ids, urls=urls, values=values)
+            atomic_savez(path, task_ids=ids, urls=urls, values=values)
             self._loaded.add(path)
             self._next_shard += 1
             self._append(ids, urls, values)
@@ -142,7 +129,7 @@ class ArrayCache:
             fcntl.flock(lock, fcntl.LOCK_EX)
             old = [p for p in self._shard_paths() if p in self._loaded]
             path = os.path.join(self.directory, f"shard-{self._next_shard:06d}-{self._writer}.npz")
-            _atomic_savez(path, task_ids=np.asarray([k[0] for k, _ in keys], dtype=np.int64),
+            atomic_savez(path, task_ids=np.asarray([k[0] for k, _ in keys], dtype=np.int64),
                           urls=np.asarray([k[1] for k, _ in keys], dtype=str), values=values)
             self._loaded.add(path)
             self._next_shard += 1

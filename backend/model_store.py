@@ -17,25 +17,11 @@ import re
 import shutil
 import tempfile
 import time
-from typing import Any, Callable
+from typing import Callable
+
+from mcm_core.atomic import atomic_write_json
 
 VERSION_RE = re.compile(r"^mcm-v(\d+)-\d{8}T\d{6}$")
-
-
-def atomic_write_json(path: str, payload: Any) -> None:
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=1, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class ModelStore:

@@ -48,7 +48,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -57,6 +56,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torch import nn
+
+from .atomic import atomic_torch_save
 
 log = logging.getLogger(__name__)
 
@@ -138,24 +139,6 @@ def _file_sha256(path: str) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _atomic_torch_save(obj: Any, path: str) -> None:
-    """Write with torch.save to a temp file in the target directory, then os.replace it, so a
-    reader (or a crash) never sees a half-written file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _load_state_dict_file(path: str, what: str) -> dict[str, torch.Tensor]:
@@ -602,7 +585,7 @@ class SimpleCNNBackbone(Backbone):
         """Atomically write the trained weights (temp file + os.replace)."""
         self._check_ready()
         assert self.model is not None
-        _atomic_torch_save(
+        atomic_torch_save(
             {"format": _SIMPLE_CNN_FORMAT, "num_classes": self.num_classes,
              "image_size": self.image_size, "in_channels": 1,
              "feature_dim": int(getattr(self.model, "feature_dim", self.feature_dim)),
