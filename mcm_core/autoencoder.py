@@ -9,7 +9,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .scoring import RECONSTRUCTION_SCORE_BOUND, softmax
+from .recalibration import scaled_batch_size
+from .scoring import (RECONSTRUCTION_SCORE_BOUND, normalise_weights, softmax, weighted_reconstruction_score,
+                      weighted_score_bound)
 
 INPUT_SPACES = ("logits", "probs")
 
@@ -136,9 +138,16 @@ class EnsembleAutoencoder(nn.Module):
 
 def train_ensemble(model: EnsembleAutoencoder, x: np.ndarray, *, lr: float = 1e-3, batch_size: int = 64,
                    min_steps: int = 2000, max_steps: int = 20000, patience: int = 10,
-                   holdout_fraction: float = 0.1, seed: int = 0) -> list[AETrainInfo]:
+                   holdout_fraction: float = 0.1, max_steps_per_epoch: int | None = 32,
+                   seed: int = 0) -> list[AETrainInfo]:
     """Same schedule as ``train_autoencoder`` for every member (own mini-batch order, own early
-    stopping with best-weight restore); stops when all members have stopped."""
+    stopping with best-weight restore); stops when all members have stopped.
+
+    ``max_steps_per_epoch`` (default 32) enlarges the batch on large N so one epoch (= one early-
+    stopping check, patience is counted in epochs) stays <= 32 steps, and ``max_steps`` then
+    shrinks to the same number of row passes (max_steps * batch_size rows, at least min_steps):
+    10k labeled rows train in <= ~4.5k steps of ~280 rows instead of up to 20k steps of 64.
+    ~2k labeled rows (MNIST-5k: 29 batches of 64) train exactly as before."""
     M = model.n_models
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -154,6 +163,10 @@ def train_ensemble(model: EnsembleAutoencoder, x: np.ndarray, *, lr: float = 1e-
     stop_step = np.zeros(M, int)
     best_params = [p.detach().clone() for p in model.parameters()]
     steps, epochs, n_tr = 0, 0, len(x_tr)
+    big_batch = scaled_batch_size(n_tr, batch_size, max_steps_per_epoch)
+    if big_batch > batch_size:  # same budget of row passes as max_steps small batches, >= min_steps
+        max_steps = max(min_steps, int(max_steps * batch_size / big_batch))
+        batch_size = big_batch
     while steps < max_steps:
         model.train()
         orders = torch.stack([torch.randperm(n_tr, generator=gen) for _ in range(M)])
@@ -193,11 +206,14 @@ class AutoencoderScorer:
     S = ||softmax(z) - softmax(z_hat)||^2.
     input_space="probs" (authors' released code): the AE sees p = softmax(z), decoder ends in
     softmax, S = ||p - p_hat||^2 (same ranking as their MSE, which is S / C).
+    ``score_weights`` (C,) turns the score into S_w = sum_k w_k (p_k - p_hat_k)^2 (w rescaled to
+    sum 1); the AE is still trained with the plain MSE (weighting the training loss made it worse).
     """
 
     def __init__(self, num_classes: int, *, input_space: str = "probs", hidden: tuple[int, ...] | None = None,
                  standardize: bool = False, n_models: int = 5, lr: float = 1e-3, batch_size: int = 64,
-                 min_steps: int = 2000, max_steps: int = 20000, patience: int = 10, seed: int = 0):
+                 min_steps: int = 2000, max_steps: int = 20000, patience: int = 10,
+                 max_steps_per_epoch: int | None = 32, score_weights=None, seed: int = 0):
         if input_space not in INPUT_SPACES:
             raise ValueError(f"input_space must be one of {INPUT_SPACES}, got {input_space!r}")
         if n_models < 1:
@@ -208,14 +224,20 @@ class AutoencoderScorer:
         self.standardize = bool(standardize)
         self.n_models = int(n_models)
         self.train_kwargs = dict(lr=lr, batch_size=batch_size, min_steps=min_steps, max_steps=max_steps,
-                                 patience=patience)
+                                 patience=patience, max_steps_per_epoch=max_steps_per_epoch)
+        self.score_weights = None if score_weights is None else normalise_weights(score_weights, num_classes)
         self.seed = int(seed)
         self.model: EnsembleAutoencoder | None = None
         self.mean = np.zeros(num_classes, np.float32)
         self.std = np.ones(num_classes, np.float32)
         self.infos: list[AETrainInfo] = []
 
-    upper_bound = RECONSTRUCTION_SCORE_BOUND
+    @property
+    def upper_bound(self) -> float:
+        """0 <= score <= upper_bound: 2 for S, w_(1) + w_(2) for S_w (mean over members keeps it)."""
+        if self.score_weights is None:
+            return RECONSTRUCTION_SCORE_BOUND
+        return weighted_score_bound(self.score_weights)
 
     def _ae_input(self, z: np.ndarray) -> np.ndarray:
         if self.input_space == "probs":
@@ -254,18 +276,27 @@ class AutoencoderScorer:
         for i in range(0, len(z), batch_size):
             zb = z[i:i + batch_size]
             p = softmax(zb)
-            # mean over ensemble members of S = ||p - p_hat||^2 (each <= 2, so the mean is too)
-            out[i:i + batch_size] = ((p[None] - self.reconstruct_probs(zb)) ** 2).sum(-1).mean(0)
+            # mean over ensemble members of S (each <= upper_bound, so the mean is too)
+            p_hat = self.reconstruct_probs(zb)
+            if self.score_weights is None:
+                out[i:i + batch_size] = ((p[None] - p_hat) ** 2).sum(-1).mean(0)
+            else:
+                out[i:i + batch_size] = weighted_reconstruction_score(p[None], p_hat, self.score_weights).mean(0)
         return out
 
     # -- persistence helpers (plain tensors only) --
     def state(self) -> dict:
-        return {"mean": torch.from_numpy(self.mean.copy()), "std": torch.from_numpy(self.std.copy()),
-                "model": self.model.state_dict()}
+        st = {"mean": torch.from_numpy(self.mean.copy()), "std": torch.from_numpy(self.std.copy()),
+              "model": self.model.state_dict()}
+        if self.score_weights is not None:
+            st["score_weights"] = torch.from_numpy(self.score_weights.copy())
+        return st
 
     def load_state(self, state: dict) -> None:
         self.mean = state["mean"].numpy().astype(np.float32)
         self.std = state["std"].numpy().astype(np.float32)
+        w = state.get("score_weights")  # absent in files written before weighted scores: plain S
+        self.score_weights = None if w is None else normalise_weights(w.numpy(), self.num_classes)
         self.model = self._new_model()
         self.model.load_state_dict(state["model"])
         self.model.eval()

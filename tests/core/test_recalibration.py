@@ -105,3 +105,15 @@ def test_fit_recalibration_rejects_bad_alpha(blobs):
     x, y, _ = blobs(10, num_classes=3)
     with pytest.raises(ValueError, match="alpha"):
         fit_recalibration(x, y, 3, alpha=np.ones(4))
+
+
+def test_scaled_batch_size():
+    from mcm_core.recalibration import scaled_batch_size
+    assert scaled_batch_size(1607, 256, 8) == 256       # MNIST-5k-sized: unchanged (7 steps per epoch)
+    assert scaled_batch_size(8000, 256, 8) == 1000      # 10k labeled rows: 8 steps of 1000
+    assert scaled_batch_size(8001, 256, 8) == 1001      # ceil, never more than 8 steps
+    assert scaled_batch_size(8000, 256, None) == 256
+    with pytest.raises(ValueError):
+        scaled_batch_size(100, 0, 8)
+    with pytest.raises(ValueError):
+        scaled_batch_size(100, 64, 0)
