@@ -26,6 +26,45 @@ def reconstruction_score(p: np.ndarray, p_hat: np.ndarray) -> np.ndarray:
     return ((p - p_hat) ** 2).sum(axis=-1)
 
 
+def normalise_weights(weights, num_classes: int) -> np.ndarray:
+    """Non-negative per-class weights rescaled to sum 1 (ValueError on a bad vector)."""
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (num_classes,) or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"class weights must be {num_classes} finite non-negative values with a positive sum")
+    return w / w.sum()
+
+
+def weighted_reconstruction_score(p: np.ndarray, p_hat: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """S_w = sum_k w_k (p_k - p_hat_k)^2 per row.
+
+    With w = normalised inverse labeled class frequency, an error in a tail-class dimension (mass
+    the head-trained autoencoder cannot reproduce) counts far more than the same error spread over
+    head classes; still a reconstruction error of the AE."""
+    p = np.asarray(p, dtype=np.float64)
+    p_hat = np.asarray(p_hat, dtype=np.float64)
+    try:  # p may be broadcast against an ensemble of reconstructions (n_models, M, C)
+        np.broadcast_shapes(p.shape, p_hat.shape)
+    except ValueError:
+        raise ValueError(f"shape mismatch: {p.shape} vs {p_hat.shape}") from None
+    if p.shape[-1:] != p_hat.shape[-1:]:
+        raise ValueError(f"shape mismatch: {p.shape} vs {p_hat.shape}")
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != p.shape[-1:]:
+        raise ValueError(f"weights must have shape ({p.shape[-1]},), got {w.shape}")
+    return ((p - p_hat) ** 2 * w).sum(axis=-1)
+
+
+def weighted_score_bound(weights: np.ndarray) -> float:
+    """Exact max of S_w over pairs of probability vectors: w_i + w_j for the two largest weights.
+
+    S_w is convex in (p, p_hat), so its max over the product of simplices is at a vertex pair
+    (e_i, e_j), where it is w_i + w_j (0 if i == j). Weights summing to 1 give a bound <= 1."""
+    w = np.sort(np.asarray(weights, dtype=np.float64).reshape(-1))[::-1]
+    if w.size == 0:
+        raise ValueError("weights must not be empty")
+    return float(w[:2].sum()) if w.size >= 2 else 0.0
+
+
 def logit_reconstruction_score(z: np.ndarray, z_hat: np.ndarray) -> np.ndarray:
     """The paper's S = ||softmax(z) - softmax(z_hat)||^2."""
     return reconstruction_score(softmax(z), softmax(z_hat))

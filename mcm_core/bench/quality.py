@@ -21,6 +21,7 @@ import torch
 from .. import MinorityMiner
 from ..autoencoder import AutoencoderScorer
 from ..baselines import BASELINES, entropy
+from ..recalibration import inverse_frequency_alpha
 from ..metrics import auc_pr, average_f_score, pr_curve, precision_at_k, relative_improvement, tail_classes
 from ..scoring import softmax
 from ..small_cnn import small_cnn_features, small_cnn_logits, train_small_cnn
@@ -38,6 +39,10 @@ VARIANTS: dict[str, dict] = {
     "gamma=1": {"gamma": 1.0},
     "gamma=4": {"gamma": 4.0},
     "AE hidden 8-6": {"ae_hidden": (8, 6)},
+    "plain S (previous default)": {"score_weighting": "none", "ae_train_on": "all"},
+    "S_w (alpha) + AE on head rows only": {"score_weighting": "alpha", "ae_train_on": "head"},
+    "plain S + AE on head rows only": {"score_weighting": "none", "ae_train_on": "head"},
+    "S_w (sqrt alpha)": {"score_weighting": "sqrt_alpha", "ae_train_on": "all"},
 }
 
 
@@ -81,11 +86,15 @@ def run_seed(dataset, seed: int, cnn_epochs: int, variants: list[str], miner_kwa
         # ... and the same baseline through the library interface (CE linear head on the features).
         if ce_head_baselines:
             scores[f"{name} (CE head)"] = strat.score(f_pool)
-    # Ablation: same autoencoder configuration, but on M's own logits (no RC layer).
+    # Ablation: same autoencoder configuration (score weights, training rows), but on M's own
+    # logits (no RC layer).
+    alpha = inverse_frequency_alpha(y_tr, C) if miner.config["alpha"] is None else np.asarray(miner.config["alpha"])
     ab = AutoencoderScorer(C, seed=seed, input_space=miner.config["input_space"],
                            standardize=miner.config["standardize"], n_models=miner.config["n_models"],
-                           hidden=tuple(miner.config["ae_hidden"]), min_steps=miner.config["ae_min_steps"])
-    scores["ablation: no RC (AE on M outputs)"] = ab.fit(z_tr).score(z_pool)
+                           hidden=tuple(miner.config["ae_hidden"]), min_steps=miner.config["ae_min_steps"],
+                           max_steps_per_epoch=miner.config["ae_max_steps_per_epoch"],
+                           score_weights=miner._score_weights(alpha))
+    scores["ablation: no RC (AE on M outputs)"] = ab.fit(z_tr[miner._ae_rows(y_tr)]).score(z_pool)
     scores["ablation: RC + entropy"] = entropy(miner.predict_proba(f_pool))
     metrics = {k: evaluate(y_pos, s) for k, s in scores.items()}
     acc_m = (z_test.argmax(1) == y_test)

@@ -92,3 +92,41 @@ def test_scorer_errors():
         AutoencoderScorer(3, n_models=0)
     with pytest.raises(ValueError, match="not fitted"):
         AutoencoderScorer(3).score(np.zeros((1, 3), np.float32))
+
+
+def test_max_steps_per_epoch_enlarges_the_batch_only_on_large_sets():
+    x = np.random.default_rng(2).normal(size=(200, 3)).astype(np.float32)  # 180 training rows
+    # 180 rows / batch 64 -> 3 steps per epoch; capped at 2 -> batch 90, so 20 steps take 10 epochs
+    capped = train_ensemble(EnsembleAutoencoder(3, (2, 2)), x, min_steps=20, max_steps=20, patience=100,
+                            max_steps_per_epoch=2)
+    plain = train_ensemble(EnsembleAutoencoder(3, (2, 2)), x, min_steps=20, max_steps=20, patience=100,
+                           max_steps_per_epoch=None)
+    loose = train_ensemble(EnsembleAutoencoder(3, (2, 2)), x, min_steps=20, max_steps=20, patience=100,
+                           max_steps_per_epoch=32)
+    assert capped[0].epochs == 10
+    assert plain[0].epochs == loose[0].epochs == 7  # ceil(20 / 3): a loose cap changes nothing
+
+
+def test_weighted_scorer_score_bound_and_state():
+    rng = np.random.default_rng(0)
+    k = rng.integers(0, 3, 300)
+    z = rng.normal(scale=0.3, size=(300, 4)).astype(np.float32)
+    z[np.arange(300), k] += 5.0
+    w = np.array([1.0, 1.0, 1.0, 7.0])
+    sc = AutoencoderScorer(4, hidden=(3, 2), n_models=2, min_steps=300, score_weights=w, seed=0).fit(z)
+    assert sc.upper_bound == pytest.approx(0.8)  # (7 + 1) / 10
+    probe = np.concatenate([np.array([[0, 0, 0, 5.0]], np.float32), z[:50]])
+    p = np.exp(probe - probe.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    expected = ((p[None] - sc.reconstruct_probs(probe)) ** 2 * (w / w.sum())).sum(-1).mean(0)
+    s = sc.score(probe)
+    assert s == pytest.approx(expected, rel=1e-6)
+    assert (s >= 0).all() and (s <= sc.upper_bound).all() and s[0] > s[1:].max()
+    again = AutoencoderScorer(4, hidden=(3, 2), n_models=2)
+    again.load_state(sc.state())
+    assert np.array_equal(again.score(probe), s) and again.upper_bound == sc.upper_bound
+    old_state = {k_: v for k_, v in sc.state().items() if k_ != "score_weights"}
+    again.load_state(old_state)  # files without weights score the plain S
+    assert again.score_weights is None and again.upper_bound == 2.0
+    with pytest.raises(ValueError, match="class weights"):
+        AutoencoderScorer(4, score_weights=[1.0, -1.0, 1.0, 1.0])

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from mcm_core import MinorityMiner
+from mcm_core.scoring import softmax
 
 FAST = dict(ae_min_steps=300, ae_max_steps=1500)
 
@@ -36,10 +37,15 @@ def test_fit_returns_self_and_shapes(data, fitted):
 
 
 def test_scores_within_upper_bound(data, fitted):
-    x, _, x_head, x_tail = data
+    x, y, x_head, x_tail = data
     s = fitted.score(np.concatenate([x, x_head, x_tail, x * 100]))
-    assert fitted.score_upper_bound == 2.0
+    # default S_w with w = alpha (normalised inverse frequency): exact bound = two largest alphas
+    inv = 1.0 / np.bincount(y, minlength=5)
+    w = np.sort(inv / inv.sum())
+    assert fitted.score_upper_bound == pytest.approx(w[-1] + w[-2])
+    assert fitted.score_upper_bound < 1.0
     assert (s >= 0).all() and (s <= fitted.score_upper_bound).all()
+    assert MinorityMiner(5).score_upper_bound == 2.0  # unfitted: weights unknown, 2 bounds every weighting
 
 
 def test_tail_examples_rank_above_head_examples(data, fitted):
@@ -146,7 +152,11 @@ def test_score_rejects_bad_features(data, fitted):
 
 @pytest.mark.parametrize("kwargs", [dict(num_classes=1), dict(num_classes=2.5), dict(num_classes=3, gamma=-1),
                                     dict(num_classes=3, input_space="pixels"),
-                                    dict(num_classes=3, alpha=[1.0, 2.0])])
+                                    dict(num_classes=3, alpha=[1.0, 2.0]),
+                                    dict(num_classes=3, score_weighting="tail"),
+                                    dict(num_classes=3, ae_train_on="tail"),
+                                    dict(num_classes=3, rc_max_steps_per_epoch=0),
+                                    dict(num_classes=3, ae_max_steps_per_epoch=-2)])
 def test_constructor_rejects_bad_options(kwargs):
     with pytest.raises(ValueError):
         MinorityMiner(**kwargs)
@@ -160,3 +170,51 @@ def test_classes_with_zero_or_one_example_and_logit_space(data):
     s = m.score(x_tail)
     assert s.shape == (60,) and ((s >= 0) & (s <= m.score_upper_bound)).all()
     assert m.fit_info["labeled_per_class"] == [80, 80, 80, 2, 0]
+
+
+def test_weighted_score_matches_hand_computation_and_head_only_rows(data, fitted):
+    x, y, _, x_tail = data
+    assert fitted.fit_info["ae_rows"] == len(y)  # default: the AE learns from every labeled row
+    head = MinorityMiner(5, seed=0, ae_train_on="head", **FAST).fit(x, y)
+    assert head.fit_info["ae_rows"] == 240  # classes 3 (2 ex.) and 4 (1 ex.) are tail: only head rows
+    assert np.median(head.score(x_tail)) > np.median(head.score(x[:240]))
+    p = fitted.ae.reconstruct_probs(fitted.logits(x_tail))  # (n_models, M, C)
+    q = softmax(fitted.logits(x_tail))
+    inv = 1.0 / np.bincount(y, minlength=5)
+    w = inv / inv.sum()
+    expected = ((q[None] - p) ** 2 * w).sum(-1).mean(0)
+    assert fitted.score(x_tail) == pytest.approx(expected, rel=1e-6)
+
+
+def test_unweighted_all_rows_and_sqrt_alpha_options(data):
+    x, y, _, x_tail = data
+    plain = MinorityMiner(5, seed=0, score_weighting="none", ae_train_on="all", **FAST).fit(x, y)
+    assert plain.fit_info["ae_rows"] == len(y)
+    assert plain.score_upper_bound == 2.0
+    q = softmax(plain.logits(x_tail))
+    assert plain.score(x_tail) == pytest.approx(((q[None] - plain.ae.reconstruct_probs(plain.logits(x_tail))) ** 2)
+                                                .sum(-1).mean(0), rel=1e-6)
+    sq = MinorityMiner(5, seed=0, score_weighting="sqrt_alpha", **FAST).fit(x, y)
+    w = np.sqrt(1.0 / np.bincount(y, minlength=5))
+    w /= w.sum()
+    assert sq.score_upper_bound == pytest.approx(np.sort(w)[-2:].sum())
+    assert ((sq.score(x_tail) >= 0) & (sq.score(x_tail) <= sq.score_upper_bound)).all()
+
+
+def test_files_without_new_options_load_as_unweighted_all_rows(tmp_path, data):
+    """A file written before score_weighting / ae_train_on / steps-per-epoch existed keeps its score."""
+    x, y, x_head, x_tail = data
+    old = MinorityMiner(5, seed=0, score_weighting="none", ae_train_on="all", rc_max_steps_per_epoch=None,
+                        ae_max_steps_per_epoch=None, **FAST).fit(x, y)
+    path = tmp_path / "old.pt"
+    old.save(path)
+    payload = torch.load(path, weights_only=True)
+    for k in ("score_weighting", "ae_train_on", "rc_max_steps_per_epoch", "ae_max_steps_per_epoch"):
+        del payload["config"][k]
+    assert "score_weights" not in payload["ae"]
+    torch.save(payload, path)
+    loaded = MinorityMiner.load(path)
+    assert loaded.config == old.config
+    probe = np.concatenate([x_head, x_tail])
+    assert np.array_equal(loaded.score(probe), old.score(probe))
+    assert loaded.score_upper_bound == 2.0
