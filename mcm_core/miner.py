@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from .atomic import atomic_torch_save
 from .autoencoder import INPUT_SPACES, AutoencoderScorer, default_hidden
 from .recalibration import RecalibrationLayer, fit_recalibration, inverse_frequency_alpha
 from .metrics import tail_classes
@@ -193,22 +193,10 @@ class MinorityMiner:
         """Atomic write (temp file in the same directory + os.replace); plain tensors and dicts only,
         so load() can use torch.load(weights_only=True) and never executes code."""
         self._check_fitted()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": self.config,
                    "in_dim": self.in_dim, "fit_info": self.fit_info,
                    "rc": self.rc.state_dict(), "ae": self.ae.state()}
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                torch.save(payload, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_torch_save(payload, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "MinorityMiner":
