@@ -56,6 +56,16 @@ class AETrainInfo:
     best_val_loss: float
 
 
+def _holdout_split(x: np.ndarray, holdout_fraction: float,
+                   rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train rows, held-out rows) in original order; tiny sets (< 20 rows) validate on train."""
+    xt = torch.from_numpy(np.asarray(x, dtype=np.float32))
+    perm = rng.permutation(len(xt))
+    n_val = int(holdout_fraction * len(xt)) if len(xt) >= 20 else 0
+    x_tr = xt[np.sort(perm[n_val:])]
+    return x_tr, (xt[np.sort(perm[:n_val])] if n_val else x_tr)
+
+
 def train_autoencoder(model: Autoencoder, x: np.ndarray, *, lr: float = 1e-3, batch_size: int = 64,
                       min_steps: int = 2000, max_steps: int = 20000, patience: int = 10,
                       holdout_fraction: float = 0.1, seed: int = 0) -> AETrainInfo:
@@ -64,13 +74,7 @@ def train_autoencoder(model: Autoencoder, x: np.ndarray, *, lr: float = 1e-3, ba
     reconstruction loss with best-weight restore, capped at ``max_steps``."""
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
-    xt = torch.from_numpy(np.asarray(x, dtype=np.float32))
-    n = len(xt)
-    perm = rng.permutation(n)
-    n_val = int(holdout_fraction * n) if n >= 20 else 0
-    val_idx, tr_idx = perm[:n_val], perm[n_val:]
-    x_tr = xt[np.sort(tr_idx)]
-    x_val = xt[np.sort(val_idx)] if n_val else x_tr
+    x_tr, x_val = _holdout_split(x, holdout_fraction, rng)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     mse = nn.MSELoss()
     best, best_state, bad, steps, epochs = float("inf"), None, 0, 0, 0
@@ -151,12 +155,7 @@ def train_ensemble(model: EnsembleAutoencoder, x: np.ndarray, *, lr: float = 1e-
     M = model.n_models
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
-    xt = torch.from_numpy(np.asarray(x, dtype=np.float32))
-    n = len(xt)
-    perm = rng.permutation(n)
-    n_val = int(holdout_fraction * n) if n >= 20 else 0
-    x_tr = xt[np.sort(perm[n_val:])]
-    x_val = xt[np.sort(perm[:n_val])] if n_val else x_tr
+    x_tr, x_val = _holdout_split(x, holdout_fraction, rng)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     best = np.full(M, np.inf)
     bad = np.zeros(M, int)
