@@ -312,3 +312,44 @@ def test_basic_auth_protects_everything_but_health_and_webhook(env):
     # Label Studio's automatic annotation webhook carries no credentials: accepted by design.
     hook = client.post("/webhook", json={"action": "PROJECT_UPDATED", "project": {"id": PID}})
     assert hook.status_code == 200
+
+
+def test_one_backend_serves_several_projects_each_with_its_own_config_and_model(env):
+    """A second project with other classes and another control name trains its own model."""
+    import os
+
+    env["app"].config["MCM_STATE"].close()
+    env["app"] = create_app(env["settings"])  # without the previous test's basic auth
+    fake, images, client = env["fake"], env["images"], _client(env)
+    pid, digits = 3, mnist_by_digit()
+    config = LABEL_CONFIG.replace('name="choice"', 'name="digit"').replace(
+        '<Choice value="zero"/><Choice value="one"/><Choice value="seven"/>',
+        '<Choice value="round"/><Choice value="stick"/><Choice value="hook"/>')
+    fake.add_project(pid, config, control_name="digit")
+    tid, unlabeled = 300000, []
+    for name, digit, n in (("round", 0, 30), ("stick", 1, 30), ("hook", 7, 5)):
+        for i in range(n):
+            tid += 1
+            fake.uploads[f"{pid}/{tid}.png"] = png_bytes(digits[digit][i])
+            fake.add_task(pid, tid, f"/data/upload/{pid}/{tid}.png", label=name, control_name="digit")
+        for i in range(3):
+            tid += 1
+            images.files[f"/img/{tid}.png"] = png_bytes(digits[digit][300 + i])
+            fake.add_task(pid, tid, f"{images.url}/img/{tid}.png")
+            unlabeled.append(tid)
+    assert client.post("/setup", json={"project": f"{pid}.9", "schema": config}).status_code == 200
+    _train(env, pid=pid)
+
+    status = client.get(f"/mcm/status?project={pid}").json
+    assert status["labeled_per_class"] == {"round": 30, "stick": 30, "hook": 5} and status["tail_classes"] == ["hook"]
+    results = client.post("/predict", json={"tasks": _tasks(env, unlabeled), "project": f"{pid}.9"}).json["results"]
+    assert len(results) == len(unlabeled)
+    for item in results:
+        assert item["model_version"] == status["model_version"]
+        assert item["result"][0]["from_name"] == "digit"
+        assert item["result"][0]["value"]["choices"][0] in {"round", "stick", "hook"}
+    # the first project keeps its own model, classes and control name
+    first = client.post("/predict", json={"tasks": _tasks(env, list(env["truth"])[:2]), "project": f"{PID}.1"}).json
+    assert first["results"][0]["model_version"] == env["v2"]
+    assert first["results"][0]["result"][0]["from_name"] == "choice"
+    assert os.path.isdir(os.path.join(env["settings"].model_dir, str(pid)))
