@@ -14,8 +14,14 @@ stamp="$VENV/.mcm-requirements.sha"
 want="$(sha256sum "$ROOT/requirements.txt" | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "[setup] installing requirements.txt into $VENV (first time: a few minutes)"
-  "$VENV/bin/pip" install --disable-pip-version-check -q -r "$ROOT/requirements.txt" 2>&1 \
-    | grep -v "is ignored: it is neither a file nor a directory" || true
+  log="$(mktemp)"
+  if ! "$VENV/bin/pip" install --disable-pip-version-check -q -r "$ROOT/requirements.txt" >"$log" 2>&1; then
+    grep -v "is ignored: it is neither a file nor a directory" "$log" >&2 || true
+    rm -f "$log"
+    echo "[setup] pip install -r requirements.txt failed (see above)" >&2
+    exit 1
+  fi
+  rm -f "$log"
   "$VENV/bin/python" -c "import torch, torchvision, label_studio_ml, label_studio_sdk, mlxtend" \
     || { echo "[setup] dependency install failed" >&2; exit 1; }
   echo "$want" > "$stamp"
