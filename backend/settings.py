@@ -54,20 +54,14 @@ SCORE_DIRECTIONS = ("tail-high", "tail-low")
 SCORE_TRANSFORMS = ("linear", "sqrt")
 
 
-def _int(env: Mapping[str, str], name: str) -> int:
+def _number(env: Mapping[str, str], name: str, cast: type = int):
+    """The setting `name` as int or float (its default when unset), or a ValueError naming it."""
     raw = env.get(name) or SETTINGS_HELP[name][0]
     try:
-        return int(raw)
+        return cast(raw)
     except ValueError:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
-
-
-def _float(env: Mapping[str, str], name: str) -> float:
-    raw = env.get(name) or SETTINGS_HELP[name][0]
-    try:
-        return float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+        kind = "an integer" if cast is int else "a number"
+        raise ValueError(f"{name} must be {kind}, got {raw!r}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,14 +142,14 @@ class Settings:
             basic_auth_pass=env.get("BASIC_AUTH_PASS") or None,
             redis_url=env.get("REDIS_URL") or None,
             rq_queue=env.get("MCM_RQ_QUEUE") or "mcm",
-            score_chunk_tasks=_int(env, "MCM_SCORE_CHUNK_TASKS"),
-            debounce_seconds=_float(env, "MCM_DEBOUNCE_SECONDS"),
-            seed=_int(env, "MCM_SEED"),
-            predict_chunk=_int(env, "MCM_PREDICT_CHUNK"),
-            image_max_bytes=_int(env, "MCM_IMAGE_MAX_BYTES"),
-            image_timeout=_float(env, "MCM_IMAGE_TIMEOUT"),
-            cnn_epochs=_int(env, "MCM_CNN_EPOCHS"),
-            torch_threads=_int(env, "MCM_TORCH_THREADS"),
+            score_chunk_tasks=_number(env, "MCM_SCORE_CHUNK_TASKS"),
+            debounce_seconds=_number(env, "MCM_DEBOUNCE_SECONDS", float),
+            seed=_number(env, "MCM_SEED"),
+            predict_chunk=_number(env, "MCM_PREDICT_CHUNK"),
+            image_max_bytes=_number(env, "MCM_IMAGE_MAX_BYTES"),
+            image_timeout=_number(env, "MCM_IMAGE_TIMEOUT", float),
+            cnn_epochs=_number(env, "MCM_CNN_EPOCHS"),
+            torch_threads=_number(env, "MCM_TORCH_THREADS"),
             miner_options=(env.get("MCM_MINER_OPTIONS") or "").strip(),
             log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
         )
