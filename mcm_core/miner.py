@@ -43,11 +43,16 @@ class MinorityMiner:
     bottleneck AE. Focal gamma=2, alpha = normalised inverse class frequency.
     The score is the class-weighted reconstruction error S_w = sum_k alpha_k (p_k - p_hat_k)^2
     (score_weighting="alpha"): a tail-class example puts mass in the tail dimensions the AE never
-    learned to reproduce, and alpha makes exactly those errors count (MNIST-5k AUC-PR 0.929 ->
-    0.960, digits 0.828 -> 0.880 on 5 cached seeds). ae_train_on="head" (AE learns from head-class
-    rows only, skewness ratio >= 0.3) adds +0.004 on MNIST-5k (0.964) but ranked the tail class
-    below a head class in the backend's 3-class app test, so it is an option, not the default.
-    score_weighting="none" is the previous default S (and what files saved before it load as).
+    learned to reproduce, and alpha makes exactly those errors count.
+    ae_train_on="head": the AE learns from head-class rows only (skewness ratio >= 0.3), the
+    paper's "head-class patterns", so the few tail examples cannot teach it to reproduce tail
+    patterns. rc_min_epochs=20: early stopping of the RC layer only considers epochs >= 20; its
+    held-out set has (almost) no tail example, so its loss is flat early on and a chance dip could
+    stop training at epoch 2-6, before the tail logits are learned. That premature stop is what
+    made the head-only AE rank a tail class below a head class in the backend's 3-class test;
+    with the warm-up both are the default (figures: README, "Benchmarks").
+    score_weighting="none" is the plain S = ||p - p_hat||^2 (what files saved before S_w load as),
+    ae_train_on="all" + rc_min_epochs=0 the previous default;
     input_space="logits" is the paper's S = ||softmax(z) - softmax(z_hat)||^2.
     rc_/ae_max_steps_per_epoch grow the batches on large labeled sets so fit time stops growing
     with N (10k x 512 fits in ~10 s on one thread); MNIST-5k-sized sets train exactly as before."""
@@ -57,7 +62,7 @@ class MinorityMiner:
                  standardize: bool = False, n_models: int = 5, ae_min_steps: int = 2000,
                  ae_max_steps: int = 20000, ae_patience: int = 10, rc_lr: float = 1e-2,
                  rc_patience: int = 10, rc_max_epochs: int = 200, rc_weight_decay: float = 0.0,
-                 score_weighting: str = "alpha", ae_train_on: str = "all",
+                 score_weighting: str = "alpha", ae_train_on: str = "head", rc_min_epochs: int = 20,
                  rc_max_steps_per_epoch: int | None = 8, ae_max_steps_per_epoch: int | None = 32):
         self.num_classes = check_num_classes(num_classes)
         if input_space not in INPUT_SPACES:
@@ -72,6 +77,8 @@ class MinorityMiner:
                 raise ValueError(f"{name} must be >= 1 or None, got {v}")
         if gamma < 0:
             raise ValueError(f"gamma must be >= 0, got {gamma}")
+        if not 0 <= int(rc_min_epochs) <= int(rc_max_epochs):
+            raise ValueError(f"rc_min_epochs must be in [0, rc_max_epochs={rc_max_epochs}], got {rc_min_epochs}")
         if alpha is not None:
             a = np.asarray(alpha, dtype=np.float64)
             if a.ndim == 0:
@@ -87,6 +94,7 @@ class MinorityMiner:
             ae_max_steps=int(ae_max_steps), ae_patience=int(ae_patience), rc_lr=float(rc_lr),
             rc_patience=int(rc_patience), rc_max_epochs=int(rc_max_epochs),
             rc_weight_decay=float(rc_weight_decay), score_weighting=score_weighting, ae_train_on=ae_train_on,
+            rc_min_epochs=int(rc_min_epochs),
             rc_max_steps_per_epoch=None if rc_max_steps_per_epoch is None else int(rc_max_steps_per_epoch),
             ae_max_steps_per_epoch=None if ae_max_steps_per_epoch is None else int(ae_max_steps_per_epoch))
         self.seed = int(seed)
@@ -147,7 +155,8 @@ class MinorityMiner:
             return fit_recalibration(
                 x, y, self.num_classes, gamma=c["gamma"], alpha=alpha, lr=c["rc_lr"],
                 patience=c["rc_patience"], max_epochs=c["rc_max_epochs"],
-                weight_decay=c["rc_weight_decay"], max_steps_per_epoch=c["rc_max_steps_per_epoch"], seed=seed)
+                weight_decay=c["rc_weight_decay"], max_steps_per_epoch=c["rc_max_steps_per_epoch"],
+                min_epochs=c["rc_min_epochs"], seed=seed)
 
     @staticmethod
     @torch.no_grad()
@@ -217,6 +226,7 @@ class MinorityMiner:
         cfg.setdefault("ae_train_on", "all")
         cfg.setdefault("rc_max_steps_per_epoch", None)
         cfg.setdefault("ae_max_steps_per_epoch", None)
+        cfg.setdefault("rc_min_epochs", 0)
         num_classes, seed = cfg.pop("num_classes"), cfg.pop("seed")
         miner = cls(num_classes, seed, **cfg)
         miner.in_dim = int(payload["in_dim"])

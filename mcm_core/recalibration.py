@@ -78,13 +78,19 @@ def train_with_early_stopping(model: nn.Module, loss_fn, x_tr: torch.Tensor, y_t
                               x_val: torch.Tensor | None, y_val: torch.Tensor | None, *,
                               lr: float, batch_size: int, max_epochs: int, patience: int,
                               generator: torch.Generator, weight_decay: float = 0.0,
-                              max_steps_per_epoch: int | None = None) -> EarlyStopResult:
+                              max_steps_per_epoch: int | None = None, min_epochs: int = 0) -> EarlyStopResult:
     """Mini-batch Adam; after each epoch evaluate the held-out loss (training loss when nothing
     is held out) and keep the best weights, which are restored at the end.
+
+    ``min_epochs`` is a warm-up (like Keras' ``start_from_epoch``): the first ``min_epochs - 1``
+    epochs are neither best-weight candidates nor counted against ``patience``, so a chance dip
+    of a flat held-out loss in the first epochs cannot stop training there.
 
     ``max_steps_per_epoch`` grows the batch on large N so an epoch is at most that many steps:
     the cost of the (epoch-based) schedule then stops growing with N, while small sets keep
     ``batch_size`` and their exact step count."""
+    if min_epochs < 0:
+        raise ValueError(f"min_epochs must be >= 0, got {min_epochs}")
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     x_eval, y_eval = (x_val, y_val) if x_val is not None and len(x_val) else (x_tr, y_tr)
     best_loss, best_epoch, best_state, bad = float("inf"), -1, None, 0
@@ -105,6 +111,8 @@ def train_with_early_stopping(model: nn.Module, loss_fn, x_tr: torch.Tensor, y_t
         with torch.no_grad():
             val = float(loss_fn(model(x_eval), y_eval))
         history.append(val)
+        if epoch + 1 < min_epochs:
+            continue
         if val < best_loss - 1e-7:
             best_loss, best_epoch, bad = val, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
@@ -138,8 +146,13 @@ def fit_recalibration(features: np.ndarray, labels: np.ndarray, num_classes: int
                       alpha: np.ndarray | None = None, holdout_fraction: float = 0.2, lr: float = 1e-2,
                       batch_size: int = 256, max_epochs: int = 200, patience: int = 10,
                       weight_decay: float = 0.0, max_steps_per_epoch: int | None = 8,
-                      seed: int = 0) -> tuple[RecalibrationLayer, EarlyStopResult]:
+                      seed: int = 0, min_epochs: int = 0) -> tuple[RecalibrationLayer, EarlyStopResult]:
     """Train the RC layer (must be called inside a seeded RNG context for reproducible init).
+
+    min_epochs: early stopping only looks at epochs >= min_epochs (see train_with_early_stopping).
+    The held-out set holds no example of the rarest classes, so its loss is flat for many epochs
+    and a random low point in the first few could stop training before the tail logits are learned
+    (seen on MNIST-5k: best epoch 2 -> AUC-PR 0.917; with a 20-epoch warm-up 0.936 on that seed).
 
     max_steps_per_epoch=8: MNIST-5k-sized sets (~1.6k held-in rows, 7 batches of 256) train
     exactly as before; 10k rows use batches of ~1k instead of 32 small steps per epoch."""
@@ -163,5 +176,6 @@ def fit_recalibration(features: np.ndarray, labels: np.ndarray, num_classes: int
     result = train_with_early_stopping(
         layer, loss_fn, x[tr], y[tr], x[ho] if len(ho) else None, y[ho] if len(ho) else None,
         lr=lr, batch_size=batch_size, max_epochs=max_epochs, patience=patience,
-        generator=gen, weight_decay=weight_decay, max_steps_per_epoch=max_steps_per_epoch)
+        generator=gen, weight_decay=weight_decay, max_steps_per_epoch=max_steps_per_epoch,
+        min_epochs=min_epochs)
     return layer, result

@@ -39,10 +39,12 @@ VARIANTS: dict[str, dict] = {
     "gamma=1": {"gamma": 1.0},
     "gamma=4": {"gamma": 4.0},
     "AE hidden 8-6": {"ae_hidden": (8, 6)},
-    "plain S (previous default)": {"score_weighting": "none", "ae_train_on": "all"},
-    "S_w (alpha) + AE on head rows only": {"score_weighting": "alpha", "ae_train_on": "head"},
-    "plain S + AE on head rows only": {"score_weighting": "none", "ae_train_on": "head"},
-    "S_w (sqrt alpha)": {"score_weighting": "sqrt_alpha", "ae_train_on": "all"},
+    "previous default (AE on all rows + no RC warm-up)": {"ae_train_on": "all", "rc_min_epochs": 0},
+    "AE on all rows": {"ae_train_on": "all"},
+    "no RC warm-up": {"rc_min_epochs": 0},
+    "plain S": {"score_weighting": "none"},
+    "plain S + AE on all rows + no RC warm-up": {"score_weighting": "none", "ae_train_on": "all", "rc_min_epochs": 0},
+    "S_w (sqrt alpha)": {"score_weighting": "sqrt_alpha"},
 }
 
 
@@ -130,15 +132,22 @@ def is_baseline(name: str) -> bool:
 def format_table(dataset: str, summary: dict, n_seeds: int) -> str:
     base = summary[DEFAULT_NAME]["auc_pr"]["mean"]
     lines = [f"## {dataset}: tail classes {sorted(DEFAULT_TAIL_RATIOS)} in the pool, mean +- std over {n_seeds} seeds",
-             f"{'strategy':44s} {'AUC-PR':>15s} {'avg F':>15s} {'P@50':>15s} {'P@100':>15s} {'default vs (AUC-PR)':>20s}"]
+             f"{'strategy':50s} {'AUC-PR':>15s} {'avg F':>15s} {'P@50':>15s} {'P@100':>15s} {'default vs (AUC-PR)':>20s}"]
     for name, row in summary.items():
         cells = " ".join(f"{row[m]['mean']:.3f} +- {row[m]['std']:.3f}".rjust(15) for m in METRICS)
         rel = "" if name == DEFAULT_NAME else f"{relative_improvement(base, row['auc_pr']['mean']):+.1f}%"
-        lines.append(f"{name:44s} {cells} {rel:>20s}")
-    best = max((n for n in summary if is_baseline(n) and not n.startswith("random")),
-               key=lambda n: summary[n]["auc_pr"]["mean"])
-    lines.append(f"best baseline: {best} ({summary[best]['auc_pr']['mean']:.3f}); default improves AUC-PR by "
-                 f"{relative_improvement(base, summary[best]['auc_pr']['mean']):+.1f}% (target >= +15%)")
+        lines.append(f"{name:50s} {cells} {rel:>20s}")
+    def best_of(prefixes: tuple[str, ...]) -> str:
+        return max((n for n in summary if is_baseline(n) and n.split(" ")[0] in prefixes),
+                   key=lambda n: summary[n]["auc_pr"]["mean"])
+
+    target = best_of(("entropy", "maxscore"))
+    gain = relative_improvement(base, summary[target]["auc_pr"]["mean"])
+    lines.append(f"target (best of entropy / maxscore): {target} ({summary[target]['auc_pr']['mean']:.4f}); default "
+                 f"({base:.4f}) improves AUC-PR by {gain:+.2f}% (goal >= +15%: {'met' if gain >= 15.0 else 'NOT met'})")
+    best = best_of(tuple(b for b in BASELINES if b != "random"))
+    lines.append(f"best baseline overall: {best} ({summary[best]['auc_pr']['mean']:.3f}); default "
+                 f"{relative_improvement(base, summary[best]['auc_pr']['mean']):+.1f}%")
     return "\n".join(lines)
 
 
@@ -175,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cnn-epochs", type=int, default=None,
                     help="epochs of the biased CNN M (default 15, trained to convergence; quick 10)")
     ap.add_argument("--variants", default="", help="comma list of tuning variants, or 'all'; "
-                    f"choices: {', '.join(VARIANTS)}")
+                    f"choices: {' | '.join(VARIANTS)}")
     ap.add_argument("--miner", default="{}", help="JSON of MinorityMiner keyword arguments for the default row")
     ap.add_argument("--out", default="bench_out", help="output directory for quality.json and pr_curves.png")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")

@@ -26,7 +26,7 @@ def env(tmp_path_factory):
     truth = populate_project(fake, images, pid=PID, head=30, tail=5, unlabeled_per_class=8)
     settings = Settings(model_dir=str(tmp_path_factory.mktemp("models")), backbone="simple-cnn",
                         allowed_hosts=("127.0.0.1",), debounce_seconds=0.0, label_studio_url=fake.url,
-                        label_studio_api_key=fake.legacy_token, cnn_epochs=3, predict_chunk=7)
+                        label_studio_api_key=fake.legacy_token, cnn_epochs=8, predict_chunk=7)
     app = create_app(settings)
     state = {"fake": fake, "images": images, "truth": truth, "settings": settings, "app": app}
     yield state

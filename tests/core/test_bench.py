@@ -55,3 +55,30 @@ def test_quality_run_seed_on_digits():
         assert 0.0 <= row["auc_pr"] <= 1.0 and 0.0 <= row["p@50"] <= 1.0
     assert r["info"]["n_pool_tail"] == 2 * r["info"]["n_pool"] // 10
     assert r["info"]["tail_classes_train"] == [0, 1]
+
+
+def test_variants_are_selectable_and_valid():
+    from mcm_core import MinorityMiner
+    from mcm_core.bench.quality import VARIANTS
+
+    for name, kwargs in VARIANTS.items():
+        assert "," not in name, f"--variants is a comma list: {name!r} cannot be selected"
+        MinorityMiner(10, **kwargs)  # every variant is a valid set of options
+
+
+def test_table_reports_the_goal_against_best_of_entropy_and_maxscore():
+    from mcm_core.bench.quality import DEFAULT_NAME, format_table
+
+    def row(auc):
+        return {m: {"mean": auc, "std": 0.0} for m in ("auc_pr", "avg_f", "p@50", "p@100")}
+
+    summary = {DEFAULT_NAME: row(0.93), "entropy (M outputs)": row(0.80), "maxscore (CE head)": row(0.78),
+               "weighted_entropy (M outputs)": row(0.90), "random": row(0.95)}
+    lines = format_table("toy", summary, 5).splitlines()
+    target = next(line for line in lines if line.startswith("target"))
+    assert "entropy (M outputs) (0.8000)" in target and "+16.25%" in target and ": met)" in target
+    overall = next(line for line in lines if line.startswith("best baseline overall"))
+    assert "weighted_entropy (M outputs)" in overall and "+3.3%" in overall  # random is never the best baseline
+    summary["maxscore (CE head)"] = row(0.81)
+    target = next(line for line in format_table("toy", summary, 5).splitlines() if line.startswith("target"))
+    assert "maxscore (CE head)" in target and "NOT met" in target

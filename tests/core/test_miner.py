@@ -156,7 +156,9 @@ def test_score_rejects_bad_features(data, fitted):
                                     dict(num_classes=3, score_weighting="tail"),
                                     dict(num_classes=3, ae_train_on="tail"),
                                     dict(num_classes=3, rc_max_steps_per_epoch=0),
-                                    dict(num_classes=3, ae_max_steps_per_epoch=-2)])
+                                    dict(num_classes=3, ae_max_steps_per_epoch=-2),
+                                    dict(num_classes=3, rc_min_epochs=-1),
+                                    dict(num_classes=3, rc_min_epochs=300)])
 def test_constructor_rejects_bad_options(kwargs):
     with pytest.raises(ValueError):
         MinorityMiner(**kwargs)
@@ -174,10 +176,11 @@ def test_classes_with_zero_or_one_example_and_logit_space(data):
 
 def test_weighted_score_matches_hand_computation_and_head_only_rows(data, fitted):
     x, y, _, x_tail = data
-    assert fitted.fit_info["ae_rows"] == len(y)  # default: the AE learns from every labeled row
-    head = MinorityMiner(5, seed=0, ae_train_on="head", **FAST).fit(x, y)
-    assert head.fit_info["ae_rows"] == 240  # classes 3 (2 ex.) and 4 (1 ex.) are tail: only head rows
-    assert np.median(head.score(x_tail)) > np.median(head.score(x[:240]))
+    assert fitted.fit_info["ae_rows"] == 240  # default: classes 3 (2 ex.) and 4 (1 ex.) are tail: head rows only
+    every = MinorityMiner(5, seed=0, ae_train_on="all", **FAST).fit(x, y)
+    assert every.fit_info["ae_rows"] == len(y)
+    assert np.median(every.score(x_tail)) > np.median(every.score(x[:240]))
+    assert fitted.fit_info["rc_best_epoch"] >= 19  # the default 20-epoch RC warm-up
     p = fitted.ae.reconstruct_probs(fitted.logits(x_tail))  # (n_models, M, C)
     q = softmax(fitted.logits(x_tail))
     inv = 1.0 / np.bincount(y, minlength=5)

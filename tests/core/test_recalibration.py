@@ -117,3 +117,29 @@ def test_scaled_batch_size():
         scaled_batch_size(100, 0, 8)
     with pytest.raises(ValueError):
         scaled_batch_size(100, 64, 0)
+
+
+def _walk_past_optimum(min_epochs: int):
+    """Train data pulls w from -1 towards +1; the held-out loss is lowest at w = 0.3."""
+    torch.manual_seed(0)
+    model = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(-1.0)
+    res = train_with_early_stopping(
+        model, nn.MSELoss(), torch.ones(8, 1), torch.ones(8, 1), torch.ones(4, 1), torch.full((4, 1), 0.3),
+        lr=0.1, batch_size=8, max_epochs=100, patience=3, generator=torch.Generator().manual_seed(0),
+        min_epochs=min_epochs)
+    return res, float(model.weight.detach())
+
+
+def test_min_epochs_warm_up_ignores_early_epochs():
+    plain, _ = _walk_past_optimum(0)
+    warm = plain.best_epoch + 4  # the plain run's best epoch now lies inside the warm-up
+    res, w = _walk_past_optimum(warm)
+    assert res.history[:plain.best_epoch + 1] == pytest.approx(plain.history[:plain.best_epoch + 1])
+    assert res.best_epoch == warm - 1  # first epoch after the warm-up: the loss only rises from there
+    assert res.best_epoch > plain.best_epoch
+    assert res.epochs_run == warm + 3  # then patience 3 ends the run
+    assert (w - 0.3) ** 2 == pytest.approx(res.history[res.best_epoch], rel=1e-4)
+    with pytest.raises(ValueError, match="min_epochs"):
+        _walk_past_optimum(-1)
