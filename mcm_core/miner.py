@@ -55,7 +55,7 @@ class MinorityMiner:
     ae_train_on="all" + rc_min_epochs=0 the previous default;
     input_space="logits" is the paper's S = ||softmax(z) - softmax(z_hat)||^2.
     rc_/ae_max_steps_per_epoch grow the batches on large labeled sets so fit time stops growing
-    with N (10k x 512 fits in ~10 s on one thread); MNIST-5k-sized sets train exactly as before."""
+    with N (10k x 512 fits in ~6.5 s on one thread); MNIST-5k-sized sets train exactly as before."""
 
     def __init__(self, num_classes: int, seed: int = 0, *, gamma: float = 2.0, alpha: Any = None,
                  input_space: str = "probs", ae_hidden: tuple[int, ...] | None = None,
