@@ -137,6 +137,7 @@ def format_table(dataset: str, summary: dict, n_seeds: int) -> str:
         cells = " ".join(f"{row[m]['mean']:.3f} +- {row[m]['std']:.3f}".rjust(15) for m in METRICS)
         rel = "" if name == DEFAULT_NAME else f"{relative_improvement(base, row['auc_pr']['mean']):+.1f}%"
         lines.append(f"{name:50s} {cells} {rel:>20s}")
+
     def best_of(prefixes: tuple[str, ...]) -> str:
         return max((n for n in summary if is_baseline(n) and n.split(" ")[0] in prefixes),
                    key=lambda n: summary[n]["auc_pr"]["mean"])
