@@ -245,7 +245,9 @@ class Backbone:
         raise NotImplementedError
 
     def _eval_modules(self) -> list[nn.Module]:
-        return []
+        """Modules to put in eval mode before a pass: the network in ``self.model``, once built."""
+        model = getattr(self, "model", None)
+        return [model] if model is not None else []
 
     def extract_prepared(self, arr: np.ndarray) -> np.ndarray:
         """Features of images already run through :meth:`prepare`: ``float32 (N, D)``."""
@@ -361,9 +363,6 @@ class TorchvisionResNetBackbone(_CenterCropBackbone):
                 "file (.pth)"
             ) from exc
 
-    def _eval_modules(self) -> list[nn.Module]:
-        return [self.model]
-
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
@@ -477,9 +476,6 @@ class TorchScriptBackbone(_CenterCropBackbone):
                     "using the model's output as features", self._path)
         return "model-output", self.model
 
-    def _eval_modules(self) -> list[nn.Module]:
-        return [self.model]
-
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._features_fn(x)
 
@@ -528,9 +524,6 @@ class SimpleCNNBackbone(Backbone):
                 "simple-cnn is not trained yet: call fit() on labeled images, or load weights "
                 f"saved by save() ({WEIGHTS_SETTING})"
             )
-
-    def _eval_modules(self) -> list[nn.Module]:
-        return [self.model] if self.model is not None else []
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         from mcm_core.small_cnn import small_cnn_features
