@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create (or reuse) the project's virtual environment and install requirements.txt into it.
+# Create (or reuse) the project's virtual environment and install requirements.txt and
+# requirements-test.txt into it.
 # Prints nothing but errors when everything is already installed. Idempotent.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -11,18 +12,18 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 stamp="$VENV/.mcm-requirements.sha"
-want="$(sha256sum "$ROOT/requirements.txt" | cut -d' ' -f1)"
+want="$(cat "$ROOT/requirements.txt" "$ROOT/requirements-test.txt" | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "[setup] installing requirements.txt into $VENV (first time: a few minutes)"
+  echo "[setup] installing requirements.txt + requirements-test.txt into $VENV (first time: a few minutes)"
   log="$(mktemp)"
-  if ! "$VENV/bin/pip" install --disable-pip-version-check -q -r "$ROOT/requirements.txt" >"$log" 2>&1; then
+  if ! "$VENV/bin/pip" install --disable-pip-version-check -q -r "$ROOT/requirements.txt" -r "$ROOT/requirements-test.txt" >"$log" 2>&1; then
     grep -v "is ignored: it is neither a file nor a directory" "$log" >&2 || true
     rm -f "$log"
-    echo "[setup] pip install -r requirements.txt failed (see above)" >&2
+    echo "[setup] pip install of the requirements failed (see above)" >&2
     exit 1
   fi
   rm -f "$log"
-  "$VENV/bin/python" -c "import torch, torchvision, label_studio_ml, label_studio_sdk, mlxtend" \
+  "$VENV/bin/python" -c "import torch, torchvision, label_studio_ml, label_studio_sdk, mlxtend, pytest, hypothesis, playwright" \
     || { echo "[setup] dependency install failed" >&2; exit 1; }
   echo "$want" > "$stamp"
 fi
