@@ -132,8 +132,14 @@ class BackendProcess:
             "MODEL_DIR": str(model_dir),
             "MCM_BACKBONE": "simple-cnn",
             "MCM_ALLOWED_HOSTS": "127.0.0.1,localhost",
-            "MCM_SCORE_DIRECTION": "tail-high",
             "MCM_DEBOUNCE_SECONDS": os.environ.get("MCM_E2E_DEBOUNCE_SECONDS", "3"),
+            # Short lifecycle times so the stage sees a version filled and an old one retired.
+            "MCM_FILL_AFTER_SECONDS": "5",
+            "MCM_PREDICTION_GRACE_SECONDS": "20",
+            "MCM_MAINTAIN_SECONDS": "2",
+            # The scripted burst of step 3 (hundreds of annotations through the API, each followed by
+            # Label Studio's START_TRAINING) lasts minutes on a busy machine: one training at its end.
+            "MCM_RETRAIN_MAX_WAIT": "600",
             "MCM_SEED": "0",
             "LOG_LEVEL": "INFO",
             "OMP_NUM_THREADS": "2",
