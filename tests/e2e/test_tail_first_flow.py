@@ -234,9 +234,11 @@ def test_4_training_scores_every_unlabeled_task(ls, backend, flow, stopwatch, me
     assert 1 <= runs <= 2, f"{runs} trainings for one burst of annotations: {versions}"
 
     # The head is pushed at once; a project's first version then fills the whole pool in the background.
-    scores = wait_for(f"every unlabeled task to get a {version} prediction",
-                      lambda: (sc := current_predictions(ls, pid, version)) if set(pool) <= set(sc) else None,
-                      120, backend)
+    def all_scored():
+        found = current_predictions(ls, pid, version)
+        return found if set(pool) <= set(found) else None
+
+    scores = wait_for(f"every unlabeled task to get a {version} prediction", all_scored, 120, backend)
     assert all(0.0 <= s <= 1.0 for s in scores.values())
     project = wait_for("project.model_version to match the backend",
                        lambda: (p := ls.project(pid))["model_version"] == version and p, 30)
@@ -291,9 +293,11 @@ def test_6_annotating_queue_head_retrains_and_reranks(ls, backend, flow, stopwat
              lambda: ls.project(pid)["model_version"] == new_version, 30)
     # The old version's predictions stay for the grace period (an open task may reference one),
     # then are deleted one by one; the new version's fill follows once it settled.
-    versions = wait_for("the old version retired and the new one filled", lambda: (
-        v := ls.model_versions(pid)) if v.get(old_version, 0) == 0 and v.get(new_version, 0) >= n_pool_left else None,
-        180, backend)
+    def retired_and_filled():
+        counts = ls.model_versions(pid)
+        return counts.get(old_version, 0) == 0 and counts.get(new_version, 0) >= n_pool_left
+
+    wait_for("the old version retired and the new one filled", retired_and_filled, 420, backend)
 
     queue = [t["id"] for t in ls.tasks(pid, view=flow["view"])]
     assert not set(head) & set(queue), "annotated tasks must leave the tab"
