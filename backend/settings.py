@@ -38,7 +38,8 @@ SETTINGS_HELP: dict[str, tuple[str | None, str]] = {
     "MCM_SEED": ("0", "Seed for every random choice (training is deterministic given the data)."),
     "MCM_PREDICT_CHUNK": ("1000", "Predictions per import/predictions request when pushing scores."),
     "MCM_IMAGE_MAX_BYTES": ("20000000", "Largest image download accepted, in bytes."),
-    "MCM_IMAGE_TIMEOUT": ("10", "Seconds before an image download is abandoned."),
+    "MCM_IMAGE_TIMEOUT": ("10", "Seconds for a whole image download (connecting, redirects and body); a "
+                          "slower download is abandoned, however steadily the server trickles bytes."),
     "MCM_SCORE_TRANSFORM": ("sqrt", "How raw scores map into [0,1]: linear (score/upper bound) or sqrt "
                             "(sqrt of that; spreads the small values). Both monotone."),
     "MCM_CNN_EPOCHS": ("8", "simple-cnn only: training epochs of the small CNN at each retrain."),
@@ -48,6 +49,11 @@ SETTINGS_HELP: dict[str, tuple[str | None, str]] = {
     "MCM_MINER_OPTIONS": ("", "JSON object of extra MinorityMiner keyword options, e.g. {\"n_models\": 1} "
                           "(faster training on big projects: one autoencoder instead of the ensemble)."),
     "LOG_LEVEL": ("INFO", "Python logging level."),
+    "MCM_IMAGE_MAX_PIXELS": ("25000000", "Largest image decoded, in pixels, read from the file header before "
+                             "decoding: a JPEG over it is decoded at 1/2, 1/4 or 1/8 scale, any other image over "
+                             "it is skipped. Also the pixels decoded at once across download threads (memory bound)."),
+    "MCM_MAX_REQUEST_BYTES": ("33554432", "Largest HTTP request body accepted on any route; larger ones get "
+                              "413 before the body is read."),
 }
 
 SCORE_DIRECTIONS = ("tail-high", "tail-low")
@@ -90,6 +96,8 @@ class Settings:
     torch_threads: int = 1
     miner_options: str = ""   # JSON text (kept as text so Settings stays hashable)
     log_level: str = "INFO"
+    image_max_pixels: int = 25_000_000
+    max_request_bytes: int = 33_554_432
 
     def __post_init__(self) -> None:
         if self.score_direction not in SCORE_DIRECTIONS:
@@ -116,6 +124,12 @@ class Settings:
             raise ValueError("MCM_CNN_EPOCHS must be >= 1")
         if self.torch_threads < 1:
             raise ValueError("MCM_TORCH_THREADS must be >= 1")
+        if self.image_max_pixels < 1:
+            raise ValueError("MCM_IMAGE_MAX_PIXELS must be >= 1")
+        if self.max_request_bytes < 1024:
+            raise ValueError("MCM_MAX_REQUEST_BYTES must be >= 1024")
+        if self.image_timeout <= 0:
+            raise ValueError("MCM_IMAGE_TIMEOUT must be > 0")
         if self.debounce_seconds < 0:
             raise ValueError("MCM_DEBOUNCE_SECONDS must be >= 0")
         for entry in self.allowed_hosts:
@@ -152,6 +166,8 @@ class Settings:
             torch_threads=_number(env, "MCM_TORCH_THREADS"),
             miner_options=(env.get("MCM_MINER_OPTIONS") or "").strip(),
             log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
+            image_max_pixels=_number(env, "MCM_IMAGE_MAX_PIXELS"),
+            max_request_bytes=_number(env, "MCM_MAX_REQUEST_BYTES"),
         )
         values.update(overrides)
         return cls(**values)
