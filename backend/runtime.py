@@ -130,11 +130,14 @@ class Runtime:
         """Load the current version; if it is unreadable, serve the newest older version that loads."""
         state.loaded = True
         state.pointer_mtime = mtime
-        version = store.current_version()
-        if version is None or (state.model is not None and state.model.version == version):
+        version, problem = store.read_pointer()
+        if problem:
+            state.last_error = f"{problem}; serving the newest version that loads"
+            logger.error("project %s: %s", state.project_id, state.last_error)
+        elif version is None or (state.model is not None and state.model.version == version):
             return
         older = [v for v in reversed(store.versions()) if v != version]
-        for candidate in [version] + older:
+        for candidate in ([version] if version else []) + older:
             if state.model is not None and state.model.version == candidate:
                 return  # already serving the best loadable version
             try:
@@ -144,8 +147,8 @@ class Runtime:
                 logger.error("project %s: %s", state.project_id, state.last_error)
                 continue
             if candidate != version:
-                logger.warning("project %s: serving older model %s because %s cannot be loaded",
-                               state.project_id, candidate, version)
+                logger.warning("project %s: serving model %s because %s cannot be loaded",
+                               state.project_id, candidate, version or store.pointer_path)
             return
 
     def _read_version(self, store: ModelStore, version: str) -> LoadedModel:

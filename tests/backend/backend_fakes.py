@@ -116,6 +116,9 @@ class FakeLabelStudio:
             pid = int(request.args["project"])
             query = json.loads(request.args.get("query") or "{}")
             items = sorted((t for t in fake.tasks.values() if t["project"] == pid), key=lambda t: t["id"])
+            selected = query.get("selectedItems")
+            if selected and not selected.get("all"):
+                items = [t for t in items if t["id"] in selected.get("included", [])]
             for flt in (query.get("filters") or {}).get("items", []):
                 assert flt["filter"] == "filter:tasks:total_annotations"
                 if flt["operator"] == "greater":

@@ -281,7 +281,7 @@ def test_a_bad_pointer_file_falls_back_to_the_newest_loadable_version(make_setti
 def test_a_pointer_broken_while_running_keeps_predictions_coming(make_settings, trained_template, images):
     settings = make_settings()
     project_dir = _with_models(settings, trained_template)
-    images.files["/img/a.png"] = png_bytes(mnist_by_digit()[0][500])
+    images.files["/img/a.png"] = png_bytes(mnist_by_digit()[0][450])
     app = create_app(settings)
     client = app.test_client()
     body = {"project": f"{PID}.1", "tasks": [{"id": 1, "data": {"image": f"{images.url}/img/a.png"}}]}
@@ -302,7 +302,7 @@ def test_a_full_disk_costs_the_feature_cache_not_the_predictions(make_settings, 
     settings = make_settings()
     _with_models(settings, trained_template)
     for name in ("a", "b", "c"):
-        images.files[f"/img/{name}.png"] = png_bytes(mnist_by_digit()[1][600 + ord(name)])
+        images.files[f"/img/{name}.png"] = png_bytes(mnist_by_digit()[1][300 + ord(name) - ord("a")])
     app = create_app(settings)
     client = app.test_client()
 
