@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ctypes
+import ctypes.util
 import dataclasses
 import io
 import ipaddress
@@ -47,10 +49,30 @@ CLOUD_SCHEMES = ("s3", "gs", "azure-blob", "azure-spi", "gcs")
 MAX_REDIRECTS = 5
 REDIRECT_CODES = (301, 302, 303, 307, 308)
 DEFAULT_MAX_PIXELS = 25_000_000
-Image.MAX_IMAGE_PIXELS = 100_000_000  # Pillow's own guard: a backstop behind MCM_IMAGE_MAX_PIXELS
+# open_image checks MCM_IMAGE_MAX_PIXELS on every image this backend opens, from the header, with a message
+# naming the setting; Pillow's global guard would only warn (100-200 Mpx) or fail with a less clear error.
+Image.MAX_IMAGE_PIXELS = None
 _BAD_URL_CHARS = re.compile(r"[\\\x00-\x1f\x7f]")
 _AUTHORITY = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://([^/?#]*)")
 Image.init()
+
+
+def _return_large_buffers_to_the_os(threshold: int = 4 << 20) -> None:
+    """Make glibc give big freed buffers (decoded images) back to the OS instead of keeping them per thread.
+
+    With glibc's dynamic mmap threshold, a decoded image freed in one of the 8
+    download threads stays in that thread's arena: measured, eight 5000x5000 PNGs
+    in one /predict raised peak RSS by 790 MB, against 220 MB with a fixed threshold.
+    No effect (and no error) on other C libraries.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, threshold)  # M_MMAP_THRESHOLD; setting it also stops the dynamic adjustment
+    except (OSError, AttributeError):
+        pass
+
+
+_return_large_buffers_to_the_os()
 # Raster formats browsers and cameras produce; never EPS/PDF-like formats that run external programs.
 SAFE_FORMATS = tuple(f for f in ("JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP", "TIFF", "PPM", "ICO", "AVIF")
                      if f in Image.OPEN)
