@@ -24,8 +24,8 @@ SETTINGS_HELP: dict[str, tuple[str | None, str]] = {
                           "they are loopback/private/link-local (e.g. 127.0.0.1,10.0.0.0/8,minio)."),
     "MCM_SCORE_DIRECTION": ("tail-high", "tail-high: score high = likely tail class (sort by score "
                             "descending); tail-low: 1 - score, for Label Studio's Uncertainty sampling."),
-    "BASIC_AUTH_USER": (None, "With BASIC_AUTH_PASS: require HTTP basic auth on every route except "
-                        "/health and the annotation webhook (see README)."),
+    "BASIC_AUTH_USER": (None, "With BASIC_AUTH_PASS: require HTTP basic auth on every route except / and "
+                        "/health, /webhook included (README \"Security\")."),
     "BASIC_AUTH_PASS": (None, "Password for BASIC_AUTH_USER."),
     "REDIS_URL": (None, "Unset: train and re-score in a background thread of this process. Set (e.g. "
                   "redis://redis:6379/0): the web process only enqueues; training and chunked re-scoring run "
