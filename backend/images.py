@@ -1,19 +1,16 @@
 """Fetch and decode task images without leaking the Label Studio key or reaching the private network.
 
 Rules (README "Security"):
-- A URL is parsed once, with urllib3's parser, and that one result decides both
-  whether the URL is Label Studio's and where the connection goes. URLs with a
-  backslash, a control character or userinfo (`user@host`) are refused: they are
-  where parsers disagree.
+- A URL is parsed once (`pinned_http.parse_target`, urllib3's parser) and that one
+  result decides whether it is Label Studio's, which addresses are checked and
+  where the connection goes; backslashes, control characters and userinfo are refused.
 - The Label Studio key is sent only to the exact Label Studio origin (scheme,
   host, port of LABEL_STUDIO_URL) and only while a redirect chain has not left it.
 - Cloud URIs (s3://, gs://, azure-blob://...) go through Label Studio's presign
   endpoint, which redirects to a short-lived public URL.
 - Every other host must resolve only to public addresses unless MCM_ALLOWED_HOSTS
-  names it. The name is resolved once and the connection goes to the checked
-  address (Host header, TLS SNI and certificate check still use the name), so a
-  second DNS answer cannot redirect it. Redirects are followed by hand, each hop
-  checked again. No proxy from the environment is used.
+  names it; the connection goes to the checked address (`pinned_http.get_once`).
+  Redirects are followed by hand, each hop checked again. No proxy from the environment.
 - MCM_IMAGE_TIMEOUT is a deadline for the whole download, redirects included.
 - Decoding is bounded: the pixel count is read from the header before decoding
   (JPEGs over MCM_IMAGE_MAX_PIXELS are decoded at 1/2..1/8 scale, other images over
@@ -25,35 +22,29 @@ import base64
 import contextlib
 import ctypes
 import ctypes.util
-import dataclasses
 import io
-import ipaddress
 import logging
 import math
-import re
-import socket
 import threading
-import time
 import urllib.parse
 from typing import Callable, Iterable, Iterator
 
 import certifi
 from PIL import Image
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.exceptions import LocationParseError
-from urllib3.util import parse_url
+
+from .pinned_http import (AddressPolicy, BlockedAddressError, Deadline, ImageFetchError, check_characters,
+                          get_once, parse_target)
+
+__all__ = ["AddressPolicy", "BlockedAddressError", "ImageFetchError", "ImageFetcher", "PixelBudget", "open_image"]
 
 logger = logging.getLogger(__name__)
 
 CLOUD_SCHEMES = ("s3", "gs", "azure-blob", "azure-spi", "gcs")
 MAX_REDIRECTS = 5
-REDIRECT_CODES = (301, 302, 303, 307, 308)
 DEFAULT_MAX_PIXELS = 25_000_000
 # open_image checks MCM_IMAGE_MAX_PIXELS on every image this backend opens, from the header, with a message
 # naming the setting; Pillow's global guard would only warn (100-200 Mpx) or fail with a less clear error.
 Image.MAX_IMAGE_PIXELS = None
-_BAD_URL_CHARS = re.compile(r"[\\\x00-\x1f\x7f]")
-_AUTHORITY = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://([^/?#]*)")
 Image.init()
 
 
@@ -76,117 +67,6 @@ _return_large_buffers_to_the_os()
 # Raster formats browsers and cameras produce; never EPS/PDF-like formats that run external programs.
 SAFE_FORMATS = tuple(f for f in ("JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP", "TIFF", "PPM", "ICO", "AVIF")
                      if f in Image.OPEN)
-
-
-class ImageFetchError(Exception):
-    """A task image could not be fetched or decoded; the message says why."""
-
-
-class BlockedAddressError(ImageFetchError):
-    """The URL resolves to an address this backend must not contact."""
-
-
-def _is_public(ip: ipaddress._BaseAddress) -> bool:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    # is_global excludes private, loopback, link-local, reserved, shared (100.64/10) and
-    # documentation ranges; multicast is refused on top.
-    return ip.is_global and not (ip.is_multicast or ip.is_loopback or ip.is_link_local or ip.is_private)
-
-
-class AddressPolicy:
-    """Decides whether a host may be contacted (public, or on the allow-list) and at which addresses."""
-
-    def __init__(self, allowed_hosts: Iterable[str] = (),
-                 resolver: Callable[[str], list[str]] | None = None) -> None:
-        self.allowed_names: set[str] = set()
-        self.allowed_networks: list[ipaddress._BaseNetwork] = []
-        for entry in allowed_hosts:
-            entry = entry.strip().lower()
-            if not entry:
-                continue
-            try:
-                self.allowed_networks.append(ipaddress.ip_network(entry, strict=False))
-            except ValueError:
-                self.allowed_names.add(entry)
-        self._resolve = resolver or _resolve_all
-
-    def resolve(self, host: str) -> list[str]:
-        """Every address of `host` (one lookup; the caller connects to these, never looks up again)."""
-        host = (host or "").strip("[]").lower()
-        if not host:
-            raise BlockedAddressError("URL has no host")
-        try:
-            addresses = list(self._resolve(host))
-        except (OSError, KeyError, UnicodeError) as exc:
-            raise ImageFetchError(f"cannot resolve host {host!r}: {exc}") from None
-        if not addresses:
-            raise ImageFetchError(f"host {host!r} resolves to no address")
-        return addresses
-
-    def check(self, host: str) -> list[str]:
-        """The addresses of `host`; BlockedAddressError unless every one of them may be contacted."""
-        addresses = self.resolve(host)
-        if (host or "").strip("[]").lower() in self.allowed_names:
-            return addresses
-        for text in addresses:
-            ip = ipaddress.ip_address(text.split("%")[0])
-            if _is_public(ip) or any(ip in net for net in self.allowed_networks):
-                continue
-            raise BlockedAddressError(
-                f"host {host!r} resolves to non-public address {ip}; refused (add it to MCM_ALLOWED_HOSTS "
-                "to allow it)")
-        return addresses
-
-
-def _resolve_all(host: str) -> list[str]:
-    infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
-    return list(dict.fromkeys(info[4][0] for info in infos))
-
-
-@dataclasses.dataclass(frozen=True)
-class Target:
-    """One parsed http(s) URL: the only description of where a request goes."""
-
-    scheme: str
-    host: str          # lower-case name or IP literal, without brackets
-    port: int
-    request_uri: str   # path and query, as sent
-    url: str
-
-    @property
-    def origin(self) -> tuple[str, str, int]:
-        return self.scheme, self.host, self.port
-
-    @property
-    def host_header(self) -> str:
-        name = f"[{self.host}]" if ":" in self.host else self.host
-        return name if self.port == (443 if self.scheme == "https" else 80) else f"{name}:{self.port}"
-
-
-def parse_target(url: str) -> Target:
-    """Parse an absolute http(s) URL with urllib3's parser, refusing the shapes parsers disagree on."""
-    if not isinstance(url, str):
-        raise ImageFetchError(f"image URL must be a string, got {type(url).__name__}")
-    if _BAD_URL_CHARS.search(url):
-        raise ImageFetchError(f"image URL {url[:200]!r} contains a backslash or a control character; refused")
-    authority = _AUTHORITY.match(url)
-    if authority and "@" in authority.group(1):
-        raise ImageFetchError(f"image URL {url[:200]!r} has user info (user@host); refused")
-    try:
-        parsed = parse_url(url)
-    except (LocationParseError, ValueError) as exc:
-        raise ImageFetchError(f"cannot parse image URL {url[:200]!r}: {exc}") from None
-    scheme = (parsed.scheme or "").lower()
-    if scheme not in ("http", "https"):
-        raise ImageFetchError(f"unsupported image URL scheme {scheme!r} in {url[:200]!r}")
-    if parsed.auth is not None:
-        raise ImageFetchError(f"image URL {url[:200]!r} has user info (user@host); refused")
-    host = (parsed.host or "").strip("[]").lower()
-    if not host:
-        raise ImageFetchError(f"image URL {url[:200]!r} has no host")
-    port = parsed.port or (443 if scheme == "https" else 80)
-    return Target(scheme, host, port, parsed.request_uri or "/", parsed.url)
 
 
 class PixelBudget:
@@ -230,45 +110,6 @@ def open_image(data: bytes, url: str, max_pixels: int) -> Image.Image:
     return image
 
 
-class _Deadline:
-    """A whole-download deadline: a timer shuts the socket down when it passes, whatever phase is blocked."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.at = time.monotonic() + seconds
-
-    def error(self) -> ImageFetchError:
-        return ImageFetchError(f"download took longer than MCM_IMAGE_TIMEOUT={self.seconds:g}s; abandoned")
-
-    def passed(self) -> bool:
-        return time.monotonic() >= self.at
-
-    def remaining(self) -> float:
-        left = self.at - time.monotonic()
-        if left <= 0:
-            raise self.error()
-        return left
-
-    @contextlib.contextmanager
-    def watch(self, conn: HTTPConnection) -> Iterator[threading.Event]:
-        fired = threading.Event()
-
-        def expire() -> None:
-            fired.set()
-            sock = getattr(conn, "sock", None)
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-
-        timer = threading.Timer(max(0.0, self.at - time.monotonic()), expire)
-        timer.daemon = True
-        timer.start()
-        try:
-            yield fired
-        finally:
-            timer.cancel()
-
-
 class ImageFetcher:
     """Downloads and decodes task images (see the module docstring for the rules)."""
 
@@ -301,8 +142,7 @@ class ImageFetcher:
         if not isinstance(url, str) or not url.strip():
             raise ImageFetchError(f"task image value is empty or not a string: {str(url)[:200]!r}")
         url = url.strip()
-        if _BAD_URL_CHARS.search(url):
-            raise ImageFetchError(f"image URL {url[:200]!r} contains a backslash or a control character; refused")
+        check_characters(url)
         scheme = urllib.parse.urlsplit(url).scheme.lower()
         if url.startswith("/"):
             if not self.ls_url:
@@ -322,7 +162,7 @@ class ImageFetcher:
     # -- download ------------------------------------------------------------
     def fetch_bytes(self, url: str, task_id: int | None = None) -> bytes:
         """The image's bytes; the key only on Label Studio's origin, every other hop checked and pinned."""
-        deadline = _Deadline(self.timeout)
+        deadline = Deadline(self.timeout)
         target = parse_target(self.resolve_url(url, task_id))
         on_label_studio = True
         for _hop in range(MAX_REDIRECTS + 1):
@@ -336,74 +176,12 @@ class ImageFetcher:
                     headers["Authorization"] = self._auth_header()
             else:
                 addresses = self.policy.check(target.host)
-            location, body = self._get(target, addresses, headers, deadline)
+            location, body = get_once(target, addresses, headers, deadline, timeout=self.timeout,
+                                      max_bytes=self.max_bytes, ca_certs=self.ca_certs)
             if location is None:
                 return body
             target = parse_target(urllib.parse.urljoin(target.url, location))
         raise ImageFetchError(f"more than {MAX_REDIRECTS} redirects for {url[:200]}")
-
-    def _connect(self, target: Target, address: str, deadline: _Deadline) -> HTTPConnection:
-        timeout = min(self.timeout, deadline.remaining())
-        if target.scheme == "https":
-            return HTTPSConnection(address, target.port, timeout=timeout, server_hostname=target.host,
-                                   assert_hostname=target.host, cert_reqs="CERT_REQUIRED", ca_certs=self.ca_certs)
-        return HTTPConnection(address, target.port, timeout=timeout)
-
-    def _get(self, target: Target, addresses: list[str], headers: dict, deadline: _Deadline,
-             ) -> tuple[str | None, bytes]:
-        """One request to the first checked address that answers: (redirect location, None) or (None, body)."""
-        last_error: Exception | None = None
-        for address in addresses:
-            conn = self._connect(target, address, deadline)
-            try:
-                with deadline.watch(conn) as expired:
-                    try:
-                        conn.connect()
-                    except OSError as exc:
-                        last_error = exc
-                        continue
-                    result = self._exchange(conn, target, headers, deadline)
-                if expired.is_set():
-                    raise deadline.error()
-                return result
-            except ImageFetchError:
-                raise
-            except Exception as exc:
-                if deadline.passed():
-                    raise deadline.error() from None
-                raise ImageFetchError(f"download of {target.url[:200]} failed: {exc.__class__.__name__}: {exc}") from None
-            finally:
-                conn.close()
-        if deadline.passed():
-            raise deadline.error()
-        raise ImageFetchError(f"download of {target.url[:200]} failed: cannot connect to {target.host} "
-                              f"({', '.join(addresses)}): {last_error}")
-
-    def _exchange(self, conn: HTTPConnection, target: Target, headers: dict, deadline: _Deadline,
-                  ) -> tuple[str | None, bytes]:
-        deadline.remaining()
-        conn.request("GET", target.request_uri, headers=headers, preload_content=False, decode_content=False)
-        response = conn.getresponse()
-        if response.status in REDIRECT_CODES:
-            location = response.headers.get("Location")
-            if not location:
-                raise ImageFetchError(f"redirect without Location from {target.url[:200]}")
-            return location, b""
-        if response.status != 200:
-            raise ImageFetchError(f"HTTP {response.status} for {target.url[:200]}")
-        declared = response.headers.get("Content-Length")
-        if declared and declared.isdigit() and int(declared) > self.max_bytes:
-            raise ImageFetchError(f"image of {declared} bytes exceeds MCM_IMAGE_MAX_BYTES={self.max_bytes}")
-        body = bytearray()
-        while True:
-            chunk = response.read(65536, decode_content=False)
-            if not chunk:
-                break
-            body.extend(chunk)
-            if len(body) > self.max_bytes:
-                raise ImageFetchError(f"image exceeds MCM_IMAGE_MAX_BYTES={self.max_bytes}")
-        deadline.remaining()
-        return None, bytes(body)
 
     # -- decode --------------------------------------------------------------
     @contextlib.contextmanager

@@ -331,7 +331,7 @@ def test_fuzzed_requests_never_get_a_5xx_and_the_server_stays_healthy(make_setti
     from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
     # No name ever resolves to an address the fetcher may contact: fuzzed URLs never leave this process.
-    monkeypatch.setattr("backend.images._resolve_all", lambda host: ["127.0.0.1"])
+    monkeypatch.setattr("backend.pinned_http._resolve_all", lambda host: ["127.0.0.1"])
     settings = make_settings(basic_auth_user="ml", basic_auth_pass="s3cret", allowed_hosts=())
     _with_models(settings, trained_template)
     app = create_app(settings, train_fn=lambda pid: None)
