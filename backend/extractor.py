@@ -43,7 +43,14 @@ class Extractor:
 
     def prepare(self, images: list[Image.Image]) -> np.ndarray:
         """Decoded images -> what the cache stores (features, or uint8 prepared images)."""
-        prepared = self.backbone.prepare(images)
+        return self.to_cache(self.backbone.prepare(images))
+
+    def prepare_one(self, image: Image.Image) -> np.ndarray:
+        """One decoded image -> its small uint8 array, so a batch never holds decoded images."""
+        return self.backbone.prepare([image])[0]
+
+    def to_cache(self, prepared: np.ndarray) -> np.ndarray:
+        """Stacked `prepare_one` arrays -> what the cache stores."""
         if self.trainable:
             return prepared
         return np.asarray(self.backbone.extract_prepared(prepared), dtype=np.float32)

@@ -109,12 +109,22 @@ class ArrayCache:
         values = np.ascontiguousarray(values)
         with self._lock:
             path = os.path.join(self.directory, f"shard-{self._next_shard:06d}-{self._writer}.npz")
-            atomic_savez(path, task_ids=ids, urls=urls, values=values)
+            try:
+                atomic_savez(path, task_ids=ids, urls=urls, values=values)
+            except OSError as exc:
+                # A read-only or full disk costs persistence, not the predictions: keep the rows in memory.
+                logger.warning("feature cache %s: cannot write a shard (%s); %d entries kept in memory only",
+                               self.directory, exc, len(keys))
+                self._append(ids, urls, values)
+                return
             self._loaded.add(path)
             self._next_shard += 1
             self._append(ids, urls, values)
             if len(self._shards) > MAX_SHARDS:
-                self._compact()
+                try:
+                    self._compact()
+                except OSError as exc:
+                    logger.warning("feature cache %s: cannot merge shards (%s); kept as they are", self.directory, exc)
 
     def _compact(self) -> None:
         """Merge the shards this process read into one file (new file first, then remove those).

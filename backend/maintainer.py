@@ -31,6 +31,7 @@ FILL_BUDGET_SECONDS = 30.0
 RETIRE_BUDGET_SECONDS = 20.0
 CHECK_LABEL_STUDIO_SECONDS = 60.0
 ERROR_LOG_SECONDS = 300.0
+STARTUP_DELAY_SECONDS = 2.0
 
 
 def is_our_version(version: str | None) -> bool:
@@ -70,6 +71,7 @@ class Maintainer:
         self._wake.set()
 
     def _loop(self) -> None:
+        self._wake.wait(min(self.interval, STARTUP_DELAY_SECONDS))  # let start-up finish first
         while not self._stop.is_set():
             for project_id in self.runtime.known_projects():
                 if self._stop.is_set():

@@ -5,6 +5,7 @@ Layout:
     MODEL_DIR/<project>/<version>/backbone.pt   the trained simple-cnn (trainable backbones only)
     MODEL_DIR/<project>/<version>/meta.json     classes, counts, timings
     MODEL_DIR/<project>/current.json            {"version": ...}: the pointer, replaced atomically
+    MODEL_DIR/<project>/connected.json          Label Studio called /setup for this project here
 A version directory is built under a temporary name and renamed into place, and
 the pointer is switched only afterwards, so a crash mid-save never loses the
 previous model.
@@ -47,15 +48,46 @@ class ModelStore:
                  if VERSION_RE.match(d) and os.path.exists(os.path.join(self.project_dir, d, "meta.json"))]
         return sorted(found, key=lambda v: int(VERSION_RE.match(v).group(1)))
 
-    def current_version(self) -> str | None:
+    def read_pointer(self) -> tuple[str | None, str | None]:
+        """(current version, None), (None, None) before the first training, or (None, what is wrong with the file).
+
+        A truncated, mistyped or dangling pointer is reported, never raised: the
+        caller then serves the newest loadable version instead of stopping.
+        """
         try:
-            with open(self.pointer_path) as handle:
-                version = json.load(handle).get("version")
+            with open(self.pointer_path, "rb") as handle:
+                raw = handle.read(4096)
         except FileNotFoundError:
-            return None
-        if version and os.path.exists(os.path.join(self.project_dir, version, "meta.json")):
-            return version
-        return None
+            return None, None
+        except OSError as exc:
+            return None, f"cannot read {self.pointer_path}: {exc}"
+        try:
+            payload = json.loads(raw)
+        except ValueError as exc:
+            return None, f"{self.pointer_path} is not valid JSON ({exc}); content {raw[:80]!r}"
+        version = payload.get("version") if isinstance(payload, dict) else None
+        if not isinstance(version, str) or not VERSION_RE.match(version):
+            return None, f"{self.pointer_path} does not name a model version: {raw[:80]!r}"
+        if not os.path.exists(os.path.join(self.project_dir, version, "meta.json")):
+            return None, f"{self.pointer_path} names {version}, which has no complete version directory"
+        return version, None
+
+    def current_version(self) -> str | None:
+        return self.read_pointer()[0]
+
+    @property
+    def connected_path(self) -> str:
+        return os.path.join(self.project_dir, "connected.json")
+
+    def mark_connected(self, record: dict) -> None:
+        """Remember that Label Studio connected this project (raises OSError on a read-only or full disk)."""
+        if not os.path.exists(self.connected_path):
+            atomic_write_json(self.connected_path, record)
+
+    def is_connected(self) -> bool:
+        """Label Studio called /setup for this project here, or a model was trained for it."""
+        return (os.path.exists(self.connected_path) or os.path.exists(self.pointer_path)
+                or bool(self.versions()))
 
     def pointer_mtime(self) -> float | None:
         try:
@@ -95,9 +127,10 @@ class ModelStore:
     def read_scoring(self) -> dict:
         try:
             with open(self.scoring_path) as handle:
-                return json.load(handle)
-        except (FileNotFoundError, ValueError):
+                record = json.load(handle)
+        except (OSError, ValueError):
             return {}
+        return record if isinstance(record, dict) else {}
 
     def read_meta(self, version: str) -> dict:
         with open(os.path.join(self.version_dir(version), "meta.json")) as handle:

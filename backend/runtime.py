@@ -101,7 +101,7 @@ class Runtime:
                 self._fetcher = ImageFetcher(
                     label_studio_url=self.settings.label_studio_url, auth_header=auth,
                     allowed_hosts=self.settings.allowed_hosts, max_bytes=self.settings.image_max_bytes,
-                    timeout=self.settings.image_timeout)
+                    timeout=self.settings.image_timeout, max_pixels=self.settings.image_max_pixels)
             return self._fetcher
 
     # -- projects --------------------------------------------------------------
@@ -133,11 +133,14 @@ class Runtime:
         """Load the current version; if it is unreadable, serve the newest older version that loads."""
         state.loaded = True
         state.pointer_mtime = mtime
-        version = store.current_version()
-        if version is None or (state.model is not None and state.model.version == version):
+        version, problem = store.read_pointer()
+        if problem:
+            state.last_error = f"{problem}; serving the newest version that loads"
+            logger.error("project %s: %s", state.project_id, state.last_error)
+        elif version is None or (state.model is not None and state.model.version == version):
             return
         older = [v for v in reversed(store.versions()) if v != version]
-        for candidate in [version] + older:
+        for candidate in ([version] if version else []) + older:
             if state.model is not None and state.model.version == candidate:
                 return  # already serving the best loadable version
             try:
@@ -147,8 +150,8 @@ class Runtime:
                 logger.error("project %s: %s", state.project_id, state.last_error)
                 continue
             if candidate != version:
-                logger.warning("project %s: serving older model %s because %s cannot be loaded",
-                               state.project_id, candidate, version)
+                logger.warning("project %s: serving model %s because %s cannot be loaded",
+                               state.project_id, candidate, version or store.pointer_path)
             return
 
     def _read_version(self, store: ModelStore, version: str) -> LoadedModel:
@@ -252,44 +255,53 @@ class Runtime:
 
     def _download_and_prepare(self, project_id: int, keys: list[tuple[int, str]], skipped: dict[int, str],
                               batch: int = 256) -> None:
+        """Fetch, decode and prepare each image in a download thread; cache the batch.
+
+        An image is decoded inside the fetcher's pixel budget and reduced to its
+        small prepared array at once, so memory stays bounded whatever the images.
+        A failing task is recorded in `skipped`, never fails the others.
+        """
         fetcher = self.fetcher()
         cache = self.cache(project_id)
 
         def load(key):
             try:
-                return key, fetcher.fetch(key[1], key[0]), None
+                data = fetcher.fetch_bytes(key[1], key[0])
+                with fetcher.decoded(data, key[1]) as image:
+                    return key, self.extractor.prepare_one(image), None
             except ImageFetchError as exc:
                 return key, None, str(exc)
             except Exception as exc:  # never let one task break the batch
-                return key, None, f"{exc.__class__.__name__}: {exc}"
+                return key, None, f"cannot prepare image: {exc.__class__.__name__}: {exc}"
 
         started = time.monotonic()
         with ThreadPoolExecutor(max_workers=FETCH_THREADS) as pool:
             for start in range(0, len(keys), batch):
-                results = list(pool.map(load, keys[start:start + batch]))
-                good = [(k, img) for k, img, err in results if err is None]
-                for k, _img, err in results:
-                    if err is not None:
-                        skipped[k[0]] = err
-                if not good:
-                    continue
-                try:
-                    prepared = self.extractor.prepare([img for _, img in good])
-                except Exception:
-                    # One undecodable image can break a batch call: retry one by one.
-                    prepared_rows, good_ok = [], []
-                    for k, img in good:
-                        try:
-                            prepared_rows.append(self.extractor.prepare([img])[0])
-                            good_ok.append((k, img))
-                        except Exception as exc:
-                            skipped[k[0]] = f"cannot prepare image: {exc.__class__.__name__}: {exc}"
-                    if not good_ok:
-                        continue
-                    good, prepared = good_ok, np.stack(prepared_rows)
-                cache.put([k for k, _ in good], prepared)
+                good = []
+                for key, row, error in pool.map(load, keys[start:start + batch]):
+                    if error is None:
+                        good.append((key, row))
+                    else:
+                        skipped[key[0]] = error
+                if good:
+                    self._cache_rows(cache, good, skipped)
         logger.info("project %s: fetched and prepared %d images (%d skipped) in %.2fs", project_id,
                     len(keys), sum(1 for k in keys if k[0] in skipped), time.monotonic() - started)
+
+    def _cache_rows(self, cache: ArrayCache, good: list, skipped: dict[int, str]) -> None:
+        try:
+            values = self.extractor.to_cache(np.stack([row for _, row in good]))
+        except Exception:  # retry one by one so one bad row costs only its task
+            rows = []
+            for key, row in good:
+                try:
+                    rows.append((key, self.extractor.to_cache(row[None])[0]))
+                except Exception as exc:
+                    skipped[key[0]] = f"cannot extract features: {exc.__class__.__name__}: {exc}"
+            if not rows:
+                return
+            good, values = rows, np.stack([value for _, value in rows])
+        cache.put([key for key, _ in good], values)
 
     def features(self, project_id: int, keys: Sequence[tuple[int, str]], model: LoadedModel | None = None,
                  trained_backbone=None) -> np.ndarray:

@@ -22,8 +22,8 @@ SETTINGS_HELP: dict[str, tuple[str | None, str]] = {
     "MCM_BACKBONE_WEIGHTS": (None, "Local weights file for resnet18/resnet50 (else torchvision's cache)."),
     "MCM_ALLOWED_HOSTS": ("", "Comma-separated hostnames, IPs or CIDRs that may be fetched even though "
                           "they are loopback/private/link-local (e.g. 127.0.0.1,10.0.0.0/8,minio)."),
-    "BASIC_AUTH_USER": (None, "With BASIC_AUTH_PASS: require HTTP basic auth on every route except "
-                        "/health and the annotation webhook (see README)."),
+    "BASIC_AUTH_USER": (None, "With BASIC_AUTH_PASS: require HTTP basic auth on every route except / and "
+                        "/health, /webhook included (README \"Security\")."),
     "BASIC_AUTH_PASS": (None, "Password for BASIC_AUTH_USER."),
     "REDIS_URL": (None, "Unset: train and re-score in a background thread of this process. Set (e.g. "
                   "redis://redis:6379/0): the web process only enqueues; training and chunked re-scoring run "
@@ -53,7 +53,8 @@ SETTINGS_HELP: dict[str, tuple[str | None, str]] = {
     "MCM_PREDICT_CHUNK": ("500", "Predictions per import/predictions request when pushing scores (at most 500, "
                           "Label Studio's import batch: a refused request then creates nothing)."),
     "MCM_IMAGE_MAX_BYTES": ("20000000", "Largest image download accepted, in bytes."),
-    "MCM_IMAGE_TIMEOUT": ("10", "Seconds before an image download is abandoned."),
+    "MCM_IMAGE_TIMEOUT": ("10", "Seconds for a whole image download (connecting, redirects and body); a "
+                          "slower download is abandoned, however steadily the server trickles bytes."),
     "MCM_SCORE_TRANSFORM": ("sqrt", "How raw scores map into [0,1]: linear (score/upper bound) or sqrt "
                             "(sqrt of that; spreads the small values). Both monotone."),
     "MCM_CNN_EPOCHS": ("8", "simple-cnn only: training epochs of the small CNN at each retrain."),
@@ -63,6 +64,11 @@ SETTINGS_HELP: dict[str, tuple[str | None, str]] = {
     "MCM_MINER_OPTIONS": ("", "JSON object of extra MinorityMiner keyword options, e.g. {\"n_models\": 1} "
                           "(faster training on big projects: one autoencoder instead of the ensemble)."),
     "LOG_LEVEL": ("INFO", "Python logging level."),
+    "MCM_IMAGE_MAX_PIXELS": ("25000000", "Largest image decoded, in pixels, read from the file header before "
+                             "decoding: a JPEG over it is decoded at 1/2, 1/4 or 1/8 scale, any other image over "
+                             "it is skipped. Also the pixels decoded at once across download threads (memory bound)."),
+    "MCM_MAX_REQUEST_BYTES": ("33554432", "Largest HTTP request body accepted on any route; larger ones get "
+                              "413 before the body is read."),
 }
 
 SCORE_TRANSFORMS = ("linear", "sqrt")
@@ -110,6 +116,8 @@ class Settings:
     torch_threads: int = 1
     miner_options: str = ""   # JSON text (kept as text so Settings stays hashable)
     log_level: str = "INFO"
+    image_max_pixels: int = 25_000_000
+    max_request_bytes: int = 33_554_432
 
     def __post_init__(self) -> None:
         if self.score_transform not in SCORE_TRANSFORMS:
@@ -146,6 +154,12 @@ class Settings:
             raise ValueError("MCM_HEAD_SIZE must be >= 1")
         if self.maintain_seconds <= 0:
             raise ValueError("MCM_MAINTAIN_SECONDS must be > 0")
+        if self.image_max_pixels < 1:
+            raise ValueError("MCM_IMAGE_MAX_PIXELS must be >= 1")
+        if self.max_request_bytes < 1024:
+            raise ValueError("MCM_MAX_REQUEST_BYTES must be >= 1024")
+        if self.image_timeout <= 0:
+            raise ValueError("MCM_IMAGE_TIMEOUT must be > 0")
         for entry in self.allowed_hosts:
             if "/" in entry:
                 try:
@@ -190,6 +204,8 @@ class Settings:
             torch_threads=_number(env, "MCM_TORCH_THREADS"),
             miner_options=(env.get("MCM_MINER_OPTIONS") or "").strip(),
             log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
+            image_max_pixels=_number(env, "MCM_IMAGE_MAX_PIXELS"),
+            max_request_bytes=_number(env, "MCM_MAX_REQUEST_BYTES"),
         )
         values.update(overrides)
         return cls(**values)

@@ -118,6 +118,9 @@ class FakeLabelStudio:
             pid = int(request.args["project"])
             query = json.loads(request.args.get("query") or "{}")
             items = sorted((t for t in fake.tasks.values() if t["project"] == pid), key=lambda t: t["id"])
+            selected = query.get("selectedItems")
+            if selected and not selected.get("all"):
+                items = [t for t in items if t["id"] in selected.get("included", [])]
             for flt in (query.get("filters") or {}).get("items", []):
                 if flt["filter"] == "filter:tasks:predictions_model_versions":
                     assert flt["operator"] == "contains" and isinstance(flt["value"], list)

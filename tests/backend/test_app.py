@@ -70,7 +70,7 @@ def test_health_and_setup(env):
     ({"project": "1.1", "schema": '<View><Image name="i" value="$image"/><Choices name="c" toName="i">'
       '<Choice value="a"/><Choice value="b"/></Choices><TextArea name="t" toName="i"/></View>'}, 400, "TextArea"),
     ({"schema": LABEL_CONFIG}, 400, "missing 'project'"),
-    ({"project": "abc", "schema": LABEL_CONFIG}, 400, "project id"),
+    ({"project": "abc", "schema": LABEL_CONFIG}, 400, "integer id"),
 ])
 def test_setup_rejects_bad_input(env, payload, status, message):
     response = _client(env).post("/setup", json=payload)
@@ -221,6 +221,7 @@ def test_too_little_data_skips_training_without_error(env):
     for i in range(5):
         fake.uploads[f"2/{i}.png"] = png_bytes(mnist_by_digit()[1][i])
         fake.add_task(2, 20000 + i, f"/data/upload/2/{i}.png", label="one")
+    assert client.post("/setup", json={"project": "2.5", "schema": LABEL_CONFIG}).status_code == 200
     _train(env, pid=2)
     status = client.get("/mcm/status?project=2").json
     assert status["model_version"] is None and status["last_error"] is None
@@ -238,7 +239,7 @@ def test_tasks_created_after_training_are_scored_at_once(env):
                "tasks": [{"id": tid, "data": fake.tasks[tid]["data"]} for tid in new_ids]}
     response = client.post("/webhook", json=payload)
     assert response.status_code == 202 and response.json["tasks"] == 2
-    env["app"].config["MCM_STATE"].scorer.submit(lambda: None).result(timeout=60)  # wait for the scorer
+    env["app"].config["MCM_STATE"].scorer.flush(timeout=60)  # wait for the scorer
     pushed = {p["task"]: p for p in fake.predictions if p["task"] in new_ids}
     assert set(pushed) == set(new_ids) and {p["model_version"] for p in pushed.values()} == {env["v2"]}
     for tid in new_ids:  # keep the rest of the module's bookkeeping unchanged
@@ -289,7 +290,7 @@ def test_unreadable_current_version_falls_back_to_the_previous_one(env):
     assert _client(env).get(f"/mcm/status?project={PID}").json["model_version"] == env["v2"]
 
 
-def test_basic_auth_protects_everything_but_health_and_webhook(env):
+def test_basic_auth_protects_everything_but_health(env):
     settings = Settings(**{**env["settings"].__dict__, "basic_auth_user": "ml", "basic_auth_pass": "s3cret"})
     env["app"].config["MCM_STATE"].close()
     env["app"] = create_app(settings)
@@ -304,9 +305,10 @@ def test_basic_auth_protects_everything_but_health_and_webhook(env):
     assert client.get(f"/mcm/status?project={PID}", headers=good).status_code == 200
     assert client.post("/predict", json={"tasks": [], "project": "1.1"}).status_code == 401
     assert client.get("/health").status_code == 200
-    # Label Studio's automatic annotation webhook carries no credentials: accepted by design.
-    hook = client.post("/webhook", json={"action": "PROJECT_UPDATED", "project": {"id": PID}})
-    assert hook.status_code == 200
+    # `backend.admin connect` puts the credentials on Label Studio's annotation webhook.
+    hook = {"action": "PROJECT_UPDATED", "project": {"id": PID}}
+    assert client.post("/webhook", json=hook).status_code == 401
+    assert client.post("/webhook", json=hook, headers=good).status_code == 200
 
 
 def test_one_backend_serves_several_projects_each_with_its_own_config_and_model(env):

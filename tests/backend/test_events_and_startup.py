@@ -9,6 +9,7 @@ import pytest
 
 from backend.app import create_app
 from backend.runtime import Runtime
+from backend_fakes import LABEL_CONFIG
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PYTHON = sys.executable
@@ -19,6 +20,8 @@ def recorded(make_settings):
     """An app whose training function records the projects it was asked to train."""
     calls: list[int] = []
     app = create_app(make_settings(debounce_seconds=0.3), train_fn=calls.append)
+    connected = app.test_client().post("/setup", json={"project": "42.1700000000", "schema": LABEL_CONFIG})
+    assert connected.status_code == 200  # Label Studio calls /setup when it connects a project
     yield app, calls
     app.config["MCM_STATE"].close()
 
@@ -47,6 +50,7 @@ def test_other_events_are_acknowledged_and_ignored(recorded, action):
 def test_training_without_label_studio_settings_reports_the_missing_setting(make_settings):
     app = create_app(make_settings())  # no LABEL_STUDIO_URL / key
     client = app.test_client()
+    assert client.post("/setup", json={"project": "3.1", "schema": LABEL_CONFIG}).status_code == 200
     assert client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 3}}).status_code == 201
     assert app.config["MCM_STATE"].queue.wait_idle(timeout=30)
     status = client.get("/mcm/status?project=3").json

@@ -107,6 +107,8 @@ def cluster(tmp_path, images):
         state["workers"] = workers
         app = create_app(settings)
         state["app"] = app
+        connected = app.test_client().post("/setup", json={"project": f"{PID}.1", "schema": LABEL_CONFIG})
+        assert connected.status_code == 200  # Label Studio calls /setup when it connects the project
         return {"fake": fake, "truth": truth, "settings": settings, "workers": workers, "app": app,
                 "client": app.test_client(), "queue": app.config["MCM_STATE"].queue}
 
