@@ -171,7 +171,10 @@ def refresh_project(project_id: int, settings: Settings | None = None, runtime: 
     else:
         timings = publisher.publish(model.version, ranking, head)
     state.n_scored = len(ranking)
-    runtime.store(project_id).record_scoring(model.version, len(ranking))
+    try:
+        runtime.store(project_id).record_scoring(model.version, len(ranking))
+    except OSError as exc:  # a full or read-only MODEL_DIR: Label Studio already has the scores
+        logger.warning("project %s: cannot record the scoring of %s: %s", project_id, model.version, exc)
     timings.update(pool_s=round(listed - started, 3), score_s=round(scored - listed, 3), skipped=len(skipped),
                    total_s=round(time.monotonic() - started, 3))
     logger.info("project %s: %s ranks %d unlabeled tasks (%d skipped); head of %d live %.1fs after the model "
