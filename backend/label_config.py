@@ -79,3 +79,9 @@ def parse_label_config(config: str) -> ImageChoicesConfig:
         raise LabelConfigError(f"<Choices name={control.name!r}> has duplicate <Choice> values")
     return ImageChoicesConfig(image_name=image.name, image_key=value[1:], control_name=control.name,
                               classes=classes)
+
+
+def config_from_meta(meta: dict) -> ImageChoicesConfig:
+    """The config a stored model version was trained with (its meta.json)."""
+    return ImageChoicesConfig(image_name=meta["image_name"], image_key=meta["image_key"],
+                              control_name=meta["control_name"], classes=tuple(meta["classes"]))

@@ -21,9 +21,12 @@ import threading
 import time
 from typing import Callable
 
-from . import ls_sync
-from .model_store import VERSION_RE
-from .publishing import Ranking, project_lock
+from . import labelstudio
+from .label_config import config_from_meta
+from .publishing import project_lock
+from .refresh import refresh_project
+from .scoring import Ranking, score_tasks
+from .versions import VERSION_RE
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +44,10 @@ def is_our_version(version: str | None) -> bool:
 class Maintainer:
     """Runs `maintain(project_id)` for every known project, periodically, in one daemon thread."""
 
-    def __init__(self, runtime, is_busy: Callable[[int], bool], *, interval: float | None = None,
+    def __init__(self, context, is_busy: Callable[[int], bool], *, interval: float | None = None,
                  clock: Callable[[], float] = time.time) -> None:
-        self.runtime = runtime
-        self.settings = runtime.settings
+        self.context = context
+        self.settings = context.settings
         self.is_busy = is_busy
         self.interval = float(interval if interval is not None else self.settings.maintain_seconds)
         self.clock = clock
@@ -73,7 +76,7 @@ class Maintainer:
     def _loop(self) -> None:
         self._wake.wait(min(self.interval, STARTUP_DELAY_SECONDS))  # let start-up finish first
         while not self._stop.is_set():
-            for project_id in self.runtime.known_projects():
+            for project_id in self.context.projects.known():
                 if self._stop.is_set():
                     return
                 self.maintain_logged(project_id)
@@ -94,17 +97,14 @@ class Maintainer:
     def maintain(self, project_id: int) -> None:
         if self.is_busy(project_id):
             return
-        state = self.runtime.project(project_id)
-        model = state.model
+        model = self.context.projects.get(project_id).model
         if model is None:
             return
-        from .jobs import config_from_meta
-
         config = config_from_meta(model.meta)
         with project_lock(self.settings.project_dir(project_id), blocking=False) as mine:
             if not mine:
                 return  # another process maintains this project right now
-            publisher = self.runtime.publisher(project_id, config)
+            publisher = self.context.publisher(project_id, config)
             label_studio_version = self.recover(project_id, publisher, model.version)
             self.relist(project_id, config, model)
             publisher.fill(fill_after=self.settings.fill_after_seconds, max_seconds=FILL_BUDGET_SECONDS,
@@ -117,8 +117,6 @@ class Maintainer:
 
     def recover(self, project_id: int, publisher, version: str) -> str | None:
         """Publish an unpublished model; point Label Studio back at ours if it lags. Returns LS's version."""
-        from .jobs import refresh_project
-
         ledger = publisher.ledger.read()
         if ledger.get("current") != version:
             entry = ledger["versions"].get(version) or {}
@@ -128,20 +126,20 @@ class Maintainer:
             else:
                 logger.warning("project %s: %s was trained but never published (interrupted?); publishing now",
                                project_id, version)
-                refresh_project(project_id, runtime=self.runtime, lock=False)
+                refresh_project(project_id, self.context, lock=False)
             self._checked_at.pop(project_id, None)
         now = self.clock()
         if now - self._checked_at.get(project_id, -1e18) < CHECK_LABEL_STUDIO_SECONDS:
             return None
-        client = self.runtime.ls_client()
+        client = self.context.client()
         current = publisher.ledger.read().get("current")
-        lsv = ls_sync.get_project(client, project_id).get("model_version") or ""
+        lsv = labelstudio.get_project(client, project_id).get("model_version") or ""
         self._checked_at[project_id] = now
         if current and lsv != current:
-            if not lsv or is_our_version(lsv) or lsv in ls_sync.backend_titles(client, project_id):
+            if not lsv or is_our_version(lsv) or lsv in labelstudio.backend_titles(client, project_id):
                 logger.warning("project %s: Label Studio's model_version is %r, not %s; switching it back",
                                project_id, lsv, current)
-                ls_sync.set_model_version(client, project_id, current)
+                labelstudio.set_model_version(client, project_id, current)
                 self.foreign_version.pop(project_id, None)
                 return current
             if self.foreign_version.get(project_id) != lsv:
@@ -155,20 +153,18 @@ class Maintainer:
 
     def relist(self, project_id: int, config, model) -> int:
         """List the unlabeled tasks again when the pool is stale; score and queue the new ones."""
-        from .jobs import score_tasks
-
-        pool = self.runtime.pool(project_id, config.image_key)
+        pool = self.context.pool(project_id, config.image_key)
         if not pool.stale(self.clock(), self.settings.pool_relist_seconds):
             return 0
         before = {t["id"] for t in pool.tasks()}
-        listed = ls_sync.list_unlabeled_tasks(self.runtime.ls_client(), project_id)
+        listed = labelstudio.list_unlabeled_tasks(self.context.client(), project_id)
         pool.replace(listed, listed_at=self.clock())
         new = [t for t in listed if int(t["id"]) not in before]
         if not new:
             return 0
-        ids, scores, labels, _skipped = score_tasks(project_id, new, self.runtime, model)
-        publisher = self.runtime.publisher(project_id, config)
-        pushed = publisher.add_tasks(Ranking.build(ids, scores, labels))
+        ids, scores, labels, _skipped = score_tasks(project_id, new, self.context.ingest, model,
+                                                    self.settings.score_transform)
+        pushed = self.context.publisher(project_id, config).add_tasks(Ranking.build(ids, scores, labels))
         logger.info("project %s: relisted the pool: %d new unlabeled tasks scored, %d pushed at once", project_id,
                     len(ids), pushed)
         return len(ids)

@@ -27,7 +27,6 @@ ranking of a version is MODEL_DIR/<project>/<version>/ranking.npz.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
 import json
 import logging
@@ -39,11 +38,11 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from mcm_core.atomic import atomic_savez, atomic_write_json
+from mcm_core.atomic import atomic_write_json
 
-from . import ls_sync
+from . import labelstudio
 from .label_config import ImageChoicesConfig
-from .scoring import choice_result
+from .scoring import Ranking
 
 logger = logging.getLogger(__name__)
 
@@ -55,49 +54,6 @@ RETIRE_PAGE = 200         # prediction ids looked up per listing while retiring
 # delete's time is HTTP and authentication (~0.1 s a request on a busy machine), not locking.
 RETIRE_CONCURRENCY = 4
 MIN_HEAD_PER_NEW_LABEL = 4  # the head covers at least 4 x the labels added since the previous version
-
-
-@dataclasses.dataclass
-class Ranking:
-    """One version's scores of the pool, highest first (ties by task id)."""
-
-    task_ids: np.ndarray   # int64
-    scores: np.ndarray     # float64 in [0, 1], the pushed prediction score
-    labels: np.ndarray     # int32 class index of the pre-annotation
-
-    @classmethod
-    def build(cls, task_ids, scores, labels) -> "Ranking":
-        ids = np.asarray(task_ids, dtype=np.int64)
-        s = np.asarray(scores, dtype=np.float64)
-        order = np.lexsort((ids, -s))
-        return cls(ids[order], s[order], np.asarray(labels, dtype=np.int32)[order])
-
-    def __len__(self) -> int:
-        return len(self.task_ids)
-
-    def save(self, path: str) -> None:
-        atomic_savez(path, task_ids=self.task_ids, scores=self.scores, labels=self.labels)
-
-    @classmethod
-    def load(cls, path: str) -> "Ranking":
-        with np.load(path, allow_pickle=False) as data:
-            return cls(data["task_ids"], data["scores"], data["labels"])
-
-    def predictions(self, start: int, stop: int, config: ImageChoicesConfig, version: str) -> list[dict]:
-        return [{"task": int(t), "score": float(s), "model_version": version,
-                 "result": choice_result(config, config.classes[int(c)])}
-                for t, s, c in zip(self.task_ids[start:stop], self.scores[start:stop], self.labels[start:stop])]
-
-    def without(self, task_ids) -> "Ranking":
-        keep = ~np.isin(self.task_ids, np.asarray(list(task_ids), dtype=np.int64))
-        return Ranking(self.task_ids[keep], self.scores[keep], self.labels[keep])
-
-    def merged(self, other: "Ranking") -> "Ranking":
-        """This ranking plus `other`'s tasks (other's entry wins for a task in both)."""
-        mine = self.without(other.task_ids.tolist())
-        return Ranking.build(np.concatenate([mine.task_ids, other.task_ids]),
-                             np.concatenate([mine.scores, other.scores]),
-                             np.concatenate([mine.labels, other.labels]))
 
 
 class Ledger:
@@ -180,7 +136,7 @@ class Publisher:
         return os.path.join(self.project_dir, version, "ranking.npz")
 
     def _push(self, ranking: Ranking, start: int, stop: int, version: str) -> int:
-        return ls_sync.push_predictions(self.client, self.project_id,
+        return labelstudio.push_predictions(self.client, self.project_id,
                                         ranking.predictions(start, stop, self.config, version),
                                         self.chunk_size, on_missing=self.on_missing_tasks)
 
@@ -207,7 +163,7 @@ class Publisher:
     def finish(self, version: str) -> str | None:
         """Switch project.model_version to a version whose head is pushed, and record it as current
         (also what recovery calls when a crash fell between the push and the switch)."""
-        ls_sync.set_model_version(self.client, self.project_id, version)
+        labelstudio.set_model_version(self.client, self.project_id, version)
         now = self.clock()
         with self.ledger.editing() as data:
             previous = data.get("current")
@@ -292,7 +248,7 @@ class Publisher:
     def adopt_unknown_versions(self, is_ours: Callable[[str], bool]) -> list[str]:
         """Versions of ours in Label Studio that the ledger does not know (older installs, a lost
         ledger): their grace period starts now."""
-        counts = ls_sync.model_version_counts(self.client, self.project_id)
+        counts = labelstudio.model_version_counts(self.client, self.project_id)
         now = self.clock()
         adopted = []
         with self.ledger.editing() as data:
@@ -327,7 +283,7 @@ class Publisher:
             while True:
                 if out_of_time():
                     return deleted
-                ids = ls_sync.version_prediction_ids(self.client, self.project_id, version, RETIRE_PAGE)
+                ids = labelstudio.version_prediction_ids(self.client, self.project_id, version, RETIRE_PAGE)
                 if not ids:
                     with self.ledger.editing() as data:
                         if version in data["versions"]:
@@ -337,7 +293,7 @@ class Publisher:
                 for start in range(0, len(ids), RETIRE_CONCURRENCY):
                     batch = ids[start:start + RETIRE_CONCURRENCY]
                     with ThreadPoolExecutor(max_workers=len(batch)) as pool:
-                        deleted += sum(pool.map(lambda i: ls_sync.delete_prediction(self.client, i), batch))
+                        deleted += sum(pool.map(lambda i: labelstudio.delete_prediction(self.client, i), batch))
                     if out_of_time():
                         return deleted
         return deleted

@@ -1,4 +1,4 @@
-"""Map mining scores into Label Studio predictions.
+"""Scoring: features -> mining scores in [0, 1] -> a ranking of the pool and Label Studio predictions.
 
 Label Studio silently drops predictions whose score is outside [0, 1], so the
 raw score S (0 <= S <= miner.score_upper_bound) is mapped monotonically:
@@ -8,9 +8,14 @@ Higher s = more likely a tail class: the "Tail classes first" tab sorts by s, de
 """
 from __future__ import annotations
 
+import dataclasses
+from typing import Sequence
+
 import numpy as np
 
-from .label_config import ImageChoicesConfig
+from mcm_core.atomic import atomic_savez
+
+from .label_config import ImageChoicesConfig, config_from_meta
 
 
 def map_scores(raw: np.ndarray, upper_bound: float, transform: str = "sqrt") -> np.ndarray:
@@ -41,3 +46,64 @@ def score_features(miner, features: np.ndarray, transform: str) -> tuple[np.ndar
     scores = map_scores(miner.score(features), miner.score_upper_bound, transform)
     labels = np.asarray(miner.predict_proba(features)).argmax(axis=1).astype(np.int32)
     return scores, labels
+
+
+def score_tasks(project_id: int, tasks: Sequence[dict], ingest, model, transform: str,
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, str]]:
+    """(task ids, scores in [0, 1], predicted class indices, {skipped task id: reason}) for `tasks`."""
+    config = config_from_meta(model.meta)
+    _ok, keys, skipped = ingest.cached_arrays(project_id, tasks, config)
+    if not keys:
+        return np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int32), skipped
+    scores, labels = score_features(model.miner, ingest.features(project_id, keys, model=model), transform)
+    return np.asarray([k[0] for k in keys], dtype=np.int64), scores, labels, skipped
+
+
+def predict_tasks(project_id: int, tasks: Sequence[dict], ingest, model, transform: str,
+                  ) -> tuple[list[dict], dict[int, str]]:
+    """Label Studio predictions (with `task`) for the tasks that could be scored, and the skipped ones."""
+    ids, scores, labels, skipped = score_tasks(project_id, tasks, ingest, model, transform)
+    return Ranking(ids, scores, labels).predictions(0, len(ids), config_from_meta(model.meta), model.version), skipped
+
+
+@dataclasses.dataclass
+class Ranking:
+    """One version's scores of the pool, highest first (ties by task id)."""
+
+    task_ids: np.ndarray   # int64
+    scores: np.ndarray     # float64 in [0, 1], the pushed prediction score
+    labels: np.ndarray     # int32 class index of the pre-annotation
+
+    @classmethod
+    def build(cls, task_ids, scores, labels) -> "Ranking":
+        ids = np.asarray(task_ids, dtype=np.int64)
+        s = np.asarray(scores, dtype=np.float64)
+        order = np.lexsort((ids, -s))
+        return cls(ids[order], s[order], np.asarray(labels, dtype=np.int32)[order])
+
+    def __len__(self) -> int:
+        return len(self.task_ids)
+
+    def save(self, path: str) -> None:
+        atomic_savez(path, task_ids=self.task_ids, scores=self.scores, labels=self.labels)
+
+    @classmethod
+    def load(cls, path: str) -> "Ranking":
+        with np.load(path, allow_pickle=False) as data:
+            return cls(data["task_ids"], data["scores"], data["labels"])
+
+    def predictions(self, start: int, stop: int, config: ImageChoicesConfig, version: str) -> list[dict]:
+        return [{"task": int(t), "score": float(s), "model_version": version,
+                 "result": choice_result(config, config.classes[int(c)])}
+                for t, s, c in zip(self.task_ids[start:stop], self.scores[start:stop], self.labels[start:stop])]
+
+    def without(self, task_ids) -> "Ranking":
+        keep = ~np.isin(self.task_ids, np.asarray(list(task_ids), dtype=np.int64))
+        return Ranking(self.task_ids[keep], self.scores[keep], self.labels[keep])
+
+    def merged(self, other: "Ranking") -> "Ranking":
+        """This ranking plus `other`'s tasks (other's entry wins for a task in both)."""
+        mine = self.without(other.task_ids.tolist())
+        return Ranking.build(np.concatenate([mine.task_ids, other.task_ids]),
+                             np.concatenate([mine.scores, other.scores]),
+                             np.concatenate([mine.labels, other.labels]))

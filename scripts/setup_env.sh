@@ -23,7 +23,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     exit 1
   fi
   rm -f "$log"
-  "$VENV/bin/python" -c "import torch, torchvision, label_studio_ml, label_studio_sdk, mlxtend, pytest, hypothesis, playwright" \
+  "$VENV/bin/python" -c "import torch, torchvision, flask, label_studio_sdk, rq, mlxtend, pytest, hypothesis, playwright" \
     || { echo "[setup] dependency install failed" >&2; exit 1; }
   echo "$want" > "$stamp"
 fi

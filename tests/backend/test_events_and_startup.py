@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from backend.app import create_app
-from backend.runtime import Runtime
+from backend.context import Context
 from backend_fakes import LABEL_CONFIG
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -61,11 +61,11 @@ def test_training_without_label_studio_settings_reports_the_missing_setting(make
 def test_missing_backbone_weights_stop_start_up_naming_the_file(make_settings, tmp_path):
     missing = str(tmp_path / "nope.pt")
     with pytest.raises(Exception, match="nope.pt"):
-        Runtime(make_settings(backbone="resnet18", backbone_weights=missing))
+        Context(make_settings(backbone="resnet18", backbone_weights=missing))
     with pytest.raises(Exception, match="MCM_BACKBONE"):
-        Runtime(make_settings(backbone="vgg99"))
+        Context(make_settings(backbone="vgg99"))
     with pytest.raises(ValueError, match="MCM_MINER_OPTIONS"):
-        Runtime(make_settings(miner_options='{"no_such_option": 1}'))
+        Context(make_settings(miner_options='{"no_such_option": 1}'))
 
 
 def test_wsgi_help_lists_every_setting():

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from backend.app import create_app
-from backend.model_store import ModelStore
+from backend.versions import ModelStore
 from backend_fakes import LABEL_CONFIG, ImageServer, mnist_by_digit, png_bytes
 
 AUTH = {"Authorization": "Basic " + base64.b64encode(b"ml:s3cret").decode()}
@@ -109,7 +109,7 @@ def test_events_for_projects_never_connected_get_404_and_leave_no_state(guarded)
     assert calls == []
     assert [t.name for t in threading.enumerate() if t.name not in threads_before and "train" in t.name] == []
     assert not os.path.isdir(settings.model_dir) or os.listdir(settings.model_dir) == []
-    assert app.config["MCM_STATE"].runtime._projects == {}
+    assert app.config["MCM_STATE"].context.projects._projects == {}
 
 
 def test_setup_connects_a_project_durably_and_a_bad_config_does_not(guarded, make_settings):
@@ -153,8 +153,8 @@ def test_tasks_created_scores_the_tasks_label_studio_has_not_the_payloads_urls(m
         images.files["/img/11.png"] = png_bytes(mnist_by_digit()[7][400])
         fake_ls.add_task(PID, 10, f"{images.url}/img/11.png")
         app = create_app(settings)
-        from backend.jobs import refresh_project
-        refresh_project(PID, runtime=app.config["MCM_STATE"].runtime)  # the model is live, task 10 scored
+        from backend.refresh import refresh_project
+        refresh_project(PID, app.config["MCM_STATE"].context)  # the model is live, task 10 scored
         fake_ls.add_task(PID, 11, f"{images.url}/img/11.png")
         fake_ls.add_task(2, 21, f"{images.url}/img/11.png")  # another project's task
         trap = f"http://127.0.0.1:{evil.port}\\@127.0.0.1:{fake_ls.port}/data/upload/x.png"
@@ -317,8 +317,8 @@ def test_a_full_disk_costs_the_feature_cache_not_the_predictions(make_settings, 
 
         def disk_full(*args, **kwargs):
             raise OSError(28, "No space left on device")
-        monkeypatch.setattr("backend.features.atomic_savez", disk_full)
-        monkeypatch.setattr("backend.model_store.atomic_write_json", disk_full)
+        monkeypatch.setattr("backend.feature_cache.atomic_savez", disk_full)
+        monkeypatch.setattr("backend.versions.atomic_write_json", disk_full)
         _connect(client, pid=5, headers={})  # recording the connection fails too: kept in memory
         response = client.post("/predict", json={"project": f"{PID}.1", "tasks": tasks("abc")})
         assert response.status_code == 200

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from backend.images import BlockedAddressError, ImageFetcher, ImageFetchError
-from backend.ls_sync import auth_header, make_client
+from backend.labelstudio import auth_header, make_client
 from backend_fakes import mnist_by_digit, png_bytes
 
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import requests
 
-from backend import ls_sync
+from backend import labelstudio
 from backend.label_config import parse_label_config
 from backend.publishing import Ledger, Publisher, Ranking, head_size
-from backend.trainer import ready_at
+from backend.pacing import ready_at
 from backend_fakes import LABEL_CONFIG
 
 PID = 5
@@ -37,7 +37,7 @@ def world(fake_ls, tmp_path):
     for tid in range(1, 61):
         fake_ls.add_task(PID, tid, f"https://img.example/{tid}.png")
     clock = Clock()
-    client = ls_sync.make_client(fake_ls.url, fake_ls.legacy_token)
+    client = labelstudio.make_client(fake_ls.url, fake_ls.legacy_token)
     publisher = Publisher(client, PID, str(tmp_path / "project"), CONFIG, chunk_size=7, clock=clock)
     return fake_ls, publisher, clock
 
@@ -103,7 +103,7 @@ def test_retirement_works_in_budgets_and_resumes(world):
     clock.advance(GRACE)
 
     def ticking_clock_budget():  # each deletion costs 1 s of the fake clock; budget 10 s
-        original = ls_sync.delete_prediction
+        original = labelstudio.delete_prediction
 
         def slow(client, prediction_id):
             clock.advance(1)
@@ -111,12 +111,12 @@ def test_retirement_works_in_budgets_and_resumes(world):
         return slow
 
     import backend.publishing as publishing
-    real = publishing.ls_sync.delete_prediction
-    publishing.ls_sync.delete_prediction = ticking_clock_budget()
+    real = publishing.labelstudio.delete_prediction
+    publishing.labelstudio.delete_prediction = ticking_clock_budget()
     try:
         first = publisher.retire(GRACE, max_seconds=10)
     finally:
-        publishing.ls_sync.delete_prediction = real
+        publishing.labelstudio.delete_prediction = real
     assert 0 < first < 30 and len(rows(fake, version(1))) == 30 - first
     assert not publisher.ledger.read()["versions"][version(1)].get("retired_at")
     assert publisher.retire(GRACE) == 30 - first
@@ -196,8 +196,8 @@ def test_a_deleted_task_never_costs_the_others_their_scores(world):
 def test_unknown_versions_of_ours_are_adopted_and_retired_after_the_grace(world):
     fake, publisher, clock = world
     client = publisher.client
-    ls_sync.push_predictions(client, PID, ranking(5).predictions(0, 4, CONFIG, version(7)))
-    ls_sync.push_predictions(client, PID, ranking(5).predictions(0, 3, CONFIG, "someone-elses-model"))
+    labelstudio.push_predictions(client, PID, ranking(5).predictions(0, 4, CONFIG, version(7)))
+    labelstudio.push_predictions(client, PID, ranking(5).predictions(0, 3, CONFIG, "someone-elses-model"))
     publisher.publish(version(8), ranking(6), head=5)
     assert publisher.adopt_unknown_versions(lambda v: v.startswith("mcm-v")) == [version(7)]
     assert publisher.retire(GRACE) == 0
@@ -235,19 +235,18 @@ def test_pacing_rules(pending, last_event, last_start, expected):
 # --- the maintainer: recovery after a crash, Label Studio pointed elsewhere ------------------------
 def test_maintainer_publishes_a_model_the_crash_left_unpublished_and_keeps_label_studio_in_line(
         fake_ls, images, make_settings):
-    from backend import jobs
+    from backend.fitting import train_project
     from backend.maintainer import Maintainer
-    from backend.runtime import Runtime
+    from backend.context import Context
     from backend_fakes import populate_project
 
     truth = populate_project(fake_ls, images, pid=PID, head=20, tail=4, unlabeled_per_class=4)
     settings = make_settings(label_studio_url=fake_ls.url, label_studio_api_key=fake_ls.legacy_token,
                              cnn_epochs=2, fill_after_seconds=0.0, prediction_grace_seconds=0.0)
-    runtime = Runtime(settings)
-    version = jobs.train_project(PID, runtime=runtime, rescore=False)  # then the process "died"
+    version = train_project(PID, Context(settings), rescore=False)  # then the process "died"
     assert fake_ls.projects[PID]["model_version"] == "" and not fake_ls.predictions
 
-    restarted = Runtime(settings)  # a new process finds the saved model...
+    restarted = Context(settings)  # a new process finds the saved model...
     maintainer = Maintainer(restarted, is_busy=lambda project_id: False)
     maintainer.maintain(PID)       # ...and its first upkeep pass publishes it
     assert fake_ls.projects[PID]["model_version"] == version

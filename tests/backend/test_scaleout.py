@@ -22,11 +22,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backend import jobs
+from backend.fitting import train_project
+from backend.refresh import refresh_project
 from backend.app import create_app
-from backend.features import ArrayCache
-from backend.model_store import ModelStore
-from backend.runtime import Runtime
+from backend.feature_cache import ArrayCache
+from backend.versions import ModelStore
+from backend.context import Context
 from backend.settings import Settings
 from backend_fakes import LABEL_CONFIG, FakeLabelStudio, populate_project
 
@@ -55,7 +56,7 @@ class Workers:
     def start(self, name: str, *options: str, **extra_env) -> subprocess.Popen:
         log = open(self.log_dir / f"{name}.log", "w")
         # The command of the compose file's worker service (docker/docker-compose.yml).
-        proc = subprocess.Popen([str(RQ), "worker", "-w", "backend.distributed.PreloadWorker", "--url", REDIS_URL,
+        proc = subprocess.Popen([str(RQ), "worker", "-w", "backend.scaleout.worker.PreloadWorker", "--url", REDIS_URL,
                                  "--name", f"{name}-{uuid.uuid4().hex[:6]}", *options, self.queue], cwd=ROOT, env={**self.env, **extra_env}, stdout=log,
                                 stderr=subprocess.STDOUT)
         self.procs[name] = proc
@@ -246,7 +247,7 @@ def test_two_workers_score_chunks_in_parallel_like_the_single_process_path(clust
         settings = Settings(model_dir=str(single_dir), backbone="simple-cnn", allowed_hosts=("127.0.0.1",),
                             label_studio_url=other.url, label_studio_api_key=other.legacy_token, cnn_epochs=2,
                             predict_chunk=7)
-        timings = jobs.refresh_project(PID, runtime=Runtime(settings))
+        timings = refresh_project(PID, Context(settings))
         assert timings["pool"] == len(env["truth"]) and other.projects[PID]["model_version"] == v1
         single = _pushed(other, v1)
     finally:
@@ -263,14 +264,15 @@ def test_worker_killed_mid_training_leaves_previous_model_and_a_failed_job(clust
     workers = env["workers"]
     # v1: trained and pushed in this process (the in-process path), served by the web app.
     in_process = dataclasses.replace(env["settings"], redis_url=None)
-    v1 = jobs.train_project(PID, runtime=Runtime(in_process))
+    v1 = train_project(PID, Context(in_process))
     store = ModelStore(env["settings"].project_dir(PID))
     assert v1 and store.current_version() == v1 and store.versions() == [v1]
     assert _status(env)["model_version"] == v1 and set(_pushed(env["fake"], v1)) == set(env["truth"])
     pointer = Path(store.pointer_path).read_bytes()
 
     # The test hook pauses the training after its model files are written, before the commit.
-    workers.start("slow", MCM_TEST_PAUSE_BEFORE_COMMIT="120")
+    hook = str(Path(__file__).parent / "pause_hook")  # its sitecustomize pauses ModelStore.save
+    workers.start("slow", MCM_TEST_PAUSE_BEFORE_COMMIT="120", PYTHONPATH=f"{hook}{os.pathsep}{ROOT}")
     assert env["client"].post("/train", json={"project": PID}).json["status"] == "scheduled"
     deadline = time.monotonic() + 120
     while not glob.glob(os.path.join(store.project_dir, ".saving-*", "miner.pt")):

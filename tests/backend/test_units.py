@@ -8,14 +8,14 @@ import time
 import numpy as np
 import pytest
 
-from backend.annotations import task_label
-from backend.features import ArrayCache
+from backend.labels import task_label
+from backend.feature_cache import ArrayCache
 from backend.images import AddressPolicy, BlockedAddressError
 from backend.label_config import LabelConfigError, parse_label_config
-from backend.model_store import ModelStore
+from backend.versions import ModelStore
 from backend.scoring import map_scores
 from backend.settings import Settings, settings_help_text
-from backend.trainer import TrainingQueue
+from backend.pacing import TrainingQueue
 
 from backend_fakes import LABEL_CONFIG
 
@@ -268,3 +268,14 @@ def test_one_training_at_a_time_across_projects():
     queue.close()
     assert overlaps == [] and sum(queue.runs(p) for p in range(1, 9)) == 8
     assert len([t for t in threading.enumerate() if t.name.startswith("mcm-train")]) <= 2
+
+
+def test_docs_settings_page_is_generated_from_the_table():
+    """docs/settings.md is `python -m backend.settings --markdown`: regenerate it after changing a setting."""
+    from pathlib import Path
+
+    from backend.settings import TABLE, settings_markdown
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "settings.md").read_text()
+    assert page.strip() == settings_markdown().strip()
+    assert all(f"`{s.env}`" in page for s in TABLE)

@@ -1,10 +1,12 @@
-"""Turn Label Studio annotations into one class label per task."""
+"""Collecting labels from Label Studio: one class label per annotated task."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
-from .label_config import ImageChoicesConfig
+from . import labelstudio
+from .label_config import ImageChoicesConfig, parse_label_config
 
 logger = logging.getLogger(__name__)
 
@@ -44,3 +46,29 @@ def task_label(task: dict, config: ImageChoicesConfig) -> tuple[str | None, str 
             return None, f"unknown label {label!r} (config classes: {list(config.classes)})"
         return label, None
     return None, "no non-cancelled annotation with a choice for control " + repr(config.control_name)
+
+
+@dataclasses.dataclass
+class LabeledTasks:
+    """A project's config and its annotated tasks: those with a usable label, and all of them."""
+
+    config: ImageChoicesConfig
+    tasks: list[dict]          # usable: {id, data, ...}
+    labels: list[int]          # class index per usable task
+    annotated_ids: list[int]   # every annotated task (they leave the pool of unlabeled tasks)
+
+
+def collect_labels(client, project_id: int) -> LabeledTasks:
+    """The project's label config and annotated tasks from Label Studio; unusable ones are logged."""
+    config = parse_label_config(labelstudio.get_label_config(client, project_id))
+    annotated = labelstudio.list_annotated_tasks(client, project_id)
+    tasks, labels = [], []
+    for task in annotated:
+        label, reason = task_label(task, config)
+        if label is None:
+            logger.warning("project %s: skipping annotated task %s for training: %s", project_id, task.get("id"),
+                           reason)
+            continue
+        tasks.append(task)
+        labels.append(config.class_index(label))
+    return LabeledTasks(config, tasks, labels, [int(t["id"]) for t in annotated])

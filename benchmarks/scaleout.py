@@ -1,16 +1,16 @@
 """Re-scoring throughput of the RQ scale-out with 1 and 2 workers (a script, not a test).
 
-    python -m backend.bench_scaleout [--unlabeled 20000] [--workload features|images] [--workers 1,2]
+    python -m benchmarks.scaleout [--unlabeled 20000] [--workload features|images] [--workers 1,2]
                                      [--chunk 2500] [--redis-url URL]
 
-Builds one project behind an in-process fake Label Studio (backend.bench's), trains it once in this
+Builds one project behind an in-process fake Label Studio (benchmarks.backend_speed's), trains it once in this
 process, then for each worker count starts that many real `rq worker` processes on a fresh queue and
-times the fan-out of backend.distributed (list unlabeled tasks, one job per chunk, the push job that
+times the fan-out of backend.scaleout (the pool, one job per chunk, the push job that
 depends on them) from enqueue to "pushed". Workloads:
   features  cached 512-d features (resnet18 identity, random weights from a local file): each chunk
             job loads the model and cache, scores with the miner, writes its result file;
   images    cached 28x28 prepared images with simple-cnn: each chunk job also runs the CNN.
-Also times the single-process path (backend.jobs.refresh_project) for reference. Without
+Also times the single-process path (backend.refresh.refresh_project) for reference. Without
 --redis-url a private redis-server is started on a free port. Prints a table and one JSON line.
 """
 from __future__ import annotations
@@ -58,8 +58,8 @@ def _build_project(args, work: str):
     import torch
     import torchvision
 
-    from backend.bench import _BenchLabelStudio, _label_config, synthetic_tasks
-    from backend.runtime import Runtime
+    from backend.context import Context
+    from benchmarks.backend_speed import _BenchLabelStudio, _label_config, synthetic_tasks
     from backend.settings import Settings
 
     rng = np.random.default_rng(0)
@@ -83,7 +83,7 @@ def _build_project(args, work: str):
     else:
         env.update(MCM_BACKBONE="simple-cnn", MCM_CNN_EPOCHS="1")
     settings = Settings.from_env(env)
-    runtime = Runtime(settings)
+    context = Context(settings)
     all_labels = np.concatenate([labels, hidden])
     if args.workload == "features":
         centers = rng.normal(size=(n_classes, 512)).astype(np.float32)
@@ -95,13 +95,13 @@ def _build_project(args, work: str):
         picks = np.stack([by_class[c][rng.integers(len(by_class[c]))] for c in all_labels.tolist()])
         big = np.kron(picks, np.ones((4, 4)))[:, 2:30, 2:30]  # 8x8 digits (0..16) -> 28x28
         values = np.clip(big * 16, 0, 255).astype(np.uint8)[..., None]  # (N, H, W, C) like prepare()
-        expected = tuple(runtime.extractor.backbone.input_shape)
+        expected = tuple(context.extractor.backbone.input_shape)
         if values.shape[1:] != expected:
             raise RuntimeError(f"simple-cnn expects prepared images of shape {expected}, got {values.shape[1:]}")
     keys = [(t["id"], t["data"]["image"]) for t in tasks]
-    cache = runtime.cache(1)
+    cache = context.ingest.cache(1)
     cache.put(keys, values)
-    return settings, env, fake, runtime
+    return settings, env, fake, context
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workload", choices=("features", "images"), default="features")
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts to measure")
     parser.add_argument("--chunk", type=int, default=2500, help="MCM_SCORE_CHUNK_TASKS")
-    parser.add_argument("--worker-class", default="backend.distributed.PreloadWorker",
+    parser.add_argument("--worker-class", default="backend.scaleout.worker.PreloadWorker",
                         help="rq worker -w class ('' = RQ's plain forking Worker)")
     parser.add_argument("--redis-url", default=None, help="an existing Redis (else a private redis-server)")
     parser.add_argument("--log-dir", default=None, help="write each worker's log here")
@@ -126,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     from rq import Queue
     from rq.job import Job
 
-    from backend import distributed, jobs
+    from backend.fitting import train_project
+    from backend.refresh import refresh_project
+    from backend.scaleout import coordinator, jobs
 
     work = tempfile.mkdtemp(prefix="mcm-bench-scaleout-")
     redis_proc = None
@@ -135,12 +137,12 @@ def main(argv: list[str] | None = None) -> int:
         redis_url = args.redis_url
         if not redis_url:
             redis_url, redis_proc = _start_redis(work)
-        settings, env, fake, runtime = _build_project(args, work)
-        version = jobs.train_project(1, runtime=runtime, rescore=False)
+        settings, env, fake, context = _build_project(args, work)
+        version = train_project(1, context, rescore=False)
         rows = []
 
         started = time.monotonic()
-        pushed = jobs.refresh_project(1, runtime=runtime)["pool"]
+        pushed = refresh_project(1, context)["pool"]
         seconds = time.monotonic() - started
         rows.append({"mode": "in-process (no RQ)", "workers": 0, "tasks": pushed, "seconds": round(seconds, 2),
                      "tasks_per_second": round(pushed / seconds, 1)})
@@ -164,9 +166,9 @@ def main(argv: list[str] | None = None) -> int:
                     raise RuntimeError("workers did not start")
                 time.sleep(0.2)
             shutil.rmtree(os.path.join(settings.project_dir(1), "scores"), ignore_errors=True)
-            coord = distributed._Coordinator(connection, queue)
+            coord = coordinator.Coordinator(connection, queue)
             started = time.monotonic()
-            ids = distributed.fan_out_rescoring(coord, runtime, 1, version, None)
+            ids = jobs.fan_out_rescoring(coord, context, 1, version)
             push = Job.fetch(ids[-1], connection=connection)
             while push.get_status() not in ("finished", "failed", "stopped", "canceled"):
                 time.sleep(0.1)

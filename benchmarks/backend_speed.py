@@ -1,13 +1,12 @@
 """Speed benchmark of the backend with features cached (a script, not a test).
 
-    python -m backend.bench [--annotated 10000] [--unlabeled 100000] [--ls-url URL --api-key KEY]
+    python -m benchmarks.backend_speed [--annotated 10000] [--unlabeled 100000] [--ls-url URL --api-key KEY]
 
 Builds a project of `annotated` labeled + `unlabeled` tasks whose (synthetic,
 class-clustered, skewed) 512-d features are already in the feature cache, then
 measures: one training job (list annotated tasks, fit the miner, save,
-re-score every unlabeled task, push predictions in chunks, switch
-model_version, delete the previous version), `/predict` for 100 tasks and
-`/setup`. Without --ls-url the Label Studio API is a small in-process HTTP
+rank every unlabeled task, push the head of the queue, switch model_version;
+backend/refresh.py), `/predict` for 100 tasks and `/setup`. Without --ls-url the Label Studio API is a small in-process HTTP
 server (same JSON shapes); with --ls-url a project is created on that real
 Label Studio and its tasks are imported first (import time not counted).
 Prints one JSON object with the figures.
@@ -128,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from backend.app import create_app
     from backend.extractor import Extractor
-    from backend.jobs import train_project
-    from backend.runtime import Runtime
+    from backend.context import Context
+    from backend.fitting import train_project
     from backend.settings import Settings
 
     work = tempfile.mkdtemp(prefix="mcm-bench-")
@@ -150,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import_seconds = None
     if args.ls_url:
-        from backend.ls_sync import make_client
+        from backend.labelstudio import make_client
         client = make_client(args.ls_url, args.api_key)
         if args.ls_project:
             project_id = args.ls_project
@@ -167,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             r.raise_for_status()
         import_seconds = time.monotonic() - started
         # Real task ids are assigned by Label Studio: map them back by image URL.
-        from backend.ls_sync import _ALL, _iter_tasks
+        from backend.labelstudio import _ALL, _iter_tasks
         ids = {t["data"]["image"]: t["id"] for t in _iter_tasks(client, project_id, _ALL, "task_only", include="id,data")}
         for t in tasks:
             t["id"] = ids[t["data"]["image"]]
@@ -182,8 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(model_dir=os.path.join(work, "models"), backbone="resnet18", backbone_weights=weights_path,
                         label_studio_url=ls_url, label_studio_api_key=api_key, debounce_seconds=0.0,
                         predict_chunk=1000, torch_threads=args.threads, miner_options=args.miner_options)
-    runtime = Runtime(settings, Extractor("resnet18", weights_path, num_threads=args.threads))
-    cache = runtime.cache(project_id)
+    context = Context(settings, Extractor("resnet18", weights_path, num_threads=args.threads))
+    cache = context.ingest.cache(project_id)
     features = np.concatenate([_synthetic_features(args.annotated, labels, centers, rng),
                                _synthetic_features(args.unlabeled, hidden, centers, rng)])
     keys = [(t["id"], t["data"]["image"]) for t in tasks]
@@ -196,37 +195,16 @@ def main(argv: list[str] | None = None) -> int:
     if import_seconds is not None:
         figures["ls_import_seconds_not_counted"] = round(import_seconds, 1)
 
-    # Phase timings come from wrapping the job's steps.
-    import backend.jobs as jobs
-    from mcm_core import MinorityMiner
-    phases: dict[str, float] = {}
-
-    def timed(name, fn):
-        def wrapper(*a, **k):
-            t0 = time.monotonic()
-            try:
-                return fn(*a, **k)
-            finally:
-                phases[name] = phases.get(name, 0.0) + time.monotonic() - t0
-        return wrapper
-
-    original_fit = MinorityMiner.fit
-    MinorityMiner.fit = timed("miner_fit", original_fit)
-    jobs.ls_sync.list_annotated_tasks = timed("list_annotated", jobs.ls_sync.list_annotated_tasks)
-    jobs.ls_sync.list_unlabeled_tasks = timed("list_unlabeled", jobs.ls_sync.list_unlabeled_tasks)
-    jobs.ls_sync.push_predictions = timed("push_predictions", jobs.ls_sync.push_predictions)
-    jobs.score_tasks = timed("score", jobs.score_tasks)
-    jobs.refresh_project = timed("refresh_total (rank the pool, push the head, switch)", jobs.refresh_project)
+    from backend.refresh import refresh_project
 
     started = time.monotonic()
-    version = train_project(project_id, runtime=runtime)
-    figures["train_and_rescore_seconds"] = round(time.monotonic() - started, 2)
-    figures["phases_seconds"] = {k: round(v, 2) for k, v in phases.items()}
+    version = train_project(project_id, context, rescore=False)  # list annotated tasks, fit, save
+    figures["train_seconds"] = round(time.monotonic() - started, 2)
+    figures["refresh_seconds"] = refresh_project(project_id, context)  # rank the pool, push the head, switch
     figures["model_version"] = version
-    figures["n_scored"] = runtime.project(project_id).n_scored
-    MinorityMiner.fit = original_fit
+    figures["n_scored"] = context.projects.get(project_id).n_scored
 
-    app = create_app(settings, runtime=runtime)
+    app = create_app(settings, context=context)
     client = app.test_client()
     config = _label_config(classes)
     sample = [{"id": t["id"], "data": t["data"]} for t in tasks[args.annotated:args.annotated + 100]]

@@ -1,4 +1,4 @@
-"""Versioned, atomic model storage under MODEL_DIR/<project_id>/.
+"""Model versions: versioned, atomic storage under MODEL_DIR/<project_id>/, and loading one.
 
 Layout:
     MODEL_DIR/<project>/<version>/miner.pt      MinorityMiner.save
@@ -12,17 +12,35 @@ previous model.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import os
 import re
 import shutil
 import tempfile
+import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from mcm_core.atomic import atomic_write_json
 
 VERSION_RE = re.compile(r"^mcm-v(\d+)-\d{8}T\d{6}$")
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """One version in memory: the miner, the trained CNN (simple-cnn only) and its meta.json."""
+
+    version: str
+    miner: Any
+    trained_backbone: Any | None
+    meta: dict
+    # simple-cnn: features of this version's CNN for cached tasks, (task id, url) -> row
+    feature_memo: dict = dataclasses.field(default_factory=dict)
+    memo_values: list = dataclasses.field(default_factory=list)
+    memo_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
 
 class ModelStore:
@@ -142,3 +160,16 @@ class ModelStore:
         for version in self.versions()[:-keep]:
             if version != current:
                 shutil.rmtree(os.path.join(self.project_dir, version), ignore_errors=True)
+
+
+def load_version(store: ModelStore, version: str, extractor) -> LoadedModel:
+    """Read one stored version (raises if any of its files is missing or unreadable)."""
+    from mcm_core import MinorityMiner
+
+    started = time.monotonic()
+    directory = store.version_dir(version)
+    meta = store.read_meta(version)
+    miner = MinorityMiner.load(os.path.join(directory, "miner.pt"))
+    trained = extractor.load_trained(os.path.join(directory, "backbone.pt")) if extractor.trainable else None
+    logger.info("project %s: loaded model %s in %.2fs", meta.get("project"), version, time.monotonic() - started)
+    return LoadedModel(version=version, miner=miner, trained_backbone=trained, meta=meta)

@@ -1,4 +1,4 @@
-"""Talk back to Label Studio through label-studio-sdk 2.x.
+"""Every call the backend makes to Label Studio's REST API (through label-studio-sdk 2.x's client).
 
 Generic helpers (no mining logic) so the admin CLI and the jobs share them:
 list annotated and unlabeled tasks, push predictions in checked chunks, set
@@ -24,14 +24,14 @@ _ANNOTATED = {"conjunction": "and", "items": [
 _ALL = {"conjunction": "and", "items": []}
 
 
-class LabelStudioSyncError(RuntimeError):
+class LabelStudioError(RuntimeError):
     """Label Studio answered, but not with what we needed (message says what)."""
 
 
 def make_client(url: str | None, api_key: str | None, timeout: float = 60.0) -> LabelStudio:
     """An sdk client; personal access tokens are refreshed by the sdk itself."""
     if not url or not api_key:
-        raise LabelStudioSyncError("LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY must both be set to talk to Label Studio")
+        raise LabelStudioError("LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY must both be set to talk to Label Studio")
     return LabelStudio(base_url=url.rstrip("/"), api_key=api_key, timeout=timeout)
 
 
@@ -68,7 +68,7 @@ def _iter_tasks(client: LabelStudio, project_id: int, filters: dict, fields: str
         if response.status_code == 404 and page > 1:  # Label Studio answers 404 past the last page
             return
         if response.status_code >= 300:
-            raise LabelStudioSyncError(f"listing tasks of project {project_id} failed: HTTP {response.status_code} "
+            raise LabelStudioError(f"listing tasks of project {project_id} failed: HTTP {response.status_code} "
                                        f"{response.text[:200]}")
         body = response.json()
         items = body.get("tasks", []) if isinstance(body, dict) else body
@@ -157,11 +157,11 @@ def push_predictions(client: LabelStudio, project_id: int, predictions: Sequence
                     on_missing(sorted(missing))
                 continue
             if response.status_code >= 300:
-                raise LabelStudioSyncError(f"project {project_id}: import/predictions failed: HTTP "
+                raise LabelStudioError(f"project {project_id}: import/predictions failed: HTTP "
                                            f"{response.status_code} {response.text[:200]}")
             created = (response.json() or {}).get("created")
             if created is None or int(created) != len(chunk):
-                raise LabelStudioSyncError(
+                raise LabelStudioError(
                     f"project {project_id}: Label Studio created {created} of {len(chunk)} predictions in chunk "
                     f"starting at {start} (scores outside [0,1] or from_name/to_name not matching the config?)")
             created_total += int(created)
@@ -173,7 +173,7 @@ def get_project(client: LabelStudio, project_id: int) -> dict:
     """The project as plain JSON (model_version, sampling, min_annotations_to_start_training, ...)."""
     response = client._client_wrapper.httpx_client.request(f"api/projects/{int(project_id)}/", method="GET")
     if response.status_code >= 300:
-        raise LabelStudioSyncError(f"reading project {project_id} failed: HTTP {response.status_code} "
+        raise LabelStudioError(f"reading project {project_id} failed: HTTP {response.status_code} "
                                    f"{response.text[:200]}")
     return response.json()
 
@@ -197,7 +197,7 @@ def model_version_counts(client: LabelStudio, project_id: int) -> dict[str, int]
     response = client._client_wrapper.httpx_client.request(
         f"api/projects/{int(project_id)}/model-versions/", method="GET", params={"extended": "true"})
     if response.status_code >= 300:
-        raise LabelStudioSyncError(f"listing model versions of project {project_id} failed: HTTP "
+        raise LabelStudioError(f"listing model versions of project {project_id} failed: HTTP "
                                    f"{response.status_code} {response.text[:200]}")
     body = response.json()
     rows = body.get("static", []) if isinstance(body, dict) else body
@@ -222,7 +222,7 @@ def version_prediction_ids(client: LabelStudio, project_id: int, version: str, l
     if response.status_code == 404:
         return []
     if response.status_code >= 300:
-        raise LabelStudioSyncError(f"listing predictions of {version!r} in project {project_id} failed: HTTP "
+        raise LabelStudioError(f"listing predictions of {version!r} in project {project_id} failed: HTTP "
                                    f"{response.status_code} {response.text[:200]}")
     body = response.json()
     tasks = body.get("tasks", []) if isinstance(body, dict) else body
@@ -237,6 +237,34 @@ def delete_prediction(client: LabelStudio, prediction_id: int) -> bool:
     if response.status_code == 404:
         return False
     if response.status_code >= 300:
-        raise LabelStudioSyncError(f"deleting prediction {prediction_id} failed: HTTP {response.status_code} "
+        raise LabelStudioError(f"deleting prediction {prediction_id} failed: HTTP {response.status_code} "
                                    f"{response.text[:200]}")
     return True
+
+
+# Webhook payloads are never trusted for task data: a TASKS_CREATED payload only names tasks, and
+# their image URLs are read back from Label Studio (which returns only tasks of the given project).
+IDS_PER_REQUEST = 200
+
+
+def get_tasks(client: LabelStudio, project_id: int, ids: Sequence[int]) -> list[dict]:
+    """`{id, data}` of the tasks among `ids` that belong to `project_id` (others are silently absent)."""
+    wanted = sorted({int(i) for i in ids})
+    http = client._client_wrapper.httpx_client
+    found: dict[int, dict] = {}
+    for start in range(0, len(wanted), IDS_PER_REQUEST):
+        chunk = wanted[start:start + IDS_PER_REQUEST]
+        query = json.dumps({"selectedItems": {"all": False, "included": chunk}})
+        params = {"project": int(project_id), "page": 1, "page_size": len(chunk), "fields": "task_only",
+                  "include": "id,data,project", "query": query}
+        response = http.request("api/tasks/", method="GET", params=params, request_options={"timeout_in_seconds": 120})
+        if response.status_code >= 300:
+            raise LabelStudioError(f"reading tasks {chunk[0]}..{chunk[-1]} of project {project_id} failed: "
+                                       f"HTTP {response.status_code} {response.text[:200]}")
+        body = response.json()
+        for task in (body.get("tasks", []) if isinstance(body, dict) else body):
+            task_id = task.get("id") if isinstance(task, dict) else None
+            project = task.get("project", project_id) if isinstance(task, dict) else None
+            if task_id in chunk and project in (None, int(project_id)) and isinstance(task.get("data"), dict):
+                found[int(task_id)] = {"id": int(task_id), "data": task["data"]}
+    return [found[i] for i in wanted if i in found]

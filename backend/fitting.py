@@ -1,0 +1,111 @@
+"""Fitting a new version: labels from Label Studio -> features -> MinorityMiner -> a saved version.
+
+`train_project(project_id, context)` reads everything it needs from Label Studio and
+MODEL_DIR and writes its result back, so it runs the same in a background thread of
+the web process or as an RQ job. The previous model stays in place until the new
+one is completely saved (backend/versions.py); publishing it is backend/refresh.py's.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .labels import LabeledTasks, collect_labels
+from .settings import Settings
+from .versions import LoadedModel
+
+if TYPE_CHECKING:
+    from .context import Context
+
+logger = logging.getLogger(__name__)
+
+MIN_CLASSES = 2
+
+
+def train_project(project_id: int, context: "Context", rescore: bool = True) -> str | None:
+    """Train project `project_id` from its annotations; returns the new version, or None when there
+    are too few labeled classes. With `rescore`, the new version is published at once."""
+    project_id = int(project_id)
+    started = time.monotonic()
+    state = context.projects.get(project_id)
+    labeled = collect_labels(context.client(), project_id)
+    state.config = labeled.config
+    _ok, keys, _skipped = context.ingest.cached_arrays(project_id, labeled.tasks, labeled.config)
+    y = np.asarray([labeled.labels[i] for i in _ok], dtype=np.int64)
+    counts = collections.Counter(labeled.config.classes[i] for i in y.tolist())
+    if len(counts) < MIN_CLASSES:
+        logger.info("project %s: training skipped: %d usable labeled tasks in %d class(es) %s; need at least %d "
+                    "classes", project_id, len(y), len(counts), dict(counts), MIN_CLASSES)
+        return None
+    logger.info("project %s: training on %d labeled tasks (%s) of %d annotated, backbone %s", project_id, len(y),
+                dict(counts), len(labeled.annotated_ids), context.settings.backbone)
+    miner, trained_backbone = fit_miner(project_id, context, keys, y, len(labeled.config.classes))
+    meta = version_meta(project_id, labeled, y, counts, context.settings)
+    previous_labels = int(state.model.meta.get("n_labeled", 0)) if state.model else 0
+    version = save_version(project_id, context, miner, trained_backbone, meta, started)
+    context.pool(project_id, labeled.config.image_key).remove(labeled.annotated_ids)  # not in the queue any more
+    logger.info("project %s: trained model %s on %d tasks in %.1fs", project_id, version, len(y),
+                time.monotonic() - started)
+    if rescore:
+        from .refresh import refresh_project
+
+        refresh_project(project_id, context, new_labels=len(y) - previous_labels)
+    return version
+
+
+def fit_miner(project_id: int, context: "Context", keys, y: np.ndarray, num_classes: int):
+    """(fitted MinorityMiner, the trained simple-cnn or None) on the cached rows `keys`."""
+    from mcm_core import MinorityMiner
+
+    settings, trained_backbone = context.settings, None
+    if context.extractor.trainable:
+        t0 = time.monotonic()
+        images = context.ingest.cache(project_id).get(keys)
+        trained_backbone = context.extractor.train(images, y, num_classes=num_classes, seed=settings.seed)
+        logger.info("project %s: trained %s on %d images in %.1fs", project_id, settings.backbone, len(y),
+                    time.monotonic() - t0)
+    features = context.ingest.features(project_id, keys, trained_backbone=trained_backbone)
+    t0 = time.monotonic()
+    miner = MinorityMiner(num_classes=num_classes, seed=settings.seed, **settings.miner_kwargs).fit(features, y)
+    logger.info("project %s: fitted miner on %d x %d features in %.1fs", project_id, *features.shape,
+                time.monotonic() - t0)
+    return miner, trained_backbone
+
+
+def version_meta(project_id: int, labeled: LabeledTasks, y: np.ndarray, counts: collections.Counter,
+                 settings: Settings) -> dict:
+    """meta.json of a new version: what it was trained on and how to read tasks and write predictions."""
+    from mcm_core.metrics import tail_classes
+
+    config = labeled.config
+    return {
+        "project": project_id, "classes": list(config.classes), "image_key": config.image_key,
+        "image_name": config.image_name, "control_name": config.control_name, "backbone": settings.backbone,
+        "n_labeled": int(len(y)), "n_annotated_tasks": len(labeled.annotated_ids),
+        "n_skipped": len(labeled.annotated_ids) - len(y),
+        "labeled_per_class": {c: int(counts.get(c, 0)) for c in config.classes},
+        "tail_classes": [config.classes[k] for k in tail_classes(y, len(config.classes))],  # < 0.3 x mean count
+        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "seed": settings.seed,
+    }
+
+
+def save_version(project_id: int, context: "Context", miner, trained_backbone, meta: dict, started: float) -> str:
+    """Write the version atomically, make it this process's current model, prune old ones."""
+    def write_files(directory: str) -> dict:
+        miner.save(os.path.join(directory, "miner.pt"))
+        if trained_backbone is not None:
+            trained_backbone.save(os.path.join(directory, "backbone.pt"))
+        return {"train_seconds": round(time.monotonic() - started, 3)}
+
+    store = context.projects.store(project_id)
+    version = store.save(write_files, meta)
+    context.projects.install(project_id, LoadedModel(version=version, miner=miner, trained_backbone=trained_backbone,
+                                                     meta=store.read_meta(version)))
+    store.prune(keep=5)
+    return version

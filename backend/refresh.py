@@ -1,0 +1,82 @@
+"""Re-scoring and pushing: rank the pool with the current model and publish it to Label Studio.
+
+This is where the queue gets reordered: the scores pushed here are what Label
+Studio's "Tail classes first" tab sorts by (backend/publishing.py explains how
+a version is published, filled and retired without losing a submission).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Sequence
+
+from . import labelstudio
+from .label_config import config_from_meta
+from .publishing import head_size, project_lock
+from .scoring import Ranking, score_tasks
+
+if TYPE_CHECKING:
+    from .context import Context
+
+logger = logging.getLogger(__name__)
+
+
+def refresh_project(project_id: int, context: "Context", *, new_labels: int = 0, lock: bool = True) -> dict:
+    """Rank the pool with the current model and publish it: the queue's head in seconds, the rest later.
+
+    The pool is the unlabeled tasks as last listed (backend/pool.py) minus those the
+    training found annotated; the first refresh lists them from Label Studio.
+    `lock=False` only for a caller that already holds the project's publish lock.
+    """
+    state = context.projects.get(project_id)
+    model = state.model
+    if model is None:
+        logger.info("project %s: nothing to publish: no trained model yet", project_id)
+        return {}
+    started = time.monotonic()
+    config = config_from_meta(model.meta)
+    pool = context.pool(project_id, config.image_key)
+    if not pool.known:
+        pool.replace(labelstudio.list_unlabeled_tasks(context.client(), project_id))
+    listed = time.monotonic()
+    ids, scores, labels, skipped = score_tasks(project_id, pool.tasks(), context.ingest, model,
+                                               context.settings.score_transform)
+    ranking = Ranking.build(ids, scores, labels)
+    scored = time.monotonic()
+    head = head_size(context.settings.head_size, new_labels, len(ranking))
+    held = project_lock(context.settings.project_dir(project_id)) if lock else contextlib.nullcontext()
+    with held:  # the maintainer yields within a chunk
+        timings = context.publisher(project_id, config).publish(model.version, ranking, head)
+    state.n_scored = len(ranking)
+    try:
+        context.projects.store(project_id).record_scoring(model.version, len(ranking))
+    except OSError as exc:  # a full or read-only MODEL_DIR: Label Studio already has the scores
+        logger.warning("project %s: cannot record the scoring of %s: %s", project_id, model.version, exc)
+    timings.update(pool_s=round(listed - started, 3), score_s=round(scored - listed, 3), skipped=len(skipped),
+                   total_s=round(time.monotonic() - started, 3))
+    logger.info("project %s: %s ranks %d unlabeled tasks (%d skipped); head of %d live %.1fs after the model "
+                "(pool %.1fs, scoring %.1fs)", project_id, model.version, len(ranking), len(skipped), head,
+                timings["total_s"], timings["pool_s"], timings["score_s"])
+    return timings
+
+
+def score_and_push_tasks(project_id: int, tasks: Sequence[dict], context: "Context") -> int:
+    """Score newly created tasks with the current model (TASKS_CREATED) and add them to the queue.
+
+    Without this, tasks imported after a training would have no score, and so
+    no place in the tail-first order, until the next training. A new task is
+    pushed at once if it ranks within the part of the queue already pushed.
+    """
+    model = context.projects.get(project_id).model
+    if model is None or not tasks:
+        return 0
+    started = time.monotonic()
+    config = config_from_meta(model.meta)
+    context.pool(project_id, config.image_key).add(tasks)
+    ids, scores, labels, skipped = score_tasks(project_id, tasks, context.ingest, model,
+                                               context.settings.score_transform)
+    pushed = context.publisher(project_id, config).add_tasks(Ranking.build(ids, scores, labels))
+    logger.info("project %s: scored %d new tasks with %s, %d pushed at once (%d skipped) in %.1fs", project_id,
+                len(ids), model.version, pushed, len(skipped), time.monotonic() - started)
+    return pushed

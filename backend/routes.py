@@ -1,0 +1,216 @@
+"""The routes Label Studio calls (and two of ours), each validating its input first.
+
+- POST /setup: validates the label config, records that Label Studio connected the
+  project, answers the current version from memory (Label Studio waits 3 s).
+- POST /predict: one entry per task from the already-loaded model ([] for a task
+  that cannot be scored); never trains, never reads weights per request.
+- POST /webhook: START_TRAINING schedules a paced training (backend/pacing.py);
+  TASKS_CREATED scores the named tasks, read back from Label Studio; other events
+  are acknowledged and ignored. Answers at once (Label Studio waits 1 s).
+- POST /train, GET /is_training, GET|POST /versions, GET /health and /,
+  GET /mcm/status (what the backend knows about a project).
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from flask import Blueprint, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from . import validation
+from .app import AppState, app_state
+from .label_config import LabelConfigError, parse_label_config
+from .scoring import predict_tasks
+from .validation import HttpError
+
+logger = logging.getLogger(__name__)
+
+# Events that (re)train a project: only START_TRAINING, which Label Studio sends for the "Start
+# Training" button and, when the Model page's "Start model training on annotation submission" is
+# on, after every N annotations (project.min_annotations_to_start_training). The annotation
+# webhooks themselves are ignored, so what that page shows is what happens.
+TRAIN_EVENTS = ("START_TRAINING",)
+# Tasks created after a training are scored with the current model at once.
+SCORE_EVENTS = ("TASKS_CREATED",)
+
+routes = Blueprint("mcm", __name__)
+
+
+@routes.errorhandler(HttpError)
+def _http_error(exc: HttpError):
+    return jsonify({"status": "error", "error": exc.message}), exc.status
+
+
+@routes.errorhandler(LabelConfigError)
+def _config_error(exc: LabelConfigError):
+    return jsonify({"status": "error", "error": str(exc)}), 400
+
+
+@routes.errorhandler(HTTPException)
+def _werkzeug_error(exc: HTTPException):
+    return jsonify({"status": "error", "error": exc.description}), exc.code
+
+
+@routes.errorhandler(Exception)
+def _unexpected(exc: Exception):  # answer clearly, keep serving
+    logger.exception("%s %s failed", request.method, request.path)
+    return jsonify({"status": "error", "error": f"{exc.__class__.__name__}: {exc}"}), 500
+
+
+def _json_body() -> dict:
+    try:
+        data = request.get_json(silent=True, force=True)
+    except RecursionError:
+        data = None
+    if data is None:
+        raise HttpError(400, "request body is not valid JSON")
+    if not isinstance(data, dict):
+        raise HttpError(400, f"request body must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _project_from_request() -> int:
+    value = request.args.get("project")
+    if value is None:
+        try:
+            body = request.get_json(silent=True, force=True)
+        except RecursionError:
+            body = None
+        if isinstance(body, dict):
+            value = body.get("project")
+    return validation.project_id(value)
+
+
+@routes.post("/setup")
+def setup():
+    data = _json_body()
+    project_id = validation.project_id(data.get("project"))
+    schema = validation.optional_text(data, "schema") or validation.optional_text(data, "label_config")
+    config = parse_label_config(schema or "")
+    state_ = app_state()
+    state_.connect(project_id, str(data.get("project")))
+    state = state_.context.projects.get(project_id)
+    state.config = config
+    return jsonify({"model_version": state.model.version if state.model else "INITIAL"})
+
+
+@routes.post("/predict")
+def predict():
+    data = _json_body()
+    tasks = validation.tasks(data.get("tasks"))
+    project_id = validation.project_id(data.get("project"))
+    label_config = validation.optional_text(data, "label_config")
+    if label_config:
+        parse_label_config(label_config)  # unsupported configs get a clear 400
+    state_ = app_state()
+    model = state_.context.projects.get(project_id).model if state_.is_connected(project_id) else None
+    if model is None or not tasks:  # nothing to serve (and no state kept for an unknown project)
+        return jsonify({"results": [[] for _ in tasks], "model_version": model.version if model else "INITIAL"})
+    started = time.monotonic()
+    context = state_.context
+    predictions, _skipped = predict_tasks(project_id, tasks, context.ingest, model, context.settings.score_transform)
+    by_task = {p.pop("task"): p for p in predictions}
+    # Label Studio accepts a list of predictions per task and stores none for an empty list: a task
+    # that cannot be scored gets [], and the list keeps the length Label Studio matches tasks by.
+    results = [by_task.get(task.get("id"), []) for task in tasks]
+    logger.info("project %s: /predict %d tasks -> %d predictions in %.3fs", project_id, len(tasks), len(by_task),
+                time.monotonic() - started)
+    return jsonify({"results": results, "model_version": model.version})
+
+
+@routes.post("/webhook")
+def webhook():
+    data = _json_body()
+    action = validation.webhook(data)
+    if action not in SCORE_EVENTS and action not in TRAIN_EVENTS:
+        return jsonify({"status": "ignored", "action": action,
+                        "reason": f"event {action} does not trigger training"}), 200
+    project_id = validation.project_id(data.get("project"))
+    state_ = app_state()
+    state_.require_connected(project_id)
+    if action in SCORE_EVENTS:
+        ids = validation.task_ids(data.get("tasks") if data.get("tasks") is not None else [])
+        return _schedule_scoring(state_, project_id, ids, action)
+    status = state_.queue.request(project_id, reason=action)
+    return jsonify({"status": status, "action": action, "project": project_id}), 201
+
+
+def _schedule_scoring(state_: AppState, project_id: int, ids: list[int], action: str):
+    """Queue the named tasks; their data is read from Label Studio, never taken from the payload."""
+    if not ids or state_.context.projects.get(project_id).model is None:
+        return jsonify({"status": "ignored", "action": action,
+                        "reason": "no trained model yet" if ids else "no tasks in payload"}), 200
+    state_.scorer.submit(project_id, ids)
+    return jsonify({"status": "scoring", "action": action, "project": project_id, "tasks": len(ids)}), 202
+
+
+@routes.post("/train")
+def train():
+    project_id = validation.project_id(_json_body().get("project"))
+    state_ = app_state()
+    state_.require_connected(project_id)
+    return jsonify({"status": state_.queue.request(project_id, reason="/train"), "project": project_id}), 201
+
+
+def _current_version(state_: AppState, project_id: int) -> str:
+    model = state_.context.projects.get(project_id).model if state_.is_connected(project_id) else None
+    return model.version if model else "INITIAL"
+
+
+@routes.route("/versions", methods=["GET", "POST"])
+def versions():
+    project_id = _project_from_request()
+    state_ = app_state()
+    return jsonify({"versions": state_.context.projects.store(project_id).versions(),
+                    "model_version": _current_version(state_, project_id),
+                    "model_dir": state_.settings.model_dir})
+
+
+@routes.get("/is_training")
+def is_training():
+    project_id = _project_from_request()
+    state_ = app_state()
+    return jsonify({"is_training": state_.queue.is_training(project_id), "backend": "thread",
+                    "model_version": _current_version(state_, project_id)})
+
+
+@routes.get("/")
+@routes.get("/health")
+def health():
+    settings = app_state().settings
+    return jsonify({"status": "UP", "model_class": "MinorityMiner", "backbone": settings.backbone,
+                    "model_dir": settings.model_dir})
+
+
+@routes.get("/mcm/status")
+def status():
+    project_id = _project_from_request()
+    state_ = app_state()
+    queue = state_.queue
+    if not state_.is_connected(project_id):  # answer without keeping any state for it
+        return jsonify({"project": project_id, "connected": False, "model_version": None, "trained_at": None,
+                        "n_labeled": 0, "labeled_per_class": {}, "tail_classes": [], "n_scored": 0,
+                        "training": False, "last_error": queue.last_error(project_id)})
+    context = state_.context
+    state = context.projects.get(project_id)
+    meta = state.model.meta if state.model else {}
+    n_scored = state.n_scored
+    if not n_scored and state.model:  # after a restart: what the last re-scoring of this version recorded
+        scoring = context.projects.store(project_id).read_scoring()
+        n_scored = scoring.get("n_scored", 0) if scoring.get("version") == state.model.version else 0
+    wait = queue.next_start(project_id) if hasattr(queue, "next_start") else None
+    return jsonify({
+        "project": project_id, "connected": True,
+        "model_version": state.model.version if state.model else None,
+        "trained_at": meta.get("trained_at"), "n_labeled": meta.get("n_labeled", 0),
+        "labeled_per_class": meta.get("labeled_per_class", {}), "tail_classes": meta.get("tail_classes", []),
+        "n_scored": n_scored,
+        "published_version": context.ledger(project_id).get("current"),
+        "label_studio_orders_by_other_version": state_.maintainer.foreign_version.get(project_id),
+        "next_training_in_s": None if wait is None else round(wait, 1),
+        "training": queue.is_training(project_id),
+        "last_error": state.last_error or queue.last_error(project_id),
+        # RQ scale-out: training_state (queued/running/idle), rq_queue, scoring_version, n_scored
+        **(queue.status_fields(project_id) if hasattr(queue, "status_fields") else {}),
+    })

@@ -1,0 +1,316 @@
+"""Scale-out coordination in Redis: which training of a project is queued or running, and when it may start.
+
+The web process (`RQTrainingQueue`, wired in by backend/app.py) only records events
+here and enqueues a training job; workers run the jobs (backend/scaleout/jobs.py).
+
+Coalescing (per project, in one Redis hash guarded by a short Redis lock): at most one training job
+queued (`queued`) and one running (`running`); an event while one is queued is covered by it, an
+event while one runs sets `dirty`, and the running job enqueues exactly one follow-up when it ends.
+So a burst of events causes at most two trainings, like the in-process queue (backend/pacing.py).
+
+A running job keeps a lease key alive from a heartbeat thread. A job whose lease expired (worker
+killed: SIGKILL, OOM, container stop) is reaped: its slot is freed, the project's last_error says
+so, RQ's own abandoned-job handling moves it to the FailedJobRegistry, and one new training is
+queued (once: a second death in a row waits for the next event). The model store only switches
+`current.json` after a complete version is renamed into place, so the previous model keeps being
+served.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from datetime import timezone
+from typing import Any
+
+import redis
+from rq import Queue
+from rq.job import Job, JobStatus
+from rq.registry import StartedJobRegistry
+
+from ..pacing import ready_at
+from ..settings import Settings
+
+logger = logging.getLogger(__name__)
+
+LEASE_SECONDS = 10          # a running job is presumed dead after this long without a heartbeat
+TRAIN_JOB_TIMEOUT = 24 * 3600
+RESULT_TTL = 24 * 3600
+TRAIN_JOB = "backend.scaleout.jobs.train_job"
+
+
+# --- Redis keys and the per-project coordination record -------------------------------------------
+
+def _project_key(queue_name: str, project_id: int) -> str:
+    return f"mcm:{queue_name}:project:{int(project_id)}"
+
+
+def lease_key(queue_name: str, job_id: str) -> str:
+    return f"mcm:{queue_name}:lease:{job_id}"
+
+
+def _text(value) -> str | None:
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Coordinator:
+    """The per-project record in Redis and the transitions on it (each under a short lock)."""
+
+    def __init__(self, connection: redis.Redis, queue_name: str) -> None:
+        self.connection = connection
+        self.queue_name = queue_name
+        self.queue = Queue(queue_name, connection=connection)
+
+    def key(self, project_id: int) -> str:
+        return _project_key(self.queue_name, project_id)
+
+    def lock(self, project_id: int):
+        return self.connection.lock(self.key(project_id) + ":lock", timeout=30, blocking_timeout=60)
+
+    def now(self) -> float:
+        seconds, micros = self.connection.time()  # one clock for web and workers
+        return seconds + micros / 1e6
+
+    def read(self, project_id: int) -> dict[str, str]:
+        raw = self.connection.hgetall(self.key(project_id))
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+    # -- enqueueing ------------------------------------------------------------------------------
+    def enqueue_training(self, project_id: int, job_id: str) -> None:
+        self.queue.enqueue(TRAIN_JOB, int(project_id), job_id=job_id,
+                           job_timeout=TRAIN_JOB_TIMEOUT, result_ttl=RESULT_TTL, failure_ttl=RESULT_TTL,
+                           description=f"mcm train project {int(project_id)}")
+        self.connection.hincrby(self.key(project_id), "train_jobs_enqueued", 1)
+
+    def request(self, project_id: int, pacing: tuple[float, float, float]) -> str:
+        """Record a training event: 'scheduled', 'queued-after-running' or 'coalesced'.
+
+        `pacing` = (debounce, min_interval, max_wait) seconds, kept in the record so the
+        job that trains applies the web process's settings (backend/trainer.py rules)."""
+        self.reap(project_id)
+        key = self.key(project_id)
+        with self.lock(project_id):
+            state = self.read(project_id)
+            now = repr(self.now())
+            self.connection.hset(key, mapping={"last_request": now, "pacing": json.dumps(list(pacing))})
+            self.connection.hsetnx(key, "pending_since", now)
+            if state.get("queued"):
+                return "coalesced"
+            if state.get("running"):
+                if state.get("dirty") == "1":
+                    return "coalesced"
+                self.connection.hset(key, "dirty", "1")
+                return "queued-after-running"
+            job_id = f"mcm-train-{int(project_id)}-{uuid.uuid4().hex[:12]}"
+            self.connection.hset(key, "queued", job_id)
+            self.enqueue_training(project_id, job_id)
+            return "scheduled"
+
+    # -- dead job detection ------------------------------------------------------------------------
+    def _job_alive(self, job_id: str) -> tuple[bool, str]:
+        """(alive, why) for a job id recorded in a slot."""
+        try:
+            job = Job.fetch(job_id, connection=self.connection)
+        except Exception:
+            return False, "its RQ job no longer exists"
+        status = job.get_status(refresh=False)
+        if status in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED):
+            return True, str(status)
+        if status == JobStatus.STARTED:
+            if self.connection.exists(lease_key(self.queue_name, job_id)):
+                return True, "running"
+            started_at = job.started_at
+            if started_at is not None and started_at.tzinfo is None:  # RQ stores UTC
+                started_at = started_at.replace(tzinfo=timezone.utc)
+            started = started_at.timestamp() if started_at else None
+            if started is not None and self.now() - started < LEASE_SECONDS:
+                return True, "starting"
+            return False, f"its worker stopped sending heartbeats (none for {LEASE_SECONDS}s)"
+        return False, f"it ended with status {status} without releasing the project"
+
+    def _fail_abandoned(self, job_id: str) -> None:
+        """Let RQ's abandoned-job handling fail (or retry) this one job now rather than after its TTL."""
+        registry = StartedJobRegistry(self.queue_name, connection=self.connection)
+        entries = [e for e in self.connection.zrange(registry.key, 0, -1)
+                   if _text(e) == job_id or _text(e).startswith(job_id + ":")]
+        if not entries:
+            return
+        self.connection.zadd(registry.key, {e: 1 for e in entries})
+        registry.cleanup(timestamp=1)
+
+    def reap(self, project_id: int) -> None:
+        """Free the slots of jobs whose worker died; schedule the follow-up a dirty project needs."""
+        state = self.read(project_id)
+        if not state.get("queued") and not state.get("running"):
+            return
+        with self.lock(project_id):
+            state = self.read(project_id)
+            key = self.key(project_id)
+            for slot in ("running", "queued"):
+                job_id = state.get(slot)
+                if not job_id:
+                    continue
+                alive, why = self._job_alive(job_id)
+                if alive:
+                    continue
+                message = f"training job {job_id} was abandoned: {why}; the previous model stays in place"
+                logger.error("project %s: %s", project_id, message)
+                self.connection.hdel(key, slot)
+                self.connection.hset(key, "last_error", message)
+                if slot == "running":
+                    # Its events were not covered: retry once. A second death in a row (e.g. the
+                    # training runs out of memory) waits for the next event instead of looping.
+                    if self.connection.hincrby(key, "abandoned_in_a_row", 1) <= 1:
+                        self.connection.hset(key, "dirty", "1")
+                self._fail_abandoned(job_id)
+            state = self.read(project_id)
+            if state.get("dirty") == "1" and not state.get("queued") and not state.get("running"):
+                job_id = f"mcm-train-{int(project_id)}-{uuid.uuid4().hex[:12]}"
+                self.connection.hset(key, "queued", job_id)
+                self.connection.hdel(key, "dirty")
+                self.enqueue_training(project_id, job_id)
+
+
+# --- the web side -------------------------------------------------------------------------------------
+
+class RQTrainingQueue:
+    """Drop-in for trainer.TrainingQueue when REDIS_URL is set: enqueues, never trains in-process."""
+
+    def __init__(self, settings: Settings, connection: redis.Redis | None = None) -> None:
+        if not settings.redis_url and connection is None:
+            raise ValueError("RQTrainingQueue needs REDIS_URL")
+        self.settings = settings
+        self.pacing = (float(settings.debounce_seconds), float(settings.retrain_min_interval),
+                       float(settings.retrain_max_wait))
+        self.connection = connection or redis.Redis.from_url(settings.redis_url)
+        self.coordinator = Coordinator(self.connection, settings.rq_queue)
+        self._closed = False
+
+    def request(self, project_id: int, reason: str = "") -> str:
+        if self._closed:
+            return "closed"
+        status = self.coordinator.request(int(project_id), self.pacing)
+        logger.info("project %s: training requested (%s): %s (RQ queue %s)", project_id, reason or "no reason",
+                    status, self.settings.rq_queue)
+        return status
+
+    def state(self, project_id: int) -> dict[str, str]:
+        self.coordinator.reap(int(project_id))
+        return self.coordinator.read(int(project_id))
+
+    def training_state(self, project_id: int) -> str:
+        """'running', 'queued' or 'idle'."""
+        state = self.state(project_id)
+        return "running" if state.get("running") else "queued" if state.get("queued") else "idle"
+
+    def is_training(self, project_id: int) -> bool:
+        """Training queued or running, or its re-scoring fan-out not yet published."""
+        state = self.state(project_id)
+        return bool(state.get("queued") or state.get("running") or state.get("scoring_version"))
+
+    def runs(self, project_id: int) -> int:
+        return int(self.coordinator.read(int(project_id)).get("trainings") or 0)
+
+    def last_error(self, project_id: int) -> str | None:
+        return self.state(project_id).get("last_error") or None
+
+    def status_fields(self, project_id: int) -> dict[str, Any]:
+        """Extra /mcm/status fields: where the training and the re-scoring fan-out stand."""
+        state = self.state(project_id)
+        fields: dict[str, Any] = {"training_state": "running" if state.get("running") else
+                                  "queued" if state.get("queued") else "idle",
+                                  "rq_queue": self.settings.rq_queue,
+                                  "scoring_version": state.get("scoring_version") or None}
+        if state.get("n_scored") is not None:
+            fields["n_scored"] = int(state["n_scored"])
+        return fields
+
+    def wait_idle(self, project_id: int | None = None, timeout: float = 60.0) -> bool:
+        """Block until no training is queued or running and no re-scoring fan-out is pending."""
+        deadline = time.monotonic() + timeout
+        while True:
+            ids = [int(project_id)] if project_id is not None else self._known_projects()
+            busy = False
+            for pid in ids:
+                state = self.state(pid)
+                if state.get("queued") or state.get("running") or state.get("scoring_version"):
+                    busy = True
+            if not busy:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.2)
+
+    def _known_projects(self) -> list[int]:
+        prefix = f"mcm:{self.settings.rq_queue}:project:"
+        out = []
+        for key in self.connection.scan_iter(match=prefix + "*"):
+            rest = _text(key)[len(prefix):]
+            if rest.isdigit():
+                out.append(int(rest))
+        return out
+
+    def close(self) -> None:
+        self._closed = True
+
+
+# --- the training job's side of the record --------------------------------------------------------
+
+def ready_at_of(state: dict[str, str]) -> float:
+    """When the queued training may start, by backend/pacing.py's rules, on Redis's clock."""
+    debounce, min_interval, max_wait = json.loads(state.get("pacing") or "[0, 0, 0]")
+    last_event = float(state.get("last_request") or 0)
+    last_start = state.get("last_start")
+    return ready_at(float(state.get("pending_since") or last_event), last_event,
+                    float(last_start) if last_start else None, debounce, min_interval, max_wait)
+
+
+def acquire(coord: Coordinator, job_id: str, project_id: int) -> bool:
+    """Wait for the pacing rules, then move this job from `queued` to `running`. False: nothing to do."""
+    key = coord.key(project_id)
+    while True:
+        coord.reap(project_id)
+        with coord.lock(project_id):
+            state = coord.read(project_id)
+            if state.get("queued") != job_id:
+                logger.info("project %s: training job %s is no longer the queued one (%s); skipping",
+                            project_id, job_id, state.get("queued"))
+                return False
+            wait = ready_at_of(state) - coord.now()
+            if wait <= 0:
+                if state.get("running"):  # another training still runs: it will follow up
+                    coord.connection.hdel(key, "queued")
+                    coord.connection.hset(key, "dirty", "1")
+                    logger.info("project %s: training %s still running; %s folds into its follow-up",
+                                project_id, state["running"], job_id)
+                    return False
+                coord.connection.hdel(key, "queued", "dirty", "pending_since")
+                now = repr(coord.now())
+                coord.connection.hset(key, mapping={"running": job_id, "running_since": now, "last_start": now})
+                coord.connection.hincrby(key, "trainings", 1)
+                return True
+        time.sleep(min(wait, 1.0))
+
+
+def release(coord: Coordinator, job_id: str, project_id: int, error: str | None) -> None:
+    """Free `running`; enqueue the one follow-up training if events arrived meanwhile."""
+    key = coord.key(project_id)
+    with coord.lock(project_id):
+        state = coord.read(project_id)
+        if state.get("running") == job_id:
+            coord.connection.hdel(key, "running", "running_since")
+        if error:
+            coord.connection.hset(key, "last_error", error)
+        else:
+            coord.connection.hdel(key, "last_error", "abandoned_in_a_row")
+        state = coord.read(project_id)
+        if state.get("dirty") == "1" and not state.get("queued") and not state.get("running"):
+            follow = f"mcm-train-{int(project_id)}-{uuid.uuid4().hex[:12]}"
+            coord.connection.hdel(key, "dirty")
+            coord.connection.hset(key, "queued", follow)
+            coord.enqueue_training(project_id, follow)
+            logger.info("project %s: events arrived during training %s: follow-up training %s queued",
+                        project_id, job_id, follow)
