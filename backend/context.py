@@ -16,7 +16,8 @@ from .ingest import Ingest
 from .label_config import ImageChoicesConfig
 from .pool import Pool
 from .projects import Projects
-from .publishing import Ledger, Publisher
+from .ledger import Ledger
+from .publishing import Publisher
 from .settings import Settings
 
 

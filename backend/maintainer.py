@@ -23,7 +23,7 @@ from typing import Callable
 
 from . import labelstudio
 from .label_config import config_from_meta
-from .publishing import project_lock
+from .ledger import project_lock
 from .refresh import refresh_project
 from .scoring import Ranking, score_tasks
 from .versions import VERSION_RE
@@ -114,6 +114,7 @@ class Maintainer:
                 self._adopted.add(project_id)
             publisher.retire(self.settings.prediction_grace_seconds, RETIRE_BUDGET_SECONDS, label_studio_version,
                              should_stop=lambda: self._stop.is_set() or self.is_busy(project_id))
+            publisher.forget_retired()
 
     def recover(self, project_id: int, publisher, version: str) -> str | None:
         """Publish an unpublished model; point Label Studio back at ours if it lags. Returns LS's version."""

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Sequence
 
 from . import labelstudio
 from .label_config import config_from_meta
-from .publishing import head_size, project_lock
+from .ledger import project_lock
+from .publishing import head_size
 from .scoring import Ranking, score_tasks
 
 if TYPE_CHECKING:

@@ -19,7 +19,7 @@ from flask import Blueprint, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from . import validation
-from .app import AppState, app_state
+from .app_state import AppState, app_state
 from .label_config import LabelConfigError, parse_label_config
 from .scoring import predict_tasks
 from .validation import HttpError

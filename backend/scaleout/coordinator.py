@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import uuid
 from datetime import timezone
-from typing import Any
 
 import redis
 from rq import Queue
@@ -35,6 +35,7 @@ from ..settings import Settings
 logger = logging.getLogger(__name__)
 
 LEASE_SECONDS = 10          # a running job is presumed dead after this long without a heartbeat
+HEARTBEAT_SECONDS = 2
 TRAIN_JOB_TIMEOUT = 24 * 3600
 RESULT_TTL = 24 * 3600
 TRAIN_JOB = "backend.scaleout.jobs.train_job"
@@ -174,87 +175,30 @@ class Coordinator:
                 self.enqueue_training(project_id, job_id)
 
 
-# --- the web side -------------------------------------------------------------------------------------
+class Heartbeat:
+    """Keeps the job's lease key alive while the job runs (a dead worker stops renewing it)."""
 
-class RQTrainingQueue:
-    """Drop-in for trainer.TrainingQueue when REDIS_URL is set: enqueues, never trains in-process."""
+    def __init__(self, connection: redis.Redis, key: str) -> None:
+        self.connection, self.key = connection, key
+        self._stop = threading.Event()
+        self.connection.set(key, "1", ex=LEASE_SECONDS)
+        self._thread = threading.Thread(target=self._run, name="mcm-lease", daemon=True)
+        self._thread.start()
 
-    def __init__(self, settings: Settings, connection: redis.Redis | None = None) -> None:
-        if not settings.redis_url and connection is None:
-            raise ValueError("RQTrainingQueue needs REDIS_URL")
-        self.settings = settings
-        self.pacing = (float(settings.debounce_seconds), float(settings.retrain_min_interval),
-                       float(settings.retrain_max_wait))
-        self.connection = connection or redis.Redis.from_url(settings.redis_url)
-        self.coordinator = Coordinator(self.connection, settings.rq_queue)
-        self._closed = False
+    def _run(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            try:
+                self.connection.set(self.key, "1", ex=LEASE_SECONDS)
+            except Exception as exc:  # a Redis hiccup must not kill the training
+                logger.warning("lease %s: heartbeat failed: %s", self.key, exc)
 
-    def request(self, project_id: int, reason: str = "") -> str:
-        if self._closed:
-            return "closed"
-        status = self.coordinator.request(int(project_id), self.pacing)
-        logger.info("project %s: training requested (%s): %s (RQ queue %s)", project_id, reason or "no reason",
-                    status, self.settings.rq_queue)
-        return status
-
-    def state(self, project_id: int) -> dict[str, str]:
-        self.coordinator.reap(int(project_id))
-        return self.coordinator.read(int(project_id))
-
-    def training_state(self, project_id: int) -> str:
-        """'running', 'queued' or 'idle'."""
-        state = self.state(project_id)
-        return "running" if state.get("running") else "queued" if state.get("queued") else "idle"
-
-    def is_training(self, project_id: int) -> bool:
-        """Training queued or running, or its re-scoring fan-out not yet published."""
-        state = self.state(project_id)
-        return bool(state.get("queued") or state.get("running") or state.get("scoring_version"))
-
-    def runs(self, project_id: int) -> int:
-        return int(self.coordinator.read(int(project_id)).get("trainings") or 0)
-
-    def last_error(self, project_id: int) -> str | None:
-        return self.state(project_id).get("last_error") or None
-
-    def status_fields(self, project_id: int) -> dict[str, Any]:
-        """Extra /mcm/status fields: where the training and the re-scoring fan-out stand."""
-        state = self.state(project_id)
-        fields: dict[str, Any] = {"training_state": "running" if state.get("running") else
-                                  "queued" if state.get("queued") else "idle",
-                                  "rq_queue": self.settings.rq_queue,
-                                  "scoring_version": state.get("scoring_version") or None}
-        if state.get("n_scored") is not None:
-            fields["n_scored"] = int(state["n_scored"])
-        return fields
-
-    def wait_idle(self, project_id: int | None = None, timeout: float = 60.0) -> bool:
-        """Block until no training is queued or running and no re-scoring fan-out is pending."""
-        deadline = time.monotonic() + timeout
-        while True:
-            ids = [int(project_id)] if project_id is not None else self._known_projects()
-            busy = False
-            for pid in ids:
-                state = self.state(pid)
-                if state.get("queued") or state.get("running") or state.get("scoring_version"):
-                    busy = True
-            if not busy:
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.2)
-
-    def _known_projects(self) -> list[int]:
-        prefix = f"mcm:{self.settings.rq_queue}:project:"
-        out = []
-        for key in self.connection.scan_iter(match=prefix + "*"):
-            rest = _text(key)[len(prefix):]
-            if rest.isdigit():
-                out.append(int(rest))
-        return out
-
-    def close(self) -> None:
-        self._closed = True
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        try:
+            self.connection.delete(self.key)
+        except Exception:
+            pass
 
 
 # --- the training job's side of the record --------------------------------------------------------

@@ -27,12 +27,12 @@ from .. import labelstudio
 from ..context import Context, get_context
 from ..fitting import train_project
 from ..label_config import config_from_meta
-from ..publishing import head_size, project_lock
+from ..ledger import project_lock
+from ..publishing import head_size
 from ..scoring import Ranking, score_tasks
 from ..settings import Settings
 from ..versions import VERSION_RE, load_version
-from .coordinator import RESULT_TTL, Coordinator, acquire, lease_key, release
-from .worker import Heartbeat
+from .coordinator import RESULT_TTL, Coordinator, Heartbeat, acquire, lease_key, release
 
 logger = logging.getLogger(__name__)
 

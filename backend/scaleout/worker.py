@@ -8,18 +8,14 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 
-import redis
 from rq import Worker
 
 from ..settings import Settings
-from .coordinator import LEASE_SECONDS
 
 logger = logging.getLogger(__name__)
 
-HEARTBEAT_SECONDS = 2
 
 
 def preload() -> None:
@@ -72,29 +68,3 @@ class PreloadWorker(Worker):
         else:
             logger.info("worker %s: preloaded torch, the backend and its backbone in %.1fs", self.name,
                         time.monotonic() - started)
-
-
-class Heartbeat:
-    """Keeps the job's lease key alive while the job runs (a dead worker stops renewing it)."""
-
-    def __init__(self, connection: redis.Redis, key: str) -> None:
-        self.connection, self.key = connection, key
-        self._stop = threading.Event()
-        self.connection.set(key, "1", ex=LEASE_SECONDS)
-        self._thread = threading.Thread(target=self._run, name="mcm-lease", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(HEARTBEAT_SECONDS):
-            try:
-                self.connection.set(self.key, "1", ex=LEASE_SECONDS)
-            except Exception as exc:  # a Redis hiccup must not kill the training
-                logger.warning("lease %s: heartbeat failed: %s", self.key, exc)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        try:
-            self.connection.delete(self.key)
-        except Exception:
-            pass

@@ -172,7 +172,7 @@ def test_tasks_created_scores_the_tasks_label_studio_has_not_the_payloads_urls(m
 
 
 def test_a_burst_of_tasks_created_events_becomes_one_job_per_project():
-    from backend.app import NewTaskScorer
+    from backend.new_tasks import NewTaskScorer
 
     started, release = threading.Event(), threading.Event()
     calls: list[tuple[int, list[int]]] = []

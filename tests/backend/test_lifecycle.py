@@ -11,7 +11,9 @@ import requests
 
 from backend import labelstudio
 from backend.label_config import parse_label_config
-from backend.publishing import Ledger, Publisher, Ranking, head_size
+from backend.ledger import Ledger
+from backend.publishing import Publisher, head_size
+from backend.scoring import Ranking
 from backend.pacing import ready_at
 from backend_fakes import LABEL_CONFIG
 
