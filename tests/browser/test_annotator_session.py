@@ -170,7 +170,7 @@ def session_problems(subs: list[Submission], uis: list[AnnotatorUI], project: di
         retried = any(r.saved and (r.task, r.user_id) == (s.task, s.user_id) for r in subs[i + 1:])
         found = ("NOT in the API" if not kept else "saved by a later retry" if retried
                  else "yet an annotation of theirs is in the API")
-        why = f"HTTP {s.status} {s.body[:200]}" if s.status >= 300 else "answered 2xx"
+        why = f"HTTP {s.status} {s.body[:320]}" if s.status >= 300 else "answered 2xx"
         lost.append(f"  {s.annotator}: task {s.task} (label {s.label}, parent_prediction {s.parent_prediction}): "
                     f"{why}; red toast {'shown' if s.toast else 'not shown'}; {found}")
     if lost:
