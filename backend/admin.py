@@ -29,6 +29,7 @@ VIEW_FILTERS = {
     "items": [{"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0}],
 }
 UNCERTAINTY_SAMPLING = "Uncertainty sampling"
+SEQUENTIAL_SAMPLING = "Sequential sampling"
 
 
 class AdminError(Exception):
@@ -196,6 +197,16 @@ def cmd_connect(ls: LabelStudioAdmin, args: argparse.Namespace) -> int:
         print(f"annotation webhook {hook_url} now sends basic auth")
     else:
         print(f"annotation webhook {hook_url} active (no basic auth configured)")
+
+    # The Model page's "Start model training on annotation submission" is what triggers training:
+    # Label Studio then sends START_TRAINING after every N annotations (the backend paces them).
+    ls.raw("PATCH", f"api/projects/{project.id}/", "switching training on annotation submission",
+           json={"min_annotations_to_start_training": args.train_every})
+    if args.train_every:
+        print(f"training on annotation submission: ON (Label Studio asks for a training every {args.train_every} "
+              "annotation(s); the backend trains at most once per MCM_RETRAIN_MIN_INTERVAL)")
+    else:
+        print("training on annotation submission: OFF (train with the Start Training button or `retrain`)")
     print(f"next: annotate, then `python -m backend.admin enable-ordering --project {project.id}`")
     return 0
 
@@ -247,30 +258,15 @@ def cmd_enable_ordering(ls: LabelStudioAdmin, args: argparse.Namespace) -> int:
     view, created = upsert_view(ls, project.id, args.view_title)
     print(f"{'created' if created else 'updated'} Data Manager tab '{args.view_title}' (view {view.id}): "
           "unlabeled tasks, highest prediction score (likely tail class) first")
-
-    if args.uncertainty_sampling:
-        ls.call("setting Uncertainty sampling", ls.client.projects.update, id=project.id,
-                sampling=UNCERTAINTY_SAMPLING)
-        print(f"project sampling -> {UNCERTAINTY_SAMPLING!r}: 'Label All Tasks' now serves the LOWEST score first")
-        direction = (status or {}).get("score_direction")
-        if not direction:
-            try:
-                direction = backend_get(ml.url, "/health").get("score_direction")
-            except AdminError:
-                direction = None
-        if direction == "tail-low":
-            print("backend runs with MCM_SCORE_DIRECTION=tail-low: lowest score = likely tail class. OK")
-        else:
-            shown = direction or "unknown"
-            print(f"WARNING: the backend's score direction is {shown}; restart it with "
-                  "MCM_SCORE_DIRECTION=tail-low (then `retrain`, and run enable-ordering again) so the "
-                  "tail comes first under Uncertainty sampling (and use the tab above no longer)")
-        print("Annotators: click 'Label All Tasks'.")
-    else:
-        print(f"Annotators: open the '{args.view_title}' tab in the project's Data Manager and click "
-              "'Label Tasks As Displayed' (NOT 'Label All Tasks', which ignores the tab's order).")
-        print("The backend re-points project.model_version after each retraining; if sorting by score "
-              f"looks stale, run `enable-ordering --project {project.id}` again.")
+    if project.sampling == UNCERTAINTY_SAMPLING:
+        # It serves the LOWEST score first (the common classes here) and the open-source UI cannot show it.
+        ls.call("resetting project sampling", ls.client.projects.update, id=project.id, sampling=SEQUENTIAL_SAMPLING)
+        print(f"project sampling: {UNCERTAINTY_SAMPLING!r} -> {SEQUENTIAL_SAMPLING!r} (Uncertainty sampling would "
+              "serve the lowest scores, i.e. the common classes, first)")
+    print(f"Annotators: open the '{args.view_title}' tab in the project's Data Manager and click "
+          "'Label Tasks As Displayed' (in the menu next to 'Label All Tasks', which ignores the tab's order).")
+    print("After each training the backend re-points project.model_version itself and the tab re-orders; "
+          "reload an open Data Manager page to see the new order.")
     return 0
 
 
@@ -301,6 +297,7 @@ def collect_status(ls: LabelStudioAdmin, project_id: int) -> dict:
             "labeled_tasks": getattr(project, "finished_task_number", None),
             "model_version": project.model_version,
             "sampling": project.sampling,
+            "train_every_n_annotations": getattr(project, "min_annotations_to_start_training", None),
             "predictions_per_version": {v["model_version"]: v.get("count") for v in versions},
             "ml_backend": {"id": ml.id, "url": ml.url, "state": getattr(ml, "state", None)},
         },
@@ -317,6 +314,9 @@ def cmd_status(ls: LabelStudioAdmin, args: argparse.Namespace) -> int:
     print(f"Label Studio {lsi['url']} project {lsi['project']} '{lsi['title']}': {lsi['tasks']} tasks, "
           f"{lsi['labeled_tasks']} labeled; sampling {lsi['sampling']!r}")
     print(f"  project.model_version: {lsi['model_version']!r}")
+    every = lsi.get("train_every_n_annotations")
+    print("  training on annotation submission: " + (f"ON (every {every} annotation(s))" if every else
+                                                     "OFF (Start Training button / `retrain` only)"))
     print("  predictions per version: " + (", ".join(f"{k}={v}" for k, v in lsi["predictions_per_version"].items())
                                           or "none"))
     print(f"  ML backend {lsi['ml_backend']['id']}: {lsi['ml_backend']['url']} (state {lsi['ml_backend']['state']})")
@@ -353,15 +353,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--project", type=int, required=True)
     p.add_argument("--url", required=True, help="backend URL as Label Studio reaches it, e.g. http://127.0.0.1:9090")
     p.add_argument("--title", default="Minority-class mining", help="ML backend title shown in Label Studio")
+    p.add_argument("--train-every", type=int, default=1, metavar="K",
+                   help="Label Studio asks for a training after every K annotations (the Model page's 'Start model "
+                   "training on annotation submission'); 0 switches it off. Default: 1")
     p.set_defaults(func=cmd_connect)
 
     p = sub.add_parser("enable-ordering", help=f"create/update the '{VIEW_TITLE}' tab and point "
                        "project.model_version at the newest predictions")
     p.add_argument("--project", type=int, required=True)
     p.add_argument("--view-title", default=VIEW_TITLE)
-    p.add_argument("--uncertainty-sampling", action="store_true",
-                   help="also switch project sampling to 'Uncertainty sampling' (lowest score first); the "
-                   "backend must then run with MCM_SCORE_DIRECTION=tail-low")
     p.set_defaults(func=cmd_enable_ordering)
 
     p = sub.add_parser("retrain", help="ask the connected backend to train now")
@@ -376,7 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "train_every", 0) < 0:
+        parser.error("--train-every must be >= 0")
     try:
         ls = LabelStudioAdmin(args.ls_url, args.api_key)
         return args.func(ls, args)

@@ -22,6 +22,7 @@ from flask import Flask, jsonify, request
 from label_studio_ml import api as ls_api
 
 from .label_config import LabelConfigError, parse_label_config
+from .maintainer import Maintainer
 from .model import SCORE_EVENTS, TRAIN_EVENTS, MinorityMinerModel
 from .runtime import Runtime, register_runtime
 from .settings import Settings
@@ -66,12 +67,17 @@ class AppState:
             from .distributed import RQTrainingQueue
             self.queue = RQTrainingQueue(settings)
         else:
-            self.queue = TrainingQueue(run_and_track, settings.debounce_seconds, on_error)
+            self.queue = TrainingQueue(run_and_track, settings.debounce_seconds, on_error,
+                                       min_interval=settings.retrain_min_interval,
+                                       max_wait=settings.retrain_max_wait)
         # Scoring of newly created tasks: one at a time, off the request thread.
         self.scorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mcm-score")
+        # Fill, retire, recover: see backend/maintainer.py.
+        self.maintainer = Maintainer(runtime, is_busy=self.queue.is_training)
 
     def close(self) -> None:
         self.queue.close()
+        self.maintainer.close()
         self.scorer.shutdown(wait=False)
 
 
@@ -260,12 +266,19 @@ def status_view():
         "labeled_per_class": meta.get("labeled_per_class", {}),
         "tail_classes": meta.get("tail_classes", []),
         "n_scored": n_scored,
-        "score_direction": app_state.runtime.settings.score_direction,
+        "published_version": app_state.runtime.publisher_ledger(project_id).get("current"),
+        "label_studio_orders_by_other_version": app_state.maintainer.foreign_version.get(project_id),
+        "next_training_in_s": _next_training_in(app_state.queue, project_id),
         "training": app_state.queue.is_training(project_id),
         "last_error": state.last_error or app_state.queue.last_error(project_id),
         # RQ scale-out: training_state (queued/running/idle), rq_queue, scoring_version, n_scored
         **(app_state.queue.status_fields(project_id) if hasattr(app_state.queue, "status_fields") else {}),
     })
+
+
+def _next_training_in(queue, project_id: int) -> float | None:
+    wait = queue.next_start(project_id) if hasattr(queue, "next_start") else None
+    return None if wait is None else round(wait, 1)
 
 
 @_handle_errors
@@ -347,4 +360,5 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
         for project_id in runtime.known_projects():
             state = runtime.project(project_id)  # load once at start, not on the first /predict
             logger.info("project %s: model %s ready", project_id, state.model.version if state.model else None)
+    app.config["MCM_STATE"].maintainer.start()
     return app

@@ -167,9 +167,8 @@ def main(argv: list[str] | None = None) -> int:
             r.raise_for_status()
         import_seconds = time.monotonic() - started
         # Real task ids are assigned by Label Studio: map them back by image URL.
-        from backend.ls_sync import _ANNOTATED, _UNLABELED, _iter_tasks
-        ids = {t["data"]["image"]: t["id"] for flt in (_ANNOTATED, _UNLABELED)
-               for t in _iter_tasks(client, project_id, flt, "task_only", include="id,data")}
+        from backend.ls_sync import _ALL, _iter_tasks
+        ids = {t["data"]["image"]: t["id"] for t in _iter_tasks(client, project_id, _ALL, "task_only", include="id,data")}
         for t in tasks:
             t["id"] = ids[t["data"]["image"]]
         ls_url, api_key = args.ls_url, args.api_key
@@ -216,8 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     jobs.ls_sync.list_annotated_tasks = timed("list_annotated", jobs.ls_sync.list_annotated_tasks)
     jobs.ls_sync.list_unlabeled_tasks = timed("list_unlabeled", jobs.ls_sync.list_unlabeled_tasks)
     jobs.ls_sync.push_predictions = timed("push_predictions", jobs.ls_sync.push_predictions)
-    jobs.score_task_chunk = timed("score", jobs.score_task_chunk)
-    jobs.rescore_project = timed("rescore_total", jobs.rescore_project)
+    jobs.score_tasks = timed("score", jobs.score_tasks)
+    jobs.refresh_project = timed("refresh_total (rank the pool, push the head, switch)", jobs.refresh_project)
 
     started = time.monotonic()
     version = train_project(project_id, runtime=runtime)

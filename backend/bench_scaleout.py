@@ -10,7 +10,7 @@ depends on them) from enqueue to "pushed". Workloads:
   features  cached 512-d features (resnet18 identity, random weights from a local file): each chunk
             job loads the model and cache, scores with the miner, writes its result file;
   images    cached 28x28 prepared images with simple-cnn: each chunk job also runs the CNN.
-Also times the single-process path (backend.jobs.rescore_project) for reference. Without
+Also times the single-process path (backend.jobs.refresh_project) for reference. Without
 --redis-url a private redis-server is started on a free port. Prints a table and one JSON line.
 """
 from __future__ import annotations
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
 
         started = time.monotonic()
-        pushed = jobs.rescore_project(1, runtime=runtime)
+        pushed = jobs.refresh_project(1, runtime=runtime)["pool"]
         seconds = time.monotonic() - started
         rows.append({"mode": "in-process (no RQ)", "workers": 0, "tasks": pushed, "seconds": round(seconds, 2),
                      "tasks_per_second": round(pushed / seconds, 1)})

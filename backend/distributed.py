@@ -8,11 +8,13 @@ What runs where:
 - web process (`RQTrainingQueue`, wired in by backend/app.py): only records events in Redis and
   enqueues a training job; /predict keeps serving the model in MODEL_DIR and picks up a model a
   worker trained when `current.json` changes (Runtime.project re-reads the pointer).
-- `train_job` (any worker): debounces, trains and saves a new version (backend.jobs.train_project,
-  shared MODEL_DIR), then fans out re-scoring: the unlabeled tasks are split into chunks of
+- `train_job` (any worker): paces (as backend/trainer.py: debounce, minimum interval, maximum
+  wait), trains and saves a new version (backend.jobs.train_project, shared MODEL_DIR), then fans
+  out re-scoring: the pool of unlabeled tasks (backend/pool.py) is split into chunks of
   MCM_SCORE_CHUNK_TASKS, one `score_chunk_job` per chunk (extracts missing features into the shared
   feature cache, scores, writes MODEL_DIR/<project>/scores/<version>/chunk-NNNNNN.json atomically),
-  and one `push_version_job` that depends on all of them and pushes to Label Studio once per version.
+  and one `push_version_job` that depends on all of them and publishes the version once
+  (backend/publishing.py). Filling and retiring stay with the web process's maintainer.
 
 Coalescing (per project, in one Redis hash guarded by a short Redis lock): at most one training job
 queued (`queued`) and one running (`running`); an event while one is queued is covered by it, an
@@ -49,6 +51,7 @@ from rq.job import Dependency, Job, JobStatus
 from rq.registry import StartedJobRegistry
 
 from .settings import Settings
+from .trainer import ready_at
 
 logger = logging.getLogger(__name__)
 
@@ -99,20 +102,24 @@ class _Coordinator:
         return {_text(k): _text(v) for k, v in raw.items()}
 
     # -- enqueueing ------------------------------------------------------------------------------
-    def enqueue_training(self, project_id: int, job_id: str, debounce: float) -> None:
-        self.queue.enqueue(train_job, int(project_id), float(debounce), job_id=job_id,
+    def enqueue_training(self, project_id: int, job_id: str) -> None:
+        self.queue.enqueue(train_job, int(project_id), job_id=job_id,
                            job_timeout=TRAIN_JOB_TIMEOUT, result_ttl=RESULT_TTL, failure_ttl=RESULT_TTL,
                            description=f"mcm train project {int(project_id)}")
         self.connection.hincrby(self.key(project_id), "train_jobs_enqueued", 1)
 
-    def request(self, project_id: int, debounce: float) -> str:
-        """Record a training event: 'scheduled', 'queued-after-running' or 'coalesced'."""
+    def request(self, project_id: int, pacing: tuple[float, float, float]) -> str:
+        """Record a training event: 'scheduled', 'queued-after-running' or 'coalesced'.
+
+        `pacing` = (debounce, min_interval, max_wait) seconds, kept in the record so the
+        job that trains applies the web process's settings (backend/trainer.py rules)."""
         self.reap(project_id)
         key = self.key(project_id)
         with self.lock(project_id):
             state = self.read(project_id)
-            self.connection.hset(key, mapping={"last_request": repr(self.now()),
-                                               "debounce": repr(float(debounce))})
+            now = repr(self.now())
+            self.connection.hset(key, mapping={"last_request": now, "pacing": json.dumps(list(pacing))})
+            self.connection.hsetnx(key, "pending_since", now)
             if state.get("queued"):
                 return "coalesced"
             if state.get("running"):
@@ -122,7 +129,7 @@ class _Coordinator:
                 return "queued-after-running"
             job_id = f"mcm-train-{int(project_id)}-{uuid.uuid4().hex[:12]}"
             self.connection.hset(key, "queued", job_id)
-            self.enqueue_training(project_id, job_id, debounce)
+            self.enqueue_training(project_id, job_id)
             return "scheduled"
 
     # -- dead job detection ------------------------------------------------------------------------
@@ -187,7 +194,7 @@ class _Coordinator:
                 job_id = f"mcm-train-{int(project_id)}-{uuid.uuid4().hex[:12]}"
                 self.connection.hset(key, "queued", job_id)
                 self.connection.hdel(key, "dirty")
-                self.enqueue_training(project_id, job_id, float(state.get("debounce") or 0))
+                self.enqueue_training(project_id, job_id)
 
 
 # --- the web side -------------------------------------------------------------------------------------
@@ -199,7 +206,8 @@ class RQTrainingQueue:
         if not settings.redis_url and connection is None:
             raise ValueError("RQTrainingQueue needs REDIS_URL")
         self.settings = settings
-        self.debounce = float(settings.debounce_seconds)
+        self.pacing = (float(settings.debounce_seconds), float(settings.retrain_min_interval),
+                       float(settings.retrain_max_wait))
         self.connection = connection or redis.Redis.from_url(settings.redis_url)
         self.coordinator = _Coordinator(self.connection, settings.rq_queue)
         self._closed = False
@@ -207,7 +215,7 @@ class RQTrainingQueue:
     def request(self, project_id: int, reason: str = "") -> str:
         if self._closed:
             return "closed"
-        status = self.coordinator.request(int(project_id), self.debounce)
+        status = self.coordinator.request(int(project_id), self.pacing)
         logger.info("project %s: training requested (%s): %s (RQ queue %s)", project_id, reason or "no reason",
                     status, self.settings.rq_queue)
         return status
@@ -222,7 +230,9 @@ class RQTrainingQueue:
         return "running" if state.get("running") else "queued" if state.get("queued") else "idle"
 
     def is_training(self, project_id: int) -> bool:
-        return self.training_state(project_id) != "idle"
+        """Training queued or running, or its re-scoring fan-out not yet published."""
+        state = self.state(project_id)
+        return bool(state.get("queued") or state.get("running") or state.get("scoring_version"))
 
     def runs(self, project_id: int) -> int:
         return int(self.coordinator.read(int(project_id)).get("trainings") or 0)
@@ -371,8 +381,17 @@ def _chunk_path(directory: str, index: int) -> str:
     return os.path.join(directory, f"chunk-{index:06d}.json")
 
 
-def _acquire(job: Job, coord: _Coordinator, project_id: int, debounce: float) -> bool:
-    """Debounce, then move this job from `queued` to `running`. False: nothing to do."""
+def _ready_at(state: dict[str, str]) -> float:
+    """When the queued training may start, by backend/trainer.py's rules, on Redis's clock."""
+    debounce, min_interval, max_wait = json.loads(state.get("pacing") or "[0, 0, 0]")
+    last_event = float(state.get("last_request") or 0)
+    last_start = state.get("last_start")
+    return ready_at(float(state.get("pending_since") or last_event), last_event,
+                    float(last_start) if last_start else None, debounce, min_interval, max_wait)
+
+
+def _acquire(job: Job, coord: _Coordinator, project_id: int) -> bool:
+    """Wait for the pacing rules, then move this job from `queued` to `running`. False: nothing to do."""
     key = coord.key(project_id)
     while True:
         coord.reap(project_id)
@@ -382,7 +401,7 @@ def _acquire(job: Job, coord: _Coordinator, project_id: int, debounce: float) ->
                 logger.info("project %s: training job %s is no longer the queued one (%s); skipping",
                             project_id, job.id, state.get("queued"))
                 return False
-            wait = float(state.get("last_request") or 0) + debounce - coord.now()
+            wait = _ready_at(state) - coord.now()
             if wait <= 0:
                 if state.get("running"):  # another training still runs: it will follow up
                     coord.connection.hdel(key, "queued")
@@ -390,8 +409,9 @@ def _acquire(job: Job, coord: _Coordinator, project_id: int, debounce: float) ->
                     logger.info("project %s: training %s still running; %s folds into its follow-up",
                                 project_id, state["running"], job.id)
                     return False
-                coord.connection.hdel(key, "queued", "dirty")
-                coord.connection.hset(key, mapping={"running": job.id, "running_since": repr(coord.now())})
+                coord.connection.hdel(key, "queued", "dirty", "pending_since")
+                now = repr(coord.now())
+                coord.connection.hset(key, mapping={"running": job.id, "running_since": now, "last_start": now})
                 coord.connection.hincrby(key, "trainings", 1)
                 return True
         time.sleep(min(wait, 1.0))
@@ -413,7 +433,7 @@ def _release(job: Job, coord: _Coordinator, project_id: int, error: str | None) 
             follow = f"mcm-train-{int(project_id)}-{uuid.uuid4().hex[:12]}"
             coord.connection.hdel(key, "dirty")
             coord.connection.hset(key, "queued", follow)
-            coord.enqueue_training(project_id, follow, float(state.get("debounce") or 0))
+            coord.enqueue_training(project_id, follow)
             logger.info("project %s: events arrived during training %s: follow-up training %s queued",
                         project_id, job.id, follow)
 
@@ -447,15 +467,15 @@ def _install_pause_hook(runtime) -> None:
     runtime.store = lambda project_id: PausingStore(original(project_id).project_dir)
 
 
-def train_job(project_id: int, debounce: float = 0.0) -> str | None:
-    """RQ job: train `project_id` once (coalesced, debounced), then fan out its re-scoring."""
+def train_job(project_id: int) -> str | None:
+    """RQ job: train `project_id` once (coalesced, paced), then fan out its re-scoring."""
     job, coord = _current()
     project_id = int(project_id)
     heartbeat = _Heartbeat(coord.connection, _lease_key(coord.queue_name, job.id))
     acquired = False
     error = None
     try:
-        acquired = _acquire(job, coord, project_id, float(debounce))
+        acquired = _acquire(job, coord, project_id)
         if not acquired:
             return None
         from .jobs import train_project
@@ -463,10 +483,13 @@ def train_job(project_id: int, debounce: float = 0.0) -> str | None:
         runtime = _worker_runtime()
         _install_pause_hook(runtime)
         _remove_stale_saves(runtime.settings.project_dir(project_id))
-        previous = runtime.store(project_id).current_version()
+        store = runtime.store(project_id)
+        previous = store.current_version()
+        previous_labels = int(store.read_meta(previous).get("n_labeled", 0)) if previous else 0
         version = train_project(project_id, runtime=runtime, rescore=False)
         if version is not None:
-            fan_out_rescoring(coord, runtime, project_id, version, previous)
+            new_labels = int(store.read_meta(version).get("n_labeled", 0)) - previous_labels
+            fan_out_rescoring(coord, runtime, project_id, version, new_labels)
         return version
     except BaseException as exc:
         error = f"training job {job.id} failed: {exc.__class__.__name__}: {exc}"
@@ -477,12 +500,16 @@ def train_job(project_id: int, debounce: float = 0.0) -> str | None:
         heartbeat.stop()
 
 
-def fan_out_rescoring(coord: _Coordinator, runtime, project_id: int, version: str,
-                      previous_version: str | None) -> list[str]:
-    """Enqueue one scoring job per chunk of unlabeled tasks and the push job that depends on them."""
+def fan_out_rescoring(coord: _Coordinator, runtime, project_id: int, version: str, new_labels: int = 0) -> list[str]:
+    """Enqueue one scoring job per chunk of the pool and the push job that depends on them."""
     from . import ls_sync
+    from .jobs import config_from_meta
 
-    tasks = ls_sync.list_unlabeled_tasks(runtime.ls_client(), project_id)
+    config = config_from_meta(runtime.store(project_id).read_meta(version))
+    pool = runtime.pool(project_id, config.image_key)
+    if not pool.known:
+        pool.replace(ls_sync.list_unlabeled_tasks(runtime.ls_client(), project_id))
+    tasks = pool.tasks()
     size = runtime.settings.score_chunk_tasks
     chunks = [tasks[i:i + size] for i in range(0, len(tasks), size)]
     directory = _scores_dir(runtime, project_id, version)
@@ -493,11 +520,11 @@ def fan_out_rescoring(coord: _Coordinator, runtime, project_id: int, version: st
                                       description=f"mcm score project {project_id} {version} chunk {index}")
                   for index, chunk in enumerate(chunks)]
     depends = Dependency(jobs=chunk_jobs, allow_failure=True) if chunk_jobs else None
-    push = coord.queue.enqueue(push_version_job, project_id, version, len(chunks), previous_version,
+    push = coord.queue.enqueue(push_version_job, project_id, version, len(chunks), new_labels,
                                depends_on=depends, job_timeout=CHUNK_JOB_TIMEOUT, result_ttl=RESULT_TTL,
                                failure_ttl=RESULT_TTL, description=f"mcm push project {project_id} {version}")
     coord.connection.hset(coord.key(project_id), mapping={"scoring_version": version, "scoring_job": push.id})
-    logger.info("project %s: re-scoring %d unlabeled tasks with %s in %d chunk jobs of <= %d, push job %s",
+    logger.info("project %s: scoring %d pooled tasks with %s in %d chunk jobs of <= %d, push job %s",
                 project_id, len(tasks), version, len(chunks), size, push.id)
     return [j.id for j in chunk_jobs] + [push.id]
 
@@ -523,21 +550,22 @@ def load_version(runtime, project_id: int, version: str):
 
 def score_chunk_job(project_id: int, version: str, index: int, tasks: Sequence[dict]) -> dict:
     """RQ job: score one chunk with `version`; result written atomically to scores/<version>/."""
-    from .jobs import score_task_chunk
+    from .jobs import score_tasks
     from mcm_core.atomic import atomic_write_json
 
     started = time.monotonic()
     runtime = _worker_runtime()
     model = load_version(runtime, int(project_id), version)
     loaded = time.monotonic()
-    predictions, skipped = score_task_chunk(int(project_id), tasks, runtime, model)
+    ids, scores, labels, skipped = score_tasks(int(project_id), tasks, runtime, model)
     scored = time.monotonic()
     path = _chunk_path(_scores_dir(runtime, int(project_id), version), int(index))
-    atomic_write_json(path, {"predictions": predictions, "skipped": {str(k): v for k, v in skipped.items()}})
+    atomic_write_json(path, {"task_ids": ids.tolist(), "scores": scores.tolist(), "labels": labels.tolist(),
+                             "skipped": {str(k): v for k, v in skipped.items()}})
     logger.info("project %s: chunk %d of %s: scored %d of %d tasks (%d skipped) in %.1fs (runtime+model %.1fs, "
-                "features+scoring %.1fs, writing %.1fs)", project_id, index, version, len(predictions), len(tasks),
+                "features+scoring %.1fs, writing %.1fs)", project_id, index, version, len(ids), len(tasks),
                 len(skipped), time.monotonic() - started, loaded - started, scored - loaded, time.monotonic() - scored)
-    return {"chunk": int(index), "scored": len(predictions), "skipped": len(skipped)}
+    return {"chunk": int(index), "scored": len(ids), "skipped": len(skipped)}
 
 
 def _remove_older_scores(scores_root: str, version: str) -> None:
@@ -551,10 +579,11 @@ def _remove_older_scores(scores_root: str, version: str) -> None:
             shutil.rmtree(other, ignore_errors=True)
 
 
-def push_version_job(project_id: int, version: str, n_chunks: int, previous_version: str | None) -> int:
-    """RQ job: gather the chunk results and push them to Label Studio, once per version."""
-    from . import ls_sync
+def push_version_job(project_id: int, version: str, n_chunks: int, new_labels: int = 0) -> int:
+    """RQ job: gather the chunk results and publish the version (backend/publishing.py), once."""
     from mcm_core.atomic import atomic_write_json
+    from .jobs import config_from_meta
+    from .publishing import Ranking, head_size, project_lock
 
     job, coord = _current()
     project_id = int(project_id)
@@ -564,7 +593,7 @@ def push_version_job(project_id: int, version: str, n_chunks: int, previous_vers
     marker = os.path.join(directory, "pushed.json")
     try:
         if os.path.exists(marker):
-            logger.info("project %s: %s already pushed; not pushing again", project_id, version)
+            logger.info("project %s: %s already published; not publishing again", project_id, version)
             return 0
         current = runtime.store(project_id).current_version()
         if current != version:
@@ -575,35 +604,27 @@ def push_version_job(project_id: int, version: str, n_chunks: int, previous_vers
             raise RuntimeError(f"project {project_id}: {len(missing)} of {n_chunks} scoring chunks of {version} "
                                f"failed (chunks {missing[:10]}); nothing pushed, Label Studio keeps the previous "
                                "version's scores")
-        predictions: list[dict] = []
-        n_skipped = 0
+        ids, scores, labels, n_skipped = [], [], [], 0
         for i in range(int(n_chunks)):
             with open(_chunk_path(directory, i)) as handle:
                 part = json.load(handle)
-            predictions.extend(part["predictions"])
+            ids += part["task_ids"]
+            scores += part["scores"]
+            labels += part["labels"]
             n_skipped += len(part["skipped"])
-        client = runtime.ls_client()
-        pushed = ls_sync.push_predictions(client, project_id, predictions, runtime.settings.predict_chunk)
-        ls_sync.set_model_version(client, project_id, version)
-        last_path = os.path.join(os.path.dirname(directory), "last_pushed.json")
-        try:
-            with open(last_path) as handle:
-                last = json.load(handle).get("version")
-        except (OSError, ValueError):
-            last = None
-        for old in dict.fromkeys(v for v in (previous_version, last) if v and v != version):
-            try:
-                ls_sync.delete_model_version(client, project_id, old)
-            except Exception as exc:  # stale predictions are harmless: they no longer count for sorting
-                logger.warning("project %s: could not delete predictions of %s: %s", project_id, old, exc)
-        atomic_write_json(marker, {"version": version, "pushed": pushed, "skipped": n_skipped})
-        atomic_write_json(last_path, {"version": version})
+        ranking = Ranking.build(ids, scores, labels)
+        config = config_from_meta(runtime.store(project_id).read_meta(version))
+        head = head_size(runtime.settings.head_size, int(new_labels), len(ranking))
+        with project_lock(runtime.settings.project_dir(project_id)):
+            runtime.publisher(project_id, config).publish(version, ranking, head)
+        runtime.store(project_id).record_scoring(version, len(ranking))
+        atomic_write_json(marker, {"version": version, "ranked": len(ranking), "head": head, "skipped": n_skipped})
         _remove_older_scores(os.path.dirname(directory), version)
-        coord.connection.hset(key, mapping={"n_scored": pushed, "last_pushed": version})
+        coord.connection.hset(key, mapping={"n_scored": len(ranking), "last_pushed": version})
         coord.connection.hdel(key, "last_error")
-        logger.info("project %s: pushed %d predictions of %s from %d chunks (%d tasks skipped)", project_id, pushed,
-                    version, n_chunks, n_skipped)
-        return pushed
+        logger.info("project %s: published %s from %d chunks: %d ranked, head %d (%d tasks skipped)", project_id,
+                    version, n_chunks, len(ranking), head, n_skipped)
+        return len(ranking)
     except BaseException as exc:
         coord.connection.hset(key, "last_error", f"pushing {version} failed: {exc.__class__.__name__}: {exc}")
         raise

@@ -3,8 +3,8 @@
 `train_project(project_id, settings)` loads everything it needs from Label
 Studio and MODEL_DIR and writes its results back, so it runs the same in a
 background thread of the web process or as an RQ job in a worker process.
-`score_task_chunk` scores one chunk of tasks; `rescore_project` pushes the
-scores of every unlabeled task and switches `project.model_version`.
+`score_task_chunk` scores one chunk of tasks; `refresh_project` ranks the
+pool and publishes the new version (backend/publishing.py).
 """
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import collections
 import logging
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import numpy as np
@@ -20,17 +19,14 @@ import numpy as np
 from . import ls_sync
 from .annotations import task_label
 from .label_config import ImageChoicesConfig, parse_label_config
+from .publishing import Ranking, head_size, project_lock
 from .runtime import LoadedModel, Runtime, get_runtime
-from .scoring import predictions_for
+from .scoring import score_features
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
 
 MIN_CLASSES = 2
-
-
-class NotEnoughData(Exception):
-    """Training skipped: too little labeled data (not an error)."""
 
 
 def config_from_meta(meta: dict) -> ImageChoicesConfig:
@@ -107,17 +103,30 @@ def train_project(project_id: int, settings: Settings | None = None, runtime: Ru
         return {"train_seconds": round(time.monotonic() - started, 3)}
 
     store = runtime.store(project_id)
-    previous = state.model.version if state.model else None
+    previous_labels = int(state.model.meta.get("n_labeled", 0)) if state.model else 0
     version = store.save(write_files, meta)
     meta = store.read_meta(version)
     model = LoadedModel(version=version, miner=miner, trained_backbone=trained_backbone, meta=meta)
     runtime.install(project_id, model)
+    runtime.pool(project_id, config.image_key).remove([int(t["id"]) for t in tasks])  # annotated: not in the queue
     store.prune(keep=5)
     logger.info("project %s: trained model %s on %d tasks in %.1fs", project_id, version, len(y),
                 time.monotonic() - started)
     if rescore:
-        rescore_project(project_id, runtime=runtime, previous_version=previous)
+        refresh_project(project_id, runtime=runtime, new_labels=len(y) - previous_labels)
     return version
+
+
+def score_tasks(project_id: int, tasks: Sequence[dict], runtime: Runtime, model: LoadedModel,
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, str]]:
+    """(task ids, scores in [0, 1], predicted class indices, {skipped task id: reason}) for `tasks`."""
+    config = config_from_meta(model.meta)
+    ok, keys, skipped = runtime.cached_arrays(project_id, tasks, config)
+    if not keys:
+        return np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int32), skipped
+    features = runtime.features(project_id, keys, model=model)
+    scores, labels = score_features(model.miner, features, runtime.settings.score_transform)
+    return np.asarray([k[0] for k in keys], dtype=np.int64), scores, labels, skipped
 
 
 def score_task_chunk(project_id: int, tasks: Sequence[dict], runtime: Runtime,
@@ -126,77 +135,68 @@ def score_task_chunk(project_id: int, tasks: Sequence[dict], runtime: Runtime,
     model = model or runtime.project(project_id).model
     if model is None:
         return [], {}
-    config = config_from_meta(model.meta)
-    ok, keys, skipped = runtime.cached_arrays(project_id, tasks, config)
-    if not keys:
-        return [], skipped
-    features = runtime.features(project_id, keys, model=model)
-    predictions = predictions_for(model.miner, features, config, model.version,
-                                  runtime.settings.score_transform, runtime.settings.score_direction)
-    for prediction, key in zip(predictions, keys):
-        prediction["task"] = key[0]
-    return predictions, skipped
+    ids, scores, labels, skipped = score_tasks(project_id, tasks, runtime, model)
+    ranking = Ranking(ids, scores, labels)
+    return ranking.predictions(0, len(ranking), config_from_meta(model.meta), model.version), skipped
 
 
-def rescore_project(project_id: int, settings: Settings | None = None, runtime: Runtime | None = None,
-                    previous_version: str | None = None) -> int:
-    """Score every unlabeled task, push in checked chunks, switch model_version, drop the old version."""
+def refresh_project(project_id: int, settings: Settings | None = None, runtime: Runtime | None = None, *,
+                    new_labels: int = 0, lock: bool = True) -> dict:
+    """Rank the pool with the current model and publish it: the queue's head in seconds, the rest later.
+
+    The pool is the unlabeled tasks as last listed (see backend/pool.py) minus
+    those the training found annotated; the first refresh lists them from Label Studio.
+    `lock=False` only for a caller that already holds the project's publish lock.
+    """
     runtime = runtime or get_runtime(settings or Settings.from_env())
     state = runtime.project(project_id)
     model = state.model
     if model is None:
-        logger.info("project %s: nothing to re-score: no trained model yet", project_id)
-        return 0
+        logger.info("project %s: nothing to publish: no trained model yet", project_id)
+        return {}
     started = time.monotonic()
-    client = runtime.ls_client()
-    tasks = ls_sync.list_unlabeled_tasks(client, project_id)
+    config = config_from_meta(model.meta)
+    pool = runtime.pool(project_id, config.image_key)
+    if not pool.known:
+        pool.replace(ls_sync.list_unlabeled_tasks(runtime.ls_client(), project_id))
     listed = time.monotonic()
-    chunk = runtime.settings.predict_chunk
-    pushed = 0
-    n_skipped = 0
-    score_seconds = 0.0
-    # Scoring of the next block overlaps with pushing the previous one (one push in flight).
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"mcm-push-{project_id}") as pusher:
-        pending = None
-        for start in range(0, len(tasks), chunk * 10):
-            t0 = time.monotonic()
-            predictions, skipped = score_task_chunk(project_id, tasks[start:start + chunk * 10], runtime, model)
-            score_seconds += time.monotonic() - t0
-            n_skipped += len(skipped)
-            if pending is not None:
-                pushed += pending.result()
-            pending = pusher.submit(ls_sync.push_predictions, client, project_id, predictions, chunk)
-        if pending is not None:
-            pushed += pending.result()
-    ls_sync.set_model_version(client, project_id, model.version)
-    if previous_version and previous_version != model.version:
-        try:
-            ls_sync.delete_model_version(client, project_id, previous_version)
-        except Exception as exc:  # stale predictions are harmless: they no longer count for sorting
-            logger.warning("project %s: could not delete predictions of %s: %s", project_id, previous_version, exc)
-    state.n_scored = pushed
-    runtime.store(project_id).record_scoring(model.version, pushed)
-    logger.info("project %s: re-scored %d unlabeled tasks with %s (%d skipped) in %.1fs (listing %.1fs, "
-                "scoring %.1fs, rest pushing/waiting %.1fs)", project_id, pushed, model.version, n_skipped,
-                time.monotonic() - started, listed - started, score_seconds,
-                time.monotonic() - listed - score_seconds)
-    return pushed
+    ids, scores, labels, skipped = score_tasks(project_id, pool.tasks(), runtime, model)
+    ranking = Ranking.build(ids, scores, labels)
+    scored = time.monotonic()
+    head = head_size(runtime.settings.head_size, new_labels, len(ranking))
+    publisher = runtime.publisher(project_id, config)
+    if lock:
+        with project_lock(runtime.settings.project_dir(project_id)):  # the maintainer yields within a chunk
+            timings = publisher.publish(model.version, ranking, head)
+    else:
+        timings = publisher.publish(model.version, ranking, head)
+    state.n_scored = len(ranking)
+    runtime.store(project_id).record_scoring(model.version, len(ranking))
+    timings.update(pool_s=round(listed - started, 3), score_s=round(scored - listed, 3), skipped=len(skipped),
+                   total_s=round(time.monotonic() - started, 3))
+    logger.info("project %s: %s ranks %d unlabeled tasks (%d skipped); head of %d live %.1fs after the model "
+                "(pool %.1fs, scoring %.1fs)", project_id, model.version, len(ranking), len(skipped), head,
+                timings["total_s"], timings["pool_s"], timings["score_s"])
+    return timings
 
 
 def score_and_push_tasks(project_id: int, tasks: Sequence[dict], settings: Settings | None = None,
                          runtime: Runtime | None = None) -> int:
-    """Score newly created tasks with the current model and push them (TASKS_CREATED webhook).
+    """Score newly created tasks with the current model (TASKS_CREATED) and add them to the queue.
 
     Without this, tasks imported after a training would have no score, and so
-    no place in the tail-first order, until the next training.
+    no place in the tail-first order, until the next training. A new task is
+    pushed at once if it ranks within the part of the queue already pushed.
     """
     runtime = runtime or get_runtime(settings or Settings.from_env())
     model = runtime.project(project_id).model
     if model is None or not tasks:
         return 0
     started = time.monotonic()
-    predictions, skipped = score_task_chunk(project_id, tasks, runtime, model)
-    pushed = ls_sync.push_predictions(runtime.ls_client(), project_id, predictions, runtime.settings.predict_chunk)
-    logger.info("project %s: scored %d new tasks with %s (%d skipped) in %.1fs", project_id, pushed, model.version,
-                len(skipped), time.monotonic() - started)
+    config = config_from_meta(model.meta)
+    runtime.pool(project_id, config.image_key).add(tasks)
+    ids, scores, labels, skipped = score_tasks(project_id, tasks, runtime, model)
+    pushed = runtime.publisher(project_id, config).add_tasks(Ranking.build(ids, scores, labels))
+    logger.info("project %s: scored %d new tasks with %s, %d pushed at once (%d skipped) in %.1fs", project_id,
+                len(ids), model.version, pushed, len(skipped), time.monotonic() - started)
     return pushed

@@ -1,14 +1,18 @@
 """Talk back to Label Studio through label-studio-sdk 2.x.
 
-Generic helpers (no mining logic) so the admin CLI and the training job share
-them: list annotated tasks, list unlabeled tasks, push predictions in checked
-chunks, set `project.model_version`, delete a model version's predictions.
+Generic helpers (no mining logic) so the admin CLI and the jobs share them:
+list annotated and unlabeled tasks, push predictions in checked chunks, set
+`project.model_version`, find and delete one version's predictions one by one.
+Deleting a whole version in one request (DELETE model-versions) is avoided on
+purpose: Label Studio does it in one transaction with per-row signals, which
+held a 100k-task PostgreSQL project locked for 54 minutes.
 """
 from __future__ import annotations
 
 import json
 import logging
-from typing import Iterable, Iterator, Sequence
+import re
+from typing import Callable, Iterator, Sequence
 
 from label_studio_sdk import LabelStudio
 
@@ -17,8 +21,7 @@ logger = logging.getLogger(__name__)
 PAGE_SIZE = 1000
 _ANNOTATED = {"conjunction": "and", "items": [
     {"filter": "filter:tasks:total_annotations", "operator": "greater", "type": "Number", "value": 0}]}
-_UNLABELED = {"conjunction": "and", "items": [
-    {"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0}]}
+_ALL = {"conjunction": "and", "items": []}
 
 
 class LabelStudioSyncError(RuntimeError):
@@ -101,13 +104,15 @@ def list_annotated_tasks(client: LabelStudio, project_id: int) -> list[dict]:
 
 
 def list_unlabeled_tasks(client: LabelStudio, project_id: int) -> list[dict]:
-    """Tasks without annotations, with `id` and `data` only (include=id,data: 5x faster than full tasks)."""
+    """Tasks without annotations, with `id` and `data` only (include=...: 5x faster than full tasks).
+
+    Every task is listed, by id, and the annotated ones are dropped here rather than
+    by a Data Manager filter: while annotators work, a filtered listing's pages
+    shift under it and skip tasks (seen: 4 of 900 during a burst of annotations).
+    """
     return [{"id": t["id"], "data": t.get("data") or {}}
-            for t in _iter_tasks(client, project_id, _UNLABELED, "task_only", include="id,data")]
-
-
-def list_unlabeled_task_ids(client: LabelStudio, project_id: int) -> list[int]:
-    return [int(t["id"]) for t in list_unlabeled_tasks(client, project_id)]
+            for t in _iter_tasks(client, project_id, _ALL, "task_only", include="id,data,total_annotations")
+            if not t.get("total_annotations")]
 
 
 def get_label_config(client: LabelStudio, project_id: int) -> str:
@@ -115,48 +120,123 @@ def get_label_config(client: LabelStudio, project_id: int) -> str:
     return project.label_config
 
 
+MISSING_TASK = re.compile(r"task ID (\d+) not found")
+# Label Studio validates and inserts an import in batches of 500 outside any transaction: a request of
+# at most one batch is created entirely or not at all, so a retry never duplicates predictions.
+IMPORT_BATCH = 500
+
+
 def push_predictions(client: LabelStudio, project_id: int, predictions: Sequence[dict],
-                     chunk_size: int = 1000) -> int:
+                     chunk_size: int = 1000, on_missing: Callable[[list[int]], None] | None = None) -> int:
     """POST predictions in chunks; raise if Label Studio created fewer than sent.
 
     Label Studio answers 201 even when it silently drops items (score outside
     [0, 1], from_name/to_name not in the config), so the `created` count is the
-    only signal that a push worked.
+    only signal that a push worked. A task deleted since it was listed makes
+    Label Studio refuse its whole chunk (400 "task ID N not found"): those
+    tasks are dropped, reported to `on_missing`, and the chunk is sent again,
+    so one deleted task never costs the others their scores. Requests carry at
+    most IMPORT_BATCH predictions (see there).
     The body is encoded once with `json.dumps` and sent on the sdk client's own
     httpx connection with the sdk's auth headers: the typed
     `projects.import_predictions` walks every dict through type hints and
     `jsonable_encoder`, which made pushing 100k predictions 5-10x slower.
     """
     created_total = 0
+    chunk_size = max(1, min(int(chunk_size), IMPORT_BATCH))
     for start in range(0, len(predictions), chunk_size):
         chunk = list(predictions[start:start + chunk_size])
-        response = post_json(client, f"api/projects/{int(project_id)}/import/predictions", chunk)
-        if response.status_code >= 300:
-            raise LabelStudioSyncError(f"project {project_id}: import/predictions failed: HTTP "
-                                       f"{response.status_code} {response.text[:200]}")
-        created = (response.json() or {}).get("created")
-        if created is None or int(created) != len(chunk):
-            raise LabelStudioSyncError(
-                f"project {project_id}: Label Studio created {created} of {len(chunk)} predictions in chunk "
-                f"starting at {start} (scores outside [0,1] or from_name/to_name not matching the config?)")
-        created_total += int(created)
+        while chunk:
+            response = post_json(client, f"api/projects/{int(project_id)}/import/predictions", chunk)
+            missing = {int(m) for m in MISSING_TASK.findall(response.text)} if response.status_code == 400 else set()
+            if missing:
+                chunk = [p for p in chunk if int(p["task"]) not in missing]
+                logger.warning("project %s: tasks %s no longer exist; pushing the rest of the chunk", project_id,
+                               sorted(missing))
+                if on_missing:
+                    on_missing(sorted(missing))
+                continue
+            if response.status_code >= 300:
+                raise LabelStudioSyncError(f"project {project_id}: import/predictions failed: HTTP "
+                                           f"{response.status_code} {response.text[:200]}")
+            created = (response.json() or {}).get("created")
+            if created is None or int(created) != len(chunk):
+                raise LabelStudioSyncError(
+                    f"project {project_id}: Label Studio created {created} of {len(chunk)} predictions in chunk "
+                    f"starting at {start} (scores outside [0,1] or from_name/to_name not matching the config?)")
+            created_total += int(created)
+            break
     return created_total
 
 
+def get_project(client: LabelStudio, project_id: int) -> dict:
+    """The project as plain JSON (model_version, sampling, min_annotations_to_start_training, ...)."""
+    response = client._client_wrapper.httpx_client.request(f"api/projects/{int(project_id)}/", method="GET")
+    if response.status_code >= 300:
+        raise LabelStudioSyncError(f"reading project {project_id} failed: HTTP {response.status_code} "
+                                   f"{response.text[:200]}")
+    return response.json()
+
+
+def backend_titles(client: LabelStudio, project_id: int) -> list[str]:
+    """Titles of the project's ML backends (Label Studio sets model_version to one of them on connect)."""
+    response = client._client_wrapper.httpx_client.request("api/ml", method="GET",
+                                                             params={"project": int(project_id)})
+    if response.status_code >= 300:
+        return []
+    return [b.get("title") or "" for b in response.json() or []]
+
+
 def set_model_version(client: LabelStudio, project_id: int, version: str) -> None:
-    """Make the project's score column and Uncertainty sampling use `version`'s predictions."""
+    """Make the project's score column (and so the tail-first tab) use `version`'s predictions."""
     client.projects.update(id=int(project_id), model_version=version)
 
 
-def delete_model_version(client: LabelStudio, project_id: int, version: str) -> None:
-    """Delete all predictions of `version` in the project."""
+def model_version_counts(client: LabelStudio, project_id: int) -> dict[str, int]:
+    """{model_version: number of predictions} of the project."""
     response = client._client_wrapper.httpx_client.request(
-        f"api/projects/{int(project_id)}/model-versions/", method="DELETE", json={"model_version": version})
+        f"api/projects/{int(project_id)}/model-versions/", method="GET", params={"extended": "true"})
     if response.status_code >= 300:
-        raise LabelStudioSyncError(f"deleting model version {version!r} of project {project_id} failed: "
-                                   f"HTTP {response.status_code} {response.text[:200]}")
+        raise LabelStudioSyncError(f"listing model versions of project {project_id} failed: HTTP "
+                                   f"{response.status_code} {response.text[:200]}")
+    body = response.json()
+    rows = body.get("static", []) if isinstance(body, dict) else body
+    return {r["model_version"]: int(r.get("count") or 0) for r in rows or [] if r.get("model_version")}
 
 
-def chunked(items: Sequence, size: int) -> Iterable[Sequence]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
+def version_prediction_ids(client: LabelStudio, project_id: int, version: str, limit: int = 100) -> list[int]:
+    """Ids of (at most about `limit`) predictions of `version`: the tasks holding one, with their predictions.
+
+    Label Studio has no listing of predictions by version; the Data Manager's
+    predictions_model_versions filter (a substring match; version names are
+    never substrings of one another) narrows the tasks, and the exact version is
+    checked on each prediction.
+    """
+    filters = {"conjunction": "and", "items": [{"filter": "filter:tasks:predictions_model_versions",
+                                                "operator": "contains", "type": "List", "value": [version]}]}
+    http = client._client_wrapper.httpx_client
+    response = http.request("api/tasks/", method="GET", params={
+        "project": int(project_id), "page": 1, "page_size": int(limit), "fields": "all",
+        "include": "id,predictions", "query": json.dumps({"filters": filters})},
+        request_options={"timeout_in_seconds": 120})
+    if response.status_code == 404:
+        return []
+    if response.status_code >= 300:
+        raise LabelStudioSyncError(f"listing predictions of {version!r} in project {project_id} failed: HTTP "
+                                   f"{response.status_code} {response.text[:200]}")
+    body = response.json()
+    tasks = body.get("tasks", []) if isinstance(body, dict) else body
+    return [int(p["id"]) for t in tasks for p in (t.get("predictions") or [])
+            if isinstance(p, dict) and p.get("model_version") == version and "id" in p]
+
+
+def delete_prediction(client: LabelStudio, prediction_id: int) -> bool:
+    """Delete one prediction (one short transaction in Label Studio); False if it was already gone."""
+    response = client._client_wrapper.httpx_client.request(f"api/predictions/{int(prediction_id)}/",
+                                                             method="DELETE")
+    if response.status_code == 404:
+        return False
+    if response.status_code >= 300:
+        raise LabelStudioSyncError(f"deleting prediction {prediction_id} failed: HTTP {response.status_code} "
+                                   f"{response.text[:200]}")
+    return True

@@ -14,10 +14,11 @@ from .runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
-# Events that (re)train a project. 1.0.9's default lacks START_TRAINING and
-# names ANNOTATION_DELETED, which Label Studio 1.23 sends as ANNOTATIONS_DELETED.
-TRAIN_EVENTS = ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED",
-                "ANNOTATION_DELETED", "START_TRAINING")
+# Events that (re)train a project: only START_TRAINING, which Label Studio sends for the "Start
+# Training" button and, when the Model page's "Start model training on annotation submission" is
+# on, after every N annotations (project.min_annotations_to_start_training). The annotation
+# webhooks themselves are ignored, so what that page shows is what happens.
+TRAIN_EVENTS = ("START_TRAINING",)
 # Tasks created after a training are scored with the current model at once.
 SCORE_EVENTS = ("TASKS_CREATED",)
 

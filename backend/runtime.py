@@ -24,6 +24,8 @@ from .features import ArrayCache
 from .images import ImageFetcher, ImageFetchError
 from .label_config import ImageChoicesConfig
 from .model_store import ModelStore
+from .pool import Pool
+from .publishing import Ledger, Publisher
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -79,6 +81,7 @@ class Runtime:
         self._client = None
         self._fetcher: ImageFetcher | None = None
         self._failed: dict[tuple[int, str], tuple[float, str]] = {}  # (task id, url) -> (when, why)
+        self._pools: dict[int, Pool] = {}
 
     # -- Label Studio ----------------------------------------------------------
     def ls_client(self):
@@ -170,6 +173,24 @@ class Runtime:
             state.model = model
             state.loaded = True
             state.pointer_mtime = self.store(project_id).pointer_mtime()
+
+    def pool(self, project_id: int, image_key: str) -> Pool:
+        """The project's remembered unlabeled tasks (re-read if the image key changed)."""
+        with self._lock:
+            pool = self._pools.get(int(project_id))
+            if pool is None or pool.image_key != image_key:
+                pool = self._pools[int(project_id)] = Pool(self.settings.project_dir(project_id), image_key)
+            return pool
+
+    def publisher(self, project_id: int, config: ImageChoicesConfig) -> Publisher:
+        """Pushes and retires the project's versions; tasks Label Studio no longer has leave the pool."""
+        pool = self.pool(project_id, config.image_key)
+        return Publisher(self.ls_client(), project_id, self.settings.project_dir(project_id), config,
+                         chunk_size=self.settings.predict_chunk, on_missing_tasks=pool.remove)
+
+    def publisher_ledger(self, project_id: int) -> dict:
+        """What is published in Label Studio for the project (published.json; see backend/publishing.py)."""
+        return Ledger(self.settings.project_dir(project_id)).read()
 
     def cache(self, project_id: int) -> ArrayCache:
         with self._lock:

@@ -22,8 +22,6 @@ SETTINGS_HELP: dict[str, tuple[str | None, str]] = {
     "MCM_BACKBONE_WEIGHTS": (None, "Local weights file for resnet18/resnet50 (else torchvision's cache)."),
     "MCM_ALLOWED_HOSTS": ("", "Comma-separated hostnames, IPs or CIDRs that may be fetched even though "
                           "they are loopback/private/link-local (e.g. 127.0.0.1,10.0.0.0/8,minio)."),
-    "MCM_SCORE_DIRECTION": ("tail-high", "tail-high: score high = likely tail class (sort by score "
-                            "descending); tail-low: 1 - score, for Label Studio's Uncertainty sampling."),
     "BASIC_AUTH_USER": (None, "With BASIC_AUTH_PASS: require HTTP basic auth on every route except "
                         "/health and the annotation webhook (see README)."),
     "BASIC_AUTH_PASS": (None, "Password for BASIC_AUTH_USER."),
@@ -35,8 +33,25 @@ SETTINGS_HELP: dict[str, tuple[str | None, str]] = {
                               "project are scored by all workers in parallel."),
     "MCM_DEBOUNCE_SECONDS": ("2", "Wait this long after the last training event before training, so a "
                              "burst of annotations causes one training."),
+    "MCM_RETRAIN_MIN_INTERVAL": ("30", "At most one training start per project per this many seconds (a live "
+                                 "team's submissions are batched; see docs/lifecycle.md)."),
+    "MCM_RETRAIN_MAX_WAIT": ("60", "Train at the latest this many seconds after the first untrained event, even "
+                             "while events keep arriving faster than MCM_DEBOUNCE_SECONDS apart."),
+    "MCM_HEAD_SIZE": ("100", "Tasks pushed at once under a new version (the head of the queue); at least 4 x "
+                      "the labels added since the previous version. The rest follows when the version settles."),
+    "MCM_FILL_AFTER_SECONDS": ("300", "Once a version has been current this long (no newer training), push the "
+                               "scores of the rest of the pool too. A project's first version fills at once."),
+    "MCM_PREDICTION_GRACE_SECONDS": ("86400", "Keep a superseded version's predictions this long before deleting "
+                                     "them (Label Studio rejects a submission whose pre-filled prediction was "
+                                     "deleted). Default: Label Studio's task lock time, 24 h."),
+    "MCM_POOL_RELIST_SECONDS": ("600", "List the project's unlabeled tasks from Label Studio again after this "
+                                "long (30-40 s of Label Studio time on a 100k-task project); new tasks also arrive "
+                                "at once through the TASKS_CREATED webhook."),
+    "MCM_MAINTAIN_SECONDS": ("10", "How often the background maintainer fills, retires and checks that Label "
+                             "Studio's model_version follows the backend's."),
     "MCM_SEED": ("0", "Seed for every random choice (training is deterministic given the data)."),
-    "MCM_PREDICT_CHUNK": ("1000", "Predictions per import/predictions request when pushing scores."),
+    "MCM_PREDICT_CHUNK": ("500", "Predictions per import/predictions request when pushing scores (at most 500, "
+                          "Label Studio's import batch: a refused request then creates nothing)."),
     "MCM_IMAGE_MAX_BYTES": ("20000000", "Largest image download accepted, in bytes."),
     "MCM_IMAGE_TIMEOUT": ("10", "Seconds before an image download is abandoned."),
     "MCM_SCORE_TRANSFORM": ("sqrt", "How raw scores map into [0,1]: linear (score/upper bound) or sqrt "
@@ -50,7 +65,6 @@ SETTINGS_HELP: dict[str, tuple[str | None, str]] = {
     "LOG_LEVEL": ("INFO", "Python logging level."),
 }
 
-SCORE_DIRECTIONS = ("tail-high", "tail-low")
 SCORE_TRANSFORMS = ("linear", "sqrt")
 
 
@@ -74,7 +88,6 @@ class Settings:
     backbone: str = "resnet18"
     backbone_weights: str | None = None
     allowed_hosts: tuple[str, ...] = ()
-    score_direction: str = "tail-high"
     score_transform: str = "sqrt"
     basic_auth_user: str | None = None
     basic_auth_pass: str | None = None
@@ -82,8 +95,15 @@ class Settings:
     rq_queue: str = "mcm"
     score_chunk_tasks: int = 5000
     debounce_seconds: float = 2.0
+    retrain_min_interval: float = 30.0
+    retrain_max_wait: float = 60.0
+    head_size: int = 100
+    fill_after_seconds: float = 300.0
+    prediction_grace_seconds: float = 86400.0
+    pool_relist_seconds: float = 600.0
+    maintain_seconds: float = 10.0
     seed: int = 0
-    predict_chunk: int = 1000
+    predict_chunk: int = 500
     image_max_bytes: int = 20_000_000
     image_timeout: float = 10.0
     cnn_epochs: int = 8
@@ -92,8 +112,6 @@ class Settings:
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
-        if self.score_direction not in SCORE_DIRECTIONS:
-            raise ValueError(f"MCM_SCORE_DIRECTION must be one of {SCORE_DIRECTIONS}, got {self.score_direction!r}")
         if self.score_transform not in SCORE_TRANSFORMS:
             raise ValueError(f"MCM_SCORE_TRANSFORM must be one of {SCORE_TRANSFORMS}, got {self.score_transform!r}")
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
@@ -116,8 +134,18 @@ class Settings:
             raise ValueError("MCM_CNN_EPOCHS must be >= 1")
         if self.torch_threads < 1:
             raise ValueError("MCM_TORCH_THREADS must be >= 1")
-        if self.debounce_seconds < 0:
-            raise ValueError("MCM_DEBOUNCE_SECONDS must be >= 0")
+        for name, value in (("MCM_DEBOUNCE_SECONDS", self.debounce_seconds),
+                            ("MCM_RETRAIN_MIN_INTERVAL", self.retrain_min_interval),
+                            ("MCM_RETRAIN_MAX_WAIT", self.retrain_max_wait),
+                            ("MCM_FILL_AFTER_SECONDS", self.fill_after_seconds),
+                            ("MCM_PREDICTION_GRACE_SECONDS", self.prediction_grace_seconds),
+                            ("MCM_POOL_RELIST_SECONDS", self.pool_relist_seconds)):
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        if self.head_size < 1:
+            raise ValueError("MCM_HEAD_SIZE must be >= 1")
+        if self.maintain_seconds <= 0:
+            raise ValueError("MCM_MAINTAIN_SECONDS must be > 0")
         for entry in self.allowed_hosts:
             if "/" in entry:
                 try:
@@ -128,6 +156,10 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":
         env = os.environ if env is None else env
+        if (env.get("MCM_SCORE_DIRECTION") or "tail-high") != "tail-high":
+            raise ValueError("MCM_SCORE_DIRECTION=tail-low is no longer supported: Label Studio's open-source UI "
+                             "disables Uncertainty sampling, so the only supported ordering is the 'Tail classes "
+                             "first' tab (highest score first). Unset MCM_SCORE_DIRECTION.")
         values = dict(
             label_studio_url=(env.get("LABEL_STUDIO_URL") or None),
             label_studio_api_key=(env.get("LABEL_STUDIO_API_KEY") or None),
@@ -136,7 +168,6 @@ class Settings:
             backbone_weights=env.get("MCM_BACKBONE_WEIGHTS") or None,
             allowed_hosts=tuple(h.strip().lower() for h in (env.get("MCM_ALLOWED_HOSTS") or "").split(",")
                                 if h.strip()),
-            score_direction=env.get("MCM_SCORE_DIRECTION") or "tail-high",
             score_transform=env.get("MCM_SCORE_TRANSFORM") or "sqrt",
             basic_auth_user=env.get("BASIC_AUTH_USER") or None,
             basic_auth_pass=env.get("BASIC_AUTH_PASS") or None,
@@ -144,6 +175,13 @@ class Settings:
             rq_queue=env.get("MCM_RQ_QUEUE") or "mcm",
             score_chunk_tasks=_number(env, "MCM_SCORE_CHUNK_TASKS"),
             debounce_seconds=_number(env, "MCM_DEBOUNCE_SECONDS", float),
+            retrain_min_interval=_number(env, "MCM_RETRAIN_MIN_INTERVAL", float),
+            retrain_max_wait=_number(env, "MCM_RETRAIN_MAX_WAIT", float),
+            head_size=_number(env, "MCM_HEAD_SIZE"),
+            fill_after_seconds=_number(env, "MCM_FILL_AFTER_SECONDS", float),
+            prediction_grace_seconds=_number(env, "MCM_PREDICTION_GRACE_SECONDS", float),
+            pool_relist_seconds=_number(env, "MCM_POOL_RELIST_SECONDS", float),
+            maintain_seconds=_number(env, "MCM_MAINTAIN_SECONDS", float),
             seed=_number(env, "MCM_SEED"),
             predict_chunk=_number(env, "MCM_PREDICT_CHUNK"),
             image_max_bytes=_number(env, "MCM_IMAGE_MAX_BYTES"),

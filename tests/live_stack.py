@@ -97,7 +97,8 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float, backend: "Back
 class BackendProcess:
     """Our backend (`python _wsgi.py`) as a subprocess the tests can start, stop and restart."""
 
-    def __init__(self, ls: dict, model_dir: Path, log_path: Path, port: int, pid_path: Path) -> None:
+    def __init__(self, ls: dict, model_dir: Path, log_path: Path, port: int, pid_path: Path,
+                 extra_env: dict[str, str] | None = None) -> None:
         self.port = port
         self.pid_path = pid_path
         self.url = f"http://127.0.0.1:{port}"
@@ -111,13 +112,13 @@ class BackendProcess:
             "MODEL_DIR": str(model_dir),
             "MCM_BACKBONE": "simple-cnn",
             "MCM_ALLOWED_HOSTS": "127.0.0.1,localhost",
-            "MCM_SCORE_DIRECTION": "tail-high",
             "MCM_DEBOUNCE_SECONDS": os.environ.get("MCM_E2E_DEBOUNCE_SECONDS", "3"),
             "MCM_SEED": "0",
             "LOG_LEVEL": "INFO",
             "OMP_NUM_THREADS": "2",
             "PYTHONUNBUFFERED": "1",
         })
+        self.env.update(extra_env or {})
         self.env.pop("REDIS_URL", None)
         # Run as in production: basic auth on the backend, so `connect` must pass it on to
         # Label Studio and to the annotation webhook.
@@ -260,11 +261,18 @@ def state_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def backend(ls_env, state_dir) -> BackendProcess:
+def backend_env() -> dict[str, str]:
+    """Settings a stage gives the backend on top of BackendProcess's (a stage's conftest overrides this)."""
+    return {}
+
+
+@pytest.fixture(scope="session")
+def backend(ls_env, state_dir, backend_env) -> BackendProcess:
     model_dir = state_dir / "models"
     model_dir.mkdir(parents=True, exist_ok=True)
     proc = BackendProcess(ls_env, model_dir, state_dir / "backend.log",
-                          int(os.environ.get("MCM_E2E_BACKEND_PORT") or free_port()), state_dir / "backend.pid")
+                          int(os.environ.get("MCM_E2E_BACKEND_PORT") or free_port()), state_dir / "backend.pid",
+                          backend_env)
     proc.start()
     yield proc
     proc.stop()

@@ -80,6 +80,8 @@ class FakeLabelStudio:
         self.projects: dict[int, dict] = {}
         self.tasks: dict[int, dict] = {}
         self.predictions: list[dict] = []
+        self.next_prediction_id = 1
+        self.annotations_submitted: list[dict] = []
         self.uploads: dict[str, bytes] = {}
         self.calls: list[tuple[str, str]] = []
         self.redirect_target: str | None = None
@@ -117,6 +119,11 @@ class FakeLabelStudio:
             query = json.loads(request.args.get("query") or "{}")
             items = sorted((t for t in fake.tasks.values() if t["project"] == pid), key=lambda t: t["id"])
             for flt in (query.get("filters") or {}).get("items", []):
+                if flt["filter"] == "filter:tasks:predictions_model_versions":
+                    assert flt["operator"] == "contains" and isinstance(flt["value"], list)
+                    items = [t for t in items if any(v in p["model_version"] for v in flt["value"]
+                                                     for p in fake.task_predictions(t["id"]))]
+                    continue
                 assert flt["filter"] == "filter:tasks:total_annotations"
                 if flt["operator"] == "greater":
                     items = [t for t in items if len(t["annotations"]) > flt["value"]]
@@ -128,7 +135,8 @@ class FakeLabelStudio:
                 return jsonify({"detail": "Invalid page."}), 404
             fields_all = request.args.get("fields") == "all"
             out = [{"id": t["id"], "data": t["data"], "project": pid, "total_annotations": len(t["annotations"]),
-                    **({"annotations": t["annotations"]} if fields_all else {})} for t in chunk]
+                    **({"annotations": t["annotations"], "predictions": fake.task_predictions(t["id"])}
+                       if fields_all else {})} for t in chunk]
             if request.args.get("include"):
                 keep = request.args["include"].split(",")
                 out = [{k: v for k, v in t.items() if k in keep} for t in out]
@@ -147,23 +155,58 @@ class FakeLabelStudio:
         def import_predictions(pid):
             config = fake.projects[pid]
             created = 0
-            for item in request.get_json():
+            items = request.get_json()
+            assert len(items) <= 500, "the backend must send at most one Label Studio import batch per request"
+            for item in items:
+                if item.get("task") not in fake.tasks or fake.tasks[item["task"]]["project"] != pid:
+                    # Label Studio (fast import flag) refuses the whole batch for a task that is gone
+                    return jsonify({"detail": f"{item} contains invalid \"task\" field: task ID "
+                                              f"{item.get('task')} not found in project {pid}"}), 400
+            for item in items:
                 score = item.get("score")
                 names_ok = all(r.get("from_name") == config["control_name"] and r.get("to_name") == config["image_name"]
                                for r in item.get("result", []))
                 if score is None or not (0 <= score <= 1) or not names_ok:
                     continue  # Label Studio drops these silently
-                fake.predictions.append({**item, "project": pid})
+                fake.predictions.append({**item, "project": pid, "id": fake.next_prediction_id})
+                fake.next_prediction_id += 1
                 created += 1
             return jsonify({"created": created}), 201
 
-        @app.route("/api/projects/<int:pid>/model-versions/", methods=["DELETE"])
-        def delete_versions(pid):
-            version = (request.get_json() or {}).get("model_version")
+        @app.route("/api/projects/<int:pid>/model-versions/", methods=["GET"])
+        def model_versions(pid):
+            counts: dict[str, int] = {}
+            for p in fake.predictions:
+                if p["project"] == pid:
+                    counts[p["model_version"]] = counts.get(p["model_version"], 0) + 1
+            return jsonify({"static": [{"model_version": v, "count": c} for v, c in counts.items()], "live": []})
+
+        @app.route("/api/predictions/<int:prediction_id>/", methods=["DELETE"])
+        def delete_prediction(prediction_id):
             before = len(fake.predictions)
-            fake.predictions = [p for p in fake.predictions
-                                if not (p["project"] == pid and p["model_version"] == version)]
-            return jsonify({"count": before - len(fake.predictions)}), 200
+            fake.predictions = [p for p in fake.predictions if p["id"] != prediction_id]
+            if len(fake.predictions) == before:
+                return jsonify({"detail": "Not found."}), 404
+            return "", 204
+
+        @app.route("/api/ml", methods=["GET"], strict_slashes=False)
+        def ml_backends():
+            pid = int(request.args["project"])
+            return jsonify([{"id": 1, "title": fake.projects[pid].get("backend_title", "Minority-class mining"),
+                             "url": "http://backend"}] if pid in fake.projects else [])
+
+        @app.route("/api/tasks/<int:tid>/annotations/", methods=["POST"])
+        def submit_annotation(tid):
+            """Like Label Studio: a submission pre-filled from a deleted prediction is refused."""
+            body = request.get_json() or {}
+            parent = body.get("parent_prediction")
+            if parent is not None and not any(p["id"] == parent for p in fake.predictions):
+                return jsonify({"parent_prediction": [f'Invalid pk "{parent}" - object does not exist.']}), 400
+            annotation = {"id": 900000 + len(fake.annotations_submitted), "was_cancelled": False,
+                          "updated_at": "2026-01-02T00:00:00Z", "result": body.get("result", [])}
+            fake.tasks[tid]["annotations"].append(annotation)
+            fake.annotations_submitted.append({"task": tid, **body})
+            return jsonify(annotation), 201
 
         @app.route("/data/upload/<path:name>")
         def upload(name):
@@ -184,6 +227,16 @@ class FakeLabelStudio:
         self.url = f"http://127.0.0.1:{self.port}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
+
+    def task_predictions(self, task_id: int) -> list[dict]:
+        return [p for p in self.predictions if p["task"] == task_id]
+
+    def open_task(self, task_id: int) -> int | None:
+        """What the labeling UI pre-fills from: the prediction of project.model_version (its id)."""
+        task = self.tasks[task_id]
+        version = self.projects[task["project"]]["model_version"]
+        ids = [p["id"] for p in self.task_predictions(task_id) if p["model_version"] == version]
+        return ids[0] if ids else None
 
     def add_project(self, pid: int, label_config: str, image_name: str = "image", control_name: str = "choice") -> None:
         self.projects[pid] = {"label_config": label_config, "model_version": "", "image_name": image_name,

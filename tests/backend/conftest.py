@@ -30,7 +30,8 @@ def fake_ls():
 def make_settings(tmp_path):
     def build(**overrides) -> Settings:
         values = dict(model_dir=str(tmp_path / "models"), backbone="simple-cnn", allowed_hosts=("127.0.0.1",),
-                      debounce_seconds=0.0, label_studio_url=None, label_studio_api_key=None)
+                      debounce_seconds=0.0, retrain_min_interval=0.0, maintain_seconds=3600.0,
+                      label_studio_url=None, label_studio_api_key=None)
         values.update(overrides)
         return Settings(**values)
     return build

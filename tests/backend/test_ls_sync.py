@@ -26,7 +26,6 @@ def test_list_annotated_and_unlabeled_with_paging(fake_ls, project, monkeypatch,
     unlabeled = ls_sync.list_unlabeled_tasks(project, 3)
     assert [t["id"] for t in unlabeled] == [t for t in range(1, 26) if t % 5]
     assert unlabeled[0] == {"id": 1, "data": {"image": "https://img.example/1.png"}}
-    assert ls_sync.list_unlabeled_task_ids(project, 3) == [t for t in range(1, 26) if t % 5]
 
 
 def _prediction(task, score=0.5, version="v1", from_name="choice"):
@@ -34,15 +33,28 @@ def _prediction(task, score=0.5, version="v1", from_name="choice"):
             "result": [{"from_name": from_name, "to_name": "image", "type": "choices", "value": {"choices": ["one"]}}]}
 
 
-def test_push_in_chunks_set_version_and_delete(fake_ls, project):
+def test_push_in_chunks_set_version_and_delete_one_by_one(fake_ls, project):
     created = ls_sync.push_predictions(project, 3, [_prediction(t) for t in range(1, 8)], chunk_size=3)
     assert created == 7 and len(fake_ls.predictions) == 7
     assert [c for c in fake_ls.calls if c[1] == "/api/projects/3/import/predictions"] == \
         [("POST", "/api/projects/3/import/predictions")] * 3
     ls_sync.set_model_version(project, 3, "v1")
     assert fake_ls.projects[3]["model_version"] == "v1"
-    ls_sync.delete_model_version(project, 3, "v1")
-    assert fake_ls.predictions == []
+    ls_sync.push_predictions(project, 3, [_prediction(t, version="v12") for t in range(1, 3)])
+    assert ls_sync.model_version_counts(project, 3) == {"v1": 7, "v12": 2}
+    ids = ls_sync.version_prediction_ids(project, 3, "v1")
+    assert sorted(ids) == sorted(p["id"] for p in fake_ls.predictions if p["model_version"] == "v1")
+    assert all(ls_sync.delete_prediction(project, i) for i in ids)
+    assert not ls_sync.delete_prediction(project, ids[0])  # already gone: not an error
+    assert ls_sync.model_version_counts(project, 3) == {"v12": 2}
+
+
+def test_push_requests_never_exceed_one_label_studio_import_batch(fake_ls, project):
+    fake_ls.add_project(9, LABEL_CONFIG)
+    for tid in range(1000, 2200):
+        fake_ls.add_task(9, tid, "https://img.example/x.png")
+    assert ls_sync.push_predictions(project, 9, [_prediction(t) for t in range(1000, 2200)], chunk_size=5000) == 1200
+    assert len([c for c in fake_ls.calls if c[1] == "/api/projects/9/import/predictions"]) == 3
 
 
 @pytest.mark.parametrize("bad", [_prediction(2, score=1.5), _prediction(2, from_name="wrong")])

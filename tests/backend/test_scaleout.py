@@ -94,7 +94,8 @@ def cluster(tmp_path, images):
         settings = Settings(model_dir=str(model_dir), backbone="simple-cnn", allowed_hosts=("127.0.0.1",),
                             debounce_seconds=debounce, label_studio_url=fake.url,
                             label_studio_api_key=fake.legacy_token, cnn_epochs=2, predict_chunk=7,
-                            redis_url=REDIS_URL, rq_queue=queue, score_chunk_tasks=chunk)
+                            redis_url=REDIS_URL, rq_queue=queue, score_chunk_tasks=chunk,
+                            retrain_min_interval=0.0, maintain_seconds=3600.0)
         env = {**os.environ, "PYTHONPATH": str(ROOT), "MODEL_DIR": str(model_dir), "MCM_BACKBONE": "simple-cnn",
                "MCM_ALLOWED_HOSTS": "127.0.0.1", "LABEL_STUDIO_URL": fake.url,
                "LABEL_STUDIO_API_KEY": fake.legacy_token, "MCM_CNN_EPOCHS": "2", "MCM_PREDICT_CHUNK": "7",
@@ -177,13 +178,12 @@ def test_feature_cache_survives_concurrent_writer_processes(tmp_path):
 
 
 @needs_redis
-def test_burst_of_annotation_events_becomes_at_most_two_trainings(cluster):
+def test_burst_of_training_events_becomes_at_most_two_trainings(cluster):
     env = cluster(debounce=1.0)
     env["workers"].start("w1")
     statuses = []
     for i in range(50):
-        response = env["client"].post("/webhook", json={"action": "ANNOTATION_CREATED", "project": {"id": PID},
-                                                        "annotation": {"id": i}})
+        response = env["client"].post("/webhook", json={"action": "START_TRAINING", "project": {"id": PID}})
         assert response.status_code == 201, response.json
         statuses.append(response.json["status"])
     assert statuses[0] == "scheduled"
@@ -244,8 +244,8 @@ def test_two_workers_score_chunks_in_parallel_like_the_single_process_path(clust
         settings = Settings(model_dir=str(single_dir), backbone="simple-cnn", allowed_hosts=("127.0.0.1",),
                             label_studio_url=other.url, label_studio_api_key=other.legacy_token, cnn_epochs=2,
                             predict_chunk=7)
-        pushed = jobs.rescore_project(PID, runtime=Runtime(settings))
-        assert pushed == len(env["truth"]) and other.projects[PID]["model_version"] == v1
+        timings = jobs.refresh_project(PID, runtime=Runtime(settings))
+        assert timings["pool"] == len(env["truth"]) and other.projects[PID]["model_version"] == v1
         single = _pushed(other, v1)
     finally:
         other.close()
@@ -310,10 +310,10 @@ def test_worker_killed_mid_training_leaves_previous_model_and_a_failed_job(clust
     assert v2 != v1 and store.versions() == [v1, v2]
     assert not glob.glob(os.path.join(store.project_dir, ".saving-*"))
     assert _status(env)["model_version"] == v2 and _status(env)["last_error"] is None
-    # v2 replaced v1 in Label Studio once: its predictions pushed once, v1's deleted.
+    # v2 replaced v1 in Label Studio once: its predictions pushed once; v1's stay for the grace period.
     fake = env["fake"]
     assert fake.projects[PID]["model_version"] == v2
-    assert set(_pushed(fake, v2)) == set(env["truth"]) and not _pushed(fake, v1)
+    assert set(_pushed(fake, v2)) == set(env["truth"]) and set(_pushed(fake, v1)) == set(env["truth"])
     scores_dir = Path(store.project_dir) / "scores"
-    assert json.loads((scores_dir / v2 / "pushed.json").read_text())["pushed"] == len(env["truth"])
+    assert json.loads((scores_dir / v2 / "pushed.json").read_text())["ranked"] == len(env["truth"])
     assert not (scores_dir / v1).exists()

@@ -23,12 +23,21 @@ from backend_fakes import LABEL_CONFIG
 # --- settings ---------------------------------------------------------------------------------
 def test_settings_from_env_parses_and_validates():
     s = Settings.from_env({"MCM_ALLOWED_HOSTS": " 127.0.0.1, 10.0.0.0/8 ,Minio", "MCM_DEBOUNCE_SECONDS": "0.5",
-                           "MCM_SCORE_DIRECTION": "tail-low", "MODEL_DIR": "/x"})
+                           "MCM_RETRAIN_MIN_INTERVAL": "12", "MCM_PREDICTION_GRACE_SECONDS": "7200",
+                           "MODEL_DIR": "/x"})
     assert s.allowed_hosts == ("127.0.0.1", "10.0.0.0/8", "minio")
-    assert s.debounce_seconds == 0.5 and s.score_direction == "tail-low" and s.model_dir == "/x"
+    assert s.debounce_seconds == 0.5 and s.model_dir == "/x"
+    assert s.retrain_min_interval == 12.0 and s.prediction_grace_seconds == 7200.0
     assert Settings.from_env({}).backbone == "resnet18"
-    with pytest.raises(ValueError, match="MCM_SCORE_DIRECTION"):
-        Settings.from_env({"MCM_SCORE_DIRECTION": "up"})
+    # Uncertainty sampling (tail-low scores) is not a supported ordering any more: say so at start-up.
+    assert Settings.from_env({"MCM_SCORE_DIRECTION": "tail-high"}).backbone == "resnet18"
+    with pytest.raises(ValueError, match="MCM_SCORE_DIRECTION=tail-low is no longer supported"):
+        Settings.from_env({"MCM_SCORE_DIRECTION": "tail-low"})
+    for name in ("MCM_RETRAIN_MIN_INTERVAL", "MCM_PREDICTION_GRACE_SECONDS", "MCM_FILL_AFTER_SECONDS"):
+        with pytest.raises(ValueError, match=name):
+            Settings.from_env({name: "-1"})
+    with pytest.raises(ValueError, match="MCM_HEAD_SIZE"):
+        Settings.from_env({"MCM_HEAD_SIZE": "0"})
     with pytest.raises(ValueError, match="MCM_SEED"):
         Settings.from_env({"MCM_SEED": "x"})
     with pytest.raises(ValueError, match="BASIC_AUTH"):
@@ -45,8 +54,10 @@ def test_settings_from_env_parses_and_validates():
 def test_help_text_lists_every_setting():
     text = settings_help_text()
     for name in ("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY", "MODEL_DIR", "MCM_BACKBONE", "MCM_BACKBONE_WEIGHTS",
-                 "MCM_ALLOWED_HOSTS", "MCM_SCORE_DIRECTION", "BASIC_AUTH_USER", "BASIC_AUTH_PASS", "REDIS_URL",
-                 "MCM_DEBOUNCE_SECONDS", "MCM_SEED", "MCM_PREDICT_CHUNK", "LOG_LEVEL"):
+                 "MCM_ALLOWED_HOSTS", "BASIC_AUTH_USER", "BASIC_AUTH_PASS", "REDIS_URL",
+                 "MCM_DEBOUNCE_SECONDS", "MCM_RETRAIN_MIN_INTERVAL", "MCM_RETRAIN_MAX_WAIT", "MCM_HEAD_SIZE",
+                 "MCM_FILL_AFTER_SECONDS", "MCM_PREDICTION_GRACE_SECONDS", "MCM_SEED", "MCM_PREDICT_CHUNK",
+                 "LOG_LEVEL"):
         assert name in text
 
 
@@ -99,14 +110,13 @@ def test_task_label_latest_wins_and_cancelled_ignored():
 
 # --- scores -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("transform", ["linear", "sqrt"])
-def test_score_mapping_monotone_in_unit_interval_and_flippable(transform):
+def test_score_mapping_monotone_in_unit_interval(transform):
     raw = np.array([-1.0, 0.0, 1e-6, 0.01, 0.5, 1.9, 2.0, 5.0, np.nan])
-    high = map_scores(raw, 2.0, transform, "tail-high")
-    low = map_scores(raw, 2.0, transform, "tail-low")
-    assert np.all((high >= 0) & (high <= 1)) and np.all((low >= 0) & (low <= 1))
-    finite = high[:-1]
+    mapped = map_scores(raw, 2.0, transform)
+    assert np.all((mapped >= 0) & (mapped <= 1))
+    finite = mapped[:-1]
     assert np.all(np.diff(finite) >= 0) and finite[2] > finite[1] and finite[3] > finite[2]
-    np.testing.assert_allclose(low, 1 - high)
+    assert finite[-2] == 1.0 and mapped[-1] == 0.0  # at the bound: 1; NaN: 0
 
 
 # --- address policy -------------------------------------------------------------------------------
@@ -218,3 +228,43 @@ def test_queue_runs_projects_independently_and_survives_errors():
     queue.request(1)
     assert queue.wait_idle(timeout=10) and runs.count(1) == 2
     queue.close()
+
+
+def test_a_live_team_is_batched_by_the_minimum_interval():
+    """Events every 50 ms for 1.2 s with a 0.5 s interval: a handful of trainings, never one per event."""
+    starts = []
+
+    def train(project_id):
+        starts.append(time.monotonic())
+        time.sleep(0.05)
+
+    queue = TrainingQueue(train, debounce_seconds=0.02, min_interval=0.5, max_wait=0.2)
+    for _ in range(24):
+        queue.request(1, "START_TRAINING")
+        time.sleep(0.05)
+    assert queue.wait_idle(timeout=10)
+    queue.close()
+    assert 2 <= len(starts) <= 4, len(starts)  # 24 events; the interval allows one per 0.5 s
+    assert queue.runs(1) == len(starts)
+
+
+def test_one_training_at_a_time_across_projects():
+    running, overlaps = [], []
+    lock = threading.Lock()
+
+    def train(project_id):
+        with lock:
+            running.append(project_id)
+            if len(running) > 1:
+                overlaps.append(tuple(running))
+        time.sleep(0.05)
+        with lock:
+            running.remove(project_id)
+
+    queue = TrainingQueue(train, debounce_seconds=0.0)
+    for project_id in range(1, 9):
+        queue.request(project_id)
+    assert queue.wait_idle(timeout=10)
+    queue.close()
+    assert overlaps == [] and sum(queue.runs(p) for p in range(1, 9)) == 8
+    assert len([t for t in threading.enumerate() if t.name.startswith("mcm-train")]) <= 2

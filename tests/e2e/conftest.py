@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from live_stack import LS_ENV, Stopwatch, backend, ls_env, report_metrics, skip_without_env, state_dir  # noqa: E402,F401
+from live_stack import (LS_ENV, Stopwatch, backend, ls_env, report_metrics, skip_without_env,  # noqa: E402,F401
+                        state_dir)
 
 # Stage durations and quality figures collected by the flow, printed at the end of the session.
 METRICS: dict = {"durations_s": {}}
@@ -35,6 +36,19 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if not METRICS["durations_s"] and len(METRICS) == 1:
         return
     report_metrics(terminalreporter, "end-to-end figures (measured)", METRICS, "e2e_metrics.json")
+
+
+@pytest.fixture(scope="session")
+def backend_env() -> dict[str, str]:
+    return {
+        # Short lifecycle times so the stage sees a version filled and an old one retired.
+        "MCM_FILL_AFTER_SECONDS": "5",
+        "MCM_PREDICTION_GRACE_SECONDS": "20",
+        "MCM_MAINTAIN_SECONDS": "2",
+        # The scripted burst of step 3 (hundreds of annotations through the API, each followed by
+        # Label Studio's START_TRAINING) lasts minutes on a busy machine: one training at its end.
+        "MCM_RETRAIN_MAX_WAIT": "600",
+    }
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,172 @@
+"""Background upkeep of every project's queue in Label Studio: recover, relist, fill, retire.
+
+One thread per web process wakes every MCM_MAINTAIN_SECONDS and, for each project
+with a model (skipping a project while it trains, and any project another process
+is already maintaining), in this order:
+1. recover: a model trained but never published (the process died between saving
+   it and pushing its scores) is published now; if Label Studio's
+   project.model_version lags ours (an older version of ours, empty, or the ML
+   backend's title, as Label Studio sets it on connect) it is switched back. A
+   version that is not ours (another model the team chose) is left alone and
+   reported in /mcm/status.
+2. relist: the pool of unlabeled tasks is listed again when older than
+   MCM_POOL_RELIST_SECONDS; new tasks are scored and join the queue.
+3. fill and 4. retire, per backend/publishing.py, each within a time budget so a
+   big project never stalls the others.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable
+
+from . import ls_sync
+from .model_store import VERSION_RE
+from .publishing import Ranking, project_lock
+
+logger = logging.getLogger(__name__)
+
+FILL_BUDGET_SECONDS = 30.0
+RETIRE_BUDGET_SECONDS = 20.0
+CHECK_LABEL_STUDIO_SECONDS = 60.0
+ERROR_LOG_SECONDS = 300.0
+
+
+def is_our_version(version: str | None) -> bool:
+    return bool(version) and bool(VERSION_RE.match(version))
+
+
+class Maintainer:
+    """Runs `maintain(project_id)` for every known project, periodically, in one daemon thread."""
+
+    def __init__(self, runtime, is_busy: Callable[[int], bool], *, interval: float | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.runtime = runtime
+        self.settings = runtime.settings
+        self.is_busy = is_busy
+        self.interval = float(interval if interval is not None else self.settings.maintain_seconds)
+        self.clock = clock
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._checked_at: dict[int, float] = {}
+        self._adopted: set[int] = set()
+        self._logged_error_at: dict[int, float] = {}
+        self.foreign_version: dict[int, str] = {}
+
+    # -- thread ------------------------------------------------------------------------------------
+    def start(self) -> "Maintainer":
+        if self.settings.label_studio_url and self.settings.label_studio_api_key and self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="mcm-maintainer", daemon=True)
+            self._thread.start()
+        return self
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            for project_id in self.runtime.known_projects():
+                if self._stop.is_set():
+                    return
+                self.maintain_logged(project_id)
+            self._wake.wait(self.interval)
+            self._wake.clear()
+
+    def maintain_logged(self, project_id: int) -> None:
+        try:
+            self.maintain(project_id)
+        except Exception as exc:  # Label Studio down, disk full...: try again next pass
+            now = self.clock()
+            if now - self._logged_error_at.get(project_id, 0.0) >= ERROR_LOG_SECONDS:
+                logger.warning("project %s: queue upkeep failed (%s: %s); retrying every %.0fs", project_id,
+                               exc.__class__.__name__, exc, self.interval)
+                self._logged_error_at[project_id] = now
+
+    # -- one pass for one project ------------------------------------------------------------------
+    def maintain(self, project_id: int) -> None:
+        if self.is_busy(project_id):
+            return
+        state = self.runtime.project(project_id)
+        model = state.model
+        if model is None:
+            return
+        from .jobs import config_from_meta
+
+        config = config_from_meta(model.meta)
+        with project_lock(self.settings.project_dir(project_id), blocking=False) as mine:
+            if not mine:
+                return  # another process maintains this project right now
+            publisher = self.runtime.publisher(project_id, config)
+            label_studio_version = self.recover(project_id, publisher, model.version)
+            self.relist(project_id, config, model)
+            publisher.fill(fill_after=self.settings.fill_after_seconds, max_seconds=FILL_BUDGET_SECONDS,
+                           should_stop=lambda: self._stop.is_set() or self.is_busy(project_id))
+            if project_id not in self._adopted:
+                publisher.adopt_unknown_versions(is_our_version)
+                self._adopted.add(project_id)
+            publisher.retire(self.settings.prediction_grace_seconds, RETIRE_BUDGET_SECONDS, label_studio_version,
+                             should_stop=lambda: self._stop.is_set() or self.is_busy(project_id))
+
+    def recover(self, project_id: int, publisher, version: str) -> str | None:
+        """Publish an unpublished model; point Label Studio back at ours if it lags. Returns LS's version."""
+        from .jobs import refresh_project
+
+        ledger = publisher.ledger.read()
+        if ledger.get("current") != version:
+            entry = ledger["versions"].get(version) or {}
+            if entry.get("pushed"):
+                logger.warning("project %s: %s was pushed but never made current; switching now", project_id, version)
+                publisher.finish(version)
+            else:
+                logger.warning("project %s: %s was trained but never published (interrupted?); publishing now",
+                               project_id, version)
+                refresh_project(project_id, runtime=self.runtime, lock=False)
+            self._checked_at.pop(project_id, None)
+        now = self.clock()
+        if now - self._checked_at.get(project_id, -1e18) < CHECK_LABEL_STUDIO_SECONDS:
+            return None
+        client = self.runtime.ls_client()
+        current = publisher.ledger.read().get("current")
+        lsv = ls_sync.get_project(client, project_id).get("model_version") or ""
+        self._checked_at[project_id] = now
+        if current and lsv != current:
+            if not lsv or is_our_version(lsv) or lsv in ls_sync.backend_titles(client, project_id):
+                logger.warning("project %s: Label Studio's model_version is %r, not %s; switching it back",
+                               project_id, lsv, current)
+                ls_sync.set_model_version(client, project_id, current)
+                self.foreign_version.pop(project_id, None)
+                return current
+            if self.foreign_version.get(project_id) != lsv:
+                logger.warning("project %s: Label Studio orders by another model's version %r; left as is (the "
+                               "tail-first tab shows that model's scores until `admin enable-ordering`)",
+                               project_id, lsv)
+            self.foreign_version[project_id] = lsv
+        else:
+            self.foreign_version.pop(project_id, None)
+        return lsv
+
+    def relist(self, project_id: int, config, model) -> int:
+        """List the unlabeled tasks again when the pool is stale; score and queue the new ones."""
+        from .jobs import score_tasks
+
+        pool = self.runtime.pool(project_id, config.image_key)
+        if not pool.stale(self.clock(), self.settings.pool_relist_seconds):
+            return 0
+        before = {t["id"] for t in pool.tasks()}
+        listed = ls_sync.list_unlabeled_tasks(self.runtime.ls_client(), project_id)
+        pool.replace(listed, listed_at=self.clock())
+        new = [t for t in listed if int(t["id"]) not in before]
+        if not new:
+            return 0
+        ids, scores, labels, _skipped = score_tasks(project_id, new, self.runtime, model)
+        publisher = self.runtime.publisher(project_id, config)
+        pushed = publisher.add_tasks(Ranking.build(ids, scores, labels))
+        logger.info("project %s: relisted the pool: %d new unlabeled tasks scored, %d pushed at once", project_id,
+                    len(ids), pushed)
+        return len(ids)

@@ -1,0 +1,345 @@
+"""Publishing a version's scores to Label Studio and retiring old ones, without losing a submission.
+
+Where the queue is reordered: Label Studio orders the "Tail classes first" tab by
+the score of the predictions whose model_version equals project.model_version
+(tasks without one sort last). Three facts shape what happens here:
+- an annotator's open task was pre-filled from a prediction of the version that
+  was current when it opened, and Label Studio rejects the submission (400
+  "parent_prediction: Invalid pk") if that prediction was deleted meanwhile;
+- deleting predictions is Label Studio's most expensive write (per-row signals,
+  one transaction per request: a 100k-row version held a PostgreSQL project
+  locked for 54 minutes), while pushing is cheap (bulk insert);
+- a task without a prediction of the current version sorts after every task with one.
+So a version's life is:
+1. publish: push the head of its ranking (the top tasks), then switch
+   project.model_version. Annotators see the new order within seconds.
+2. fill: push the rest of the ranking in descending order, a chunk at a time,
+   once the version has been current for MCM_FILL_AFTER_SECONDS (at once for a
+   project's first version), stopping when a newer version is published. The
+   pushed tasks are always exactly the top of the ranking, so the tab's order is
+   right at every moment.
+3. retire: MCM_PREDICTION_GRACE_SECONDS after a version stopped being current its
+   predictions are deleted one per request (no request holds Label Studio's rows
+   for long), within a time budget per maintenance pass.
+The ledger MODEL_DIR/<project>/published.json records each version's life; the
+ranking of a version is MODEL_DIR/<project>/<version>/ranking.npz.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import logging
+import os
+import threading
+import time
+from typing import Callable, Iterator
+
+import numpy as np
+
+from mcm_core.atomic import atomic_savez, atomic_write_json
+
+from . import ls_sync
+from .label_config import ImageChoicesConfig
+from .scoring import choice_result
+
+logger = logging.getLogger(__name__)
+
+_LOCAL_LOCKS: dict[str, threading.RLock] = {}
+_LOCAL_LOCKS_GUARD = threading.Lock()
+FILL_CHUNK = 500          # rows per fill request (Label Studio inserts in batches of 500)
+RETIRE_PAGE = 100         # prediction ids looked up per listing while retiring
+MIN_HEAD_PER_NEW_LABEL = 4  # the head covers at least 4 x the labels added since the previous version
+
+
+@dataclasses.dataclass
+class Ranking:
+    """One version's scores of the pool, highest first (ties by task id)."""
+
+    task_ids: np.ndarray   # int64
+    scores: np.ndarray     # float64 in [0, 1], the pushed prediction score
+    labels: np.ndarray     # int32 class index of the pre-annotation
+
+    @classmethod
+    def build(cls, task_ids, scores, labels) -> "Ranking":
+        ids = np.asarray(task_ids, dtype=np.int64)
+        s = np.asarray(scores, dtype=np.float64)
+        order = np.lexsort((ids, -s))
+        return cls(ids[order], s[order], np.asarray(labels, dtype=np.int32)[order])
+
+    def __len__(self) -> int:
+        return len(self.task_ids)
+
+    def save(self, path: str) -> None:
+        atomic_savez(path, task_ids=self.task_ids, scores=self.scores, labels=self.labels)
+
+    @classmethod
+    def load(cls, path: str) -> "Ranking":
+        with np.load(path, allow_pickle=False) as data:
+            return cls(data["task_ids"], data["scores"], data["labels"])
+
+    def predictions(self, start: int, stop: int, config: ImageChoicesConfig, version: str) -> list[dict]:
+        return [{"task": int(t), "score": float(s), "model_version": version,
+                 "result": choice_result(config, config.classes[int(c)])}
+                for t, s, c in zip(self.task_ids[start:stop], self.scores[start:stop], self.labels[start:stop])]
+
+    def without(self, task_ids) -> "Ranking":
+        keep = ~np.isin(self.task_ids, np.asarray(list(task_ids), dtype=np.int64))
+        return Ranking(self.task_ids[keep], self.scores[keep], self.labels[keep])
+
+    def merged(self, other: "Ranking") -> "Ranking":
+        """This ranking plus `other`'s tasks (other's entry wins for a task in both)."""
+        mine = self.without(other.task_ids.tolist())
+        return Ranking.build(np.concatenate([mine.task_ids, other.task_ids]),
+                             np.concatenate([mine.scores, other.scores]),
+                             np.concatenate([mine.labels, other.labels]))
+
+
+class Ledger:
+    """published.json: {"current": version, "versions": {version: {...}}}, updated under a file lock.
+
+    Per version: published_at, superseded_at, pushed (ranks pushed), pool, retired_at
+    (wall-clock seconds), so the life of every version survives restarts and is
+    shared by the web process and RQ workers.
+    """
+
+    def __init__(self, project_dir: str) -> None:
+        self.project_dir = project_dir
+        self.path = os.path.join(project_dir, "published.json")
+        self._lock = threading.Lock()
+
+    def read(self) -> dict:
+        try:
+            with open(self.path) as handle:
+                data = json.load(handle)
+        except FileNotFoundError:
+            return {"current": None, "versions": {}}
+        except ValueError:
+            logger.error("%s is unreadable; starting a new ledger (old versions are adopted again)", self.path)
+            return {"current": None, "versions": {}}
+        if not isinstance(data, dict) or not isinstance(data.get("versions"), dict):
+            return {"current": None, "versions": {}}
+        return data
+
+    @contextlib.contextmanager
+    def editing(self) -> Iterator[dict]:
+        """Read-modify-write under an in-process lock and an exclusive file lock."""
+        os.makedirs(self.project_dir, exist_ok=True)
+        with self._lock, open(os.path.join(self.project_dir, ".published.lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            data = self.read()
+            yield data
+            atomic_write_json(self.path, data)
+
+
+@contextlib.contextmanager
+def project_lock(project_dir: str, blocking: bool = True) -> Iterator[bool]:
+    """One publisher per project across processes; yields False if busy and not blocking."""
+    os.makedirs(project_dir, exist_ok=True)
+    with open(os.path.join(project_dir, ".publish.lock"), "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+
+
+def _local_lock(project_dir: str) -> threading.RLock:
+    """Fill and add_tasks of one project both rewrite its current ranking: one at a time per process."""
+    with _LOCAL_LOCKS_GUARD:
+        return _LOCAL_LOCKS.setdefault(os.path.abspath(project_dir), threading.RLock())
+
+
+def head_size(setting: int, new_labels: int, pool: int) -> int:
+    """Tasks pushed at publish: the setting, at least 4 x the labels added since the last version."""
+    return max(1, min(pool, max(int(setting), MIN_HEAD_PER_NEW_LABEL * max(0, int(new_labels)))))
+
+
+class Publisher:
+    """Publishes, fills and retires one project's versions in Label Studio."""
+
+    def __init__(self, client, project_id: int, project_dir: str, config: ImageChoicesConfig, *,
+                 chunk_size: int = 1000, clock: Callable[[], float] = time.time,
+                 on_missing_tasks: Callable[[list[int]], None] | None = None) -> None:
+        self.client = client
+        self.project_id = int(project_id)
+        self.project_dir = project_dir
+        self.config = config
+        self.chunk_size = int(chunk_size)
+        self.clock = clock
+        self.ledger = Ledger(project_dir)
+        self.on_missing_tasks = on_missing_tasks
+
+    def ranking_path(self, version: str) -> str:
+        return os.path.join(self.project_dir, version, "ranking.npz")
+
+    def _push(self, ranking: Ranking, start: int, stop: int, version: str) -> int:
+        return ls_sync.push_predictions(self.client, self.project_id,
+                                        ranking.predictions(start, stop, self.config, version),
+                                        self.chunk_size, on_missing=self.on_missing_tasks)
+
+    # -- 1. publish --------------------------------------------------------------------------------
+    def publish(self, version: str, ranking: Ranking, head: int) -> dict:
+        """Push the top `head` tasks under `version`, then make it project.model_version."""
+        started = self.clock()
+        ranking.save(self.ranking_path(version))
+        head = min(int(head), len(ranking))
+        created = self._push(ranking, 0, head, version)
+        with self.ledger.editing() as data:
+            data["versions"].setdefault(version, {}).update(pushed=head, pool=len(ranking), head=head,
+                                                            first=not data.get("current"))
+        pushed_at = self.clock()
+        previous = self.finish(version)
+        switched_at = self.clock()
+        timings = {"push_head_s": round(pushed_at - started, 3), "switch_s": round(switched_at - pushed_at, 3),
+                   "head": head, "created": created, "pool": len(ranking)}
+        logger.info("project %s: published %s: top %d of %d tasks pushed in %.2fs, model_version switched in "
+                    "%.2fs (previous %s)", self.project_id, version, head, len(ranking), timings["push_head_s"],
+                    timings["switch_s"], previous)
+        return timings
+
+    def finish(self, version: str) -> str | None:
+        """Switch project.model_version to a version whose head is pushed, and record it as current
+        (also what recovery calls when a crash fell between the push and the switch)."""
+        ls_sync.set_model_version(self.client, self.project_id, version)
+        now = self.clock()
+        with self.ledger.editing() as data:
+            previous = data.get("current")
+            versions = data["versions"]
+            if previous and previous != version and previous in versions:
+                versions[previous].setdefault("superseded_at", now)
+            entry = versions.setdefault(version, {})
+            entry.pop("superseded_at", None)
+            entry.setdefault("published_at", now)
+            data["current"] = version
+        return previous
+
+    # -- 2. fill -----------------------------------------------------------------------------------
+    def fill(self, *, fill_after: float, max_seconds: float | None = None,
+             should_stop: Callable[[], bool] = lambda: False) -> int:
+        """Push more of the current version's ranking, in order; returns rows pushed now."""
+        with _local_lock(self.project_dir):
+            return self._fill(fill_after, max_seconds, should_stop)
+
+    def _fill(self, fill_after: float, max_seconds: float | None, should_stop: Callable[[], bool]) -> int:
+        data = self.ledger.read()
+        version = data.get("current")
+        entry = data["versions"].get(version or "", {})
+        if not version or entry.get("pushed", 0) >= entry.get("pool", 0):
+            return 0
+        if not entry.get("first") and self.clock() - entry.get("published_at", 0) < fill_after:
+            return 0
+        try:
+            ranking = Ranking.load(self.ranking_path(version))
+        except (OSError, ValueError, KeyError) as exc:
+            logger.warning("project %s: cannot fill %s: its ranking is unreadable (%s)", self.project_id, version, exc)
+            return 0
+        started, total, position = self.clock(), 0, int(entry.get("pushed", 0))
+        while position < len(ranking) and not should_stop():
+            if max_seconds is not None and self.clock() - started >= max_seconds:
+                break
+            if self.ledger.read().get("current") != version:
+                break  # a newer version was published: its own head and fill take over
+            stop = min(len(ranking), position + FILL_CHUNK)
+            total += self._push(ranking, position, stop, version)
+            position = stop
+            with self.ledger.editing() as fresh:
+                if version in fresh["versions"]:
+                    fresh["versions"][version]["pushed"] = position
+                    if position >= len(ranking):
+                        fresh["versions"][version]["filled_at"] = self.clock()
+        if total:
+            logger.info("project %s: filled %s to %d of %d tasks (+%d)", self.project_id, version, position,
+                        len(ranking), total)
+        return total
+
+    def add_tasks(self, part: Ranking) -> int:
+        """New tasks scored by the current version: pushed now if they rank within the pushed depth
+        (pushing a low-scored one would put it above better tasks not pushed yet)."""
+        with _local_lock(self.project_dir):
+            data = self.ledger.read()
+            version = data.get("current")
+            if not version or not len(part):
+                return 0
+            try:
+                ranking = Ranking.load(self.ranking_path(version))
+            except (OSError, ValueError, KeyError):
+                return 0
+            ranking = ranking.without(part.task_ids.tolist())
+            pushed = min(int(data["versions"].get(version, {}).get("pushed", 0)), len(ranking))
+            if pushed >= len(ranking):
+                within = np.ones(len(part), bool)
+            elif pushed == 0:
+                within = np.zeros(len(part), bool)
+            else:
+                within = part.scores >= ranking.scores[pushed - 1]
+            now_part = Ranking.build(part.task_ids[within], part.scores[within], part.labels[within])
+            created = self._push(now_part, 0, len(now_part), version) if len(now_part) else 0
+            merged = ranking.merged(part)
+            merged.save(self.ranking_path(version))
+            with self.ledger.editing() as latest:
+                if version in latest["versions"]:
+                    latest["versions"][version].update(pool=len(merged), pushed=pushed + int(within.sum()))
+            return created
+
+    # -- 3. retire ---------------------------------------------------------------------------------
+    def adopt_unknown_versions(self, is_ours: Callable[[str], bool]) -> list[str]:
+        """Versions of ours in Label Studio that the ledger does not know (older installs, a lost
+        ledger): their grace period starts now."""
+        counts = ls_sync.model_version_counts(self.client, self.project_id)
+        now = self.clock()
+        adopted = []
+        with self.ledger.editing() as data:
+            for version, count in counts.items():
+                if count and is_ours(version) and version not in data["versions"] and version != data.get("current"):
+                    data["versions"][version] = {"superseded_at": now, "adopted": True, "pushed": count}
+                    adopted.append(version)
+        if adopted:
+            logger.info("project %s: adopted %d unknown versions for retirement: %s", self.project_id, len(adopted),
+                        adopted)
+        return adopted
+
+    def due_for_retirement(self, grace: float) -> list[str]:
+        data = self.ledger.read()
+        now = self.clock()
+        due = [(e["superseded_at"], v) for v, e in data["versions"].items()
+               if v != data.get("current") and e.get("superseded_at") is not None and not e.get("retired_at")
+               and now - e["superseded_at"] >= grace]
+        return [v for _, v in sorted(due)]
+
+    def retire(self, grace: float, max_seconds: float = 20.0, label_studio_version: str | None = None,
+               should_stop: Callable[[], bool] = lambda: False) -> int:
+        """Delete the predictions of versions superseded at least `grace` seconds ago; returns rows deleted."""
+        started, deleted = self.clock(), 0
+
+        def out_of_time() -> bool:
+            return self.clock() - started >= max_seconds or should_stop()
+
+        for version in self.due_for_retirement(grace):
+            if version == label_studio_version:
+                continue  # someone pointed Label Studio back at it: it is in use
+            while True:
+                if out_of_time():
+                    return deleted
+                ids = ls_sync.version_prediction_ids(self.client, self.project_id, version, RETIRE_PAGE)
+                if not ids:
+                    with self.ledger.editing() as data:
+                        if version in data["versions"]:
+                            data["versions"][version]["retired_at"] = self.clock()
+                    logger.info("project %s: retired %s (all its predictions deleted)", self.project_id, version)
+                    break
+                for prediction_id in ids:
+                    deleted += ls_sync.delete_prediction(self.client, prediction_id)
+                    if out_of_time():
+                        return deleted
+        return deleted
+
+    def forget_retired(self, keep_seconds: float = 7 * 86400) -> None:
+        """Drop ledger entries of versions retired long ago (the ledger stays small)."""
+        now = self.clock()
+        with self.ledger.editing() as data:
+            for version in [v for v, e in data["versions"].items()
+                            if e.get("retired_at") and now - e["retired_at"] > keep_seconds]:
+                del data["versions"][version]
