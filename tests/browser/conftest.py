@@ -14,7 +14,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from live_stack import LS_ENV, backend, ls_env, report_metrics, skip_without_env, state_dir  # noqa: E402,F401
+from live_stack import (LS_ENV, backend, backend_env, ls_env, report_metrics, skip_without_env,  # noqa: E402,F401
+                        state_dir)
 from lsui import AnnotatorUI, launch_chromium  # noqa: E402
 
 REQUIRED_ENV = (*LS_ENV, "MCM_E2E_LS_USER", "MCM_E2E_LS_PASSWORD")
