@@ -160,7 +160,7 @@ def test_4_training_scores_every_unlabeled_task(ls, backend, flow, stopwatch, me
 
     # The head is pushed at once; a project's first version then fills the whole pool in the background.
     scores = wait_for(f"every unlabeled task to get a {version} prediction",
-                      lambda: (sc := current_predictions(ls, pid, version)) if set(pool) <= set(sc) else None,
+                      lambda: sc if set(pool) <= set(sc := current_predictions(ls, pid, version)) else None,
                       120, backend)
     assert all(0.0 <= s <= 1.0 for s in scores.values())
     project = wait_for("project.model_version to match the backend",
@@ -215,10 +215,10 @@ def test_6_annotating_queue_head_retrains_and_reranks(ls, backend, flow, stopwat
     wait_for("project.model_version to follow the new version",
              lambda: ls.project(pid)["model_version"] == new_version, 30)
     # The old version's predictions stay for the grace period (an open task may reference one),
-    # then are deleted one by one; the new version's fill follows once it settled.
-    versions = wait_for("the old version retired and the new one filled", lambda: (
-        v := ls.model_versions(pid)) if v.get(old_version, 0) == 0 and v.get(new_version, 0) >= n_pool_left else None,
-        180, backend)
+    # then are deleted one by one (870 took 162 s at load 8); the new version's fill follows once it settled.
+    versions = wait_for("the old version retired and the new one filled",
+                        lambda: v if (v := ls.model_versions(pid)).get(old_version, 0) == 0
+                        and v.get(new_version, 0) >= n_pool_left else None, TRAIN_TIMEOUT, backend)
 
     queue = [t["id"] for t in ls.tasks(pid, view=flow["view"])]
     assert not set(head) & set(queue), "annotated tasks must leave the tab"
