@@ -2,22 +2,27 @@
 # The end-to-end stage: a real Label Studio 1.23.2 on 127.0.0.1 (SQLite, fresh data dir), our
 # backend (started, restarted and stopped by tests/e2e/conftest.py), and the ordered flow in
 # tests/e2e. Both servers are stopped at the end, also on failure or Ctrl-C.
+# The browser stage (scripts/browser.sh) runs through here too, with MCM_STAGE=browser: the same
+# servers and environment (tests/live_stack.py), `pytest tests/browser -m browser`.
 #
 # Usage: bash scripts/e2e.sh [extra pytest args]
-# Settings: MCM_VENV (project venv), MCM_LS_VENV (Label Studio venv), MCM_E2E_LS_PORT (default: a
-# free port), MCM_E2E_STATE_DIR (default: a new temp dir, removed after a pass unless MCM_E2E_KEEP=1).
+# Settings: MCM_STAGE (e2e | browser, default e2e), MCM_VENV (project venv), MCM_LS_VENV (Label
+# Studio venv), MCM_E2E_LS_PORT (default: a free port), MCM_E2E_STATE_DIR (default: a new temp dir,
+# removed after a pass unless MCM_E2E_KEEP=1).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 export MCM_VENV="${MCM_VENV:-$HOME/.cache/mcm/venv}"
 PY="$MCM_VENV/bin/python"
+STAGE="${MCM_STAGE:-e2e}"
+case "$STAGE" in e2e|browser) ;; *) echo "MCM_STAGE must be e2e or browser, not '$STAGE'" >&2; exit 2 ;; esac
 t_start=$(date +%s)
 
 [ -x "$PY" ] || bash scripts/setup_env.sh
 bash scripts/ls_server.sh ensure-venv
 
 made_state=0
-if [ -n "${MCM_E2E_STATE_DIR:-}" ]; then STATE="$MCM_E2E_STATE_DIR"; else STATE="$(mktemp -d /tmp/mcm-e2e.XXXXXX)"; made_state=1; fi
+if [ -n "${MCM_E2E_STATE_DIR:-}" ]; then STATE="$MCM_E2E_STATE_DIR"; else STATE="$(mktemp -d "/tmp/mcm-$STAGE.XXXXXX")"; made_state=1; fi
 mkdir -p "$STATE"
 STATE="$(cd "$STATE" && pwd)"
 export MCM_E2E_STATE_DIR="$STATE"
@@ -35,24 +40,25 @@ cleanup() {
   if [ "$rc" = 0 ] && [ "$made_state" = 1 ] && [ "${MCM_E2E_KEEP:-0}" != 1 ]; then
     rm -rf "$STATE"
   else
-    echo "[e2e] logs and data kept in $STATE (ls/ls.log, backend.log, e2e_metrics.json)"
+    echo "[$STAGE] logs and data kept in $STATE (ls/ls.log, backend.log, ${STAGE}_metrics.json)"
   fi
-  echo "[e2e] whole stage took $(( $(date +%s) - t_start ))s"
+  echo "[$STAGE] whole stage took $(( $(date +%s) - t_start ))s"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 t0=$(date +%s)
 bash scripts/ls_server.sh start "$STATE/ls"
-echo "[e2e] Label Studio ready in $(( $(date +%s) - t0 ))s"
+echo "[$STAGE] Label Studio ready in $(( $(date +%s) - t0 ))s"
 set -a
 # shellcheck disable=SC1091
 source "$STATE/ls/ls.env"
 set +a
-export MCM_E2E_LS_URL="$LABEL_STUDIO_URL" MCM_E2E_LS_API_KEY="$LABEL_STUDIO_API_KEY" MCM_E2E_FILES_ROOT="$MCM_LS_FILES_ROOT"
+export MCM_E2E_LS_URL="$LABEL_STUDIO_URL" MCM_E2E_LS_API_KEY="$LABEL_STUDIO_API_KEY" MCM_E2E_FILES_ROOT="$MCM_LS_FILES_ROOT" \
+  MCM_E2E_LS_USER="$MCM_LS_USER_SAVED" MCM_E2E_LS_PASSWORD="$MCM_LS_PASSWORD_SAVED"
 
 set +e
-"$PY" -m pytest tests/e2e -m e2e -p no:cacheprovider -q "$@"
+"$PY" -m pytest "tests/$STAGE" -m "$STAGE" -p no:cacheprovider -q "$@"
 rc=$?
 set -e
 exit "$rc"

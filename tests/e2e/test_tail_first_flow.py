@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +22,7 @@ import requests
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 from make_demo_data import make_demo_data  # noqa: E402
+from live_stack import LS, admin, wait_for  # noqa: E402  (tests/ is on sys.path: see conftest.py)
 
 pytestmark = pytest.mark.e2e
 
@@ -31,81 +31,6 @@ MISSING_IMAGE = f"/data/local-files/?d={SUBDIR}/images/missing-on-purpose.png"
 TRAIN_TIMEOUT = float(os.environ.get("MCM_E2E_TRAIN_TIMEOUT", "420"))
 TOP_K = 50
 N_REQUEUE = 20
-
-
-class LS:
-    """Minimal REST access to Label Studio with the legacy token (what a script would do)."""
-
-    def __init__(self, url: str, api_key: str) -> None:
-        self.url = url
-        self.session = requests.Session()
-        self.session.headers["Authorization"] = f"Token {api_key}"
-
-    def request(self, method: str, path: str, **kwargs):
-        response = self.session.request(method, self.url + path, timeout=120, **kwargs)
-        assert response.status_code < 300, f"{method} {path}: HTTP {response.status_code} {response.text[:300]}"
-        return response.json() if response.content else None
-
-    def get(self, path, **kw):
-        return self.request("GET", path, **kw)
-
-    def post(self, path, **kw):
-        return self.request("POST", path, **kw)
-
-    def project(self, pid: int) -> dict:
-        return self.get(f"/api/projects/{pid}")
-
-    def tasks(self, pid: int, view: int | None = None, limit: int | None = None) -> list[dict]:
-        """Tasks in Label Studio's order (the view's filters and ordering when `view` is given)."""
-        out, page = [], 1
-        while True:
-            params = {"project": pid, "page": page, "page_size": 500, "fields": "all"}
-            if view is not None:
-                params["view"] = view
-            response = self.session.get(self.url + "/api/tasks", params=params, timeout=120)
-            if response.status_code == 404:  # past the last page
-                break
-            assert response.ok, response.text[:300]
-            body = response.json()
-            items = body["tasks"] if isinstance(body, dict) else body
-            out.extend(items)
-            if not items or len(items) < 500 or (limit and len(out) >= limit):
-                break
-            page += 1
-        return out[:limit] if limit else out
-
-    def predictions(self, pid: int) -> list[dict]:
-        return self.get("/api/predictions/", params={"project": pid})
-
-    def model_versions(self, pid: int) -> dict[str, int]:
-        body = self.get(f"/api/projects/{pid}/model-versions/", params={"extended": "true"})
-        rows = body.get("static", []) if isinstance(body, dict) else body
-        return {r["model_version"]: r["count"] for r in rows if r.get("model_version")}
-
-    def annotate(self, task_id: int, label: str) -> None:
-        self.post(f"/api/tasks/{task_id}/annotations/", json={"result": [{
-            "from_name": "digit", "to_name": "image", "type": "choices", "value": {"choices": [label]}}]})
-
-
-def admin(ls_env: dict, backend, *args: str) -> subprocess.CompletedProcess:
-    """Run `python -m backend.admin` as an operator would (backend's basic auth in the environment)."""
-    env = dict(os.environ, LABEL_STUDIO_URL=ls_env["url"], LABEL_STUDIO_API_KEY=ls_env["api_key"],
-               BASIC_AUTH_USER=backend.auth[0], BASIC_AUTH_PASS=backend.auth[1])
-    return subprocess.run([sys.executable, "-m", "backend.admin", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
-
-
-def wait_for(what: str, check, timeout: float, backend=None, interval: float = 2.0):
-    """Poll `check()` until it returns something truthy; fail naming `what` (with the backend log)."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    tail = f"\nbackend log:\n{backend.log_tail()}" if backend else ""
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}{tail}")
 
 
 def tail_precision(task_ids: list[int], truth: dict[int, str], tails: set[str]) -> float:
