@@ -21,14 +21,11 @@ from typing import Any, Sequence
 
 import requests
 
+from . import labelstudio
+from . import tabs as tabs_mod
 from .ls_admin import AdminError, LabelStudioAdmin
+from .tabs import VIEW_TITLE
 
-VIEW_TITLE = "Tail classes first"
-VIEW_ORDERING = ["-tasks:predictions_score"]
-VIEW_FILTERS = {
-    "conjunction": "and",
-    "items": [{"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0}],
-}
 UNCERTAINTY_SAMPLING = "Uncertainty sampling"
 SEQUENTIAL_SAMPLING = "Sequential sampling"
 
@@ -128,19 +125,6 @@ def newest_prediction_version(ls: LabelStudioAdmin, project_id: int, preferred: 
     return versions[0]["model_version"], int(versions[0].get("count") or 0)
 
 
-def upsert_view(ls: LabelStudioAdmin, project_id: int, title: str) -> tuple[Any, bool]:
-    """Create or update the Data Manager tab; returns (view, created)."""
-    data = {"title": title, "ordering": VIEW_ORDERING, "filters": VIEW_FILTERS}
-    views = ls.call("listing Data Manager views", ls.client.views.list, project=project_id) or []
-    for view in views:
-        if (view.data or {}).get("title") == title:
-            merged = dict(view.data or {})
-            merged.update(data)
-            return ls.call("updating the view", ls.client.views.update, id=str(view.id),
-                           project=project_id, data=merged), False
-    return ls.call("creating the view", ls.client.views.create, project=project_id, data=data), True
-
-
 def cmd_enable_ordering(ls: LabelStudioAdmin, args: argparse.Namespace) -> int:
     project = ls.project(args.project)
     ml = ls.connected_backend(project.id)
@@ -156,16 +140,31 @@ def cmd_enable_ordering(ls: LabelStudioAdmin, args: argparse.Namespace) -> int:
     else:
         print(f"project.model_version already {version!r} ({count} predictions)")
 
-    view, created = upsert_view(ls, project.id, args.view_title)
-    print(f"{'created' if created else 'updated'} Data Manager tab '{args.view_title}' (view {view.id}): "
-          "unlabeled tasks, highest prediction score (likely tail class) first")
+    tabs = [tabs_mod.tab_data(args.view_title)]
+    if args.lanes > 1:
+        unlabeled = [t["id"] for t in labelstudio.list_unlabeled_tasks(ls.client, project.id)]
+        try:
+            lanes = tabs_mod.lane_filters(unlabeled, args.lanes)
+        except ValueError as exc:
+            raise AdminError(str(exc)) from None
+        tabs += [tabs_mod.tab_data(tabs_mod.lane_title(args.view_title, i + 1, args.lanes), item)
+                 for i, item in enumerate(lanes)]
+    results = tabs_mod.upsert_tabs(ls, project.id, tabs, stale_prefix=f"{args.view_title} - lane ")
+    for data, (view, created) in zip(tabs, results):
+        print(f"{'created' if created else 'updated'} Data Manager tab '{data['title']}' (view {view.id}): "
+              "unlabeled tasks, highest prediction score (likely tail class) first")
     if project.sampling == UNCERTAINTY_SAMPLING:
         # It serves the LOWEST score first (the common classes here) and the open-source UI cannot show it.
         ls.call("resetting project sampling", ls.client.projects.update, id=project.id, sampling=SEQUENTIAL_SAMPLING)
         print(f"project sampling: {UNCERTAINTY_SAMPLING!r} -> {SEQUENTIAL_SAMPLING!r} (Uncertainty sampling would "
               "serve the lowest scores, i.e. the common classes, first)")
-    print(f"Annotators: open the '{args.view_title}' tab in the project's Data Manager and click "
-          "'Label Tasks As Displayed' (in the menu next to 'Label All Tasks', which ignores the tab's order).")
+    which = (f"each their own '{args.view_title} - lane K of {args.lanes}' tab" if args.lanes > 1 else
+             f"the '{args.view_title}' tab")
+    print(f"Annotators: open {which} in the project's Data Manager and click 'Label Tasks As Displayed' (in the "
+          "menu next to 'Label All Tasks', which ignores the tab's order).")
+    if args.lanes > 1:
+        print("Lanes: Label Studio serves a tab's first task to everyone who opens that tab, so annotators "
+              "working at the same time must use different lanes.")
     print("After each training the backend re-points project.model_version itself and the tab re-orders; "
           "reload an open Data Manager page to see the new order.")
     return 0
@@ -263,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "project.model_version at the newest predictions")
     p.add_argument("--project", type=int, required=True)
     p.add_argument("--view-title", default=VIEW_TITLE)
+    p.add_argument("--lanes", type=int, default=1, metavar="N",
+                   help="also create N tabs over disjoint shares of the unlabeled tasks, one per annotator working "
+                   "at the same time (Label Studio serves a tab's first task to everyone on it). Default: 1")
     p.set_defaults(func=cmd_enable_ordering)
 
     p = sub.add_parser("retrain", help="ask the connected backend to train now")
@@ -281,6 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "train_every", 0) < 0:
         parser.error("--train-every must be >= 0")
+    if getattr(args, "lanes", 1) < 1:
+        parser.error("--lanes must be >= 1")
     try:
         ls = LabelStudioAdmin(args.ls_url, args.api_key)
         return args.func(ls, args)

@@ -279,3 +279,26 @@ def test_docs_settings_page_is_generated_from_the_table():
     page = (Path(__file__).resolve().parents[2] / "docs" / "settings.md").read_text()
     assert page.strip() == settings_markdown().strip()
     assert all(f"`{s.env}`" in page for s in TABLE)
+
+
+# --- Data Manager tabs ----------------------------------------------------------------------------
+def test_lanes_split_the_unlabeled_tasks_into_disjoint_equal_id_ranges():
+    from backend.tabs import lane_filters
+
+    ids = [3, 4, 10, 11, 12, 40, 41, 42, 90]
+    items = lane_filters(ids, 3)
+    assert items[0]["value"] == {"min": 3, "max": 10} and items[0]["operator"] == "in"
+    assert items[1]["value"] == {"min": 11, "max": 40}
+    assert items[2] == {"filter": "filter:tasks:id", "operator": "greater_or_equal", "type": "Number", "value": 41}
+
+    def lane_of(task_id):
+        hits = [i for i, it in enumerate(items) if (it["value"]["min"] <= task_id <= it["value"]["max"]
+                                                    if it["operator"] == "in" else task_id >= it["value"])]
+        assert len(hits) == 1, (task_id, hits)  # every task in exactly one lane, new ids in the last
+        return hits[0]
+    assert [sum(lane_of(t) == lane for t in ids) for lane in range(3)] == [3, 3, 3]
+    assert lane_of(1000) == 2
+    assert lane_filters(ids, 1) == [{"filter": "filter:tasks:id", "operator": "greater_or_equal", "type": "Number",
+                                     "value": 3}]
+    with pytest.raises(ValueError, match="cannot be split"):
+        lane_filters([1, 2], 3)

@@ -134,8 +134,8 @@ def tail_share(tasks: list[int], project: dict) -> float:
 
 # ------------------------------------------------------------------------------------- labeling
 def open_queue(ui: AnnotatorUI, project: dict) -> None:
-    """Data Manager -> "Tail classes first" -> "Label Tasks As Displayed" (also how a person recovers)."""
-    ui.open_tab(project["pid"], project["view"])
+    """Data Manager -> the annotator's tab -> "Label Tasks As Displayed" (also how a person recovers)."""
+    ui.open_tab(project["pid"], project.get("lane_of", {}).get(ui.name, project["view"]))
     ui.label_tasks_as_displayed()
 
 
@@ -207,7 +207,8 @@ def session_problems(subs: list[Submission], uis: list[AnnotatorUI], project: di
                             f"({uis[0].name}: {uis[0].served}, {uis[1].name}: {uis[1].served})")
             problems.append("  -> Label Studio 1.23.2 serves a Data Manager queue ('Label Tasks As Displayed') as "
                             "not_solved_tasks.first(), without skipping a task another annotator has open "
-                            "(projects/functions/next_task.py, get_next_task with dm_queue).")
+                            "(projects/functions/next_task.py, get_next_task with dm_queue): each annotator "
+                            "needs their own lane tab (enable-ordering --lanes N).")
     return problems
 
 
@@ -246,7 +247,7 @@ def test_data_manager_shows_the_new_order_after_a_reload(project, open_ui, ls, l
 
 
 def test_two_annotators_in_parallel_never_get_the_same_task_and_lose_nothing(project, open_ui, ls, ls_env,
-                                                                             metrics):
+                                                                             metrics, backend):
     invite = ls.get("/api/invite")["invite_url"]  # what "Add People" in the organization page shows
     second = open_ui("annotator-2")
     email, password = f"annotator2-{os.getpid()}@example.com", os.urandom(9).hex()
@@ -254,6 +255,11 @@ def test_two_annotators_in_parallel_never_get_the_same_task_and_lose_nothing(pro
     first = open_ui("annotator-1b")
     first.login(ls_env["user"], ls_env["password"])
     uis = [first, second]
+    # Label Studio serves a tab's first task to everyone on it: a team works in lanes, one tab each.
+    result = admin(ls_env, backend, "enable-ordering", "--project", str(project["pid"]), "--lanes", "2")
+    assert result.returncode == 0, f"backend.admin enable-ordering --lanes 2: {result.stderr}{result.stdout}"
+    views = {v["data"].get("title"): v["id"] for v in ls.get("/api/dm/views/", params={"project": project["pid"]})}
+    project["lane_of"] = {ui.name: views[f"Tail classes first - lane {i + 1} of 2"] for i, ui in enumerate(uis)}
     n_before = len(project["submissions"])
     with Stopwatch(metrics)(f"two annotators in parallel: {N_PAIR_TASKS} tasks each"):
         for ui in uis:

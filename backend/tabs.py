@@ -1,0 +1,63 @@
+"""The Data Manager tabs that put the tail first: unlabeled tasks, highest prediction score first.
+
+Annotators open a tab and click "Label Tasks As Displayed". Label Studio serves that
+queue as the first unlabeled task of the tab without skipping a task another
+annotator has open (projects/functions/next_task.py, `get_next_task` with a Data
+Manager queue), so two annotators on one tab label the same tasks. For a team, the
+unlabeled tasks are split into lanes: disjoint ranges of task ids of equal size,
+one tab per annotator, each still ordered by score. Tail tasks are spread over the
+ids, so each lane gets its share of them.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+VIEW_TITLE = "Tail classes first"
+VIEW_ORDERING = ["-tasks:predictions_score"]
+UNLABELED = {"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0}
+
+
+def lane_title(title: str, lane: int, lanes: int) -> str:
+    return f"{title} - lane {lane} of {lanes}"
+
+
+def lane_filters(task_ids: Sequence[int], lanes: int) -> list[dict]:
+    """Per lane, a Data Manager filter item on task id: equal shares of `task_ids`; the last lane is
+    open-ended so tasks imported later (higher ids) land in it."""
+    if lanes < 1:
+        raise ValueError(f"lanes must be >= 1, got {lanes}")
+    ids = sorted(int(t) for t in task_ids)
+    if len(ids) < lanes:
+        raise ValueError(f"{len(ids)} unlabeled tasks cannot be split into {lanes} lanes")
+    starts = [ids[len(ids) * i // lanes] for i in range(lanes)]
+    items = [{"filter": "filter:tasks:id", "operator": "in", "type": "Number",
+              "value": {"min": start, "max": nxt - 1}} for start, nxt in zip(starts, starts[1:])]
+    items.append({"filter": "filter:tasks:id", "operator": "greater_or_equal", "type": "Number",
+                  "value": starts[-1]})
+    return items
+
+
+def tab_data(title: str, extra_filter: dict | None = None) -> dict:
+    items = [UNLABELED] + ([extra_filter] if extra_filter else [])
+    return {"title": title, "ordering": VIEW_ORDERING, "filters": {"conjunction": "and", "items": items}}
+
+
+def upsert_tabs(ls, project_id: int, tabs: list[dict], stale_prefix: str | None = None) -> list[tuple[Any, bool]]:
+    """Create or update each tab by title (returns (view, created) per tab); delete tabs whose title
+    starts with `stale_prefix` but are not in `tabs` (lanes of an earlier, different split)."""
+    views = ls.call("listing Data Manager views", ls.client.views.list, project=project_id) or []
+    by_title = {(v.data or {}).get("title"): v for v in views}
+    out = []
+    for data in tabs:
+        view = by_title.get(data["title"])
+        if view is None:
+            out.append((ls.call("creating the view", ls.client.views.create, project=project_id, data=data), True))
+        else:
+            merged = {**(view.data or {}), **data}
+            out.append((ls.call("updating the view", ls.client.views.update, id=str(view.id), project=project_id,
+                                data=merged), False))
+    wanted = {t["title"] for t in tabs}
+    for title, view in by_title.items():
+        if stale_prefix and title and title.startswith(stale_prefix) and title not in wanted:
+            ls.call("deleting an old lane tab", ls.client.views.delete, id=str(view.id))
+    return out
