@@ -2,7 +2,7 @@
 
 They catch the drift that breaks a deployment silently: a compose environment name the backend
 never reads, a setting missing from .env.example, a Dockerfile command that differs from the one
-the README documents, torch pins that disagree with requirements.txt."""
+the docs document (docs/operations.md), torch pins that disagree with requirements.txt."""
 
 from __future__ import annotations
 
@@ -65,8 +65,8 @@ def _env_names(service: dict) -> set[str]:
     return set(env)
 
 
-def _readme_gunicorn_lines() -> list[str]:
-    readme = ROOT / "README.md"
+def _docs_gunicorn_lines() -> list[str]:
+    readme = ROOT / "docs" / "operations.md"
     if not readme.is_file():
         return []
     blocks = re.findall(r"```bash\n(.*?)```", readme.read_text(), flags=re.S)
@@ -213,8 +213,8 @@ def test_dockerfile_command_is_the_documented_production_command():
     assert command == shlex.split(documented.group(1))
 
 
-def test_dockerfile_command_equals_the_readme_gunicorn_line():
-    lines = _readme_gunicorn_lines()
-    assert lines, "README.md has no ```bash block line starting with 'gunicorn '"
+def test_dockerfile_command_equals_the_documented_gunicorn_line():
+    lines = _docs_gunicorn_lines()
+    assert lines, "docs/operations.md has no ```bash block line starting with 'gunicorn '"
     assert _dockerfile_command() in [shlex.split(line, comments=True) for line in lines], (
-        f"Dockerfile CMD {' '.join(_dockerfile_command())!r} is not among README's {lines}")
+        f"Dockerfile CMD {' '.join(_dockerfile_command())!r} is not among docs/operations.md's {lines}")
