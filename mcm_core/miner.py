@@ -23,7 +23,9 @@ from .atomic import atomic_torch_save
 from .autoencoder import INPUT_SPACES, AutoencoderScorer, default_hidden
 from .recalibration import RecalibrationLayer, fit_recalibration, inverse_frequency_alpha
 from .metrics import tail_classes
-from .novelty import DEFAULT_K, DEFAULT_MAX_REFERENCE, NoveltyScorer, tail_or_novel
+from .novelty import (DEFAULT_K, DEFAULT_MAX_REFERENCE, NoveltyScorer, l2_normalise, stratified_reference,
+                      tail_or_novel)
+from .queue import NOVEL_BUCKET, greedy_queue
 from .scoring import RECONSTRUCTION_SCORE_BOUND, softmax
 from .validation import check_features, check_labels, check_num_classes
 
@@ -35,6 +37,7 @@ SCORE_WEIGHTINGS = ("alpha", "sqrt_alpha", "none")
 AE_TRAIN_ON = ("head", "all")
 STRATEGIES = ("tail_novelty", "reconstruction", "paper")
 # strategy="paper": the paper's configuration of the reconstruction score (these options are forced).
+TAIL_REFERENCE_PER_CLASS = 256  # labeled rows kept per tail class for the queue's distance term
 PAPER_PRESET = dict(input_space="logits", score_weighting="none", ae_train_on="all", rc_min_epochs=0, n_models=1)
 
 
@@ -80,7 +83,7 @@ class MinorityMiner:
                  score_weighting: str = "alpha", ae_train_on: str = "head", rc_min_epochs: int = 20,
                  rc_max_steps_per_epoch: int | None = 8, ae_max_steps_per_epoch: int | None = 32,
                  strategy: str = "tail_novelty", novelty_k: int = DEFAULT_K,
-                 novelty_max_reference: int = DEFAULT_MAX_REFERENCE):
+                 novelty_max_reference: int = DEFAULT_MAX_REFERENCE, queue_window: int = 200):
         self.num_classes = check_num_classes(num_classes)
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
@@ -88,6 +91,8 @@ class MinorityMiner:
             input_space, score_weighting, ae_train_on, rc_min_epochs, n_models = (
                 PAPER_PRESET[k] for k in ("input_space", "score_weighting", "ae_train_on", "rc_min_epochs",
                                           "n_models"))
+        if int(queue_window) < 0:
+            raise ValueError(f"queue_window must be >= 0, got {queue_window}")
         if int(novelty_k) < 1 or int(novelty_max_reference) < 2:
             raise ValueError(f"novelty_k must be >= 1 and novelty_max_reference >= 2, got {novelty_k}, "
                              f"{novelty_max_reference}")
@@ -123,13 +128,17 @@ class MinorityMiner:
             rc_min_epochs=int(rc_min_epochs),
             rc_max_steps_per_epoch=None if rc_max_steps_per_epoch is None else int(rc_max_steps_per_epoch),
             ae_max_steps_per_epoch=None if ae_max_steps_per_epoch is None else int(ae_max_steps_per_epoch),
-            strategy=strategy, novelty_k=int(novelty_k), novelty_max_reference=int(novelty_max_reference))
+            strategy=strategy, novelty_k=int(novelty_k), novelty_max_reference=int(novelty_max_reference),
+            queue_window=int(queue_window))
         self.seed = int(seed)
         self.in_dim: int | None = None
         self.rc: RecalibrationLayer | None = None
         self.ae: AutoencoderScorer | None = None
         self.novelty: NoveltyScorer | None = None
         self.tail: list[int] = []
+        # labeled tail-class rows (unit features, labels) for the queue's distance term
+        self.tail_reference = np.zeros((0, 0), np.float32)
+        self.tail_reference_labels = np.zeros(0, np.int64)
         self.fit_info: dict = {}
 
     # ------------------------------------------------------------------ fit / score
@@ -175,6 +184,10 @@ class MinorityMiner:
             head = ~np.isin(y, tail)
             novelty = NoveltyScorer(c["novelty_k"], c["novelty_max_reference"], self.seed).fit(x, y, head)
             info["novelty_reference"] = int(len(novelty.reference))
+            keep = np.concatenate([stratified_reference(y, y == k, TAIL_REFERENCE_PER_CLASS, self.seed)
+                                   for k in tail] or [np.zeros(0, np.int64)])
+            self.tail_reference = l2_normalise(x[keep]) if len(keep) else np.zeros((0, x.shape[1]), np.float32)
+            self.tail_reference_labels = y[keep]
         else:
             rows = self._ae_rows(y)
             ae = self._new_scorer(self._score_weights(alpha)).fit(self._logits(x, rc)[rows])
@@ -234,6 +247,28 @@ class MinorityMiner:
         p = self.predict_proba(features).astype(np.float64)
         return p[:, self.tail].sum(1) if self.tail else np.zeros(len(p))
 
+    def queue_scores(self, features) -> np.ndarray:
+        """Descending scores for a whole unlabeled pool (tail_novelty only): the order in which a
+        labeling budget teaches the model the most while keeping the tail yield (mcm_core.queue).
+
+        Among the ``queue_window`` highest-scored examples: round-robin over the RC layer's
+        predicted tail classes (plus a bucket for novel examples predicted as a head class), and
+        within a bucket greedily the largest score x distance to the labeled and already-queued
+        examples of that class. Those get (0.5, 1]; the rest 0.5 * score(). Unlike score(), a
+        row's value depends on the rest of the pool: pass the whole pool in one call."""
+        self._check_fitted()
+        if self.novelty is None:
+            raise ValueError(f"queue_scores needs strategy='tail_novelty', not {self.config['strategy']!r}")
+        x = check_features(features, dim=self.in_dim)
+        p = self.predict_proba(x).astype(np.float64)
+        t = p[:, self.tail].sum(1) if self.tail else np.zeros(len(p))
+        scores = tail_or_novel(t, self.novelty.score(x))
+        top = p.argmax(1)
+        buckets = np.where(np.isin(top, self.tail), top, NOVEL_BUCKET)
+        refs = {int(k): self.tail_reference[self.tail_reference_labels == k] for k in self.tail}
+        refs[NOVEL_BUCKET] = np.concatenate([self.novelty.reference, self.tail_reference])
+        return greedy_queue(scores, buckets, x, refs, self.config["queue_window"])
+
     def novelty_score(self, features) -> np.ndarray:
         """N in [0, 1): calibrated kNN novelty against the labeled head rows (tail_novelty only)."""
         self._check_fitted()
@@ -267,7 +302,9 @@ class MinorityMiner:
             payload["ae"] = self.ae.state()
         if self.novelty is not None:
             payload["novelty"] = {"reference": torch.from_numpy(self.novelty.reference.copy()),
-                                  "reference_distances": torch.from_numpy(self.novelty.reference_distances.copy())}
+                                  "reference_distances": torch.from_numpy(self.novelty.reference_distances.copy()),
+                                  "tail_reference": torch.from_numpy(self.tail_reference.copy()),
+                                  "tail_reference_labels": torch.from_numpy(self.tail_reference_labels.copy())}
         atomic_torch_save(payload, path)
 
     @classmethod
@@ -307,8 +344,11 @@ class MinorityMiner:
                 nov = NoveltyScorer(cfg["novelty_k"], cfg["novelty_max_reference"], seed)
                 nov.reference = payload["novelty"]["reference"].numpy().astype(np.float32)
                 nov.reference_distances = payload["novelty"]["reference_distances"].numpy().astype(np.float64)
-                if nov.reference.ndim != 2 or nov.reference.shape[1] != miner.in_dim:
-                    raise ValueError("novelty reference has the wrong shape")
+                miner.tail_reference = payload["novelty"]["tail_reference"].numpy().astype(np.float32)
+                miner.tail_reference_labels = payload["novelty"]["tail_reference_labels"].numpy().astype(np.int64)
+                if nov.reference.ndim != 2 or nov.reference.shape[1] != miner.in_dim \
+                        or miner.tail_reference.shape[1:] != (miner.in_dim,):
+                    raise ValueError(f"{path}: novelty reference has the wrong shape")
                 miner.novelty = nov
             else:
                 ae = miner._new_scorer()

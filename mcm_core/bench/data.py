@@ -160,3 +160,11 @@ def make_setting(dataset: Dataset, setting: Setting, seed: int) -> SettingData:
                        config_classes, len(config_classes))
     data.y_train = data.to_config(y_tr)
     return data
+
+
+def iter_settings(names: list[str]):
+    """(name, Setting, Dataset) for each setting name, loading each dataset once."""
+    datasets: dict[str, Dataset] = {}
+    for name in names:
+        st = SETTINGS[name]
+        yield name, st, datasets.setdefault(st.dataset, load_dataset(st.dataset))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,8 @@ from ..baselines import BASELINES, entropy, tail_mass
 from ..metrics import auc_pr, average_f_score, pr_curve, precision_at_k, tail_classes
 from ..scoring import softmax
 from ..small_cnn import small_cnn_features, small_cnn_logits, train_small_cnn
-from .data import SETTINGS, load_dataset, make_setting
+from .data import SETTINGS, iter_settings, make_setting
+from .output import save_figure, write_results
 
 DEFAULT_NAME = "default (tail_novelty)"
 METRICS = ("auc_pr", "avg_f", "p@50", "p@100")
@@ -221,10 +221,7 @@ def plot_curves(results: dict, path: Path) -> None:
         ax.set_ylim(0, 1.02)
         ax.legend(fontsize=6, loc="lower left")
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -259,12 +256,9 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"unknown variant {v!r}")
     miner_kwargs = json.loads(args.miner)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    results, datasets = {}, {}
-    for name in settings:
-        st = SETTINGS[name]
-        ds = datasets.setdefault(st.dataset, load_dataset(st.dataset))
+    results = {}
+    for name, st, ds in iter_settings(settings):
         runs = []
         for i in range(seeds):
             r = run_seed(ds, st, i, cnn_epochs, variants, miner_kwargs, ce_head_baselines=args.ce_head)
@@ -284,13 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     payload = {"config": {"seeds": seeds, "settings": settings, "cnn_epochs": cnn_epochs, "quick": args.quick,
                           "variants": variants, "miner_kwargs": miner_kwargs, "threads": args.threads},
                "default_miner_config": MinorityMiner(10).config, "overall": overall,
-               "total_seconds": total, "load_avg": os.getloadavg(), "results": results}
-    tmp = out / "quality.json.tmp"
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, out / "quality.json")
-    plot_curves(results, out / "pr_curves.png")
-    print(f"wrote {out / 'quality.json'} and {out / 'pr_curves.png'}; total {total:.1f}s, "
-          f"load average {os.getloadavg()[0]:.1f}")
+               "total_seconds": total, "results": results}
+    write_results(out, "quality.json", payload, "pr_curves.png", lambda path: plot_curves(results, path))
     return 0
 
 
