@@ -47,3 +47,17 @@ def test_miner_queue_balances_tail_classes_and_is_deterministic(blobs, tmp_path)
     with pytest.raises(ValueError, match="queue_window"):
         MinorityMiner(4, queue_window=-1)
     assert NOVEL_BUCKET not in m.tail
+
+
+def test_queue_of_the_top_window_alone_equals_the_whole_pool(blobs):
+    """What a chunked backend relies on: only the top-`queue_window` rows by score() are reordered,
+    so queue_scores on those rows alone gives their values, and every other row is 0.5 * score()."""
+    x, y, centers = blobs([60, 60, 5, 3], num_classes=4, dim=8, seed=4)
+    rng = np.random.default_rng(9)
+    pool = np.concatenate([centers[k] + rng.normal(size=(40, 8)) for k in range(4)]).astype(np.float32)
+    m = MinorityMiner(4, seed=0, queue_window=30).fit(x, y)
+    s, q = m.score(pool), m.queue_scores(pool)
+    top = np.argsort(-s, kind="stable")[:30]
+    rest = np.setdiff1d(np.arange(len(pool)), top)
+    assert q[rest] == pytest.approx(0.5 * s[rest])
+    assert m.queue_scores(pool[top]) == pytest.approx(q[top])
