@@ -211,6 +211,28 @@ def format_table(setting: str, summary: dict, n_seeds: int, rounds: int, round0:
     return "\n".join(lines)
 
 
+def markdown(results: dict) -> str:
+    """One markdown table per setting and budget: tail found, of them already recognised, final
+    mean tail recall and test accuracy (means over seeds); best figure of each column in bold."""
+    out = []
+    for s, res in results.items():
+        for b, rows in res["summary"].items():
+            out += [f"{s}, {b} examples per round (round-0 mean tail recall {res['round0_mean_tail_recall']:.3f})", "",
+                    "| strategy | tail found | already recognised | final tail recall | final test acc |",
+                    "|---|---|---|---|---|"]
+            best = {k: max(r[k] for r in rows.values()) for k in ("tail_found", "final_mean_tail_recall",
+                                                                  "final_test_acc")}
+
+            def cell(r, k, fmt):
+                return f"**{r[k]:{fmt}}**" if r[k] == best[k] else f"{r[k]:{fmt}}"
+            for name, r in rows.items():
+                out.append(f"| {name} | {cell(r, 'tail_found', '.1f')} | {r['tail_already_recognised']:.1f} | "
+                           f"{cell(r, 'final_mean_tail_recall', '.3f')} +- {r['final_mean_tail_recall_std']:.3f} | "
+                           f"{cell(r, 'final_test_acc', '.3f')} |")
+            out.append("")
+    return "\n".join(out)
+
+
 def plot(results: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -284,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
                           "finetune_epochs": args.finetune_epochs, "threads": args.threads},
                "total_seconds": total, "results": results}
     write_results(out, "loop.json", payload, "loop.png", lambda path: plot(results, path))
+    (out / "loop.md").write_text(markdown(results))
     return 0
 
 

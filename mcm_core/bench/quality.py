@@ -198,6 +198,29 @@ def overall_table(results: dict) -> tuple[str, dict]:
     return "\n".join(lines), {"ratio_vs_best": ratios, "baseline_means": means, "default_mean": float(mean_default)}
 
 
+def markdown(results: dict) -> str:
+    """Markdown tables for docs/quality.md: one row per strategy, one column per setting (mean
+    AUC-PR), then the default's ratio to the best baseline of each setting."""
+    names = list(results)
+    rows = [n for n in next(iter(results.values()))["summary"] if all(n in r["summary"] for r in results.values())]
+    lines = ["| strategy | " + " | ".join(names) + " | mean |", "|---" * (len(names) + 2) + "|"]
+    for n in rows:
+        vals = [results[s]["summary"][n]["auc_pr"]["mean"] for s in names]
+        cells = []
+        for s, v in zip(names, vals):
+            best = max(results[s]["summary"][k]["auc_pr"]["mean"] for k in rows if k != "random")
+            cells.append(f"**{v:.3f}**" if v == best else f"{v:.3f}")
+        label = f"**{n}**" if n == DEFAULT_NAME else n
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {np.mean(vals):.3f} |")
+    best = [best_baseline(results[s]["summary"]) for s in names]
+    lines.append("| best baseline | " + " | ".join(best) + " | |")
+    ratios = [results[s]["summary"][DEFAULT_NAME]["auc_pr"]["mean"] / results[s]["summary"][b]["auc_pr"]["mean"]
+              for s, b in zip(names, best)]
+    lines.append("| **default / best baseline** | " + " | ".join(f"{r:.3f}x" for r in ratios)
+                 + f" | {np.mean(ratios):.3f}x |")
+    return "\n".join(lines)
+
+
 def plot_curves(results: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -280,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
                "default_miner_config": MinorityMiner(10).config, "overall": overall,
                "total_seconds": total, "results": results}
     write_results(out, "quality.json", payload, "pr_curves.png", lambda path: plot_curves(results, path))
+    (out / "quality.md").write_text(markdown(results) + "\n")
     return 0
 
 

@@ -131,3 +131,14 @@ def test_skewed_split_exact_counts():
     assert np.bincount(labels[s.train], minlength=4)[:2].tolist() == [0, 3]
     with pytest.raises(ValueError):
         skewed_split(labels, 4, seed=0, tail_counts={0: -1})
+
+
+def test_markdown_table_marks_the_best_and_gives_ratios():
+    from mcm_core.bench.quality import DEFAULT_NAME, markdown
+
+    results = {"a": {"summary": {DEFAULT_NAME: _row(0.9), "RC tail mass": _row(0.6), "random": _row(0.95)}},
+               "b": {"summary": {DEFAULT_NAME: _row(0.8), "RC tail mass": _row(1.0), "random": _row(0.1)}}}
+    lines = markdown(results).splitlines()
+    assert lines[2].startswith(f"| **{DEFAULT_NAME}** | **0.900** | 0.800 | 0.850 |")
+    assert lines[3] == "| RC tail mass | 0.600 | **1.000** | 0.800 |"
+    assert lines[-1] == "| **default / best baseline** | 1.500x | 0.800x | 1.150x |"

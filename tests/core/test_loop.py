@@ -66,3 +66,20 @@ def test_loop_tail_strategy_finds_the_tail_and_counts_it():
     r = loop.run_strategy("cheat", cheat, model0, conv, ys["train"], ys["pool"], ys["test"], [2], 3,
                           budget=10, rounds=2, finetune_epochs=2, seed=0)
     assert r["tail_found"] == 20 and [h["tail_picked_per_class"] for h in r["rounds"]] == [{2: 10}, {2: 10}]
+
+
+def test_summary_and_markdown_of_two_seeds():
+    def run(found, rec, acc, recognised):
+        return {"tail_found": found, "final_mean_tail_recall": rec, "final_test_acc": acc,
+                "rounds": [{"tail_picked_already_recognised": recognised, "mean_tail_recall": rec,
+                            "tail_picked": found}]}
+
+    seeds = [{"runs": {"10": {"a": run(8, 0.5, 0.9, 2), "b": run(4, 0.7, 0.8, 0)}}},
+             {"runs": {"10": {"a": run(6, 0.7, 0.9, 4), "b": run(2, 0.9, 0.8, 0)}}}]
+    summary = loop.summarise(seeds, [10], ["a", "b"])
+    assert summary["10"]["a"]["tail_found"] == 7 and summary["10"]["b"]["final_mean_tail_recall"] == pytest.approx(0.8)
+    assert summary["10"]["a"]["tail_already_recognised"] == 3
+    assert summary["10"]["a"]["final_mean_tail_recall_std"] == pytest.approx(0.1)
+    md = loop.markdown({"s": {"summary": summary, "round0_mean_tail_recall": 0.2}}).splitlines()
+    assert md[4] == "| a | **7.0** | 3.0 | 0.600 +- 0.100 | **0.900** |"
+    assert md[5] == "| b | 3.0 | 0.0 | **0.800** +- 0.100 | 0.800 |"
