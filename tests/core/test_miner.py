@@ -256,7 +256,7 @@ def test_tail_novelty_score_is_tail_or_novel_by_hand(data, fitted):
     t = fitted.predict_proba(probe).astype(np.float64)[:, [3, 4]].sum(1)
     ref = l2_normalise(x[y < 3])  # 240 head rows, under the 2048 cap: all of them
     assert fitted.novelty.reference == pytest.approx(ref)
-    dist = 1 - l2_normalise(probe) @ ref.T
+    dist = 1 - l2_normalise(probe).astype(np.float64) @ ref.T.astype(np.float64)
     knn = np.sort(dist, 1)[:, :5].mean(1)
     assert knn_cosine_distance(ref, probe, 5) == pytest.approx(knn, abs=1e-6)
     n = calibrated_novelty(fitted.novelty.reference_distances, knn)

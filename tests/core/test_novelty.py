@@ -20,14 +20,24 @@ def test_knn_cosine_distance_hand():
 
 
 def test_calibrated_novelty_hand():
-    ref = np.array([0.3, 0.1, 0.2])  # sorted 0.1, 0.2, 0.3 -> 1/4, 2/4, 3/4
-    n = calibrated_novelty(ref, np.array([0.0, 0.05, 0.1, 0.15, 0.3]))
-    assert n == pytest.approx([0.0, 0.125, 0.25, 0.375, 0.75])
-    s = np.std([0.1, 0.2, 0.3])
-    beyond = calibrated_novelty(ref, np.array([0.3 + s, 0.3 + 2 * s]))
-    assert beyond == pytest.approx([1 - 1 / 8, 1 - 1 / 12])
-    many = calibrated_novelty(ref, np.linspace(0, 2, 200))  # cosine distances lie in [0, 2]
+    """N(d) = (1 - e) mean_i Phi((d - r_i) / h) + e d / (d + s), e = 1/(n+1), s = std(r), h = s/4."""
+    from math import erf, sqrt
+    ref = np.array([0.3, 0.1, 0.2])
+    sd = np.std(ref)
+    h, e = sd / 4, 0.25
+
+    def by_hand(d):
+        phi = np.mean([0.5 * (1 + erf((d - r) / (h * sqrt(2)))) for r in ref])
+        return (1 - e) * phi + e * d / (d + sd)
+
+    d = np.array([0.0, 0.1, 0.2, 0.25, 1.0])
+    assert calibrated_novelty(ref, d) == pytest.approx([by_hand(v) for v in d], abs=1e-4)
+    assert calibrated_novelty(ref, np.array([0.2]))[0] == pytest.approx(0.375 + 0.25 * 0.2 / (0.2 + sd), abs=1e-4)
+    assert calibrated_novelty(ref, np.array([1.0]))[0] == pytest.approx(0.75 + 0.25 / (1 + sd), abs=1e-9)
+    many = calibrated_novelty(ref, np.linspace(0, 2, 400))  # cosine distances lie in [0, 2]
     assert (np.diff(many) > 0).all() and many.max() < 1.0  # strictly increasing, never saturates
+    # bounded slope: a 1e-7 change of the distance moves N by far less than 1e-6
+    assert np.abs(calibrated_novelty(ref, d + 1e-7) - calibrated_novelty(ref, d)).max() < 1e-6
 
 
 def test_tail_or_novel_hand():
