@@ -20,9 +20,10 @@ def test_knn_cosine_distance_hand():
 
 
 def test_calibrated_novelty_hand():
-    """N(d) = (1 - e) mean_i Phi((d - r_i) / h) + e d / (d + s), e = 1/(n+1), s = std(r), h = s/4."""
+    """N(d) = (1 - e) mean_i Phi((d - r_i) / h) + e d / (d + s), e = 1/(n+1), s = std(r),
+    h = max(s/4, 0.05): with these references s/4 = 0.2041 / 4 would be 0.051, so h = 0.051."""
     from math import erf, sqrt
-    ref = np.array([0.3, 0.1, 0.2])
+    ref = np.array([0.3, 0.1, 0.2]) * 2.5  # std 0.204 -> s / 4 = 0.051, above the 0.05 floor
     sd = np.std(ref)
     h, e = sd / 4, 0.25
 
@@ -30,10 +31,16 @@ def test_calibrated_novelty_hand():
         phi = np.mean([0.5 * (1 + erf((d - r) / (h * sqrt(2)))) for r in ref])
         return (1 - e) * phi + e * d / (d + sd)
 
-    d = np.array([0.0, 0.1, 0.2, 0.25, 1.0])
+    d = np.array([0.0, 0.25, 0.5, 0.6, 1.8])
     assert calibrated_novelty(ref, d) == pytest.approx([by_hand(v) for v in d], abs=1e-4)
-    assert calibrated_novelty(ref, np.array([0.2]))[0] == pytest.approx(0.375 + 0.25 * 0.2 / (0.2 + sd), abs=1e-4)
-    assert calibrated_novelty(ref, np.array([1.0]))[0] == pytest.approx(0.75 + 0.25 / (1 + sd), abs=1e-9)
+    # at the middle reference, one below (Phi ~ 1), itself (1/2), one above (Phi ~ 0)
+    assert calibrated_novelty(ref, np.array([0.5]))[0] == pytest.approx(0.375 + 0.25 * 0.5 / (0.5 + sd), abs=1e-4)
+    assert calibrated_novelty(ref, np.array([1.8]))[0] == pytest.approx(0.75 + 0.25 * 1.8 / (1.8 + sd), abs=1e-9)
+    # tightly clustered references: the bandwidth floor (0.05) replaces s / 4
+    tight = np.array([0.001, 0.002, 0.003])
+    assert calibrated_novelty(tight, np.array([0.002]))[0] == pytest.approx(
+        0.75 * np.mean([0.5 * (1 + erf((0.002 - r) / (0.05 * sqrt(2)))) for r in tight])
+        + 0.25 * 0.002 / (0.002 + np.std(tight)), abs=1e-4)
     many = calibrated_novelty(ref, np.linspace(0, 2, 400))  # cosine distances lie in [0, 2]
     assert (np.diff(many) > 0).all() and many.max() < 1.0  # strictly increasing, never saturates
     # bounded slope: a 1e-7 change of the distance moves N by far less than 1e-6
