@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .recalibration import RecalibrationLayer, fit_recalibration
+from .metrics import tail_classes
+from .recalibration import fit_recalibration
 from .scoring import softmax
 from .validation import check_features, check_labels, check_num_classes
 
@@ -108,6 +109,16 @@ def margin_uncertainty(probs: np.ndarray) -> np.ndarray:
     return 1.0 - (p[:, -1] - p[:, -2])
 
 
+def tail_mass(probs: np.ndarray, tail: list[int] | np.ndarray) -> np.ndarray:
+    """sum_{k in tail} p_k: the probability an example belongs to one of the tail classes (0 if no
+    class is tail). The simplest tail score a user can compute from any classifier."""
+    p = np.asarray(probs, dtype=np.float64)
+    idx = np.asarray(tail, dtype=np.int64).reshape(-1)
+    if idx.size and (idx.min() < 0 or idx.max() >= p.shape[1]):
+        raise ValueError(f"tail classes must lie in [0, {p.shape[1]}), got {idx.tolist()}")
+    return p[:, idx].sum(axis=1) if idx.size else np.zeros(len(p))
+
+
 def gaussian_novelty(x: np.ndarray, ref: np.ndarray, width: float, chunk: int = 4096) -> np.ndarray:
     """1 - max_j exp(-||x - ref_j||^2 / (2 width^2)): 0 on a labeled point, -> 1 far from all."""
     out = np.empty(len(x))
@@ -178,6 +189,48 @@ class WeightedEntropyStrategy(_ProbaStrategy):
         return weighted_entropy(probs, self.class_proportions)
 
 
+class MarginStrategy(_ProbaStrategy):
+    """Smallest margin between the two most likely classes first (small-text's "breaking ties")."""
+    name = "margin"
+
+    def score_proba(self, probs, features=None):
+        return margin_uncertainty(probs)
+
+
+class TailMassStrategy(_ProbaStrategy):
+    """sum of the probabilities of the labeled set's tail classes (skewness ratio < 0.3).
+
+    fit() trains its own re-calibration layer (focal loss, gamma 2, inverse-frequency alpha: the
+    miner's RC layer) unless ``focal=False`` (plain cross-entropy head); ``score_proba`` sums any
+    classifier's probabilities over the same tail classes (e.g. the biased model's own softmax)."""
+    name = "tail_mass"
+
+    def __init__(self, num_classes: int, seed: int = 0, focal: bool = True):
+        super().__init__(num_classes, seed)
+        self.focal = bool(focal)
+
+    def fit(self, features, labels) -> "TailMassStrategy":
+        x = check_features(features)
+        y = check_labels(labels, len(x), self.num_classes)
+        if not self.focal:
+            super().fit(x, y)
+        else:
+            from .recalibration import inverse_frequency_alpha
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed)
+                self.head, _ = fit_recalibration(x, y, self.num_classes, gamma=2.0,
+                                                 alpha=inverse_frequency_alpha(y, self.num_classes),
+                                                 min_epochs=20, seed=self.seed)
+            self.class_proportions = np.bincount(y, minlength=self.num_classes) / len(y)
+            self.in_dim = x.shape[1]
+        self.tail = tail_classes(y, self.num_classes)
+        return self
+
+    def score_proba(self, probs, features=None):
+        self._check_fitted()
+        return tail_mass(probs, self.tail)
+
+
 class HALStrategy(_ProbaStrategy):
     """Hybrid exploit/explore. Exploit = margin uncertainty, taken with probability ``p_exploit``
     (default 0.5); explore = Gaussian-kernel novelty of the standardised features w.r.t. the labeled
@@ -208,5 +261,5 @@ class HALStrategy(_ProbaStrategy):
                                    np.random.default_rng(self.seed))
 
 
-BASELINES = {c.name: c for c in (RandomStrategy, MaxScoreStrategy, EntropyStrategy,
-                                  WeightedEntropyStrategy, HALStrategy)}
+BASELINES = {c.name: c for c in (RandomStrategy, MaxScoreStrategy, EntropyStrategy, MarginStrategy,
+                                  WeightedEntropyStrategy, TailMassStrategy, HALStrategy)}

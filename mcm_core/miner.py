@@ -1,4 +1,6 @@
-"""MinorityMiner: the default strategy = RC layer (focal loss) + autoencoder reconstruction score.
+"""MinorityMiner: RC layer (focal loss) + a decision score: by default the tail-or-novel score
+(RC tail mass fused with feature-space novelty); the paper's autoencoder reconstruction score as
+strategy="reconstruction" (tuned) or strategy="paper" (the paper's configuration).
 
 Public API (stable, used by the backend and outside benchmarks):
     miner = MinorityMiner(num_classes=C, seed=0).fit(features, labels)
@@ -21,6 +23,9 @@ from .atomic import atomic_torch_save
 from .autoencoder import INPUT_SPACES, AutoencoderScorer, default_hidden
 from .recalibration import RecalibrationLayer, fit_recalibration, inverse_frequency_alpha
 from .metrics import tail_classes
+from .novelty import (DEFAULT_K, DEFAULT_MAX_REFERENCE, NoveltyScorer, l2_normalise, stratified_reference,
+                      tail_or_novel)
+from .queue import NOVEL_BUCKET, greedy_queue
 from .scoring import RECONSTRUCTION_SCORE_BOUND, softmax
 from .validation import check_features, check_labels, check_num_classes
 
@@ -30,10 +35,23 @@ FORMAT = "mcm_core.MinorityMiner"
 FORMAT_VERSION = 1  # unchanged: new config keys and the optional "score_weights" tensor have old-file defaults
 SCORE_WEIGHTINGS = ("alpha", "sqrt_alpha", "none")
 AE_TRAIN_ON = ("head", "all")
+STRATEGIES = ("tail_novelty", "reconstruction", "paper")
+# strategy="paper": the paper's configuration of the reconstruction score (these options are forced).
+TAIL_REFERENCE_PER_CLASS = 256  # labeled rows kept per tail class for the queue's distance term
+PAPER_PRESET = dict(input_space="logits", score_weighting="none", ae_train_on="all", rc_min_epochs=0, n_models=1)
 
 
 class MinorityMiner:
-    """Rank unlabeled examples by how unlike the labeled head-class output patterns they are.
+    """Rank unlabeled examples by how likely they are to belong to a tail class or to no labeled class.
+
+    strategy="tail_novelty" (default, chosen on the benchmark's 8 settings, docs/quality.md):
+    score = 1 - (1 - T)(1 - N), T = RC tail mass (sum of the re-calibrated probabilities of the
+    labeled set's tail classes), N = calibrated kNN cosine novelty of the features against the
+    labeled head-class rows (mcm_core.novelty). No autoencoder is trained. T finds the tail
+    classes the RC layer learned; N finds classes with no (or no usable) labeled example.
+    strategy="reconstruction": the autoencoder reconstruction score below (the previous default);
+    strategy="paper": the same with the paper's configuration (AE on logits, plain S, one AE,
+    trained on all rows, no RC warm-up; PAPER_PRESET overrides those options).
 
     Options beyond the contract are for tuning/ablation; the defaults are the benchmarked best
     on MNIST-5k (see README, "Benchmark"): the autoencoder sees the re-calibrated probabilities
@@ -63,8 +81,21 @@ class MinorityMiner:
                  ae_max_steps: int = 20000, ae_patience: int = 10, rc_lr: float = 1e-2,
                  rc_patience: int = 10, rc_max_epochs: int = 200, rc_weight_decay: float = 0.0,
                  score_weighting: str = "alpha", ae_train_on: str = "head", rc_min_epochs: int = 20,
-                 rc_max_steps_per_epoch: int | None = 8, ae_max_steps_per_epoch: int | None = 32):
+                 rc_max_steps_per_epoch: int | None = 8, ae_max_steps_per_epoch: int | None = 32,
+                 strategy: str = "tail_novelty", novelty_k: int = DEFAULT_K,
+                 novelty_max_reference: int = DEFAULT_MAX_REFERENCE, queue_window: int = 200):
         self.num_classes = check_num_classes(num_classes)
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+        if strategy == "paper":
+            input_space, score_weighting, ae_train_on, rc_min_epochs, n_models = (
+                PAPER_PRESET[k] for k in ("input_space", "score_weighting", "ae_train_on", "rc_min_epochs",
+                                          "n_models"))
+        if int(queue_window) < 0:
+            raise ValueError(f"queue_window must be >= 0, got {queue_window}")
+        if int(novelty_k) < 1 or int(novelty_max_reference) < 2:
+            raise ValueError(f"novelty_k must be >= 1 and novelty_max_reference >= 2, got {novelty_k}, "
+                             f"{novelty_max_reference}")
         if input_space not in INPUT_SPACES:
             raise ValueError(f"input_space must be one of {INPUT_SPACES}, got {input_space!r}")
         if score_weighting not in SCORE_WEIGHTINGS:
@@ -96,11 +127,18 @@ class MinorityMiner:
             rc_weight_decay=float(rc_weight_decay), score_weighting=score_weighting, ae_train_on=ae_train_on,
             rc_min_epochs=int(rc_min_epochs),
             rc_max_steps_per_epoch=None if rc_max_steps_per_epoch is None else int(rc_max_steps_per_epoch),
-            ae_max_steps_per_epoch=None if ae_max_steps_per_epoch is None else int(ae_max_steps_per_epoch))
+            ae_max_steps_per_epoch=None if ae_max_steps_per_epoch is None else int(ae_max_steps_per_epoch),
+            strategy=strategy, novelty_k=int(novelty_k), novelty_max_reference=int(novelty_max_reference),
+            queue_window=int(queue_window))
         self.seed = int(seed)
         self.in_dim: int | None = None
         self.rc: RecalibrationLayer | None = None
         self.ae: AutoencoderScorer | None = None
+        self.novelty: NoveltyScorer | None = None
+        self.tail: list[int] = []
+        # labeled tail-class rows (unit features, labels) for the queue's distance term
+        self.tail_reference = np.zeros((0, 0), np.float32)
+        self.tail_reference_labels = np.zeros(0, np.int64)
         self.fit_info: dict = {}
 
     # ------------------------------------------------------------------ fit / score
@@ -129,23 +167,35 @@ class MinorityMiner:
         return ~np.isin(y, tail_classes(y, self.num_classes))
 
     def fit(self, features, labels) -> "MinorityMiner":
-        """Train the RC layer on (features, labels), then the autoencoder on its outputs."""
+        """Train the RC layer on (features, labels), then the strategy's scorer: the novelty
+        reference (tail_novelty) or the autoencoder on the RC outputs (reconstruction, paper)."""
         x = check_features(features)
         y = check_labels(labels, len(x), self.num_classes)
         c = self.config
         alpha = inverse_frequency_alpha(y, self.num_classes) if c["alpha"] is None \
             else np.asarray(c["alpha"], np.float32)
         rc, rc_res = self._fit_rc(x, y, self.seed, alpha)
-        z = self._logits(x, rc)
-        rows = self._ae_rows(y)
-        ae = self._new_scorer(self._score_weights(alpha)).fit(z[rows])
-        self.rc, self.ae, self.in_dim = rc, ae, x.shape[1]
         counts = np.bincount(y, minlength=self.num_classes)
-        self.fit_info = {"n_labeled": int(len(y)), "labeled_per_class": counts.tolist(),
-                         "rc_best_epoch": rc_res.best_epoch, "rc_epochs": rc_res.epochs_run,
-                         "ae_steps": [i.steps for i in ae.infos], "ae_rows": int(rows.sum())}
-        log.info("MinorityMiner fitted on %d examples (per class %s); RC best epoch %d/%d; AE steps %s",
-                 len(y), counts.tolist(), rc_res.best_epoch + 1, rc_res.epochs_run, self.fit_info["ae_steps"])
+        tail = tail_classes(y, self.num_classes)
+        info = {"n_labeled": int(len(y)), "labeled_per_class": counts.tolist(), "tail_classes": tail,
+                "rc_best_epoch": rc_res.best_epoch, "rc_epochs": rc_res.epochs_run}
+        ae = novelty = None
+        if c["strategy"] == "tail_novelty":
+            head = ~np.isin(y, tail)
+            novelty = NoveltyScorer(c["novelty_k"], c["novelty_max_reference"], self.seed).fit(x, y, head)
+            info["novelty_reference"] = int(len(novelty.reference))
+            keep = np.concatenate([stratified_reference(y, y == k, TAIL_REFERENCE_PER_CLASS, self.seed)
+                                   for k in tail] or [np.zeros(0, np.int64)])
+            self.tail_reference = l2_normalise(x[keep]) if len(keep) else np.zeros((0, x.shape[1]), np.float32)
+            self.tail_reference_labels = y[keep]
+        else:
+            rows = self._ae_rows(y)
+            ae = self._new_scorer(self._score_weights(alpha)).fit(self._logits(x, rc)[rows])
+            info.update(ae_steps=[i.steps for i in ae.infos], ae_rows=int(rows.sum()))
+        self.rc, self.ae, self.novelty, self.tail, self.in_dim = rc, ae, novelty, tail, x.shape[1]
+        self.fit_info = info
+        log.info("MinorityMiner (%s) fitted on %d examples (per class %s, tail %s); RC best epoch %d/%d",
+                 c["strategy"], len(y), counts.tolist(), tail, rc_res.best_epoch + 1, rc_res.epochs_run)
         return self
 
     def _fit_rc(self, x: np.ndarray, y: np.ndarray, seed: int, alpha: np.ndarray):
@@ -166,7 +216,7 @@ class MinorityMiner:
         return np.concatenate(out).astype(np.float32)
 
     def _check_fitted(self) -> None:
-        if self.rc is None or self.ae is None:
+        if not self.is_fitted:
             raise ValueError("MinorityMiner is not fitted: call fit(features, labels) first")
 
     def logits(self, features) -> np.ndarray:
@@ -179,23 +229,66 @@ class MinorityMiner:
         return softmax(self.logits(features)).astype(np.float32)
 
     def score(self, features) -> np.ndarray:
-        """S_w = sum_k w_k (p_k - p_hat_k)^2 (M,), float64, in [0, score_upper_bound]; p = softmax(z)
-        of the RC layer, p_hat its reconstruction (mean over the AE ensemble), w = alpha
-        (score_weighting="alpha", default), sqrt(alpha) renormalised, or 1 ("none": S = ||p - p_hat||^2)."""
+        """(M,) float64 in [0, score_upper_bound], higher = mine first; each row's score depends
+        only on that row (so chunks of a pool can be scored independently).
+
+        tail_novelty: 1 - (1 - T)(1 - N) in [0, 1] (see the class docstring).
+        reconstruction / paper: S_w = sum_k w_k (p_k - p_hat_k)^2, p = softmax(z) of the RC layer,
+        p_hat its reconstruction (mean over the AE ensemble), w = alpha (score_weighting="alpha"),
+        sqrt(alpha) renormalised, or 1 ("none": S = ||p - p_hat||^2)."""
         self._check_fitted()
-        return self.ae.score(self.logits(features))
+        x = check_features(features, dim=self.in_dim)
+        if self.novelty is not None:
+            return tail_or_novel(self.tail_mass(x), self.novelty.score(x))
+        return self.ae.score(self._logits(x, self.rc))
+
+    def tail_mass(self, features) -> np.ndarray:
+        """T = sum of the re-calibrated probabilities over the labeled set's tail classes (M,)."""
+        p = self.predict_proba(features).astype(np.float64)
+        return p[:, self.tail].sum(1) if self.tail else np.zeros(len(p))
+
+    def queue_scores(self, features) -> np.ndarray:
+        """Descending scores for a whole unlabeled pool (tail_novelty only): the order in which a
+        labeling budget teaches the model the most while keeping the tail yield (mcm_core.queue).
+
+        Among the ``queue_window`` highest-scored examples: round-robin over the RC layer's
+        predicted tail classes (plus a bucket for novel examples predicted as a head class), and
+        within a bucket greedily the largest score x distance to the labeled and already-queued
+        examples of that class. Those get (0.5, 1]; the rest 0.5 * score(). Unlike score(), a
+        row's value depends on the rest of the pool: pass the whole pool in one call."""
+        self._check_fitted()
+        if self.novelty is None:
+            raise ValueError(f"queue_scores needs strategy='tail_novelty', not {self.config['strategy']!r}")
+        x = check_features(features, dim=self.in_dim)
+        p = self.predict_proba(x).astype(np.float64)
+        t = p[:, self.tail].sum(1) if self.tail else np.zeros(len(p))
+        scores = tail_or_novel(t, self.novelty.score(x))
+        top = p.argmax(1)
+        buckets = np.where(np.isin(top, self.tail), top, NOVEL_BUCKET)
+        refs = {int(k): self.tail_reference[self.tail_reference_labels == k] for k in self.tail}
+        refs[NOVEL_BUCKET] = np.concatenate([self.novelty.reference, self.tail_reference])
+        return greedy_queue(scores, buckets, x, refs, self.config["queue_window"])
+
+    def novelty_score(self, features) -> np.ndarray:
+        """N in [0, 1): calibrated kNN novelty against the labeled head rows (tail_novelty only)."""
+        self._check_fitted()
+        if self.novelty is None:
+            raise ValueError(f"strategy {self.config['strategy']!r} has no novelty scorer")
+        return self.novelty.score(check_features(features, dim=self.in_dim))
 
     @property
     def score_upper_bound(self) -> float:
-        """Exact max of the score: 2 for S; w_(1) + w_(2) (two largest weights, <= 1) for S_w.
-        Before fit() the weights are unknown: 2, a true bound for every weighting."""
+        """Exact max of the score: 1 for tail_novelty; 2 for S; w_(1) + w_(2) (two largest
+        weights, <= 1) for S_w. Before fit(): 2, a true bound for every strategy."""
+        if self.novelty is not None:
+            return 1.0
         if self.ae is None:
             return float(RECONSTRUCTION_SCORE_BOUND)
         return float(self.ae.upper_bound)
 
     @property
     def is_fitted(self) -> bool:
-        return self.rc is not None and self.ae is not None
+        return self.rc is not None and (self.ae is not None or self.novelty is not None)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike) -> None:
@@ -204,7 +297,14 @@ class MinorityMiner:
         self._check_fitted()
         payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": self.config,
                    "in_dim": self.in_dim, "fit_info": self.fit_info,
-                   "rc": self.rc.state_dict(), "ae": self.ae.state()}
+                   "rc": self.rc.state_dict(), "tail": list(self.tail)}
+        if self.ae is not None:
+            payload["ae"] = self.ae.state()
+        if self.novelty is not None:
+            payload["novelty"] = {"reference": torch.from_numpy(self.novelty.reference.copy()),
+                                  "reference_distances": torch.from_numpy(self.novelty.reference_distances.copy()),
+                                  "tail_reference": torch.from_numpy(self.tail_reference.copy()),
+                                  "tail_reference_labels": torch.from_numpy(self.tail_reference_labels.copy())}
         atomic_torch_save(payload, path)
 
     @classmethod
@@ -227,6 +327,7 @@ class MinorityMiner:
         cfg.setdefault("rc_max_steps_per_epoch", None)
         cfg.setdefault("ae_max_steps_per_epoch", None)
         cfg.setdefault("rc_min_epochs", 0)
+        cfg.setdefault("strategy", "reconstruction")
         num_classes, seed = cfg.pop("num_classes"), cfg.pop("seed")
         miner = cls(num_classes, seed, **cfg)
         miner.in_dim = int(payload["in_dim"])
@@ -234,7 +335,25 @@ class MinorityMiner:
         rc = RecalibrationLayer(miner.in_dim, num_classes)
         rc.load_state_dict(payload["rc"])
         rc.eval()
-        ae = miner._new_scorer()
-        ae.load_state(payload["ae"])
-        miner.rc, miner.ae = rc, ae
+        miner.rc = rc
+        counts = miner.fit_info.get("labeled_per_class")  # files from before "tail" was saved
+        old_tail = tail_classes(np.repeat(np.arange(num_classes), counts), num_classes) if counts else []
+        miner.tail = [int(k) for k in payload.get("tail", old_tail)]
+        try:
+            if cfg["strategy"] == "tail_novelty":
+                nov = NoveltyScorer(cfg["novelty_k"], cfg["novelty_max_reference"], seed)
+                nov.reference = payload["novelty"]["reference"].numpy().astype(np.float32)
+                nov.reference_distances = payload["novelty"]["reference_distances"].numpy().astype(np.float64)
+                miner.tail_reference = payload["novelty"]["tail_reference"].numpy().astype(np.float32)
+                miner.tail_reference_labels = payload["novelty"]["tail_reference_labels"].numpy().astype(np.int64)
+                if nov.reference.ndim != 2 or nov.reference.shape[1] != miner.in_dim \
+                        or miner.tail_reference.shape[1:] != (miner.in_dim,):
+                    raise ValueError(f"{path}: novelty reference has the wrong shape")
+                miner.novelty = nov
+            else:
+                ae = miner._new_scorer()
+                ae.load_state(payload["ae"])
+                miner.ae = ae
+        except (KeyError, AttributeError) as exc:
+            raise ValueError(f"{path}: incomplete miner file ({exc})") from exc
         return miner

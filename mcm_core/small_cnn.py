@@ -74,21 +74,25 @@ def train_small_cnn(
     if y.size and (y.min() < 0 or y.max() >= num_classes):
         raise ValueError(f"labels must lie in [0, {num_classes})")
     torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
     model = SmallCNN(num_classes, in_channels=x.shape[1])
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    yt = torch.from_numpy(y.astype(np.int64))
+    _train_ce(model, model.parameters(), model, x, torch.from_numpy(y.astype(np.int64)), epochs,
+              torch.Generator().manual_seed(seed), batch_size, lr)
+    return model
+
+
+def _train_ce(model: nn.Module, params, forward, x: torch.Tensor, y: torch.Tensor, epochs: int,
+              gen: torch.Generator, batch_size: int, lr: float) -> None:
+    """Mini-batch Adam on cross-entropy of forward(x) over ``params``; leaves the model in eval mode."""
+    opt = torch.optim.Adam(params, lr=lr)
     model.train()
     for _ in range(epochs):
         perm = torch.randperm(len(x), generator=gen)
         for i in range(0, len(x), batch_size):
             idx = perm[i:i + batch_size]
             opt.zero_grad()
-            loss = nn.functional.cross_entropy(model(x[idx]), yt[idx])
-            loss.backward()
+            nn.functional.cross_entropy(forward(x[idx]), y[idx]).backward()
             opt.step()
     model.eval()
-    return model
 
 
 @torch.no_grad()
@@ -107,3 +111,37 @@ def small_cnn_logits(model: SmallCNN, images: np.ndarray, batch_size: int = 256)
     model.eval()
     out = [model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
     return torch.cat(out).numpy().astype(np.float32)
+
+
+@torch.no_grad()
+def small_cnn_conv_outputs(model: SmallCNN, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Outputs of the (frozen) convolution stack, flattened (N, 64*7*7): computed once, they let
+    the dense layers be retrained many times without re-running the convolutions."""
+    x = _as_nchw(images, model.in_channels)
+    model.eval()
+    out = [model.conv(x[i:i + batch_size]).flatten(1) for i in range(0, len(x), batch_size)]
+    return torch.cat(out).numpy().astype(np.float32)
+
+
+def fine_tune_dense(model: SmallCNN, conv_out: np.ndarray, labels: np.ndarray, epochs: int, seed: int = 0,
+                    batch_size: int = 64, lr: float = 1e-3) -> SmallCNN:
+    """Retrain the dense layers (feature layer + head) in place with cross-entropy on
+    precomputed convolution outputs; the convolutions stay frozen."""
+    x = torch.from_numpy(np.asarray(conv_out, dtype=np.float32))
+    y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    if len(x) != len(y) or len(x) == 0:
+        raise ValueError(f"conv_out has {len(x)} rows, labels {len(y)}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # dropout masks
+        _train_ce(model, list(model.fc.parameters()) + list(model.head.parameters()),
+                  lambda c: model.head(model.dropout(model.fc(c))), x, y, epochs,
+                  torch.Generator().manual_seed(seed), batch_size, lr)
+    return model
+
+
+@torch.no_grad()
+def dense_features_logits(model: SmallCNN, conv_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(penultimate features, logits) from precomputed convolution outputs, eval mode."""
+    model.eval()
+    f = model.fc(torch.from_numpy(np.asarray(conv_out, dtype=np.float32)))
+    return f.numpy().astype(np.float32), model.head(f).numpy().astype(np.float32)

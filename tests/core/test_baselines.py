@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from mcm_core.baselines import (BASELINES, EntropyStrategy, HALStrategy, MaxScoreStrategy, RandomStrategy,
-                                WeightedEntropyStrategy, class_weights, entropy, gaussian_novelty,
-                                interleave_rankings, margin_uncertainty, max_score, median_pairwise_distance,
-                                weighted_entropy)
+from mcm_core.baselines import (BASELINES, EntropyStrategy, HALStrategy, MarginStrategy, MaxScoreStrategy,
+                                RandomStrategy, TailMassStrategy, WeightedEntropyStrategy, class_weights, entropy,
+                                gaussian_novelty, interleave_rankings, margin_uncertainty, max_score,
+                                median_pairwise_distance, tail_mass, weighted_entropy)
 
 P = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [1 / 3, 1 / 3, 1 / 3], [0.6, 0.3, 0.1]])
 
@@ -30,6 +30,26 @@ def test_weighted_entropy_hand():
 
 def test_margin_hand():
     assert margin_uncertainty(P) == pytest.approx([0.0, 1.0, 1.0, 0.7])
+
+
+def test_tail_mass_hand():
+    assert tail_mass(P, [1, 2]) == pytest.approx([0.0, 0.5, 2 / 3, 0.4])
+    assert tail_mass(P, []) == pytest.approx([0, 0, 0, 0])
+    with pytest.raises(ValueError):
+        tail_mass(P, [3])
+
+
+def test_tail_mass_and_margin_strategies(blobs):
+    x, y, _ = blobs([60, 60, 60, 3], num_classes=4, dim=6, seed=1)
+    tm = TailMassStrategy(4, seed=0).fit(x, y)
+    assert tm.tail == [3]
+    p = tm.predict_proba(x)
+    assert tm.score(x) == pytest.approx(p[:, 3])
+    assert tm.score(x[y == 3]).min() > np.median(tm.score(x[y == 0]))
+    ce = TailMassStrategy(4, seed=0, focal=False).fit(x, y)
+    assert ce.score(x).shape == (len(x),)
+    assert MarginStrategy(4).fit(x, y).score_proba(P[:, :3]) == pytest.approx(margin_uncertainty(P))
+    assert {"margin", "tail_mass"} <= set(BASELINES)
 
 
 def test_gaussian_novelty_hand():

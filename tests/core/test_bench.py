@@ -44,41 +44,101 @@ def test_speed_flag_forwards_lazily(monkeypatch):
 
 
 def test_quality_run_seed_on_digits():
+    from mcm_core.bench.data import SETTINGS
     from mcm_core.bench.quality import DEFAULT_NAME, run_seed
     d = load_dataset("digits")
-    r = run_seed(d, seed=0, cnn_epochs=1, variants=["single AE (no ensemble)"],
+    r = run_seed(d, SETTINGS["digits-paper"], seed=0, cnn_epochs=1, variants=["reconstruction: single AE"],
                  miner_kwargs={"ae_min_steps": 100, "ae_max_steps": 300, "n_models": 2})
     m = r["metrics"]
-    assert DEFAULT_NAME in m and "entropy (M outputs)" in m and "ablation: RC + entropy" in m
-    assert "single AE (no ensemble)" in m and "hal (CE head)" in m
+    for name in (DEFAULT_NAME, "entropy (M outputs)", "margin (M outputs)", "RC tail mass", "M tail mass",
+                 "reconstruction: single AE", "ablation: novelty N only"):
+        assert name in m
     for row in m.values():
         assert 0.0 <= row["auc_pr"] <= 1.0 and 0.0 <= row["p@50"] <= 1.0
-    assert r["info"]["n_pool_tail"] == 2 * r["info"]["n_pool"] // 10
+    assert r["info"]["n_pool_positive"] == 2 * r["info"]["n_pool"] // 10
     assert r["info"]["tail_classes_train"] == [0, 1]
 
 
 def test_variants_are_selectable_and_valid():
     from mcm_core import MinorityMiner
-    from mcm_core.bench.quality import VARIANTS
+    from mcm_core.bench.quality import DEFAULT_VARIANTS, VARIANTS
 
+    assert set(DEFAULT_VARIANTS) <= set(VARIANTS)
     for name, kwargs in VARIANTS.items():
         assert "," not in name, f"--variants is a comma list: {name!r} cannot be selected"
         MinorityMiner(10, **kwargs)  # every variant is a valid set of options
 
 
-def test_table_reports_the_goal_against_best_of_entropy_and_maxscore():
+def _row(auc):
+    return {m: {"mean": auc, "std": 0.0} for m in ("auc_pr", "avg_f", "p@50", "p@100")}
+
+
+def test_table_compares_the_default_with_the_best_baseline():
     from mcm_core.bench.quality import DEFAULT_NAME, format_table
 
-    def row(auc):
-        return {m: {"mean": auc, "std": 0.0} for m in ("auc_pr", "avg_f", "p@50", "p@100")}
+    summary = {DEFAULT_NAME: _row(0.93), "entropy (M outputs)": _row(0.80), "RC tail mass": _row(0.90),
+               "random": _row(0.99), "ablation: novelty N only": _row(0.98),
+               "paper (RC + AE on logits; plain S)": _row(0.97)}
+    lines = format_table("toy", "a toy", summary, 3).splitlines()
+    best = next(line for line in lines if line.startswith("best baseline"))
+    # random, ablations and the miner's own variants are never "the best baseline"
+    assert "RC tail mass (0.900)" in best and "1.033x" in best
+    ent = next(line for line in lines if line.startswith("entropy"))
+    assert ent.rstrip().endswith("1.163x")  # 0.93 / 0.80
 
-    summary = {DEFAULT_NAME: row(0.93), "entropy (M outputs)": row(0.80), "maxscore (CE head)": row(0.78),
-               "weighted_entropy (M outputs)": row(0.90), "random": row(0.95)}
-    lines = format_table("toy", summary, 5).splitlines()
-    target = next(line for line in lines if line.startswith("target"))
-    assert "entropy (M outputs) (0.8000)" in target and "+16.25%" in target and ": met)" in target
-    overall = next(line for line in lines if line.startswith("best baseline overall"))
-    assert "weighted_entropy (M outputs)" in overall and "+3.3%" in overall  # random is never the best baseline
-    summary["maxscore (CE head)"] = row(0.81)
-    target = next(line for line in format_table("toy", summary, 5).splitlines() if line.startswith("target"))
-    assert "maxscore (CE head)" in target and "NOT met" in target
+
+def test_overall_table_ratios_and_goals():
+    from mcm_core.bench.quality import DEFAULT_NAME, overall_table
+
+    results = {"a": {"summary": {DEFAULT_NAME: _row(0.9), "RC tail mass": _row(0.6), "M tail mass": _row(0.5)}},
+               "b": {"summary": {DEFAULT_NAME: _row(0.8), "RC tail mass": _row(0.5), "M tail mass": _row(1.0)}}}
+    text, overall = overall_table(results)
+    assert overall["ratio_vs_best"] == pytest.approx({"a": 1.5, "b": 0.8})
+    assert "mean ratio over settings 1.150x" in text and "min 0.800x" in text
+    assert overall["baseline_means"]["M tail mass"] == pytest.approx(0.75)
+    assert overall["default_mean"] == pytest.approx(0.85)
+
+
+def test_settings_materialise_their_label_configs():
+    from mcm_core.bench.data import SETTINGS, make_setting
+
+    labels = np.repeat(np.arange(10), 500)
+    ds = types.SimpleNamespace(labels=labels, num_classes=10, images=None)
+    zero = make_setting(ds, SETTINGS["mnist-zero"], 0)
+    assert np.bincount(zero.y_train, minlength=10)[:2].tolist() == [0, 0] and zero.num_classes == 10
+    assert zero.pool_positive.sum() == 2 * len(zero.y_pool) // 10
+    few = make_setting(ds, SETTINGS["mnist-few"], 0)
+    assert np.bincount(few.y_train)[:2].tolist() == [1, 2]
+    novel = make_setting(ds, SETTINGS["mnist-novel"], 0)
+    assert novel.num_classes == 9 and novel.config_classes == list(range(1, 10))
+    assert np.bincount(novel.y_train).tolist()[0] == 8  # class 1 is config index 0
+    assert (labels[novel.split.train] != 0).all() and (novel.y_pool == 0).any()
+    assert novel.to_config(np.array([0, 1, 9])).tolist() == [-1, 0, 8]
+    many = make_setting(ds, SETTINGS["mnist-many"], 0)
+    assert np.bincount(many.y_train)[:5].tolist() == [1, 4, 8, 16, 32]
+    noisy = make_setting(ds, SETTINGS["mnist-noise"], 0)
+    truth = labels[noisy.split.train]
+    flipped = noisy.y_train != truth
+    assert 0.15 < flipped[truth >= 2].mean() < 0.25 and not flipped[truth < 2].any()
+    assert (noisy.y_train[flipped] >= 2).all()  # flipped to another head class
+    again = make_setting(ds, SETTINGS["mnist-noise"], 0)
+    assert np.array_equal(again.y_train, noisy.y_train)
+
+
+def test_skewed_split_exact_counts():
+    labels = np.repeat(np.arange(4), 100)
+    s = skewed_split(labels, 4, seed=0, tail_counts={0: 0, 1: 3})
+    assert np.bincount(labels[s.train], minlength=4)[:2].tolist() == [0, 3]
+    with pytest.raises(ValueError):
+        skewed_split(labels, 4, seed=0, tail_counts={0: -1})
+
+
+def test_markdown_table_marks_the_best_and_gives_ratios():
+    from mcm_core.bench.quality import DEFAULT_NAME, markdown
+
+    results = {"a": {"summary": {DEFAULT_NAME: _row(0.9), "RC tail mass": _row(0.6), "random": _row(0.95)}},
+               "b": {"summary": {DEFAULT_NAME: _row(0.8), "RC tail mass": _row(1.0), "random": _row(0.1)}}}
+    lines = markdown(results).splitlines()
+    assert lines[2].startswith(f"| **{DEFAULT_NAME}** | **0.900** | 0.800 | 0.850 |")
+    assert lines[3] == "| RC tail mass | 0.600 | **1.000** | 0.800 |"
+    assert lines[-1] == "| **default / best baseline** | 1.500x | 0.800x | 1.150x |"

@@ -16,7 +16,8 @@ def data(blobs):
     # classes 0-2 are head classes, class 3 has 2 examples, class 4 has a single one
     x, y, centers = make_blobs([80, 80, 80, 2, 1], num_classes=5, dim=12, seed=0)
     x_tail, _, _ = make_blobs([0, 0, 0, 30, 30], num_classes=5, dim=12, seed=0)
-    x_head, _, _ = make_blobs([30, 30, 30, 0, 0], num_classes=5, dim=12, seed=7)
+    rng = np.random.default_rng(7)  # fresh head-class examples around the same centres
+    x_head = np.concatenate([centers[k] + rng.normal(size=(30, 12)) for k in range(3)]).astype(np.float32)
     return x, y, x_head, x_tail
 
 
@@ -24,6 +25,13 @@ def data(blobs):
 def fitted(data):
     x, y, _, _ = data
     return MinorityMiner(5, seed=0, **FAST).fit(x, y)
+
+
+@pytest.fixture(scope="module")
+def fitted_rc(data):
+    """The reconstruction strategy (RC + autoencoder S_w), the previous default."""
+    x, y, _, _ = data
+    return MinorityMiner(5, seed=0, strategy="reconstruction", **FAST).fit(x, y)
 
 
 def test_fit_returns_self_and_shapes(data, fitted):
@@ -36,10 +44,15 @@ def test_fit_returns_self_and_shapes(data, fitted):
     assert fitted.is_fitted
 
 
-def test_scores_within_upper_bound(data, fitted):
+def test_scores_within_upper_bound(data, fitted, fitted_rc):
     x, y, x_head, x_tail = data
-    s = fitted.score(np.concatenate([x, x_head, x_tail, x * 100]))
-    # default S_w with w = alpha (normalised inverse frequency): exact bound = two largest alphas
+    probe = np.concatenate([x, x_head, x_tail, x * 100])
+    s = fitted.score(probe)
+    assert fitted.score_upper_bound == 1.0  # tail_novelty: 1 - (1 - T)(1 - N), T and N in [0, 1]
+    assert (s >= 0).all() and (s <= 1.0).all()
+    fitted = fitted_rc
+    s = fitted.score(probe)
+    # reconstruction S_w with w = alpha (normalised inverse frequency): exact bound = two largest alphas
     inv = 1.0 / np.bincount(y, minlength=5)
     w = np.sort(inv / inv.sum())
     assert fitted.score_upper_bound == pytest.approx(w[-1] + w[-2])
@@ -48,9 +61,11 @@ def test_scores_within_upper_bound(data, fitted):
     assert MinorityMiner(5).score_upper_bound == 2.0  # unfitted: weights unknown, 2 bounds every weighting
 
 
-def test_tail_examples_rank_above_head_examples(data, fitted):
-    _, _, x_head, x_tail = data
-    s_head, s_tail = fitted.score(x_head), fitted.score(x_tail)
+@pytest.mark.parametrize("strategy", ["tail_novelty", "reconstruction", "paper"])
+def test_tail_examples_rank_above_head_examples(data, strategy):
+    x, y, x_head, x_tail = data
+    m = MinorityMiner(5, seed=0, strategy=strategy, **FAST).fit(x, y)
+    s_head, s_tail = m.score(x_head), m.score(x_tail)
     assert np.median(s_tail) > np.median(s_head)
 
 
@@ -71,7 +86,9 @@ def test_fit_does_not_touch_global_rng(data):
     assert torch.equal(torch.rand(3), expected)
 
 
-def test_save_load_round_trip(tmp_path, data, fitted):
+@pytest.mark.parametrize("which", ["fitted", "fitted_rc"])
+def test_save_load_round_trip(tmp_path, data, which, request):
+    fitted = request.getfixturevalue(which)
     x, _, x_head, x_tail = data
     path = tmp_path / "sub" / "miner.pt"
     fitted.save(path)
@@ -82,6 +99,7 @@ def test_save_load_round_trip(tmp_path, data, fitted):
     assert np.array_equal(loaded.predict_proba(probe), fitted.predict_proba(probe))
     assert loaded.config == fitted.config
     assert loaded.score_upper_bound == fitted.score_upper_bound
+    assert loaded.tail == fitted.tail == [3, 4]
 
 
 def test_load_rejects_foreign_or_missing_files(tmp_path):
@@ -167,17 +185,18 @@ def test_constructor_rejects_bad_options(kwargs):
 def test_classes_with_zero_or_one_example_and_logit_space(data):
     x, y, _, x_tail = data
     keep = y != 4  # class 4 now has no example at all
-    m = MinorityMiner(5, seed=0, input_space="logits", standardize=True, n_models=2, gamma=1.0, alpha=0.5,
-                      **FAST).fit(x[keep], y[keep])
+    m = MinorityMiner(5, seed=0, strategy="reconstruction", input_space="logits", standardize=True, n_models=2,
+                      gamma=1.0, alpha=0.5, **FAST).fit(x[keep], y[keep])
     s = m.score(x_tail)
     assert s.shape == (60,) and ((s >= 0) & (s <= m.score_upper_bound)).all()
     assert m.fit_info["labeled_per_class"] == [80, 80, 80, 2, 0]
 
 
-def test_weighted_score_matches_hand_computation_and_head_only_rows(data, fitted):
+def test_weighted_score_matches_hand_computation_and_head_only_rows(data, fitted_rc):
+    fitted = fitted_rc
     x, y, _, x_tail = data
     assert fitted.fit_info["ae_rows"] == 240  # default: classes 3 (2 ex.) and 4 (1 ex.) are tail: head rows only
-    every = MinorityMiner(5, seed=0, ae_train_on="all", **FAST).fit(x, y)
+    every = MinorityMiner(5, seed=0, strategy="reconstruction", ae_train_on="all", **FAST).fit(x, y)
     assert every.fit_info["ae_rows"] == len(y)
     assert np.median(every.score(x_tail)) > np.median(every.score(x[:240]))
     assert fitted.fit_info["rc_best_epoch"] >= 19  # the default 20-epoch RC warm-up
@@ -191,13 +210,14 @@ def test_weighted_score_matches_hand_computation_and_head_only_rows(data, fitted
 
 def test_unweighted_all_rows_and_sqrt_alpha_options(data):
     x, y, _, x_tail = data
-    plain = MinorityMiner(5, seed=0, score_weighting="none", ae_train_on="all", **FAST).fit(x, y)
+    plain = MinorityMiner(5, seed=0, strategy="reconstruction", score_weighting="none", ae_train_on="all",
+                          **FAST).fit(x, y)
     assert plain.fit_info["ae_rows"] == len(y)
     assert plain.score_upper_bound == 2.0
     q = softmax(plain.logits(x_tail))
     assert plain.score(x_tail) == pytest.approx(((q[None] - plain.ae.reconstruct_probs(plain.logits(x_tail))) ** 2)
                                                 .sum(-1).mean(0), rel=1e-6)
-    sq = MinorityMiner(5, seed=0, score_weighting="sqrt_alpha", **FAST).fit(x, y)
+    sq = MinorityMiner(5, seed=0, strategy="reconstruction", score_weighting="sqrt_alpha", **FAST).fit(x, y)
     w = np.sqrt(1.0 / np.bincount(y, minlength=5))
     w /= w.sum()
     assert sq.score_upper_bound == pytest.approx(np.sort(w)[-2:].sum())
@@ -205,15 +225,18 @@ def test_unweighted_all_rows_and_sqrt_alpha_options(data):
 
 
 def test_files_without_new_options_load_as_unweighted_all_rows(tmp_path, data):
-    """A file written before score_weighting / ae_train_on / steps-per-epoch existed keeps its score."""
+    """A file written before score_weighting / ae_train_on / steps-per-epoch / strategy existed
+    keeps its score (the reconstruction score, plain S)."""
     x, y, x_head, x_tail = data
-    old = MinorityMiner(5, seed=0, score_weighting="none", ae_train_on="all", rc_max_steps_per_epoch=None,
-                        ae_max_steps_per_epoch=None, **FAST).fit(x, y)
+    old = MinorityMiner(5, seed=0, strategy="reconstruction", score_weighting="none", ae_train_on="all",
+                        rc_max_steps_per_epoch=None, ae_max_steps_per_epoch=None, **FAST).fit(x, y)
     path = tmp_path / "old.pt"
     old.save(path)
     payload = torch.load(path, weights_only=True)
-    for k in ("score_weighting", "ae_train_on", "rc_max_steps_per_epoch", "ae_max_steps_per_epoch"):
+    for k in ("score_weighting", "ae_train_on", "rc_max_steps_per_epoch", "ae_max_steps_per_epoch", "strategy",
+              "novelty_k", "novelty_max_reference"):
         del payload["config"][k]
+    del payload["tail"]
     assert "score_weights" not in payload["ae"]
     torch.save(payload, path)
     loaded = MinorityMiner.load(path)
@@ -221,3 +244,44 @@ def test_files_without_new_options_load_as_unweighted_all_rows(tmp_path, data):
     probe = np.concatenate([x_head, x_tail])
     assert np.array_equal(loaded.score(probe), old.score(probe))
     assert loaded.score_upper_bound == 2.0
+    assert loaded.config["strategy"] == "reconstruction" and loaded.tail == [3, 4]  # from fit_info counts
+
+
+def test_tail_novelty_score_is_tail_or_novel_by_hand(data, fitted):
+    """score = 1 - (1 - T)(1 - N): T from the RC probabilities over the tail classes (3, 4), N the
+    calibrated 5-NN cosine distance to the labeled head rows (classes 0-2)."""
+    x, y, x_head, x_tail = data
+    from mcm_core.novelty import calibrated_novelty, knn_cosine_distance, l2_normalise
+    probe = np.concatenate([x_head, x_tail])
+    t = fitted.predict_proba(probe).astype(np.float64)[:, [3, 4]].sum(1)
+    ref = l2_normalise(x[y < 3])  # 240 head rows, under the 2048 cap: all of them
+    assert fitted.novelty.reference == pytest.approx(ref)
+    dist = 1 - l2_normalise(probe).astype(np.float64) @ ref.T.astype(np.float64)
+    knn = np.sort(dist, 1)[:, :5].mean(1)
+    assert knn_cosine_distance(ref, probe, 5) == pytest.approx(knn, abs=1e-6)
+    n = calibrated_novelty(fitted.novelty.reference_distances, knn)
+    assert fitted.score(probe) == pytest.approx(1 - (1 - t) * (1 - n), abs=1e-6)
+    assert fitted.tail_mass(probe) == pytest.approx(t)
+    assert fitted.fit_info["novelty_reference"] == 240 and fitted.ae is None  # no autoencoder trained
+
+
+def test_tail_novelty_finds_a_class_with_no_label(blobs):
+    """A class in the config with 0 labels: the RC tail mass cannot know it, the novelty can."""
+    x, y, centers = blobs([80, 80, 80, 0], num_classes=4, dim=12, seed=3)
+    x_new, _, _ = blobs([0, 0, 0, 40], num_classes=4, dim=12, seed=3)
+    rng = np.random.default_rng(11)
+    x_head = np.concatenate([centers[k] + rng.normal(size=(40, 12)) for k in range(3)]).astype(np.float32)
+    m = MinorityMiner(4, seed=0, **FAST).fit(x, y)
+    assert m.tail == [3]
+    s_new, s_head = m.score(x_new), m.score(x_head)
+    assert s_new.min() > np.quantile(s_head, 0.9)
+
+
+def test_paper_strategy_forces_the_paper_configuration():
+    m = MinorityMiner(5, strategy="paper", input_space="probs", n_models=5)
+    assert (m.config["input_space"], m.config["score_weighting"], m.config["ae_train_on"], m.config["rc_min_epochs"],
+            m.config["n_models"]) == ("logits", "none", "all", 0, 1)
+    with pytest.raises(ValueError, match="strategy"):
+        MinorityMiner(5, strategy="magic")
+    with pytest.raises(ValueError, match="novelty_k"):
+        MinorityMiner(5, novelty_k=0)

@@ -1,0 +1,314 @@
+"""Annotation-loop benchmark (the paper's fine-tuning claim): does the mined queue give a better
+model for the same labeling budget?
+
+Per setting, seed and budget B, for every strategy: start from the skewed labeled set, then R
+rounds of: fit the strategy on the labeled features -> pick the B highest-scored pool examples
+not yet labeled -> oracle labels (the pool's true labels) -> retrain the model on all labels so
+far. Reported per strategy: the tail examples found within the budget, and the final model's
+mean recall on the tail classes (and overall accuracy) of a uniform held-out test set.
+
+The model is the paper's small CNN M. Round 0 trains it on the skewed set (shared by every
+strategy); each later round retrains its dense layers (penultimate feature layer + head) from the
+previous round's weights on all labels so far, with the convolutions frozen (as a frozen
+backbone in the backend), so a round costs seconds instead of a full CNN training.
+
+    python -m mcm_core.bench.loop            # 2 settings x 3 seeds x budgets 20, 40; 3 rounds
+    python -m mcm_core.bench.loop --quick    # mnist-paper, 1 seed, budget 40
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .. import MinorityMiner
+from ..baselines import entropy, margin_uncertainty, tail_mass, weighted_entropy, TailMassStrategy
+from ..metrics import tail_classes
+from ..scoring import softmax
+from ..small_cnn import (dense_features_logits, fine_tune_dense, small_cnn_conv_outputs, train_small_cnn)
+from .data import SETTINGS, iter_settings, make_setting
+from .output import save_figure, write_results
+
+LOOP_SETTINGS = ("mnist-paper", "mnist-few")
+
+
+@dataclass
+class RoundState:
+    """What a strategy sees in one round: labeled features/labels (config indices), the unlabeled
+    pool's features and the current model's logits on it."""
+    f_lab: np.ndarray
+    y_lab: np.ndarray
+    f_pool: np.ndarray
+    z_pool: np.ndarray
+    num_classes: int
+    seed: int
+    budget: int
+
+
+def _miner_scores(**kwargs) -> Callable[[RoundState], np.ndarray]:
+    def run(s: RoundState) -> np.ndarray:
+        return MinorityMiner(s.num_classes, seed=s.seed, **kwargs).fit(s.f_lab, s.y_lab).score(s.f_pool)
+    return run
+
+
+def _miner_queue(**kwargs) -> Callable[[RoundState], np.ndarray]:
+    def run(s: RoundState) -> np.ndarray:
+        miner = MinorityMiner(s.num_classes, seed=s.seed, **kwargs).fit(s.f_lab, s.y_lab)
+        return miner.queue_scores(s.f_pool)
+    return run
+
+
+def _m_proba(fn) -> Callable[[RoundState], np.ndarray]:
+    return lambda s: fn(softmax(s.z_pool), s)
+
+
+STRATEGIES: dict[str, Callable[[RoundState], np.ndarray]] = {
+    "random": lambda s: np.random.default_rng(s.seed + 7919 * len(s.y_lab)).random(len(s.f_pool)),
+    "entropy (M)": _m_proba(lambda p, s: entropy(p)),
+    "margin (M)": _m_proba(lambda p, s: margin_uncertainty(p)),
+    "weighted entropy (M)": _m_proba(lambda p, s: weighted_entropy(
+        p, np.bincount(s.y_lab, minlength=s.num_classes) / len(s.y_lab))),
+    "M tail mass": _m_proba(lambda p, s: tail_mass(p, tail_classes(s.y_lab, s.num_classes))),
+    "RC tail mass": lambda s: TailMassStrategy(s.num_classes, seed=s.seed).fit(s.f_lab, s.y_lab).score(s.f_pool),
+    "paper miner": _miner_scores(strategy="paper"),
+    "reconstruction miner (previous default)": _miner_scores(strategy="reconstruction"),
+    "default miner score": _miner_scores(),
+    "default queue": _miner_queue(),
+}
+UNCERTAINTY = ("entropy (M)", "margin (M)", "weighted entropy (M)")
+
+
+def pick(scores: np.ndarray, budget: int) -> np.ndarray:
+    """Indices of the ``budget`` highest scores (stable: ties keep pool order)."""
+    if budget < 1:
+        raise ValueError(f"budget must be >= 1, got {budget}")
+    return np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")[:budget]
+
+
+def tail_recalls(z: np.ndarray, y: np.ndarray, tails: list[int]) -> dict[int, float]:
+    pred = z.argmax(1)
+    return {k: float((pred[y == k] == k).mean()) for k in tails if (y == k).any()}
+
+
+def run_strategy(name: str, strategy, model0, conv: dict, y_train: np.ndarray, y_pool: np.ndarray,
+                 y_test: np.ndarray, tails: list[int], num_classes: int, budget: int, rounds: int,
+                 finetune_epochs: int, seed: int) -> dict:
+    """One annotation loop. ``y_pool`` holds the oracle labels (config indices; never shown to the
+    strategy, only used once an example is picked)."""
+    model = copy.deepcopy(model0)
+    labeled_pool: list[int] = []
+    history = []
+    f_tr, _ = dense_features_logits(model, conv["train"])
+    for r in range(rounds):
+        remaining = np.setdiff1d(np.arange(len(y_pool)), labeled_pool)
+        lab = np.asarray(labeled_pool, dtype=np.int64)
+        f_pool, z_pool = dense_features_logits(model, conv["pool"])
+        f_tr, _ = dense_features_logits(model, conv["train"])
+        state = RoundState(np.concatenate([f_tr, f_pool[lab]]), np.concatenate([y_train, y_pool[lab]]),
+                           f_pool[remaining], z_pool[remaining], num_classes, seed, budget)
+        t0 = time.time()
+        scores = strategy(state)
+        if scores.shape != (len(remaining),):
+            raise ValueError(f"{name} returned {scores.shape} scores for {len(remaining)} pool examples")
+        chosen = remaining[pick(scores, budget)]
+        recognised = z_pool[chosen].argmax(1) == y_pool[chosen]
+        is_tail = np.isin(y_pool[chosen], tails)
+        labeled_pool.extend(chosen.tolist())
+        # retrain on every label so far (oracle labels for the picked pool examples)
+        lab = np.asarray(labeled_pool, dtype=np.int64)
+        fine_tune_dense(model, np.concatenate([conv["train"], conv["pool"][lab]]),
+                        np.concatenate([y_train, y_pool[lab]]), finetune_epochs, seed=seed + r + 1)
+        _, z_test = dense_features_logits(model, conv["test"])
+        rec = tail_recalls(z_test, y_test, tails)
+        history.append({"round": r + 1, "picked": chosen.tolist(), "tail_picked": int(is_tail.sum()),
+                        "tail_picked_per_class": {int(k): int((y_pool[chosen] == k).sum()) for k in tails},
+                        "tail_picked_already_recognised": int((recognised & is_tail).sum()),
+                        "strategy_seconds": time.time() - t0,
+                        "tail_recall": rec, "mean_tail_recall": float(np.mean(list(rec.values()))),
+                        "test_acc": float((z_test.argmax(1) == y_test).mean())})
+    picked = np.asarray(labeled_pool)
+    return {"strategy": name, "rounds": history, "n_picked": int(len(picked)),
+            "n_unique": int(len(np.unique(picked))),
+            "tail_found": int(np.isin(y_pool[picked], tails).sum()),
+            "final_mean_tail_recall": history[-1]["mean_tail_recall"], "final_test_acc": history[-1]["test_acc"],
+            "final_tail_recall": history[-1]["tail_recall"]}
+
+
+def run_seed(dataset, setting, seed: int, budgets: list[int], rounds: int, strategies: list[str],
+             cnn_epochs: int, finetune_epochs: int) -> dict:
+    d = make_setting(dataset, setting, seed)
+    if setting.novel:
+        raise ValueError("the annotation loop needs every class in the label config (no novel class)")
+    C = d.num_classes
+    imgs = {k: dataset.images[getattr(d.split, k)] for k in ("train", "pool", "test")}
+    model0 = train_small_cnn(imgs["train"], d.y_train, C, seed=seed, epochs=cnn_epochs)
+    conv = {k: small_cnn_conv_outputs(model0, v) for k, v in imgs.items()}
+    y_pool, y_test = d.to_config(d.y_pool), d.to_config(d.y_test)
+    tails = [int(k) for k in d.to_config(np.array(setting.positive_classes))]
+    _, z0 = dense_features_logits(model0, conv["test"])
+    rec0 = tail_recalls(z0, y_test, tails)
+    out = {"seed": seed, "tails": tails, "train_per_class": np.bincount(d.y_train, minlength=C).tolist(),
+           "pool_tail": int(np.isin(y_pool, tails).sum()), "n_pool": int(len(y_pool)),
+           "round0_mean_tail_recall": float(np.mean(list(rec0.values()))),
+           "round0_test_acc": float((z0.argmax(1) == y_test).mean()), "runs": {}}
+    for b in budgets:
+        for name in strategies:
+            t0 = time.time()
+            r = run_strategy(name, STRATEGIES[name], model0, conv, d.y_train, y_pool, y_test, tails, C, b, rounds,
+                             finetune_epochs, seed)
+            r["seconds"] = time.time() - t0
+            out["runs"].setdefault(str(b), {})[name] = r
+    return out
+
+
+def summarise(seed_results: list[dict], budgets: list[int], strategies: list[str]) -> dict:
+    out = {}
+    for b in budgets:
+        out[str(b)] = {}
+        for name in strategies:
+            runs = [sr["runs"][str(b)][name] for sr in seed_results]
+            out[str(b)][name] = {
+                "tail_found": float(np.mean([r["tail_found"] for r in runs])),
+                "final_mean_tail_recall": float(np.mean([r["final_mean_tail_recall"] for r in runs])),
+                "final_mean_tail_recall_std": float(np.std([r["final_mean_tail_recall"] for r in runs])),
+                "final_test_acc": float(np.mean([r["final_test_acc"] for r in runs])),
+                "tail_already_recognised": float(np.mean([sum(h["tail_picked_already_recognised"]
+                                                              for h in r["rounds"]) for r in runs])),
+                "recall_by_round": np.mean([[h["mean_tail_recall"] for h in r["rounds"]] for r in runs], 0).tolist(),
+                "tail_found_by_round": np.mean([np.cumsum([h["tail_picked"] for h in r["rounds"]])
+                                                for r in runs], 0).tolist(),
+            }
+    return out
+
+
+def format_table(setting: str, summary: dict, n_seeds: int, rounds: int, round0: float) -> str:
+    lines = []
+    for b, rows in summary.items():
+        lines.append(f"## {setting}, budget {b} x {rounds} rounds, mean over {n_seeds} seed(s); "
+                     f"round-0 mean tail recall {round0:.3f}")
+        lines.append(f"{'strategy':42s} {'tail found':>10s} {'(recognised)':>12s} {'tail recall':>15s} "
+                     f"{'test acc':>8s}")
+        for name, r in rows.items():
+            lines.append(f"{name:42s} {r['tail_found']:10.1f} {r['tail_already_recognised']:12.1f} "
+                         f"{r['final_mean_tail_recall']:7.3f} +- {r['final_mean_tail_recall_std']:.3f} "
+                         f"{r['final_test_acc']:8.3f}")
+        unc = [n for n in UNCERTAINTY if n in rows]
+        if "default queue" in rows and unc:
+            best_u = max(unc, key=lambda n: rows[n]["tail_found"])
+            best_r = max(rows, key=lambda n: rows[n]["final_mean_tail_recall"])
+            d = rows["default queue"]
+            lines.append(f"default queue: tail found {d['tail_found']:.1f} = "
+                         f"{d['tail_found'] / max(rows[best_u]['tail_found'], 1e-9):.2f}x the best uncertainty "
+                         f"baseline ({best_u}, goal >= 1.2x); highest final tail recall: {best_r} "
+                         f"({rows[best_r]['final_mean_tail_recall']:.3f})")
+    return "\n".join(lines)
+
+
+def markdown(results: dict) -> str:
+    """One markdown table per setting and budget: tail found, of them already recognised, final
+    mean tail recall and test accuracy (means over seeds); best figure of each column in bold."""
+    out = []
+    for s, res in results.items():
+        for b, rows in res["summary"].items():
+            out += [f"{s}, {b} examples per round (round-0 mean tail recall {res['round0_mean_tail_recall']:.3f})", "",
+                    "| strategy | tail found | already recognised | final tail recall | final test acc |",
+                    "|---|---|---|---|---|"]
+            best = {k: max(r[k] for r in rows.values()) for k in ("tail_found", "final_mean_tail_recall",
+                                                                  "final_test_acc")}
+
+            def cell(r, k, fmt):
+                return f"**{r[k]:{fmt}}**" if r[k] == best[k] else f"{r[k]:{fmt}}"
+            for name, r in rows.items():
+                out.append(f"| {name} | {cell(r, 'tail_found', '.1f')} | {r['tail_already_recognised']:.1f} | "
+                           f"{cell(r, 'final_mean_tail_recall', '.3f')} +- {r['final_mean_tail_recall_std']:.3f} | "
+                           f"{cell(r, 'final_test_acc', '.3f')} |")
+            out.append("")
+    return "\n".join(out)
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    panels = [(s, b) for s, res in results.items() for b in res["summary"]]
+    fig, axes = plt.subplots(2, len(panels), figsize=(5.5 * len(panels), 8.5), squeeze=False)
+    for j, (s, b) in enumerate(panels):
+        rows = results[s]["summary"][b]
+        r0 = results[s]["round0_mean_tail_recall"]
+        for name, r in rows.items():
+            lw = 2.5 if name.startswith("default") else 1.2
+            xs = np.arange(len(r["recall_by_round"]) + 1) * int(b)
+            axes[0, j].plot(xs, [r0, *r["recall_by_round"]], marker="o", lw=lw, label=name)
+            axes[1, j].plot(xs, [0, *r["tail_found_by_round"]], marker="o", lw=lw, label=name)
+        axes[0, j].set_title(f"{s}, budget {b}/round: mean tail-class recall (test)", fontsize=9)
+        axes[1, j].set_title(f"{s}, budget {b}/round: tail examples labeled", fontsize=9)
+        for ax in axes[:, j]:
+            ax.set_xlabel("examples labeled")
+        axes[0, j].legend(fontsize=6)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m mcm_core.bench.loop", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="mnist-paper, 1 seed, budget 40, M trained 10 epochs")
+    ap.add_argument("--settings", default=None, help=f"comma list (default {', '.join(LOOP_SETTINGS)})")
+    ap.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3, quick 1)")
+    ap.add_argument("--budgets", default=None, help="comma list of examples per round (default 20,40; quick 40)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--strategies", default=None, help=f"comma list; choices: {' | '.join(STRATEGIES)}")
+    ap.add_argument("--cnn-epochs", type=int, default=None, help="round-0 CNN epochs (default 15, quick 10)")
+    ap.add_argument("--finetune-epochs", type=int, default=5, help="dense-layer epochs per round")
+    ap.add_argument("--out", default="bench_out")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    settings = args.settings.split(",") if args.settings else (["mnist-paper"] if args.quick else list(LOOP_SETTINGS))
+    seeds = args.seeds or (1 if args.quick else 3)
+    budgets = [int(b) for b in (args.budgets or ("40" if args.quick else "20,40")).split(",")]
+    strategies = args.strategies.split(",") if args.strategies else list(STRATEGIES)
+    for s in strategies:
+        if s not in STRATEGIES:
+            ap.error(f"unknown strategy {s!r}")
+    for s in settings:
+        if s not in SETTINGS or SETTINGS[s].novel:
+            ap.error(f"unknown or novel-class setting {s!r}")
+    cnn_epochs = args.cnn_epochs or (10 if args.quick else 15)
+    out = Path(args.out)
+    t0 = time.time()
+    results = {}
+    for name, st, ds in iter_settings(settings):
+        seed_results = []
+        for seed in range(seeds):
+            t1 = time.time()
+            sr = run_seed(ds, st, seed, budgets, args.rounds, strategies, cnn_epochs, args.finetune_epochs)
+            seed_results.append(sr)
+            b = str(budgets[-1])
+            print(f"[{name} seed {seed + 1}/{seeds}] train {sr['train_per_class']} | round-0 tail recall "
+                  f"{sr['round0_mean_tail_recall']:.3f} | budget {b}: " + ", ".join(
+                      f"{k} {v['tail_found']}/{v['final_mean_tail_recall']:.2f}" for k, v in sr["runs"][b].items())
+                  + f" | {time.time() - t1:.0f}s", flush=True)
+        summary = summarise(seed_results, budgets, strategies)
+        r0 = float(np.mean([sr["round0_mean_tail_recall"] for sr in seed_results]))
+        results[name] = {"summary": summary, "seeds": seed_results, "round0_mean_tail_recall": r0}
+        print(format_table(name, summary, seeds, args.rounds, r0), flush=True)
+    total = time.time() - t0
+    payload = {"config": {"settings": settings, "seeds": seeds, "budgets": budgets, "rounds": args.rounds,
+                          "strategies": strategies, "cnn_epochs": cnn_epochs,
+                          "finetune_epochs": args.finetune_epochs, "threads": args.threads},
+               "total_seconds": total, "results": results}
+    write_results(out, "loop.json", payload, "loop.png", lambda path: plot(results, path))
+    (out / "loop.md").write_text(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

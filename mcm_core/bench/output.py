@@ -1,0 +1,26 @@
+"""Shared output steps of the benchmarks: the JSON of every figure and the PNG plot."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+from ..atomic import atomic_write_json
+
+
+def save_figure(fig, path: Path, dpi: int = 100) -> None:
+    """Write a matplotlib figure atomically (temp file + rename) and close it."""
+    import matplotlib.pyplot as plt
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_results(out: Path, json_name: str, payload: dict, png_name: str, plot: Callable[[Path], None]) -> None:
+    """JSON (with the machine's load average) + plot, then one closing line."""
+    payload = {**payload, "load_avg": os.getloadavg()}
+    atomic_write_json(out / json_name, payload)
+    plot(out / png_name)
+    print(f"wrote {out / json_name} and {out / png_name}; total {payload['total_seconds']:.1f}s, "
+          f"load average {payload['load_avg'][0]:.1f}")

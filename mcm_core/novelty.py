@@ -1,0 +1,145 @@
+"""Feature-space novelty against the labeled head classes, and its fusion with the tail mass.
+
+Why: the re-calibrated tail mass T = sum_{k in tail} p_k finds examples of tail classes the RC
+layer has learned, but it cannot find a class with no labeled example (in the label config but
+never annotated, or absent from it): the RC layer has no reason to put mass there. Such examples
+are far, in the backbone's feature space, from every labeled head-class example. The novelty
+N(x) in [0, 1) is the calibrated mean cosine distance to the k nearest labeled head-class
+examples: the fraction of labeled head examples (leave-one-out) that are less novel. The decision
+score is the probability of "tail OR novel" under independence, 1 - (1 - T)(1 - N).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+# Reference set cap: scoring costs |ref| * D multiply-adds per example (2048 x 512 ~ 1 M, a few
+# per cent of a resnet18 forward pass's 1.8 G); on MNIST-5k 500 refs lost ~0.01 AUC-PR vs 2000.
+DEFAULT_MAX_REFERENCE = 2048
+# Smallest smoothing bandwidth of the novelty calibration, in cosine distance (see calibrated_novelty).
+MIN_BANDWIDTH = 0.05
+DEFAULT_K = 5  # k=5 vs 10 vs 20 on the 8 benchmark settings: mean AUC-PR 0.933, 0.930, 0.924
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def knn_cosine_distance(ref_unit: np.ndarray, x: np.ndarray, k: int, leave_one_out: bool = False,
+                        chunk: int = 4096) -> np.ndarray:
+    """Mean cosine distance (1 - cos) from each row of x to its k nearest rows of ref_unit
+    (ref_unit already L2-normalised). leave_one_out: x is ref_unit itself, skip each row's self-match.
+
+    float64 torch matmul + topk: in float32 a row's distances changed by ~4e-8 with the number of
+    rows in its batch (different BLAS kernels), which the calibration amplifies past 1e-6 when the
+    labeled head rows are tightly clustered; float64 makes a row's score independent of its batch."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    n_ref = len(ref_unit) - (1 if leave_one_out else 0)
+    if n_ref < 1:
+        raise ValueError("the reference set needs at least one row (two with leave_one_out)")
+    k = min(k, n_ref)
+    ref = torch.from_numpy(np.ascontiguousarray(ref_unit, dtype=np.float64))
+    xu = torch.from_numpy(l2_normalise(x).astype(np.float64))
+    out = np.empty(len(xu), dtype=np.float64)
+    with torch.no_grad():
+        for i in range(0, len(xu), chunk):
+            d = 1.0 - xu[i:i + chunk] @ ref.T
+            if leave_one_out:
+                rows = torch.arange(i, min(i + chunk, len(xu)))
+                d[rows - i, rows] = float("inf")
+            out[i:i + chunk] = torch.topk(d, k, dim=1, largest=False).values.mean(1).numpy()
+    return np.maximum(out, 0.0)
+
+
+def calibrated_novelty(reference_distances: np.ndarray, d: np.ndarray, grid: int = 4096) -> np.ndarray:
+    """Map distances to [0, 1) by a smoothed empirical CDF of the reference distances r_1..r_n:
+
+        N(d) = (1 - e) * mean_i Phi((d - r_i) / h) + e * d / (d + s),   e = 1 / (n + 1),
+
+    s = std of the references, h = max(s / 4, MIN_BANDWIDTH) in cosine-distance units. The
+    smoothing bounds the slope (<= 1 / (h sqrt(2 pi)) + e / s <= ~8 + e / s): the same image's
+    features differ by ~1e-7 between processes (backbone threads, batch sizes), and a CDF that is
+    steep on tightly clustered labeled rows (a step CDF, or h = s / 4 with s = 0.003 in the
+    backend's tests) turned that into score differences of 1e-5. The floor costs no ranking
+    quality (benchmark mean AUC-PR 0.933 with h = s / 4, 0.935 with the 0.05 floor). The small
+    second term keeps N strictly increasing beyond the references, so the most novel examples
+    keep their order instead of all reaching 1. The smoothed CDF is tabulated
+    on ``grid`` points up to r_n + 8h and interpolated linearly."""
+    r = np.sort(np.asarray(reference_distances, dtype=np.float64).reshape(-1))
+    if r.size == 0:
+        raise ValueError("reference_distances is empty")
+    d = np.maximum(np.asarray(d, dtype=np.float64), 0.0)
+    n = r.size
+    s = max(float(r.std()), 1e-6)
+    h = max(s / 4, MIN_BANDWIDTH)
+    e = 1.0 / (n + 1)
+    xs = np.linspace(0.0, r[-1] + 8 * h, grid)
+    cdf = np.empty(grid)
+    for i in range(0, grid, 256):  # (256, n) blocks keep memory small for large n
+        z = torch.from_numpy((xs[i:i + 256, None] - r[None, :]) / (h * np.sqrt(2.0)))
+        cdf[i:i + 256] = (0.5 * (1.0 + torch.special.erf(z))).mean(1).numpy()
+    smooth = np.interp(d, xs, cdf)  # 1 beyond the table (Phi > 1 - 1e-15 there)
+    return (1.0 - e) * smooth + e * d / (d + s)
+
+
+def tail_or_novel(tail_mass: np.ndarray, novelty: np.ndarray) -> np.ndarray:
+    """1 - (1 - T)(1 - N): high when an example is likely a known tail class OR unlike every
+    labeled head example; in [0, 1] for T, N in [0, 1]."""
+    t = np.clip(np.asarray(tail_mass, dtype=np.float64), 0.0, 1.0)
+    n = np.clip(np.asarray(novelty, dtype=np.float64), 0.0, 1.0)
+    if t.shape != n.shape:
+        raise ValueError(f"shape mismatch: {t.shape} vs {n.shape}")
+    return 1.0 - (1.0 - t) * (1.0 - n)
+
+
+def stratified_reference(labels: np.ndarray, rows: np.ndarray, cap: int, seed: int) -> np.ndarray:
+    """Indices of at most ``cap`` of ``rows`` (a boolean mask), as equal a share per class as the
+    classes allow, chosen with a seeded generator (deterministic)."""
+    if cap < 2:
+        raise ValueError(f"the reference cap must be >= 2, got {cap}")
+    idx = np.flatnonzero(rows)
+    if len(idx) <= cap:
+        return idx
+    rng = np.random.default_rng(seed)
+    groups = [rng.permutation(idx[labels[idx] == k]) for k in np.unique(labels[idx])]
+    take = np.zeros(len(groups), int)
+    left = cap
+    while left > 0:  # water-filling: equal shares, small classes give their unused share away
+        open_ = [g for g in range(len(groups)) if take[g] < len(groups[g])]
+        share = max(1, left // len(open_))
+        for g in open_:
+            add = min(share, len(groups[g]) - take[g], left)
+            take[g] += add
+            left -= add
+            if left == 0:
+                break
+    return np.sort(np.concatenate([g[:t] for g, t in zip(groups, take)]))
+
+
+class NoveltyScorer:
+    """kNN cosine novelty against a (capped, class-stratified) reference set of labeled rows."""
+
+    def __init__(self, k: int = DEFAULT_K, max_reference: int = DEFAULT_MAX_REFERENCE, seed: int = 0):
+        if k < 1:
+            raise ValueError(f"novelty_k must be >= 1, got {k}")
+        if max_reference < 2:
+            raise ValueError(f"novelty_max_reference must be >= 2, got {max_reference}")
+        self.k, self.max_reference, self.seed = int(k), int(max_reference), int(seed)
+        self.reference: np.ndarray | None = None            # (R, D) float32, unit rows
+        self.reference_distances: np.ndarray | None = None  # (R,) leave-one-out kNN distances
+
+    def fit(self, features: np.ndarray, labels: np.ndarray, rows: np.ndarray) -> "NoveltyScorer":
+        idx = stratified_reference(labels, rows, self.max_reference, self.seed)
+        if len(idx) < 2:
+            raise ValueError("novelty needs at least 2 labeled head-class rows")
+        self.reference = l2_normalise(features[idx])
+        self.reference_distances = np.sort(knn_cosine_distance(self.reference, self.reference, self.k,
+                                                               leave_one_out=True))
+        return self
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        if self.reference is None:
+            raise ValueError("novelty scorer is not fitted")
+        return calibrated_novelty(self.reference_distances, knn_cosine_distance(self.reference, features, self.k))

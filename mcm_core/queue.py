@@ -1,0 +1,66 @@
+"""Queue ordering for a labeling budget: which likely-tail examples teach the model the most.
+
+Why: ranking by tail likelihood alone fills the budget with the tail examples the model already
+recognises (the most typical ones, close to the labeled examples of their class), often of a
+single tail class, and they teach it little (docs/quality.md, annotation loop). The queue keeps
+the tail yield by choosing only among the ``window`` highest-scored examples, and within them:
+- balances the tail classes: round-robin over buckets = the RC layer's predicted class when it
+  is a tail class, else one "novel" bucket (likely tail by novelty, predicted as a head class);
+- prefers examples unlike what is already labeled: within a bucket, greedily the largest
+  score x d, d = cosine distance to the nearest labeled example of that class or example
+  already queued in that bucket (the novel bucket compares with every labeled example).
+The result is one descending score per pool example, so a queue sorted by it is that order.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .novelty import l2_normalise
+
+NOVEL_BUCKET = -1
+
+
+def greedy_queue(scores: np.ndarray, buckets: np.ndarray, features: np.ndarray,
+                 references: dict[int, np.ndarray], window: int) -> np.ndarray:
+    """Descending queue scores for a pool.
+
+    scores (M,) in [0, 1] (pointwise tail likelihood); buckets (M,) int (tail class or
+    NOVEL_BUCKET); features (M, D); references: bucket -> (R, D) labeled rows of that bucket (unit
+    rows or not; may be empty). The ``window`` highest scores (stable ties) get queue scores in
+    (0.5, 1], in greedy round-robin order; every other example gets 0.5 * score, below them and
+    in score order. Deterministic: ties go to the lower pool index."""
+    s = np.asarray(scores, dtype=np.float64)
+    b = np.asarray(buckets)
+    if s.ndim != 1 or b.shape != s.shape or len(features) != len(s):
+        raise ValueError(f"scores {s.shape}, buckets {b.shape} and {len(features)} features must align")
+    if window < 0:
+        raise ValueError(f"window must be >= 0, got {window}")
+    out = 0.5 * np.clip(s, 0.0, 1.0)
+    cand = np.argsort(-s, kind="stable")[:min(window, len(s))]
+    if len(cand) == 0:
+        return out
+    xu = l2_normalise(np.asarray(features)[cand]).astype(np.float64)
+    cb = b[cand]
+    dmin = np.full(len(cand), 2.0)  # cosine distance <= 2
+    for k in np.unique(cb):
+        ref = references.get(int(k))
+        if ref is not None and len(ref):
+            sel = cb == k
+            dmin[sel] = np.maximum(1.0 - xu[sel] @ l2_normalise(ref).astype(np.float64).T, 0.0).min(1)
+    cs = s[cand]
+    avail = np.ones(len(cand), bool)
+    order = []
+    ring = sorted(int(k) for k in np.unique(cb))
+    while avail.any():
+        for k in ring:
+            m = avail & (cb == k)
+            if not m.any():
+                continue
+            i = int(np.argmax(np.where(m, cs * dmin, -np.inf)))
+            order.append(i)
+            avail[i] = False
+            same = cb == k
+            dmin[same] = np.minimum(dmin[same], np.maximum(1.0 - xu[same] @ xu[i], 0.0))
+    n = len(order)
+    out[cand[order]] = 0.5 + 0.5 * (n - np.arange(n)) / n
+    return out

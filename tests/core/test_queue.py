@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+
+from mcm_core import MinorityMiner
+from mcm_core.queue import NOVEL_BUCKET, greedy_queue
+
+
+def test_greedy_queue_hand():
+    """Window = 4 best scores; bucket 0 has a labeled row at (1, 0), bucket 1 none.
+    Bucket 0: a (0.9, next to its labeled row: d ~ 5e-5) vs b (0.8, d = 1) -> b first.
+    Bucket 1: c (0.7 x d=2) vs d (0.1 x 2) -> c. Round-robin: b, c, then a, then d."""
+    feats = np.array([[1.0, 0.01], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.0], [0.5, 0.5]])
+    scores = np.array([0.9, 0.8, 0.7, 0.1, 0.05])
+    buckets = np.array([0, 0, 1, 1, 1])
+    q = greedy_queue(scores, buckets, feats, {0: np.array([[1.0, 0.0]])}, window=4)
+    assert q == pytest.approx([0.75, 1.0, 0.875, 0.625, 0.025])
+    # window 0: plain half scores, same order as the scores
+    assert greedy_queue(scores, buckets, feats, {}, window=0) == pytest.approx(0.5 * scores)
+    with pytest.raises(ValueError):
+        greedy_queue(scores, buckets[:3], feats, {}, window=4)
+
+
+def test_greedy_queue_spreads_a_bucket_over_its_modes():
+    """Within one bucket the second pick is the far mode, not the near-duplicate of the first."""
+    feats = np.array([[1.0, 0.0], [1.0, 0.001], [0.0, 1.0]])
+    q = greedy_queue(np.array([0.9, 0.89, 0.5]), np.zeros(3, int), feats, {}, window=3)
+    assert np.argsort(-q).tolist() == [0, 2, 1]
+
+
+def test_miner_queue_balances_tail_classes_and_is_deterministic(blobs, tmp_path):
+    x, y, centers = blobs([80, 80, 6, 2], num_classes=4, dim=8, seed=2)
+    rng = np.random.default_rng(5)
+    pool = np.concatenate([centers[k] + rng.normal(size=(n, 8)) for k, n in enumerate([100, 100, 30, 30])])
+    pool = pool.astype(np.float32)
+    truth = np.repeat(np.arange(4), [100, 100, 30, 30])
+    m = MinorityMiner(4, seed=0, queue_window=40).fit(x, y)
+    q = m.queue_scores(pool)
+    top = truth[np.argsort(-q, kind="stable")[:20]]
+    assert set(top) <= {2, 3} and abs(int((top == 2).sum()) - int((top == 3).sum())) <= 2
+    assert (q[np.argsort(-q)[:40]] > 0.5).all() and (np.sort(q)[:-40] <= 0.5).all()
+    assert np.array_equal(q, MinorityMiner(4, seed=0, queue_window=40).fit(x, y).queue_scores(pool))
+    m.save(tmp_path / "m.pt")
+    assert np.array_equal(MinorityMiner.load(tmp_path / "m.pt").queue_scores(pool), q)
+    rc = MinorityMiner(4, seed=0, strategy="reconstruction", ae_min_steps=100, ae_max_steps=200).fit(x, y)
+    with pytest.raises(ValueError, match="tail_novelty"):
+        rc.queue_scores(pool)
+    with pytest.raises(ValueError, match="queue_window"):
+        MinorityMiner(4, queue_window=-1)
+    assert NOVEL_BUCKET not in m.tail
+
+
+def test_queue_of_the_top_window_alone_equals_the_whole_pool(blobs):
+    """What a chunked backend relies on: only the top-`queue_window` rows by score() are reordered,
+    so queue_scores on those rows alone gives their values, and every other row is 0.5 * score()."""
+    x, y, centers = blobs([60, 60, 5, 3], num_classes=4, dim=8, seed=4)
+    rng = np.random.default_rng(9)
+    pool = np.concatenate([centers[k] + rng.normal(size=(40, 8)) for k in range(4)]).astype(np.float32)
+    m = MinorityMiner(4, seed=0, queue_window=30).fit(x, y)
+    s, q = m.score(pool), m.queue_scores(pool)
+    top = np.argsort(-s, kind="stable")[:30]
+    rest = np.setdiff1d(np.arange(len(pool)), top)
+    assert q[rest] == pytest.approx(0.5 * s[rest])
+    assert m.queue_scores(pool[top]) == pytest.approx(q[top])
