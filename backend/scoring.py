@@ -17,6 +17,8 @@ from mcm_core.atomic import atomic_savez
 
 from .label_config import ImageChoicesConfig, config_from_meta
 
+QUEUE_FLOOR = 0.5  # mcm_core.queue: queued tasks score (0.5, 1], the rest 0.5 x score
+
 
 def map_scores(raw: np.ndarray, upper_bound: float, transform: str = "sqrt") -> np.ndarray:
     raw = np.asarray(raw, dtype=np.float64)
@@ -59,11 +61,41 @@ def score_tasks(project_id: int, tasks: Sequence[dict], ingest, model, transform
     return np.asarray([k[0] for k in keys], dtype=np.int64), scores, labels, skipped
 
 
+def queue_window(miner) -> int:
+    """How many of the best-scored tasks the miner re-orders into a labeling queue (0: none)."""
+    has_queue = getattr(miner, "config", {}).get("strategy") == "tail_novelty"
+    return int(miner.config.get("queue_window", 0)) if has_queue else 0
+
+
+def outside_window(scores: np.ndarray, miner) -> np.ndarray:
+    """Scores of tasks outside the queue window: below every queued task (which get (0.5, 1])."""
+    return QUEUE_FLOOR * scores if queue_window(miner) else scores
+
+
 def predict_tasks(project_id: int, tasks: Sequence[dict], ingest, model, transform: str,
                   ) -> tuple[list[dict], dict[int, str]]:
-    """Label Studio predictions (with `task`) for the tasks that could be scored, and the skipped ones."""
+    """Label Studio predictions (with `task`) for the tasks that could be scored, and the skipped ones.
+
+    A task asked for here is not in the published queue window (those all have a prediction of the
+    current version already), so it gets the score it would have outside the window."""
     ids, scores, labels, skipped = score_tasks(project_id, tasks, ingest, model, transform)
-    return Ranking(ids, scores, labels).predictions(0, len(ids), config_from_meta(model.meta), model.version), skipped
+    ranking = Ranking(ids, outside_window(scores, model.miner), labels)
+    return ranking.predictions(0, len(ids), config_from_meta(model.meta), model.version), skipped
+
+
+def queue_order(project_id: int, ranking: "Ranking", pool_urls: dict[int, str], ingest, model) -> "Ranking":
+    """The ranking a labeling queue should follow (mcm_core.queue): the window of best-scored tasks
+    re-ordered so that the labels it brings teach the model the most (tail classes in turn, unlike
+    what is labeled), scored (0.5, 1]; every other task 0.5 x its score, below them."""
+    window = min(queue_window(model.miner), len(ranking))
+    if window == 0:
+        return ranking
+    top = ranking.task_ids[:window]
+    keys = [(int(t), pool_urls[int(t)]) for t in top]
+    queued = model.miner.queue_scores(ingest.features(project_id, keys, model=model))
+    scores = QUEUE_FLOOR * ranking.scores
+    scores[:window] = queued
+    return Ranking.build(ranking.task_ids, scores, ranking.labels)
 
 
 @dataclasses.dataclass

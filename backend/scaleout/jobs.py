@@ -29,7 +29,7 @@ from ..fitting import train_project
 from ..label_config import config_from_meta
 from ..ledger import project_lock
 from ..publishing import head_size
-from ..scoring import Ranking, score_tasks
+from ..scoring import Ranking, queue_order, queue_window, score_tasks
 from ..settings import Settings
 from ..versions import VERSION_RE, load_version
 from .coordinator import RESULT_TTL, Coordinator, Heartbeat, acquire, lease_key, release
@@ -121,13 +121,19 @@ def fan_out_rescoring(coord: Coordinator, context: Context, project_id: int, ver
     return [j.id for j in chunk_jobs] + [push.id]
 
 
+def _model(context: Context, project_id: int, version: str):
+    """`version` loaded: the process's current model if it is that one, else read from MODEL_DIR."""
+    current = context.projects.get(project_id).model
+    if current is not None and current.version == version:
+        return current
+    return load_version(context.projects.store(project_id), version, context.extractor)
+
+
 def score_chunk_job(project_id: int, version: str, index: int, tasks: Sequence[dict]) -> dict:
     """RQ job: score one chunk with `version`; result written atomically to scores/<version>/."""
     started = time.monotonic()
     context = _context()
-    current = context.projects.get(int(project_id)).model
-    model = current if current is not None and current.version == version else \
-        load_version(context.projects.store(int(project_id)), version, context.extractor)
+    model = _model(context, int(project_id), version)
     loaded = time.monotonic()
     ids, scores, labels, skipped = score_tasks(int(project_id), tasks, context.ingest, model,
                                                context.settings.score_transform)
@@ -186,9 +192,14 @@ def push_version_job(project_id: int, version: str, n_chunks: int, new_labels: i
                                f"failed (chunks {missing[:10]}); nothing pushed, Label Studio keeps the previous "
                                "version's scores")
         ranking, n_skipped = _gather(directory, n_chunks)
-        head = head_size(context.settings.head_size, int(new_labels), len(ranking))
+        config = config_from_meta(store.read_meta(version))
+        model = _model(context, project_id, version)
+        urls = {t["id"]: t["data"][config.image_key] for t in context.pool(project_id, config.image_key).tasks()}
+        ranking = queue_order(project_id, ranking, urls, context.ingest, model)
+        head = max(head_size(context.settings.head_size, int(new_labels), len(ranking)),
+                   min(queue_window(model.miner), len(ranking)))
         with project_lock(context.settings.project_dir(project_id)):
-            context.publisher(project_id, config_from_meta(store.read_meta(version))).publish(version, ranking, head)
+            context.publisher(project_id, config).publish(version, ranking, head)
         store.record_scoring(version, len(ranking))
         atomic_write_json(marker, {"version": version, "ranked": len(ranking), "head": head, "skipped": n_skipped})
         _remove_older_scores(os.path.dirname(directory), version)
