@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The project's whole test suite, as CI runs it:
 #   1. unit and backend tests (python -m pytest -m "not e2e"), with a real redis-server for the RQ tests;
-#   2. the end-to-end stage against a real Label Studio server (scripts/e2e.sh).
-# Installs what is missing (the project venv, redis-server, Label Studio's own venv), starts every
+#   2. the end-to-end stage against a real Label Studio server (scripts/e2e.sh), on SQLite and on a
+#      private PostgreSQL 15 cluster.
+# Installs what is missing (the project venv, redis-server, postgresql-15, Label Studio's own venv), starts every
 # service it needs on 127.0.0.1 and stops them again, also on failure.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -11,15 +12,15 @@ export MCM_VENV="${MCM_VENV:-$HOME/.cache/mcm/venv}"
 bash scripts/setup_env.sh
 PY="$MCM_VENV/bin/python"
 
-# --- redis-server for the scale-out (RQ) tests ---------------------------------------------
-if ! command -v redis-server >/dev/null 2>&1; then
-  echo "[test] installing redis-server (Debian package)"
-  if [ "$(id -u)" = 0 ]; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) >/dev/null
-  else
-    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
-  fi
-fi
+apt_install() {  # Debian packages the tests need; CI runs as root, a developer may need sudo
+  echo "[test] installing $* (Debian packages)"
+  local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+# --- redis-server for the scale-out (RQ) tests; PostgreSQL 15 for the e2e stage on PostgreSQL ---
+command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+[ -x "${MCM_PG_BIN:-/usr/lib/postgresql/15/bin}/initdb" ] || apt_install postgresql-15
 REDIS_PORT="${MCM_TEST_REDIS_PORT:-6390}"
 REDIS_DIR="$(mktemp -d)"
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$REDIS_DIR" \
@@ -35,5 +36,9 @@ export MCM_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
 echo "[test] stage 1: unit, backend and scale-out tests"
 "$PY" -m pytest -m "not e2e" -q
 
-echo "[test] stage 2: end-to-end against a real Label Studio"
-bash scripts/e2e.sh
+# The e2e flow runs on both databases: SQLite is the quickstart's, PostgreSQL the deployment's
+# (docker/docker-compose.yml). MCM_TEST_E2E_DBS="postgresql" runs one (about 5 minutes each).
+for db in ${MCM_TEST_E2E_DBS:-sqlite postgresql}; do
+  echo "[test] stage 2: end-to-end against a real Label Studio on $db"
+  MCM_LS_DB="$db" bash scripts/e2e.sh
+done
