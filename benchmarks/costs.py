@@ -120,7 +120,7 @@ def bulk_delete(http: Http, project: Project, version: str, timeout: float) -> d
                         "answer": body[:100]}
             if time.monotonic() - t0 > timeout:
                 return {"status": status, "request_s": round(s, 2), "until_gone_s": f"> {timeout}"}
-            time.sleep(0.5)
+            time.sleep(2.0)
     result, probe = _with_probe(http, project, work, timeout)
     return {**result, "probe_during": probe}
 
