@@ -28,7 +28,9 @@ import json
 import logging
 import os
 import shutil
+import signal
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -334,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     if bool(args.ls_url) != bool(args.api_key):
         parser.error("--ls-url and --api-key go together")
 
+    # A terminated benchmark still stops the servers it started (the `finally` in Bench.run).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     import torch
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(name)s] %(message)s")
