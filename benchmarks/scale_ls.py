@@ -265,15 +265,17 @@ class Bench:
 
 
 def _median(values: list) -> float | str | None:
-    numbers = [v for v in values if isinstance(v, (int, float))]
+    """Median of the runs' figures; a capped figure ("> limit") counts as larger than any number."""
     capped = [v for v in values if isinstance(v, str)]
-    if capped and len(capped) * 2 >= len(values):
-        return capped[0]
-    return round(statistics.median(numbers), 3) if numbers else None
+    numbers = [float("inf") if isinstance(v, str) else v for v in values if isinstance(v, (int, float, str))]
+    if not numbers:
+        return None
+    middle = statistics.median(numbers)
+    return capped[0] if middle == float("inf") else round(middle, 3)
 
 
 def medians(runs: list[dict]) -> dict:
-    """Median of each figure over the runs ("> limit" wins when at least half the runs hit the limit)."""
+    """Median of each figure over the runs (a run that never reached a figure, None, is left out)."""
     if not runs:
         return {}
     out: dict = {}
