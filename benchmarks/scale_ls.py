@@ -294,6 +294,8 @@ def medians(runs: list[dict]) -> dict:
 
 def markdown(figures: dict) -> str:
     m = figures["medians"]
+    if not m:
+        return f"### {figures['tasks']:,} tasks on {figures['db']}: no refresh runs"
     lines = [f"### {figures['tasks']:,} tasks on {figures['db']} ({len(figures['runs'])} run(s), medians)", "",
              "| step | seconds |", "|---|---|"]
     for step, label in STEP_LABELS.items():
