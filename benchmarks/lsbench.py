@@ -169,8 +169,10 @@ def model_version_counts(http: Http, project_id: int, timeout: float = 60.0) -> 
     return json.loads(body) if status == 200 else None
 
 
-def is_locked_error(status: int, body: str) -> bool:
-    return status >= 500 or "database is locked" in body
+def is_locked_error(body: str) -> bool:
+    """SQLite's lock timeout as Label Studio answers it (LabelStudioDatabaseLockedException links the
+    Django docs' #database-is-locked-errors; a raw error says "database is locked")."""
+    return "database is locked" in body or "database-is-locked" in body
 
 
 class Probe(threading.Thread):
@@ -192,7 +194,7 @@ class Probe(threading.Thread):
 
     def _record(self, kind: str, status: int, seconds: float, body: str) -> None:
         self.records.append({"kind": kind, "status": status, "seconds": seconds,
-                             "locked": "database is locked" in body, "error": status == 0 or status >= 500})
+                             "locked": is_locked_error(body), "error": status == 0 or status >= 500})
 
     def run(self) -> None:
         i = 0

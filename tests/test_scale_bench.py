@@ -70,7 +70,9 @@ def test_step_timer_times_ls_sync_calls_by_name_and_restores_them(monkeypatch):
 def test_probe_summary_counts_slow_and_locked_requests():
     _, tasks, features, labels = synthetic_project(2, 1, 3, 4)
     probe = Probe(Http("http://127.0.0.1:9", "k"), Project(1, ["a", "b", "c"], tasks, features, labels), [1])
-    for seconds, status, body in ((0.1, 200, ""), (7.0, 500, "database is locked"), (0.2, 0, "timeout")):
+    locked = ('{"status_code": 500, "detail": "Sqlite <a href=\'https://docs.djangoproject.com/en/3.1/ref/'
+              'databases/#database-is-locked-errors\'>doesn\'t operate well</a> on multiple transactions."}')
+    for seconds, status, body in ((0.1, 200, ""), (7.0, 500, locked), (0.2, 0, "timeout")):
         probe._record("submit", status, seconds, body)
     summary = probe.summary()
     assert summary["all"]["max_s"] == 7.0 and summary["all"]["requests"] == 3
