@@ -72,8 +72,10 @@ def find_ids(http: Http, project: Project, version: str, task_ids: list[int]) ->
         "status": status, "seconds": round(s, 2), "bytes": len(body),
         "paginated": isinstance(listed, dict), "items": len(listed) if isinstance(listed, list) else None}
     query = json.dumps({"filters": {"conjunction": "and", "items": [
+        # The value must be a list: Label Studio ORs `model_version__contains` over its items, so a
+        # plain string would be iterated character by character and match almost every task.
         {"filter": "filter:tasks:predictions_model_versions", "operator": "contains", "type": "List",
-         "value": version}]}})
+         "value": [version]}]}})
     t0, pages, ids = time.monotonic(), 0, []
     while True:
         pages += 1
