@@ -56,8 +56,8 @@ def push_versions(http: Http, project: Project, runtime) -> tuple[dict, dict[str
     return out, tasks_of
 
 
-def find_ids(http: Http, project: Project, version: str, task_ids: list[int]) -> dict:
-    """Time the ways to get the prediction ids of `version` on `task_ids`."""
+def find_ids(http: Http, project: Project, version: str, task_ids: list[int]) -> tuple[dict, list[dict]]:
+    """Time the ways to get the prediction ids of `version` on `task_ids`; also every listed prediction."""
     out: dict = {}
     seconds, found = [], 0
     for tid in task_ids[:50]:
@@ -89,13 +89,11 @@ def find_ids(http: Http, project: Project, version: str, task_ids: list[int]) ->
             break
     out["GET /api/tasks/?fields=all + predictions_model_versions filter"] = {
         "seconds": round(time.monotonic() - t0, 2), "pages": pages, "ids_found": len(ids), "last_status": status}
-    return out
+    return out, listed if isinstance(listed, list) else []
 
 
-def single_deletes(http: Http, project: Project, version: str, n: int, timeout: float) -> dict:
-    """DELETE /api/predictions/<id>/ for n predictions of `version`, one after the other, probe running."""
-    status, _, body = http.call("GET", "api/predictions/", params={"project": project.id}, timeout=1800)
-    ids = [p["id"] for p in json.loads(body) if p.get("model_version") == version][:n] if status == 200 else []
+def single_deletes(http: Http, project: Project, ids: list[int], timeout: float) -> dict:
+    """DELETE /api/predictions/<id>/ for each id, one after the other, probe running."""
     seconds: list[float] = []
     failures = 0
 
@@ -133,9 +131,10 @@ def measure_costs(http: Http, project: Project, runtime, args) -> dict:
     pushes, tasks_of = push_versions(http, project, runtime)
     out["d_import_predictions"] = pushes
     logger.info("costs: pushes %s", pushes)
-    out["b_find_ids_version_200"] = find_ids(http, project, "cost-200", tasks_of["cost-200"])
+    out["b_find_ids_version_200"], listed = find_ids(http, project, "cost-200", tasks_of["cost-200"])
     logger.info("costs: find ids %s", out["b_find_ids_version_200"])
-    out["a_single_deletes_100"] = single_deletes(http, project, "cost-100", 100, timeout)
+    single = [p["id"] for p in listed if p.get("model_version") == "cost-100"]
+    out["a_single_deletes_100"] = single_deletes(http, project, single, timeout)
     logger.info("costs: single deletes %s", out["a_single_deletes_100"])
     for version in ("cost-200", "cost-1000", "cost-5000"):
         out[f"c_bulk_delete_{SIZES[version]}"] = bulk_delete(http, project, version, timeout)
