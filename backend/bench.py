@@ -103,67 +103,6 @@ def _synthetic_features(n: int, labels: np.ndarray, centers: np.ndarray, rng) ->
     return (centers[labels] + rng.normal(scale=2.0, size=(n, centers.shape[1]))).astype(np.float32)
 
 
-def synthetic_project(n_annotated: int, n_unlabeled: int, n_classes: int, dim: int,
-                      seed: int = 0) -> tuple[list[str], list[dict], np.ndarray, np.ndarray]:
-    """(classes, tasks, features, labels): skewed class-clustered features, half the classes 20x rarer.
-
-    Row i of `features` and `labels` (true class index) belongs to `tasks[i]`; the first
-    `n_annotated` tasks carry an annotation.
-    """
-    rng = np.random.default_rng(seed)
-    classes = [f"class{i}" for i in range(n_classes)]
-    head = n_classes // 2
-    weights = np.array([20.0] * head + [1.0] * (n_classes - head))
-    labels = rng.choice(n_classes, n_annotated, p=weights / weights.sum())
-    hidden = rng.choice(n_classes, n_unlabeled, p=weights / weights.sum())
-    centers = rng.normal(size=(n_classes, dim)).astype(np.float32)
-    features = np.concatenate([_synthetic_features(n_annotated, labels, centers, rng),
-                               _synthetic_features(n_unlabeled, hidden, centers, rng)])
-    return classes, synthetic_tasks(labels, classes, n_unlabeled), features, np.concatenate([labels, hidden])
-
-
-def import_tasks(client, project_id: int, tasks: list[dict], chunk: int = 5000) -> None:
-    """Import `tasks` (with their annotations) into a real Label Studio project; set each task's real `id`."""
-    http = client._client_wrapper.httpx_client
-    for start in range(0, len(tasks), chunk):
-        part = tasks[start:start + chunk]
-        body = [{"data": t["data"], **({"annotations": [{"result": t["annotations"][0]["result"]}]}
-                                       if t["annotations"] else {})} for t in part]
-        r = http.request(f"api/projects/{project_id}/import", method="POST", json=body,
-                         params={"return_task_ids": "true"}, request_options={"timeout_in_seconds": 600})
-        r.raise_for_status()
-        ids = r.json().get("task_ids") or []
-        if len(ids) != len(part):
-            raise RuntimeError(f"Label Studio returned {len(ids)} task ids for {len(part)} imported tasks")
-        for task, task_id in zip(part, ids):
-            task["id"] = int(task_id)
-
-
-def bench_runtime(work: str, ls_url: str, api_key: str, threads: int = 1, miner_options: str = ""):
-    """(settings, runtime) whose resnet18 backbone has random local weights: features come from the cache."""
-    import torch
-    import torchvision
-
-    from backend.extractor import Extractor
-    from backend.runtime import Runtime
-    from backend.settings import Settings
-
-    weights_path = os.path.join(work, "resnet18-random.pt")
-    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights_path)
-    settings = Settings(model_dir=os.path.join(work, "models"), backbone="resnet18", backbone_weights=weights_path,
-                        label_studio_url=ls_url, label_studio_api_key=api_key, debounce_seconds=0.0,
-                        predict_chunk=1000, torch_threads=threads, miner_options=miner_options)
-    return settings, Runtime(settings, Extractor("resnet18", weights_path, num_threads=threads))
-
-
-def fill_feature_cache(runtime, project_id: int, tasks: list[dict], features: np.ndarray) -> None:
-    """Put row i of `features` in the project's feature cache under tasks[i]'s (id, image url)."""
-    cache = runtime.cache(project_id)
-    keys = [(t["id"], t["data"]["image"]) for t in tasks]
-    for start in range(0, len(keys), 20000):
-        cache.put(keys[start:start + 20000], features[start:start + 20000])
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--annotated", type=int, default=10_000)
@@ -180,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import torch
+    import torchvision
 
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(name)s] %(message)s")
@@ -187,28 +127,51 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     from backend.app import create_app
+    from backend.extractor import Extractor
     from backend.jobs import train_project
+    from backend.runtime import Runtime
+    from backend.settings import Settings
 
     work = tempfile.mkdtemp(prefix="mcm-bench-")
-    classes, tasks, features, _ = synthetic_project(args.annotated, args.unlabeled, args.classes, args.dim)
+    rng = np.random.default_rng(0)
+    classes = [f"class{i}" for i in range(args.classes)]
+    head = args.classes // 2
+    weights = np.array([20.0] * head + [1.0] * (args.classes - head))
+    labels = rng.choice(args.classes, args.annotated, p=weights / weights.sum())
+    hidden = rng.choice(args.classes, args.unlabeled, p=weights / weights.sum())
+    centers = rng.normal(size=(args.classes, args.dim)).astype(np.float32)
+
+    # A resnet18 backbone with random weights from a local file: only its identity matters,
+    # the features come from the cache.
+    weights_path = os.path.join(work, "resnet18-random.pt")
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights_path)
+
+    tasks = synthetic_tasks(labels, classes, args.unlabeled)
 
     import_seconds = None
     if args.ls_url:
-        from backend.ls_sync import _ANNOTATED, _UNLABELED, _iter_tasks, make_client
+        from backend.ls_sync import make_client
         client = make_client(args.ls_url, args.api_key)
-        started = time.monotonic()
         if args.ls_project:
             project_id = args.ls_project
-            # Real task ids were assigned by Label Studio: map them back by image URL.
-            ids = {t["data"]["image"]: t["id"] for flt in (_ANNOTATED, _UNLABELED)
-                   for t in _iter_tasks(client, project_id, flt, "task_only", include="id,data")}
-            for t in tasks:
-                t["id"] = ids[t["data"]["image"]]
         else:
             project_id = client.projects.create(title=f"mcm bench {time.strftime('%H%M%S')}",
                                                 label_config=_label_config(classes)).id
-            import_tasks(client, project_id, tasks)
+        started = time.monotonic()
+        http = client._client_wrapper.httpx_client
+        for start in range(0, len(tasks) if not args.ls_project else 0, 5000):
+            body = [{"data": t["data"], **({"annotations": [{"result": t["annotations"][0]["result"]}]}
+                                           if t["annotations"] else {})} for t in tasks[start:start + 5000]]
+            r = http.request(f"api/projects/{project_id}/import", method="POST", json=body,
+                             request_options={"timeout_in_seconds": 600})
+            r.raise_for_status()
         import_seconds = time.monotonic() - started
+        # Real task ids are assigned by Label Studio: map them back by image URL.
+        from backend.ls_sync import _ANNOTATED, _UNLABELED, _iter_tasks
+        ids = {t["data"]["image"]: t["id"] for flt in (_ANNOTATED, _UNLABELED)
+               for t in _iter_tasks(client, project_id, flt, "task_only", include="id,data")}
+        for t in tasks:
+            t["id"] = ids[t["data"]["image"]]
         ls_url, api_key = args.ls_url, args.api_key
     else:
         api_key = "bench-token"
@@ -217,8 +180,16 @@ def main(argv: list[str] | None = None) -> int:
         fake.tasks = tasks
         ls_url, project_id = fake.url, 1
 
-    settings, runtime = bench_runtime(work, ls_url, api_key, args.threads, args.miner_options)
-    fill_feature_cache(runtime, project_id, tasks, features)
+    settings = Settings(model_dir=os.path.join(work, "models"), backbone="resnet18", backbone_weights=weights_path,
+                        label_studio_url=ls_url, label_studio_api_key=api_key, debounce_seconds=0.0,
+                        predict_chunk=1000, torch_threads=args.threads, miner_options=args.miner_options)
+    runtime = Runtime(settings, Extractor("resnet18", weights_path, num_threads=args.threads))
+    cache = runtime.cache(project_id)
+    features = np.concatenate([_synthetic_features(args.annotated, labels, centers, rng),
+                               _synthetic_features(args.unlabeled, hidden, centers, rng)])
+    keys = [(t["id"], t["data"]["image"]) for t in tasks]
+    for start in range(0, len(keys), 20000):
+        cache.put(keys[start:start + 20000], features[start:start + 20000])
 
     figures: dict = {"annotated": args.annotated, "unlabeled": args.unlabeled, "classes": args.classes,
                      "dim": args.dim, "label_studio": "real" if args.ls_url else "in-process fake",

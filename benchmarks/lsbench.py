@@ -128,25 +128,39 @@ class Project:
                  "value": {"choices": [self.classes[int(self.labels[self._row[task_id]])]]}}]
 
 
-def build_project(client, http: Http, n_tasks: int, n_annotated: int, n_classes: int = 10, dim: int = 512,
+def import_tasks(http: Http, project_id: int, tasks: list[dict], chunk: int = 5000) -> None:
+    """Import `tasks` (with their annotations) in chunks; set each task's real `id` from Label Studio's answer."""
+    for start in range(0, len(tasks), chunk):
+        part = tasks[start:start + chunk]
+        body = [{"data": t["data"], **({"annotations": [{"result": t["annotations"][0]["result"]}]}
+                                       if t["annotations"] else {})} for t in part]
+        ids = http.json("POST", f"api/projects/{project_id}/import", params={"return_task_ids": "true"},
+                        json=body).get("task_ids") or []
+        if len(ids) != len(part):
+            raise RuntimeError(f"Label Studio returned {len(ids)} task ids for {len(part)} imported tasks")
+        for task, task_id in zip(part, ids):
+            task["id"] = int(task_id)
+
+
+def build_project(http: Http, n_tasks: int, n_annotated: int, n_classes: int = 10, dim: int = 512,
                   seed: int = 0) -> tuple[Project, float]:
     """Create the project, import its tasks (annotated ones with their annotation) and its tail-first view.
 
     Returns the project and the import seconds.
     """
-    from backend.admin import VIEW_FILTERS, VIEW_ORDERING, VIEW_TITLE
-    from backend.bench import _label_config, import_tasks, synthetic_project
+    from benchmarks import scale_backend as backend
 
-    classes, tasks, features, labels = synthetic_project(n_annotated, n_tasks - n_annotated, n_classes, dim, seed)
+    classes, tasks, features, labels = backend.synthetic_project(n_annotated, n_tasks - n_annotated, n_classes,
+                                                                 dim, seed)
     project_id = http.json("POST", "api/projects", json={"title": f"mcm scale {n_tasks} {time.strftime('%H%M%S')}",
-                                                          "label_config": _label_config(classes)})["id"]
+                                                          "label_config": backend.label_config(classes)})["id"]
     t0 = time.monotonic()
-    import_tasks(client, project_id, tasks)
+    import_tasks(http, project_id, tasks)
     import_seconds = time.monotonic() - t0
     project = Project(project_id, classes, tasks, features, labels,
                       annotated={t["id"] for t in tasks[:n_annotated]})
     view = http.json("POST", "api/dm/views", json={"project": project_id, "data": {
-        "title": VIEW_TITLE, "ordering": VIEW_ORDERING, "filters": VIEW_FILTERS}})
+        "title": backend.VIEW_TITLE, "ordering": backend.VIEW_ORDERING, "filters": backend.VIEW_FILTERS}})
     project.view_id = int(view["id"])
     return project, import_seconds
 

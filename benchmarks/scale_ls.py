@@ -7,9 +7,9 @@ Starts a private Label Studio (scripts/ls_server.sh, MCM_LS_DB=--db) unless --ls
 project of --tasks synthetic tasks (--annotated of them annotated) whose features are pre-filled in the
 backend's feature cache (backend/bench.py's helpers; the images do not exist), creates the tail-first view
 (backend/admin.py's ordering and filter), trains once and refreshes once (the state before a retrain).
-Then each run: annotates a few more tasks, trains (`train_project(..., rescore=False)`) and calls
-`refresh(runtime, project_id, previous_version)` while
-  - every call into backend.ls_sync is timed by name (listing, pushing, switching, deleting, ...);
+Then each run: annotates a few more tasks, trains and calls `refresh(runtime, project_id, previous_version)`
+(both in benchmarks/scale_backend.py, the only file that knows the backend's API) while
+  - every call into the step module (backend.ls_sync) is timed by name (listing, pushing, switching, deleting, ...);
   - a watcher polls the view's first 50 tasks, to find when they are the new model's top 50 with the
     new model's scores ("training finished -> view reflects the new model");
   - a probe makes an annotator's requests on the project every 0.25 s (next task, submit, delete the
@@ -37,27 +37,23 @@ import time
 
 import numpy as np
 
+from benchmarks import scale_backend as backend
 from benchmarks.lsbench import (Http, LabelStudioServer, Probe, Project, build_project, load,
                                 model_version_counts, view_head)
 
 logger = logging.getLogger("scale_ls")
 
-# Calls into backend.ls_sync that are plumbing, not refresh steps.
+# Calls into the step module (backend.ls_sync) that are plumbing, not refresh steps.
 NOT_STEPS = {"make_client", "auth_header", "post_json", "chunked", "get_label_config", "list_annotated_tasks"}
 STEP_LABELS = {"list_unlabeled_tasks": "list unlabeled", "push_predictions": "push predictions",
                "set_model_version": "switch model_version", "delete_model_version": "delete previous (client)"}
 
 
-def refresh(runtime, project_id: int, previous_version: str | None):
-    """The backend's refresh after a training. Swapping the strategy under test is this one line."""
-    from backend.jobs import rescore_project
-    return rescore_project(project_id, runtime=runtime, previous_version=previous_version)
-
-
 class StepTimer:
-    """Times every public function of backend.ls_sync while installed (seconds, calls, first start)."""
+    """Times every public function of the step module while installed (seconds, calls, first start)."""
 
-    def __init__(self) -> None:
+    def __init__(self, module=None) -> None:
+        self.module = module or backend.STEP_MODULE
         self.seconds: dict[str, float] = {}
         self.calls: dict[str, int] = {}
         self.first_start: dict[str, float] = {}
@@ -65,18 +61,18 @@ class StepTimer:
         self._originals: dict[str, object] = {}
 
     def install(self) -> None:
-        from backend import ls_sync
-        for name in dir(ls_sync):
-            fn = getattr(ls_sync, name)
-            if name.startswith("_") or name in NOT_STEPS or not callable(fn) or getattr(fn, "__module__", "") != ls_sync.__name__:
+        module = self.module
+        for name in dir(module):
+            fn = getattr(module, name)
+            if (name.startswith("_") or name in NOT_STEPS or not callable(fn)
+                    or getattr(fn, "__module__", "") != module.__name__):
                 continue
             self._originals[name] = fn
-            setattr(ls_sync, name, self._wrap(name, fn))
+            setattr(module, name, self._wrap(name, fn))
 
     def uninstall(self) -> None:
-        from backend import ls_sync
         for name, fn in self._originals.items():
-            setattr(ls_sync, name, fn)
+            setattr(self.module, name, fn)
         self._originals.clear()
 
     def _wrap(self, name, fn):
@@ -123,10 +119,8 @@ class ViewWatcher(threading.Thread):
 
 def expected_head(runtime, project: Project, n: int = 50) -> dict[int, float]:
     """{task id: score} of the current model's n highest-scored unlabeled tasks (as pushed to Label Studio)."""
-    from backend.jobs import score_task_chunk
-    predictions, _ = score_task_chunk(project.id, project.unlabeled(), runtime)
-    top = sorted(predictions, key=lambda p: -p["score"])[:n]
-    return {int(p["task"]): float(p["score"]) for p in top}
+    scores = backend.score_unlabeled(runtime, project.id, project.unlabeled())
+    return dict(sorted(scores.items(), key=lambda item: -item[1])[:n])
 
 
 def reflects(rows: list[tuple], expected: dict[int, float]) -> bool:
@@ -155,24 +149,19 @@ class Bench:
                               "label_studio": args.ls_url or "private (scripts/ls_server.sh)", "runs": []}
 
     def setup(self) -> None:
-        from backend.bench import bench_runtime, fill_feature_cache
-        from backend.jobs import train_project
-        from backend.ls_sync import make_client
-
         self.server.start()
         self.figures["server_start_seconds"] = self.server.start_seconds and round(self.server.start_seconds, 1)
         self.http = Http(self.server.url, self.server.api_key)
-        client = make_client(self.server.url, self.server.api_key)
         logger.info("building a project of %d tasks on %s (load %s)", self.args.tasks, self.server.url, load())
-        self.project, import_seconds = build_project(client, self.http, self.args.tasks, self.args.annotated,
+        self.project, import_seconds = build_project(self.http, self.args.tasks, self.args.annotated,
                                                      self.args.classes, self.args.dim, self.args.seed)
         self.figures["project"] = self.project.id
         self.figures["import_tasks_seconds"] = round(import_seconds, 1)
-        _, self.runtime = bench_runtime(self.work, self.server.url, self.server.api_key, 1, self.args.miner_options)
-        fill_feature_cache(self.runtime, self.project.id, self.project.tasks, self.project.features)
+        self.runtime = backend.make_runtime(self.work, self.server.url, self.server.api_key, self.args.miner_options)
+        backend.fill_feature_cache(self.runtime, self.project.id, self.project.tasks, self.project.features)
         t0 = time.monotonic()
-        self.version = train_project(self.project.id, runtime=self.runtime, rescore=False)
-        refresh(self.runtime, self.project.id, None)
+        self.version = backend.train(self.runtime, self.project.id)
+        backend.refresh(self.runtime, self.project.id, None)
         self.figures["initial_train_and_refresh_seconds"] = round(time.monotonic() - t0, 1)
         logger.info("initial model %s pushed in %.1fs", self.version, time.monotonic() - t0)
 
@@ -185,11 +174,10 @@ class Bench:
             self.project.annotated.add(task_id)
 
     def run_once(self, index: int) -> dict:
-        from backend.jobs import train_project
         args, project = self.args, self.project
         self.annotate_more(args.new_annotations)
         t0 = time.monotonic()
-        version = train_project(project.id, runtime=self.runtime, rescore=False)
+        version = backend.train(self.runtime, project.id)
         train_seconds = time.monotonic() - t0
         previous, self.version = self.version, version
         probe_tasks = sorted(project.annotated)[:20]
@@ -204,7 +192,7 @@ class Bench:
         watcher.start()
         probe.start()
         try:
-            refresh(self.runtime, project.id, previous)
+            backend.refresh(self.runtime, project.id, previous)
         finally:
             timer.uninstall()
         refresh_seconds = time.monotonic() - t_trained
@@ -255,7 +243,7 @@ class Bench:
                 self.figures["runs"].append(self.run_once(index))
             if self.args.costs:
                 from benchmarks.costs import measure_costs
-                self.figures["costs"] = measure_costs(self.http, self.project, self.runtime, self.args)
+                self.figures["costs"] = measure_costs(self.http, self.project, self.args)
         finally:
             if not self.args.keep_server:
                 self.server.stop(remove=True)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from backend.bench import synthetic_project
 from benchmarks.lsbench import Http, Probe, Project
+from benchmarks.scale_backend import synthetic_project
 from benchmarks.scale_ls import StepTimer, medians, reflects
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +54,7 @@ def test_step_timer_times_ls_sync_calls_by_name_and_restores_them(monkeypatch):
     fake_switch.__module__ = ls_sync.__name__
     monkeypatch.setattr(ls_sync, "set_model_version", fake_switch)
     make_client = ls_sync.make_client
-    timer = StepTimer()
+    timer = StepTimer(ls_sync)
     timer.install()
     try:
         assert ls_sync.set_model_version is not fake_switch
