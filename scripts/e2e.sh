@@ -26,6 +26,9 @@ export MCM_E2E_STATE_DIR="$STATE"
 export MCM_LS_PORT="${MCM_E2E_LS_PORT:-$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
 export MCM_LS_FILES_ROOT="$STATE/files"
 export MCM_LS_DB="${MCM_LS_DB:-sqlite}"
+# mktemp makes the folder 0700; the PostgreSQL cluster below it belongs to the postgres user, who
+# needs search permission (not read) on the way to it.
+if [ "$MCM_LS_DB" = postgresql ] && [ "$made_state" = 1 ]; then chmod o+x "$STATE"; fi
 
 rc=1
 cleanup() {
