@@ -208,7 +208,7 @@ class Probe(threading.Thread):
 
     def _record(self, kind: str, status: int, seconds: float, body: str) -> None:
         self.records.append({"kind": kind, "status": status, "seconds": seconds,
-                             "locked": is_locked_error(body), "error": status == 0 or status >= 500})
+                             "locked": is_locked_error(body), "http_5xx": status >= 500, "no_answer": status == 0})
 
     def run(self) -> None:
         i = 0
@@ -242,7 +242,8 @@ class Probe(threading.Thread):
             return {"requests": len(rows), "max_s": round(float(seconds.max()), 3),
                     "p99_s": round(float(np.percentile(seconds, 99)), 3),
                     "median_s": round(float(np.median(seconds)), 3),
-                    "errors_5xx_or_no_answer": sum(r["error"] for r in rows),
+                    "errors_5xx_or_no_answer": sum(r["http_5xx"] or r["no_answer"] for r in rows),
+                    "http_5xx": sum(r["http_5xx"] for r in rows), "no_answer": sum(r["no_answer"] for r in rows),
                     "database_is_locked": sum(r["locked"] for r in rows)}
         out = {"all": stats(self.records)}
         for kind in ("next", "submit", "delete_annotation"):

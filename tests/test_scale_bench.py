@@ -77,6 +77,7 @@ def test_probe_summary_counts_slow_and_locked_requests():
     summary = probe.summary()
     assert summary["all"]["max_s"] == 7.0 and summary["all"]["requests"] == 3
     assert summary["submit"]["errors_5xx_or_no_answer"] == 2 and summary["submit"]["database_is_locked"] == 1
+    assert summary["submit"]["http_5xx"] == 1 and summary["submit"]["no_answer"] == 1
     assert summary["next"] == {"requests": 0}
 
 
