@@ -46,7 +46,7 @@ def test_medians_count_a_capped_delete_as_longer_than_any_finished_one():
 
 
 def test_step_timer_times_ls_sync_calls_by_name_and_restores_them(monkeypatch):
-    from backend import ls_sync
+    from benchmarks.scale_backend import STEP_MODULE as ls_sync
     calls = []
 
     def fake_switch(client, project_id, version):
