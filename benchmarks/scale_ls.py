@@ -271,6 +271,8 @@ def medians(runs: list[dict]) -> dict:
                 "refresh_until_server_done_seconds", "first_50_of_view_seconds",
                 "trained_to_view_reflects_seconds"):
         out[key] = _median([r.get(key) for r in runs])
+    if any("previous_version_left" in r for r in runs):  # the refresh did not delete the previous version
+        out["previous_version_left"] = _median([r.get("previous_version_left") for r in runs])
     for step in sorted({s for r in runs for s in r["steps_seconds"]}):
         out[f"step:{step}"] = _median([r["steps_seconds"].get(step) for r in runs])
     for stat in ("max_s", "p99_s"):
@@ -292,6 +294,9 @@ def markdown(figures: dict) -> str:
     for key, value in m.items():
         if key.startswith("step:") and key[5:] not in STEP_LABELS:
             lines.append(f"| {key[5:]} | {value} |")
+    if "previous_version_left" in m:
+        lines.append(f"| previous version's predictions left after the refresh (no delete call) | "
+                     f"{m['previous_version_left']} |")
     lines += [f"| delete previous version (until LS no longer lists it) | {m['delete_previous_seconds']} |",
               f"| refresh call (client side) | {m['refresh_call_seconds']} |",
               f"| refresh until the server is done | {m['refresh_until_server_done_seconds']} |",

@@ -43,6 +43,8 @@ def test_medians_count_a_capped_delete_as_longer_than_any_finished_one():
     assert m["probe_max_s"] == 5.0 and m["step:push_predictions"] == 3.0
     assert m["trained_to_view_reflects_seconds"] == 5.0  # a run that never reflected is not a zero
     assert m["probe_errors_total"] == 3 and m["probe_locked_total"] == 3
+    assert "previous_version_left" not in m
+    assert medians([{**_run(None), "previous_version_left": 100}])["previous_version_left"] == 100
 
 
 def test_step_timer_times_ls_sync_calls_by_name_and_restores_them(monkeypatch):
