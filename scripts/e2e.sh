@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# The end-to-end stage: a real Label Studio 1.23.2 on 127.0.0.1 (SQLite, fresh data dir), our
-# backend (started, restarted and stopped by tests/e2e/conftest.py), and the ordered flow in
-# tests/e2e. Both servers are stopped at the end, also on failure or Ctrl-C.
-# The browser stage (scripts/browser.sh) runs through here too, with MCM_STAGE=browser: the same
-# servers and environment (tests/live_stack.py), `pytest tests/browser -m browser`.
+# The end-to-end stage: a real Label Studio 1.23.2 on 127.0.0.1 (fresh data dir; on SQLite, or on
+# a private PostgreSQL 15 cluster with MCM_LS_DB=postgresql), our backend (started, restarted and
+# stopped by the tests), and the ordered flow in tests/e2e. Every server is stopped at the end, also
+# on failure or Ctrl-C. The browser stage (scripts/browser.sh) runs through here too, with
+# MCM_STAGE=browser: the same servers and environment (tests/live_stack.py), `pytest tests/browser`.
 #
-# Usage: bash scripts/e2e.sh [extra pytest args]
-# Settings: MCM_STAGE (e2e | browser, default e2e), MCM_VENV (project venv), MCM_LS_VENV (Label
-# Studio venv), MCM_E2E_LS_PORT (default: a free port), MCM_E2E_STATE_DIR (default: a new temp dir,
-# removed after a pass unless MCM_E2E_KEEP=1).
+# Usage: [MCM_LS_DB=postgresql] bash scripts/e2e.sh [extra pytest args]
+# Settings: MCM_STAGE (e2e | browser, default e2e), MCM_LS_DB (sqlite | postgresql, default sqlite),
+# MCM_VENV (project venv), MCM_LS_VENV (Label Studio venv), MCM_E2E_LS_PORT (default: a free port),
+# MCM_E2E_STATE_DIR (default: a new temp dir, removed after a pass unless MCM_E2E_KEEP=1).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -28,6 +28,10 @@ STATE="$(cd "$STATE" && pwd)"
 export MCM_E2E_STATE_DIR="$STATE"
 export MCM_LS_PORT="${MCM_E2E_LS_PORT:-$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
 export MCM_LS_FILES_ROOT="$STATE/files"
+export MCM_LS_DB="${MCM_LS_DB:-sqlite}"
+# mktemp makes the folder 0700; the PostgreSQL cluster below it belongs to the postgres user, who
+# needs search permission (not read) on the way to it.
+if [ "$MCM_LS_DB" = postgresql ] && [ "$made_state" = 1 ]; then chmod o+x "$STATE"; fi
 
 rc=1
 cleanup() {
@@ -49,7 +53,7 @@ trap 'exit 130' INT TERM
 
 t0=$(date +%s)
 bash scripts/ls_server.sh start "$STATE/ls"
-echo "[$STAGE] Label Studio ready in $(( $(date +%s) - t0 ))s"
+echo "[$STAGE] Label Studio on $MCM_LS_DB ready in $(( $(date +%s) - t0 ))s"
 set -a
 # shellcheck disable=SC1091
 source "$STATE/ls/ls.env"

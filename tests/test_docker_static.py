@@ -7,6 +7,7 @@ the docs document (docs/operations.md), torch pins that disagree with requiremen
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 from pathlib import Path
@@ -77,9 +78,9 @@ def _docs_gunicorn_lines() -> list[str]:
 # --------------------------------------------------------------------------- compose
 
 
-def test_compose_has_the_four_services_and_named_volumes(compose):
+def test_compose_has_the_five_services_and_named_volumes(compose):
     services = compose["services"]
-    assert {"label-studio", "backend", "redis", "worker"} <= set(services)
+    assert {"label-studio", "db", "backend", "redis", "worker"} <= set(services)
     assert services["label-studio"]["image"] == "heartexlabs/label-studio:1.23.2"
     assert services["redis"]["image"].startswith("redis:7")
     volumes = set(compose.get("volumes") or {})
@@ -132,6 +133,46 @@ def test_label_studio_settings_for_a_private_network_and_a_shared_token(compose)
     assert INTERPOLATION.search(backend_env["LABEL_STUDIO_API_KEY"]).group(1) == token_var
     assert backend_env["LABEL_STUDIO_URL"] == "http://label-studio:8080"
     assert "label-studio" in backend_env["MCM_ALLOWED_HOSTS"]
+
+
+def _interpolated(value) -> str:
+    match = INTERPOLATION.fullmatch(str(value))
+    assert match, f"{value!r} is not a single ${{VAR...}} interpolation"
+    return match.group(1)
+
+
+def test_label_studio_runs_on_postgresql_with_a_volume_and_health_check(compose):
+    services = compose["services"]
+    db, ls = services["db"], services["label-studio"]
+    assert db["image"] == "postgres:15"
+    mounts = {m.split(":")[1]: m.split(":")[0] for m in db["volumes"]}
+    assert mounts.get("/var/lib/postgresql/data") in set(compose["volumes"]), "PostgreSQL data must be a named volume"
+    assert "ports" not in db, "the database needs no host port"
+    test = db["healthcheck"]["test"]
+    assert test[0] in ("CMD", "CMD-SHELL") and "pg_isready" in " ".join(test[1:])
+    assert ls["depends_on"]["db"] == {"condition": "service_healthy"}
+    env = ls["environment"]
+    assert env["DJANGO_DB"] == "default" and env["POSTGRE_HOST"] == "db" and str(env["POSTGRE_PORT"]) == "5432"
+    # Label Studio logs in with exactly the database, user and password the db container creates.
+    for ls_name, pg_name in (("POSTGRE_NAME", "POSTGRES_DB"), ("POSTGRE_USER", "POSTGRES_USER"),
+                             ("POSTGRE_PASSWORD", "POSTGRES_PASSWORD")):
+        assert _interpolated(env[ls_name]) == _interpolated(db["environment"][pg_name]), ls_name
+    assert ":?" in db["environment"]["POSTGRES_PASSWORD"], "no default database password"
+
+
+def test_label_studio_reads_the_database_names_the_compose_file_sets(compose):
+    """The POSTGRE_* / DJANGO_DB names exist in Label Studio 1.23.2's settings (its venv, if installed)."""
+    venv = Path(os.environ.get("MCM_LS_VENV", Path.home() / ".cache/mcm/ls-venv"))
+    settings = sorted(venv.glob("lib/python3*/site-packages/label_studio/core/settings"))
+    if not settings:
+        pytest.skip(f"Label Studio is not installed in {venv} (scripts/ls_server.sh ensure-venv)")
+    source = (settings[0] / "base.py").read_text() + (settings[0] / "label_studio.py").read_text()
+    read = set(re.findall(r"get_env\('([A-Z_]+)'", source))
+    env = compose["services"]["label-studio"]["environment"]
+    used = {name for name in env if name.startswith("POSTGRE_") or name == "DJANGO_DB"}
+    assert len(used) == 6 and used <= read, f"Label Studio does not read {sorted(used - read)}"
+    assert "DATABASES_ALL['default'] = DATABASES_ALL[DJANGO_DB_POSTGRESQL]" in source, \
+        "DJANGO_DB=default no longer selects PostgreSQL"
 
 
 def test_every_backend_and_worker_env_name_is_a_backend_setting(compose):

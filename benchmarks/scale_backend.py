@@ -1,0 +1,108 @@
+"""Everything the scale benchmark takes from the backend, in one file.
+
+Why: the backend's modules and refresh strategy change; what the benchmark measures does not. Pointing
+the benchmark at another backend layout or another refresh is editing this file only: `refresh` is the
+strategy under test, `STEP_MODULE` the module whose public functions are timed as steps.
+
+Two layouts are known: the redesigned backend (backend/refresh.py, backend/context.py,
+backend/labelstudio.py) and the earlier one (backend/jobs.py, backend/runtime.py, backend/ls_sync.py),
+so the benchmark measures either without edits; drop the earlier one once no branch has it.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+try:
+    from backend import labelstudio as STEP_MODULE  # noqa: F401  (re-exported: its calls are the timed steps)
+    from backend.tabs import UNLABELED, VIEW_ORDERING, VIEW_TITLE  # noqa: F401  (the tail-first view)
+    from benchmarks.backend_speed import _label_config, _synthetic_features, synthetic_tasks
+    REDESIGN = True
+    VIEW_FILTERS = {"conjunction": "and", "items": [UNLABELED]}
+except ImportError:
+    from backend import ls_sync as STEP_MODULE  # noqa: F401
+    from backend.admin import VIEW_FILTERS, VIEW_ORDERING, VIEW_TITLE  # noqa: F401
+    from backend.bench import _label_config, _synthetic_features, synthetic_tasks
+    REDESIGN = False
+
+label_config = _label_config
+
+
+def refresh(runtime, project_id: int, previous_version: str | None):
+    """The backend's refresh after a training. Swapping the strategy under test is this one line.
+
+    In the redesign the publisher retires the previous version itself (backend/publishing.py)."""
+    if REDESIGN:
+        from backend.refresh import refresh_project
+        return refresh_project(project_id, runtime)
+    from backend.jobs import rescore_project
+    return rescore_project(project_id, runtime=runtime, previous_version=previous_version)
+
+
+def train(runtime, project_id: int) -> str | None:
+    """Train on the project's annotations without refreshing; the new model version."""
+    if REDESIGN:
+        from backend.fitting import train_project
+        return train_project(project_id, runtime, rescore=False)
+    from backend.jobs import train_project
+    return train_project(project_id, runtime=runtime, rescore=False)
+
+
+def score_unlabeled(runtime, project_id: int, tasks: list[dict]) -> dict[int, float]:
+    """{task id: score} of the current model, exactly as the refresh would push them."""
+    if REDESIGN:
+        from backend.scoring import score_tasks
+        model = runtime.projects.get(project_id).model
+        ids, scores, _, _ = score_tasks(project_id, tasks, runtime.ingest, model, runtime.settings.score_transform)
+        return {int(i): float(s) for i, s in zip(ids, scores)}
+    from backend.jobs import score_task_chunk
+    predictions, _ = score_task_chunk(project_id, tasks, runtime)
+    return {int(p["task"]): float(p["score"]) for p in predictions}
+
+
+def make_runtime(work: str, ls_url: str, api_key: str, miner_options: str = ""):
+    """The backend's runtime (a Context in the redesign) with a resnet18 of random local weights:
+    features come from the cache."""
+    import torch
+    import torchvision
+
+    from backend.extractor import Extractor
+    from backend.settings import Settings
+
+    weights_path = os.path.join(work, "resnet18-random.pt")
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights_path)
+    settings = Settings(model_dir=os.path.join(work, "models"), backbone="resnet18", backbone_weights=weights_path,
+                        label_studio_url=ls_url, label_studio_api_key=api_key, debounce_seconds=0.0,
+                        predict_chunk=1000, torch_threads=1, miner_options=miner_options)
+    if REDESIGN:
+        from backend.context import Context as Runtime
+    else:
+        from backend.runtime import Runtime
+    return Runtime(settings, Extractor("resnet18", weights_path, num_threads=1))
+
+
+def fill_feature_cache(runtime, project_id: int, tasks: list[dict], features: np.ndarray) -> None:
+    """Put row i of `features` in the project's feature cache under tasks[i]'s (id, image url)."""
+    cache = runtime.ingest.cache(project_id) if REDESIGN else runtime.cache(project_id)
+    keys = [(t["id"], t["data"]["image"]) for t in tasks]
+    for start in range(0, len(keys), 20000):
+        cache.put(keys[start:start + 20000], features[start:start + 20000])
+
+def synthetic_project(n_annotated: int, n_unlabeled: int, n_classes: int, dim: int,
+                      seed: int = 0) -> tuple[list[str], list[dict], np.ndarray, np.ndarray]:
+    """(classes, tasks, features, labels) shaped like the speed benchmark's: half the classes 20x rarer.
+
+    Row i of `features` and `labels` (true class index) belongs to `tasks[i]`; the first
+    `n_annotated` tasks carry an annotation.
+    """
+    rng = np.random.default_rng(seed)
+    classes = [f"class{i}" for i in range(n_classes)]
+    head = n_classes // 2
+    weights = np.array([20.0] * head + [1.0] * (n_classes - head))
+    labels = rng.choice(n_classes, n_annotated, p=weights / weights.sum())
+    hidden = rng.choice(n_classes, n_unlabeled, p=weights / weights.sum())
+    centers = rng.normal(size=(n_classes, dim)).astype(np.float32)
+    features = np.concatenate([_synthetic_features(n_annotated, labels, centers, rng),
+                               _synthetic_features(n_unlabeled, hidden, centers, rng)])
+    return classes, synthetic_tasks(labels, classes, n_unlabeled), features, np.concatenate([labels, hidden])
