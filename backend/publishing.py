@@ -39,6 +39,7 @@ from . import labelstudio
 from .label_config import ImageChoicesConfig
 from .ledger import Ledger
 from .scoring import Ranking
+from .versions import ModelStore
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ class Publisher:
         self.on_missing_tasks = on_missing_tasks
 
     def ranking_path(self, version: str) -> str:
-        return os.path.join(self.project_dir, version, "ranking.npz")
+        return ModelStore(self.project_dir).ranking_path(version)
 
     def _push(self, ranking: Ranking, start: int, stop: int, version: str) -> int:
         return labelstudio.push_predictions(self.client, self.project_id,

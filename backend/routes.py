@@ -21,7 +21,7 @@ from werkzeug.exceptions import HTTPException
 from . import validation
 from .app_state import AppState, app_state
 from .label_config import LabelConfigError, parse_label_config
-from .scoring import predict_tasks
+from .scoring import predict_tasks, published_scores
 from .validation import HttpError
 
 logger = logging.getLogger(__name__)
@@ -109,7 +109,9 @@ def predict():
         return jsonify({"results": [[] for _ in tasks], "model_version": model.version if model else "INITIAL"})
     started = time.monotonic()
     context = state_.context
-    predictions, _skipped = predict_tasks(project_id, tasks, context.ingest, model, context.settings.score_transform)
+    published = published_scores(context.projects.store(project_id).ranking_path(model.version))
+    predictions, _skipped = predict_tasks(project_id, tasks, context.ingest, model, context.settings.score_transform,
+                                          published)
     by_task = {p.pop("task"): p for p in predictions}
     # Label Studio accepts a list of predictions per task and stores none for an empty list: a task
     # that cannot be scored gets [], and the list keeps the length Label Studio matches tasks by.

@@ -9,6 +9,8 @@ Higher s = more likely a tail class: the "Tail classes first" tab sorts by s, de
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
 from typing import Sequence
 
 import numpy as np
@@ -45,7 +47,7 @@ def score_features(miner, features: np.ndarray, transform: str) -> tuple[np.ndar
     """(scores in [0, 1], predicted class index) per feature row."""
     if len(features) == 0:
         return np.zeros(0), np.zeros(0, np.int32)
-    scores = map_scores(miner.score(features), miner.score_upper_bound, transform)
+    scores = map_scores(miner.score_samples(features), miner.score_upper_bound, transform)
     labels = np.asarray(miner.predict_proba(features)).argmax(axis=1).astype(np.int32)
     return scores, labels
 
@@ -73,14 +75,31 @@ def outside_window(scores: np.ndarray, miner) -> np.ndarray:
 
 
 def predict_tasks(project_id: int, tasks: Sequence[dict], ingest, model, transform: str,
-                  ) -> tuple[list[dict], dict[int, str]]:
+                  published: dict[int, float] | None = None) -> tuple[list[dict], dict[int, str]]:
     """Label Studio predictions (with `task`) for the tasks that could be scored, and the skipped ones.
 
-    A task asked for here is not in the published queue window (those all have a prediction of the
-    current version already), so it gets the score it would have outside the window."""
+    A task of the version's published ranking gets the score it was published with (`published`),
+    so /predict and the queue agree; any other task the score it has outside the queue window."""
     ids, scores, labels, skipped = score_tasks(project_id, tasks, ingest, model, transform)
-    ranking = Ranking(ids, outside_window(scores, model.miner), labels)
+    scores = outside_window(scores, model.miner)
+    if published:
+        scores = np.asarray([published.get(int(t), s) for t, s in zip(ids.tolist(), scores.tolist())])
+    ranking = Ranking(ids, scores, labels)
     return ranking.predictions(0, len(ids), config_from_meta(model.meta), model.version), skipped
+
+
+@functools.lru_cache(maxsize=16)
+def _published(path: str, mtime_ns: int) -> dict[int, float]:
+    ranking = Ranking.load(path)
+    return dict(zip(ranking.task_ids.tolist(), ranking.scores.tolist()))
+
+
+def published_scores(path: str) -> dict[int, float]:
+    """{task id: score} of a version's ranking file as published (empty if it has none yet)."""
+    try:
+        return _published(path, os.stat(path).st_mtime_ns)
+    except (OSError, ValueError, KeyError):
+        return {}
 
 
 def queue_order(project_id: int, ranking: "Ranking", pool_urls: dict[int, str], ingest, model) -> "Ranking":

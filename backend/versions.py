@@ -107,6 +107,10 @@ class ModelStore:
         return (os.path.exists(self.connected_path) or os.path.exists(self.pointer_path)
                 or bool(self.versions()))
 
+    def ranking_path(self, version: str) -> str:
+        """The version's ranking of the pool, as published (backend/publishing.py)."""
+        return os.path.join(self.version_dir(version), "ranking.npz")
+
     def pointer_mtime(self) -> float | None:
         try:
             return os.stat(self.pointer_path).st_mtime_ns

@@ -2,7 +2,6 @@
 look like on the skewed labeled data, so outputs it reconstructs badly are likely tail classes."""
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,6 +9,7 @@ import torch
 from torch import nn
 
 from .recalibration import scaled_batch_size
+from .training import EarlyStopping
 from .scoring import (RECONSTRUCTION_SCORE_BOUND, normalise_weights, softmax, weighted_reconstruction_score,
                       weighted_score_bound)
 
@@ -23,37 +23,12 @@ def default_hidden(num_classes: int) -> tuple[int, int]:
     return (max(10, num_classes // 2), max(9, num_classes // 4))
 
 
-class Autoencoder(nn.Module):
-    """Encoder in->h1->h2 with ReLU, mirror decoder h2->h1->in.
-
-    In probability space the decoder ends with softmax so the reconstruction is a probability
-    vector too (keeps S <= 2)."""
-
-    def __init__(self, in_dim: int, hidden: tuple[int, ...] = (10, 9), softmax_output: bool = False):
-        super().__init__()
-        dims = [in_dim, *hidden]
-        enc, dec = [], []
-        for a, b in zip(dims[:-1], dims[1:]):
-            enc += [nn.Linear(a, b), nn.ReLU()]
-        rdims = dims[::-1]
-        for i, (a, b) in enumerate(zip(rdims[:-1], rdims[1:])):
-            dec.append(nn.Linear(a, b))
-            if i < len(rdims) - 2:
-                dec.append(nn.ReLU())
-        self.encoder = nn.Sequential(*enc)
-        self.decoder = nn.Sequential(*dec)
-        self.softmax_output = softmax_output
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.decoder(self.encoder(x))
-        return torch.softmax(out, dim=1) if self.softmax_output else out
-
-
 @dataclass
 class AETrainInfo:
-    steps: int
+    steps: int            # optimisation step of the restored (best) weights
     epochs: int
     best_val_loss: float
+    total_steps: int = 0  # optimisation steps run in all
 
 
 def _holdout_split(x: np.ndarray, holdout_fraction: float,
@@ -66,51 +41,12 @@ def _holdout_split(x: np.ndarray, holdout_fraction: float,
     return x_tr, (xt[np.sort(perm[:n_val])] if n_val else x_tr)
 
 
-def train_autoencoder(model: Autoencoder, x: np.ndarray, *, lr: float = 1e-3, batch_size: int = 64,
-                      min_steps: int = 2000, max_steps: int = 20000, patience: int = 10,
-                      holdout_fraction: float = 0.1, seed: int = 0) -> AETrainInfo:
-    """Adam + MSE until convergence: at least ``min_steps`` optimisation steps (few hundred labeled
-    examples would give only a handful of steps per epoch), then early stopping on held-out
-    reconstruction loss with best-weight restore, capped at ``max_steps``."""
-    gen = torch.Generator().manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    x_tr, x_val = _holdout_split(x, holdout_fraction, rng)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    mse = nn.MSELoss()
-    best, best_state, bad, steps, epochs = float("inf"), None, 0, 0, 0
-    while steps < max_steps:
-        model.train()
-        order = torch.randperm(len(x_tr), generator=gen)
-        for i in range(0, len(x_tr), batch_size):
-            b = x_tr[order[i:i + batch_size]]
-            opt.zero_grad()
-            loss = mse(model(b), b)
-            loss.backward()
-            opt.step()
-            steps += 1
-            if steps >= max_steps:
-                break
-        epochs += 1
-        model.eval()
-        with torch.no_grad():
-            val = float(mse(model(x_val), x_val))
-        if val < best - 1e-8:
-            best, bad, best_state = val, 0, copy.deepcopy(model.state_dict())
-        else:
-            bad += 1
-        if steps >= min_steps and bad >= patience:
-            break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
-    return AETrainInfo(steps, epochs, best)
-
-
 class EnsembleAutoencoder(nn.Module):
-    """``n_models`` independent autoencoders of the same shape evaluated in one batched matmul.
-
-    Member m is exactly an ``Autoencoder`` (same init distribution as nn.Linear); batching only
-    removes the per-step Python overhead, so an ensemble of 5 costs about as much as one model."""
+    """``n_models`` independent autoencoders in one batched matmul: per member an encoder
+    in->h1->h2 with ReLU and a mirror decoder h2->h1->in (the paper's C->10->9 for C = 10), same
+    init distribution as nn.Linear. Batching only removes the per-step Python overhead, so an
+    ensemble of 5 costs about as much as one model. In probability space the decoder ends with
+    softmax, so the reconstruction is a probability vector too (keeps S <= 2)."""
 
     def __init__(self, in_dim: int, hidden: tuple[int, ...] = (10, 9), n_models: int = 1,
                  softmax_output: bool = False):
@@ -144,8 +80,10 @@ def train_ensemble(model: EnsembleAutoencoder, x: np.ndarray, *, lr: float = 1e-
                    min_steps: int = 2000, max_steps: int = 20000, patience: int = 10,
                    holdout_fraction: float = 0.1, max_steps_per_epoch: int | None = 32,
                    seed: int = 0) -> list[AETrainInfo]:
-    """Same schedule as ``train_autoencoder`` for every member (own mini-batch order, own early
-    stopping with best-weight restore); stops when all members have stopped.
+    """Adam + MSE for every member (own mini-batch order, own early stopping with best-weight
+    restore): at least ``min_steps`` optimisation steps (a few hundred labeled examples would give
+    only a handful of steps per epoch), then early stopping on a held-out reconstruction loss
+    (mcm_core.training), capped at ``max_steps``; stops when all members have stopped.
 
     ``max_steps_per_epoch`` (default 32) enlarges the batch on large N so one epoch (= one early-
     stopping check, patience is counted in epochs) stays <= 32 steps, and ``max_steps`` then
@@ -157,8 +95,7 @@ def train_ensemble(model: EnsembleAutoencoder, x: np.ndarray, *, lr: float = 1e-
     rng = np.random.default_rng(seed)
     x_tr, x_val = _holdout_split(x, holdout_fraction, rng)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    best = np.full(M, np.inf)
-    bad = np.zeros(M, int)
+    stopper = EarlyStopping(M, patience, tolerance=1e-8)
     stop_step = np.zeros(M, int)
     best_params = [p.detach().clone() for p in model.parameters()]
     steps, epochs, n_tr = 0, 0, len(x_tr)
@@ -182,20 +119,18 @@ def train_ensemble(model: EnsembleAutoencoder, x: np.ndarray, *, lr: float = 1e-
         epochs += 1
         with torch.no_grad():
             val = ((model(x_val) - x_val.unsqueeze(0)) ** 2).mean(dim=(1, 2)).numpy()
-            improved = val < best - 1e-8
-            active = bad < patience if steps > min_steps else np.ones(M, bool)
-            for m in np.flatnonzero(improved & active):
+            active = ~stopper.exhausted() if steps > min_steps else None  # stopped members keep their best
+            for m in np.flatnonzero(stopper.update(val, active=active)):
                 for bp, p in zip(best_params, model.parameters()):
                     bp[m] = p[m]
-                best[m], bad[m], stop_step[m] = val[m], 0, steps
-            bad[~improved] += 1
-        if steps >= min_steps and (bad >= patience).all():
+                stop_step[m] = steps
+        if steps >= min_steps and stopper.exhausted().all():
             break
     with torch.no_grad():
         for bp, p in zip(best_params, model.parameters()):
             p.copy_(bp)
     model.eval()
-    return [AETrainInfo(int(stop_step[m]), epochs, float(best[m])) for m in range(M)]
+    return [AETrainInfo(int(stop_step[m]), epochs, float(stopper.best[m]), steps) for m in range(M)]
 
 
 class AutoencoderScorer:

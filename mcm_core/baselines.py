@@ -21,10 +21,10 @@ class _Strategy:
     def __init__(self, num_classes: int, seed: int = 0):
         self.num_classes = check_num_classes(num_classes)
         self.seed = int(seed)
-        self.in_dim: int | None = None
+        self.in_dim_: int | None = None
 
     def _check_fitted(self):
-        if self.in_dim is None:
+        if self.in_dim_ is None:
             raise ValueError(f"{type(self).__name__} is not fitted: call fit(features, labels) first")
 
 
@@ -35,12 +35,12 @@ class RandomStrategy(_Strategy):
     def fit(self, features, labels) -> "RandomStrategy":
         x = check_features(features)
         check_labels(labels, len(x), self.num_classes)
-        self.in_dim = x.shape[1]
+        self.in_dim_ = x.shape[1]
         return self
 
     def score(self, features) -> np.ndarray:
         self._check_fitted()
-        x = check_features(features, dim=self.in_dim)
+        x = check_features(features, dim=self.in_dim_)
         return np.random.default_rng(self.seed).random(len(x))
 
 
@@ -52,11 +52,19 @@ class _ProbaStrategy(_Strategy):
         y = check_labels(labels, len(x), self.num_classes)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            self.head, _ = fit_recalibration(x, y, self.num_classes, gamma=0.0,
+            self.head_, _ = fit_recalibration(x, y, self.num_classes, gamma=0.0,
                                              alpha=np.ones(self.num_classes, np.float32), seed=self.seed)
-        self.class_proportions = np.bincount(y, minlength=self.num_classes) / len(y)
-        self.in_dim = x.shape[1]
+        self.class_proportions_ = np.bincount(y, minlength=self.num_classes) / len(y)
+        self.in_dim_ = x.shape[1]
         self._fit_extra(x, y)
+        return self
+
+    def fit_proportions(self, labels, n_features: int) -> "_ProbaStrategy":
+        """Only what scoring another model's probabilities needs (``score_proba``, the paper's
+        protocol): the labeled class proportions. No head is trained, so ``score`` is unavailable."""
+        y = check_labels(labels, len(np.asarray(labels)), self.num_classes)
+        self.class_proportions_ = np.bincount(y, minlength=self.num_classes) / len(y)
+        self.in_dim_ = int(n_features)
         return self
 
     def _fit_extra(self, x, y) -> None:
@@ -65,8 +73,8 @@ class _ProbaStrategy(_Strategy):
     @torch.no_grad()
     def predict_proba(self, features) -> np.ndarray:
         self._check_fitted()
-        x = check_features(features, dim=self.in_dim)
-        return softmax(self.head(torch.from_numpy(x)).numpy())
+        x = check_features(features, dim=self.in_dim_)
+        return softmax(self.head_(torch.from_numpy(x)).numpy())
 
     def score(self, features) -> np.ndarray:
         p = self.predict_proba(features)
@@ -186,7 +194,7 @@ class WeightedEntropyStrategy(_ProbaStrategy):
 
     def score_proba(self, probs, features=None):
         self._check_fitted()
-        return weighted_entropy(probs, self.class_proportions)
+        return weighted_entropy(probs, self.class_proportions_)
 
 
 class MarginStrategy(_ProbaStrategy):
@@ -218,17 +226,17 @@ class TailMassStrategy(_ProbaStrategy):
             from .recalibration import inverse_frequency_alpha
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.seed)
-                self.head, _ = fit_recalibration(x, y, self.num_classes, gamma=2.0,
+                self.head_, _ = fit_recalibration(x, y, self.num_classes, gamma=2.0,
                                                  alpha=inverse_frequency_alpha(y, self.num_classes),
                                                  min_epochs=20, seed=self.seed)
-            self.class_proportions = np.bincount(y, minlength=self.num_classes) / len(y)
-            self.in_dim = x.shape[1]
-        self.tail = tail_classes(y, self.num_classes)
+            self.class_proportions_ = np.bincount(y, minlength=self.num_classes) / len(y)
+            self.in_dim_ = x.shape[1]
+        self.tail_ = tail_classes(y, self.num_classes)
         return self
 
     def score_proba(self, probs, features=None):
         self._check_fitted()
-        return tail_mass(probs, self.tail)
+        return tail_mass(probs, self.tail_)
 
 
 class HALStrategy(_ProbaStrategy):
@@ -246,17 +254,17 @@ class HALStrategy(_ProbaStrategy):
         self.width_scale = float(width_scale)
 
     def _fit_extra(self, x, y):
-        self.mean = x.mean(0)
-        self.std = np.maximum(x.std(0), 1e-6)
-        self.labeled = ((x - self.mean) / self.std).astype(np.float32)
-        self.width = median_pairwise_distance(self.labeled, seed=self.seed) * self.width_scale
+        self.mean_ = x.mean(0)
+        self.std_ = np.maximum(x.std(0), 1e-6)
+        self.labeled_ = ((x - self.mean_) / self.std_).astype(np.float32)
+        self.width_ = median_pairwise_distance(self.labeled_, seed=self.seed) * self.width_scale
 
     def score_proba(self, probs, features=None):
         self._check_fitted()
         if features is None:
             raise ValueError("HAL needs the features of the examples to score")
-        x = (check_features(features, dim=self.in_dim) - self.mean) / self.std
-        novelty = gaussian_novelty(x, self.labeled, self.width)
+        x = (check_features(features, dim=self.in_dim_) - self.mean_) / self.std_
+        novelty = gaussian_novelty(x, self.labeled_, self.width_)
         return interleave_rankings(margin_uncertainty(probs), novelty, self.p_exploit,
                                    np.random.default_rng(self.seed))
 

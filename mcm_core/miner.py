@@ -1,10 +1,11 @@
-"""MinorityMiner: RC layer (focal loss) + a decision score: by default the tail-or-novel score
-(RC tail mass fused with feature-space novelty); the paper's autoencoder reconstruction score as
-strategy="reconstruction" (tuned) or strategy="paper" (the paper's configuration).
+"""MinorityMiner: a re-calibration (RC) layer trained with focal loss on frozen features, and a
+decision score that ranks unlabeled examples by how likely they belong to a tail class (or to no
+labeled class at all). scikit-learn conventions: __init__ stores the options, fit() learns the
+attributes that end in "_", per-sample scores come from score_samples().
 
-Public API (stable, used by the backend and outside benchmarks):
     miner = MinorityMiner(num_classes=C, seed=0).fit(features, labels)
-    miner.score(features)          # (M,), higher = more likely a tail-class example
+    miner.score_samples(features)  # (M,), higher = mine first; score() is the same (kept alias)
+    miner.queue_scores(pool)       # the order in which a labeling budget teaches the model most
     miner.predict_proba(features)  # (M, C) re-calibrated probabilities
     miner.score_upper_bound        # 0 <= score <= bound
     miner.save(path); MinorityMiner.load(path)
@@ -23,10 +24,9 @@ from .atomic import atomic_torch_save
 from .autoencoder import INPUT_SPACES, AutoencoderScorer, default_hidden
 from .recalibration import RecalibrationLayer, fit_recalibration, inverse_frequency_alpha
 from .metrics import tail_classes
-from .novelty import (DEFAULT_K, DEFAULT_MAX_REFERENCE, NoveltyScorer, l2_normalise, stratified_reference,
-                      tail_or_novel)
+from .novelty import DEFAULT_K, DEFAULT_MAX_REFERENCE, NoveltyScorer, l2_normalise, stratified_reference
 from .queue import NOVEL_BUCKET, greedy_queue
-from .scoring import RECONSTRUCTION_SCORE_BOUND, softmax
+from .scoring import RECONSTRUCTION_SCORE_BOUND, softmax, tail_or_novel
 from .validation import check_features, check_labels, check_num_classes
 
 log = logging.getLogger(__name__)
@@ -44,36 +44,21 @@ PAPER_PRESET = dict(input_space="logits", score_weighting="none", ae_train_on="a
 class MinorityMiner:
     """Rank unlabeled examples by how likely they are to belong to a tail class or to no labeled class.
 
-    strategy="tail_novelty" (default, chosen on the benchmark's 8 settings, docs/quality.md):
-    score = 1 - (1 - T)(1 - N), T = RC tail mass (sum of the re-calibrated probabilities of the
-    labeled set's tail classes), N = calibrated kNN cosine novelty of the features against the
-    labeled head-class rows (mcm_core.novelty). No autoencoder is trained. T finds the tail
-    classes the RC layer learned; N finds classes with no (or no usable) labeled example.
-    strategy="reconstruction": the autoencoder reconstruction score below (the previous default);
-    strategy="paper": the same with the paper's configuration (AE on logits, plain S, one AE,
-    trained on all rows, no RC warm-up; PAPER_PRESET overrides those options).
+    The strategy is the decision module (docs/method.md, figures in docs/quality.md):
+    - "tail_novelty" (default): 1 - (1 - T)(1 - N). T = the RC layer's probability mass on the
+      labeled set's tail classes (skewness ratio < 0.3); N = calibrated kNN cosine novelty of the
+      features against the labeled head-class rows (mcm_core.novelty). T finds the tail classes
+      the RC layer learned, N the classes with no usable labeled example. No autoencoder.
+    - "reconstruction": an ensemble of n_models autoencoders (C->10->9) learns the head classes'
+      RC probability patterns; the score is the class-weighted reconstruction error
+      S_w = sum_k alpha_k (p_k - p_hat_k)^2 (score_weighting="alpha"; "none" gives the plain S).
+    - "paper": the paper's configuration of the same (one AE on standardised-free logits, plain
+      S = ||softmax(z) - softmax(z_hat)||^2, trained on all rows, no RC warm-up): PAPER_PRESET.
 
-    Options beyond the contract are for tuning/ablation; the defaults are the benchmarked best
-    on MNIST-5k (see README, "Benchmark"): the autoencoder sees the re-calibrated probabilities
-    p = softmax(z) and reconstructs them through a softmax output (input_space="probs", the
-    authors' released code), and the score is the mean S = ||p - p_hat||^2 over an ensemble of 5
-    autoencoders (n_models=5), which removes most of the seed-to-seed noise of a single 10->9
-    bottleneck AE. Focal gamma=2, alpha = normalised inverse class frequency.
-    The score is the class-weighted reconstruction error S_w = sum_k alpha_k (p_k - p_hat_k)^2
-    (score_weighting="alpha"): a tail-class example puts mass in the tail dimensions the AE never
-    learned to reproduce, and alpha makes exactly those errors count.
-    ae_train_on="head": the AE learns from head-class rows only (skewness ratio >= 0.3), the
-    paper's "head-class patterns", so the few tail examples cannot teach it to reproduce tail
-    patterns. rc_min_epochs=20: early stopping of the RC layer only considers epochs >= 20; its
-    held-out set has (almost) no tail example, so its loss is flat early on and a chance dip could
-    stop training at epoch 2-6, before the tail logits are learned. That premature stop is what
-    made the head-only AE rank a tail class below a head class in the backend's 3-class test;
-    with the warm-up both are the default (figures: README, "Benchmarks").
-    score_weighting="none" is the plain S = ||p - p_hat||^2 (what files saved before S_w load as),
-    ae_train_on="all" + rc_min_epochs=0 the previous default;
-    input_space="logits" is the paper's S = ||softmax(z) - softmax(z_hat)||^2.
-    rc_/ae_max_steps_per_epoch grow the batches on large labeled sets so fit time stops growing
-    with N (10k x 512 fits in ~6.5 s on one thread); MNIST-5k-sized sets train exactly as before."""
+    RC layer: focal loss (gamma, alpha = normalised inverse class frequency by default), Adam,
+    early stopping on a stratified hold-out with a warm-up of rc_min_epochs (the hold-out holds
+    almost no tail example, so its loss is flat at first). rc_/ae_max_steps_per_epoch grow the
+    batches on large labeled sets so the fit time stops growing with N."""
 
     def __init__(self, num_classes: int, seed: int = 0, *, gamma: float = 2.0, alpha: Any = None,
                  input_space: str = "probs", ae_hidden: tuple[int, ...] | None = None,
@@ -131,15 +116,15 @@ class MinorityMiner:
             strategy=strategy, novelty_k=int(novelty_k), novelty_max_reference=int(novelty_max_reference),
             queue_window=int(queue_window))
         self.seed = int(seed)
-        self.in_dim: int | None = None
-        self.rc: RecalibrationLayer | None = None
-        self.ae: AutoencoderScorer | None = None
-        self.novelty: NoveltyScorer | None = None
-        self.tail: list[int] = []
+        self.in_dim_: int | None = None
+        self.rc_: RecalibrationLayer | None = None
+        self.ae_: AutoencoderScorer | None = None
+        self.novelty_: NoveltyScorer | None = None
+        self.tail_: list[int] = []
         # labeled tail-class rows (unit features, labels) for the queue's distance term
-        self.tail_reference = np.zeros((0, 0), np.float32)
-        self.tail_reference_labels = np.zeros(0, np.int64)
-        self.fit_info: dict = {}
+        self.tail_reference_ = np.zeros((0, 0), np.float32)
+        self.tail_reference_labels_ = np.zeros(0, np.int64)
+        self.fit_info_: dict = {}
 
     # ------------------------------------------------------------------ fit / score
     def _new_scorer(self, score_weights: np.ndarray | None = None) -> AutoencoderScorer:
@@ -186,14 +171,14 @@ class MinorityMiner:
             info["novelty_reference"] = int(len(novelty.reference))
             keep = np.concatenate([stratified_reference(y, y == k, TAIL_REFERENCE_PER_CLASS, self.seed)
                                    for k in tail] or [np.zeros(0, np.int64)])
-            self.tail_reference = l2_normalise(x[keep]) if len(keep) else np.zeros((0, x.shape[1]), np.float32)
-            self.tail_reference_labels = y[keep]
+            self.tail_reference_ = l2_normalise(x[keep]) if len(keep) else np.zeros((0, x.shape[1]), np.float32)
+            self.tail_reference_labels_ = y[keep]
         else:
             rows = self._ae_rows(y)
             ae = self._new_scorer(self._score_weights(alpha)).fit(self._logits(x, rc)[rows])
             info.update(ae_steps=[i.steps for i in ae.infos], ae_rows=int(rows.sum()))
-        self.rc, self.ae, self.novelty, self.tail, self.in_dim = rc, ae, novelty, tail, x.shape[1]
-        self.fit_info = info
+        self.rc_, self.ae_, self.novelty_, self.tail_, self.in_dim_ = rc, ae, novelty, tail, x.shape[1]
+        self.fit_info_ = info
         log.info("MinorityMiner (%s) fitted on %d examples (per class %s, tail %s); RC best epoch %d/%d",
                  c["strategy"], len(y), counts.tolist(), tail, rc_res.best_epoch + 1, rc_res.epochs_run)
         return self
@@ -222,13 +207,18 @@ class MinorityMiner:
     def logits(self, features) -> np.ndarray:
         """Re-calibrated logits z (M, C)."""
         self._check_fitted()
-        return self._logits(check_features(features, dim=self.in_dim), self.rc)
+        return self._logits(check_features(features, dim=self.in_dim_), self.rc_)
 
     def predict_proba(self, features) -> np.ndarray:
         """Re-calibrated probabilities softmax(z) (M, C)."""
         return softmax(self.logits(features)).astype(np.float32)
 
     def score(self, features) -> np.ndarray:
+        """The same as score_samples (kept for callers written before it; note that scikit-learn's
+        score() returns one number, which this does not)."""
+        return self.score_samples(features)
+
+    def score_samples(self, features) -> np.ndarray:
         """(M,) float64 in [0, score_upper_bound], higher = mine first; each row's score depends
         only on that row (so chunks of a pool can be scored independently).
 
@@ -237,15 +227,15 @@ class MinorityMiner:
         p_hat its reconstruction (mean over the AE ensemble), w = alpha (score_weighting="alpha"),
         sqrt(alpha) renormalised, or 1 ("none": S = ||p - p_hat||^2)."""
         self._check_fitted()
-        x = check_features(features, dim=self.in_dim)
-        if self.novelty is not None:
-            return tail_or_novel(self.tail_mass(x), self.novelty.score(x))
-        return self.ae.score(self._logits(x, self.rc))
+        x = check_features(features, dim=self.in_dim_)
+        if self.novelty_ is not None:
+            return tail_or_novel(self.tail_mass(x), self.novelty_.score(x))
+        return self.ae_.score(self._logits(x, self.rc_))
 
     def tail_mass(self, features) -> np.ndarray:
         """T = sum of the re-calibrated probabilities over the labeled set's tail classes (M,)."""
         p = self.predict_proba(features).astype(np.float64)
-        return p[:, self.tail].sum(1) if self.tail else np.zeros(len(p))
+        return p[:, self.tail_].sum(1) if self.tail_ else np.zeros(len(p))
 
     def queue_scores(self, features) -> np.ndarray:
         """Descending scores for a whole unlabeled pool (tail_novelty only): the order in which a
@@ -257,38 +247,38 @@ class MinorityMiner:
         examples of that class. Those get (0.5, 1]; the rest 0.5 * score(). Unlike score(), a
         row's value depends on the rest of the pool: pass the whole pool in one call."""
         self._check_fitted()
-        if self.novelty is None:
+        if self.novelty_ is None:
             raise ValueError(f"queue_scores needs strategy='tail_novelty', not {self.config['strategy']!r}")
-        x = check_features(features, dim=self.in_dim)
+        x = check_features(features, dim=self.in_dim_)
         p = self.predict_proba(x).astype(np.float64)
-        t = p[:, self.tail].sum(1) if self.tail else np.zeros(len(p))
-        scores = tail_or_novel(t, self.novelty.score(x))
+        t = p[:, self.tail_].sum(1) if self.tail_ else np.zeros(len(p))
+        scores = tail_or_novel(t, self.novelty_.score(x))
         top = p.argmax(1)
-        buckets = np.where(np.isin(top, self.tail), top, NOVEL_BUCKET)
-        refs = {int(k): self.tail_reference[self.tail_reference_labels == k] for k in self.tail}
-        refs[NOVEL_BUCKET] = np.concatenate([self.novelty.reference, self.tail_reference])
+        buckets = np.where(np.isin(top, self.tail_), top, NOVEL_BUCKET)
+        refs = {int(k): self.tail_reference_[self.tail_reference_labels_ == k] for k in self.tail_}
+        refs[NOVEL_BUCKET] = np.concatenate([self.novelty_.reference, self.tail_reference_])
         return greedy_queue(scores, buckets, x, refs, self.config["queue_window"])
 
     def novelty_score(self, features) -> np.ndarray:
         """N in [0, 1): calibrated kNN novelty against the labeled head rows (tail_novelty only)."""
         self._check_fitted()
-        if self.novelty is None:
+        if self.novelty_ is None:
             raise ValueError(f"strategy {self.config['strategy']!r} has no novelty scorer")
-        return self.novelty.score(check_features(features, dim=self.in_dim))
+        return self.novelty_.score(check_features(features, dim=self.in_dim_))
 
     @property
     def score_upper_bound(self) -> float:
         """Exact max of the score: 1 for tail_novelty; 2 for S; w_(1) + w_(2) (two largest
         weights, <= 1) for S_w. Before fit(): 2, a true bound for every strategy."""
-        if self.novelty is not None:
+        if self.novelty_ is not None:
             return 1.0
-        if self.ae is None:
+        if self.ae_ is None:
             return float(RECONSTRUCTION_SCORE_BOUND)
-        return float(self.ae.upper_bound)
+        return float(self.ae_.upper_bound)
 
     @property
     def is_fitted(self) -> bool:
-        return self.rc is not None and (self.ae is not None or self.novelty is not None)
+        return self.rc_ is not None and (self.ae_ is not None or self.novelty_ is not None)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike) -> None:
@@ -296,15 +286,15 @@ class MinorityMiner:
         so load() can use torch.load(weights_only=True) and never executes code."""
         self._check_fitted()
         payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": self.config,
-                   "in_dim": self.in_dim, "fit_info": self.fit_info,
-                   "rc": self.rc.state_dict(), "tail": list(self.tail)}
-        if self.ae is not None:
-            payload["ae"] = self.ae.state()
-        if self.novelty is not None:
-            payload["novelty"] = {"reference": torch.from_numpy(self.novelty.reference.copy()),
-                                  "reference_distances": torch.from_numpy(self.novelty.reference_distances.copy()),
-                                  "tail_reference": torch.from_numpy(self.tail_reference.copy()),
-                                  "tail_reference_labels": torch.from_numpy(self.tail_reference_labels.copy())}
+                   "in_dim": self.in_dim_, "fit_info": self.fit_info_,
+                   "rc": self.rc_.state_dict(), "tail": list(self.tail_)}
+        if self.ae_ is not None:
+            payload["ae"] = self.ae_.state()
+        if self.novelty_ is not None:
+            payload["novelty"] = {"reference": torch.from_numpy(self.novelty_.reference.copy()),
+                                  "reference_distances": torch.from_numpy(self.novelty_.reference_distances.copy()),
+                                  "tail_reference": torch.from_numpy(self.tail_reference_.copy()),
+                                  "tail_reference_labels": torch.from_numpy(self.tail_reference_labels_.copy())}
         atomic_torch_save(payload, path)
 
     @classmethod
@@ -330,30 +320,30 @@ class MinorityMiner:
         cfg.setdefault("strategy", "reconstruction")
         num_classes, seed = cfg.pop("num_classes"), cfg.pop("seed")
         miner = cls(num_classes, seed, **cfg)
-        miner.in_dim = int(payload["in_dim"])
-        miner.fit_info = payload.get("fit_info", {})
-        rc = RecalibrationLayer(miner.in_dim, num_classes)
+        miner.in_dim_ = int(payload["in_dim"])
+        miner.fit_info_ = payload.get("fit_info", {})
+        rc = RecalibrationLayer(miner.in_dim_, num_classes)
         rc.load_state_dict(payload["rc"])
         rc.eval()
-        miner.rc = rc
-        counts = miner.fit_info.get("labeled_per_class")  # files from before "tail" was saved
+        miner.rc_ = rc
+        counts = miner.fit_info_.get("labeled_per_class")  # files from before "tail" was saved
         old_tail = tail_classes(np.repeat(np.arange(num_classes), counts), num_classes) if counts else []
-        miner.tail = [int(k) for k in payload.get("tail", old_tail)]
+        miner.tail_ = [int(k) for k in payload.get("tail", old_tail)]
         try:
             if cfg["strategy"] == "tail_novelty":
                 nov = NoveltyScorer(cfg["novelty_k"], cfg["novelty_max_reference"], seed)
                 nov.reference = payload["novelty"]["reference"].numpy().astype(np.float32)
                 nov.reference_distances = payload["novelty"]["reference_distances"].numpy().astype(np.float64)
-                miner.tail_reference = payload["novelty"]["tail_reference"].numpy().astype(np.float32)
-                miner.tail_reference_labels = payload["novelty"]["tail_reference_labels"].numpy().astype(np.int64)
-                if nov.reference.ndim != 2 or nov.reference.shape[1] != miner.in_dim \
-                        or miner.tail_reference.shape[1:] != (miner.in_dim,):
+                miner.tail_reference_ = payload["novelty"]["tail_reference"].numpy().astype(np.float32)
+                miner.tail_reference_labels_ = payload["novelty"]["tail_reference_labels"].numpy().astype(np.int64)
+                if nov.reference.ndim != 2 or nov.reference.shape[1] != miner.in_dim_ \
+                        or miner.tail_reference_.shape[1:] != (miner.in_dim_,):
                     raise ValueError(f"{path}: novelty reference has the wrong shape")
-                miner.novelty = nov
+                miner.novelty_ = nov
             else:
                 ae = miner._new_scorer()
                 ae.load_state(payload["ae"])
-                miner.ae = ae
+                miner.ae_ = ae
         except (KeyError, AttributeError) as exc:
             raise ValueError(f"{path}: incomplete miner file ({exc})") from exc
         return miner

@@ -6,7 +6,7 @@ never annotated, or absent from it): the RC layer has no reason to put mass ther
 are far, in the backbone's feature space, from every labeled head-class example. The novelty
 N(x) in [0, 1) is the calibrated mean cosine distance to the k nearest labeled head-class
 examples: the fraction of labeled head examples (leave-one-out) that are less novel. The decision
-score is the probability of "tail OR novel" under independence, 1 - (1 - T)(1 - N).
+module (mcm_core.scoring.tail_or_novel) fuses it with the tail mass.
 """
 from __future__ import annotations
 
@@ -82,16 +82,6 @@ def calibrated_novelty(reference_distances: np.ndarray, d: np.ndarray, grid: int
         cdf[i:i + 256] = (0.5 * (1.0 + torch.special.erf(z))).mean(1).numpy()
     smooth = np.interp(d, xs, cdf)  # 1 beyond the table (Phi > 1 - 1e-15 there)
     return (1.0 - e) * smooth + e * d / (d + s)
-
-
-def tail_or_novel(tail_mass: np.ndarray, novelty: np.ndarray) -> np.ndarray:
-    """1 - (1 - T)(1 - N): high when an example is likely a known tail class OR unlike every
-    labeled head example; in [0, 1] for T, N in [0, 1]."""
-    t = np.clip(np.asarray(tail_mass, dtype=np.float64), 0.0, 1.0)
-    n = np.clip(np.asarray(novelty, dtype=np.float64), 0.0, 1.0)
-    if t.shape != n.shape:
-        raise ValueError(f"shape mismatch: {t.shape} vs {n.shape}")
-    return 1.0 - (1.0 - t) * (1.0 - n)
 
 
 def stratified_reference(labels: np.ndarray, rows: np.ndarray, cap: int, seed: int) -> np.ndarray:

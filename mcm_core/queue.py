@@ -5,10 +5,14 @@ recognises (the most typical ones, close to the labeled examples of their class)
 single tail class, and they teach it little (docs/quality.md, annotation loop). The queue keeps
 the tail yield by choosing only among the ``window`` highest-scored examples, and within them:
 - balances the tail classes: round-robin over buckets = the RC layer's predicted class when it
-  is a tail class, else one "novel" bucket (likely tail by novelty, predicted as a head class);
+  is a tail class;
 - prefers examples unlike what is already labeled: within a bucket, greedily the largest
   score x d, d = cosine distance to the nearest labeled example of that class or example
-  already queued in that bucket (the novel bucket compares with every labeled example).
+  already queued in that bucket;
+- keeps the tail yield: the examples predicted as a head class (in the window for their
+  novelty: the "novel" bucket) keep their places in the score order, and the tail buckets' queue
+  fills the other places. (Giving the novel bucket an equal turn cut the share of rare digits
+  among the first 50 of a 900-task Label Studio queue from 0.96 to 0.66.)
 The result is one descending score per pool example, so a queue sorted by it is that order.
 """
 from __future__ import annotations
@@ -27,8 +31,9 @@ def greedy_queue(scores: np.ndarray, buckets: np.ndarray, features: np.ndarray,
     scores (M,) in [0, 1] (pointwise tail likelihood); buckets (M,) int (tail class or
     NOVEL_BUCKET); features (M, D); references: bucket -> (R, D) labeled rows of that bucket (unit
     rows or not; may be empty). The ``window`` highest scores (stable ties) get queue scores in
-    (0.5, 1], in greedy round-robin order; every other example gets 0.5 * score, below them and
-    in score order. Deterministic: ties go to the lower pool index."""
+    (0.5, 1]: the examples of the tail buckets in greedy round-robin order, in the places they
+    hold in the score order, the novel bucket's in score order in theirs; every other example
+    gets 0.5 * score, below them and in score order. Deterministic: ties go to the lower pool index."""
     s = np.asarray(scores, dtype=np.float64)
     b = np.asarray(buckets)
     if s.ndim != 1 or b.shape != s.shape or len(features) != len(s):
@@ -41,16 +46,17 @@ def greedy_queue(scores: np.ndarray, buckets: np.ndarray, features: np.ndarray,
         return out
     xu = l2_normalise(np.asarray(features)[cand]).astype(np.float64)
     cb = b[cand]
+    novel = cb == NOVEL_BUCKET
     dmin = np.full(len(cand), 2.0)  # cosine distance <= 2
-    for k in np.unique(cb):
+    for k in np.unique(cb[~novel]):
         ref = references.get(int(k))
         if ref is not None and len(ref):
             sel = cb == k
             dmin[sel] = np.maximum(1.0 - xu[sel] @ l2_normalise(ref).astype(np.float64).T, 0.0).min(1)
     cs = s[cand]
-    avail = np.ones(len(cand), bool)
+    avail = ~novel
     order = []
-    ring = sorted(int(k) for k in np.unique(cb))
+    ring = sorted(int(k) for k in np.unique(cb[~novel]))
     while avail.any():
         for k in ring:
             m = avail & (cb == k)
@@ -61,6 +67,10 @@ def greedy_queue(scores: np.ndarray, buckets: np.ndarray, features: np.ndarray,
             avail[i] = False
             same = cb == k
             dmin[same] = np.minimum(dmin[same], np.maximum(1.0 - xu[same] @ xu[i], 0.0))
-    n = len(order)
-    out[cand[order]] = 0.5 + 0.5 * (n - np.arange(n)) / n
+    # The tail buckets' queue order fills the places their examples hold in the score order; the
+    # novel examples keep theirs, so the window's tail yield at every depth is the score's.
+    final = np.arange(len(cand))
+    final[np.flatnonzero(~novel)] = order
+    n = len(final)
+    out[cand[final]] = 0.5 + 0.5 * (n - np.arange(n)) / n
     return out

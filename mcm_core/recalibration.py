@@ -1,6 +1,6 @@
 """Re-calibration (RC) layer: a fresh linear layer over the frozen model's penultimate features,
 trained with focal loss and inverse-frequency alpha so the subdued tail-class logits are lifted
-before the autoencoder looks at them (paper, Sec. 3.1)."""
+before the decision module looks at them (paper, Sec. 3.1)."""
 from __future__ import annotations
 
 import copy
@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+
+from .training import EarlyStopping
 
 
 def focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: torch.Tensor | None = None,
@@ -93,7 +95,8 @@ def train_with_early_stopping(model: nn.Module, loss_fn, x_tr: torch.Tensor, y_t
         raise ValueError(f"min_epochs must be >= 0, got {min_epochs}")
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     x_eval, y_eval = (x_val, y_val) if x_val is not None and len(x_val) else (x_tr, y_tr)
-    best_loss, best_epoch, best_state, bad = float("inf"), -1, None, 0
+    stopper = EarlyStopping(1, patience, tolerance=1e-7)
+    best_epoch, best_state = -1, None
     history = []
     n = len(x_tr)
     batch_size = scaled_batch_size(n, batch_size, max_steps_per_epoch)
@@ -111,19 +114,14 @@ def train_with_early_stopping(model: nn.Module, loss_fn, x_tr: torch.Tensor, y_t
         with torch.no_grad():
             val = float(loss_fn(model(x_eval), y_eval))
         history.append(val)
-        if epoch + 1 < min_epochs:
-            continue
-        if val < best_loss - 1e-7:
-            best_loss, best_epoch, bad = val, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            bad += 1
-            if bad >= patience:
-                break
+        if stopper.update(val, consider=epoch + 1 >= min_epochs)[0]:
+            best_epoch, best_state = epoch, copy.deepcopy(model.state_dict())
+        elif stopper.exhausted()[0]:
+            break
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    return EarlyStopResult(best_epoch, epoch + 1, best_loss, history)
+    return EarlyStopResult(best_epoch, epoch + 1, float(stopper.best[0]), history)
 
 
 class RecalibrationLayer(nn.Module):

@@ -1,5 +1,5 @@
-"""Decision module: reconstruction-error score, stable descending ranking and the detection
-(top-K) aggregation."""
+"""The decision module's scores: "tail or novel" (the default), the autoencoder's reconstruction
+errors, and the detection (top-K) aggregation of per-detection scores into an image score."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -65,17 +65,6 @@ def weighted_score_bound(weights: np.ndarray) -> float:
     return float(w[:2].sum()) if w.size >= 2 else 0.0
 
 
-def logit_reconstruction_score(z: np.ndarray, z_hat: np.ndarray) -> np.ndarray:
-    """The paper's S = ||softmax(z) - softmax(z_hat)||^2."""
-    return reconstruction_score(softmax(z), softmax(z_hat))
-
-
-def rank_descending(scores: np.ndarray) -> np.ndarray:
-    """Indices from highest to lowest score; equal scores keep their input order (stable)."""
-    s = np.asarray(scores, dtype=np.float64)
-    return np.argsort(-s, kind="stable")
-
-
 def aggregate_detection_scores(per_image_scores: Sequence[np.ndarray], per_image_confidences: Sequence[np.ndarray],
                                k: int = 3, empty_score: float = 0.0) -> np.ndarray:
     """Image score = mean S over its K most confident detections (fewer if it has fewer).
@@ -101,12 +90,11 @@ def aggregate_detection_scores(per_image_scores: Sequence[np.ndarray], per_image
     return out
 
 
-def detection_scores_from_logits(per_image_logits: Sequence[np.ndarray], per_image_confidences: Sequence[np.ndarray],
-                                 scorer, k: int = 3, empty_score: float = 0.0) -> np.ndarray:
-    """Detection variant: ``scorer`` maps (n_det, C) logits to (n_det,) S values (e.g. a fitted
-    AutoencoderScorer.score_logits); the image score is the top-K confident mean."""
-    scores = []
-    for z in per_image_logits:
-        z = np.asarray(z, dtype=np.float32)
-        scores.append(np.asarray(scorer(z)) if z.size else np.zeros(0))
-    return aggregate_detection_scores(scores, per_image_confidences, k=k, empty_score=empty_score)
+def tail_or_novel(tail_mass: np.ndarray, novelty: np.ndarray) -> np.ndarray:
+    """1 - (1 - T)(1 - N): high when an example is likely a known tail class OR unlike every
+    labeled head example; in [0, 1] for T, N in [0, 1]."""
+    t = np.clip(np.asarray(tail_mass, dtype=np.float64), 0.0, 1.0)
+    n = np.clip(np.asarray(novelty, dtype=np.float64), 0.0, 1.0)
+    if t.shape != n.shape:
+        raise ValueError(f"shape mismatch: {t.shape} vs {n.shape}")
+    return 1.0 - (1.0 - t) * (1.0 - n)

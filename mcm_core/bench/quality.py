@@ -110,8 +110,7 @@ def run_seed(dataset, setting, seed: int, cnn_epochs: int, variants: list[str], 
         if name == "random" or ce_head_baselines or name == "hal":
             strat.fit(f_tr, y_tr)  # (the HAL explore term needs the labeled features)
         else:
-            strat.class_proportions = np.bincount(y_tr, minlength=C) / len(y_tr)
-            strat.in_dim = f_tr.shape[1]
+            strat.fit_proportions(y_tr, f_tr.shape[1])
         if name == "random":
             scores[name] = strat.score(f_pool)
             continue
@@ -121,7 +120,7 @@ def run_seed(dataset, setting, seed: int, cnn_epochs: int, variants: list[str], 
         if ce_head_baselines:
             scores[f"{name} (CE head)"] = strat.score(f_pool)
     scores.update(cleanlab_scores(f_tr, y_tr, softmax(z_tr), f_pool, p_pool))
-    if miner.novelty is not None:
+    if miner.config["strategy"] == "tail_novelty":
         scores["ablation: novelty N only"] = miner.novelty_score(f_pool)
     scores["ablation: RC + entropy"] = entropy(miner.predict_proba(f_pool))
     metrics = {k: evaluate(y_pos, s) for k, s in scores.items()}
@@ -136,7 +135,7 @@ def run_seed(dataset, setting, seed: int, cnn_epochs: int, variants: list[str], 
             "M_test_acc": float(acc_m.mean()), "RC_test_acc": float(acc_rc.mean()),
             "M_test_acc_tail": float(acc_m[tail_test].mean()) if tail_test.any() else None,
             "RC_test_acc_tail": float(acc_rc[tail_test].mean()) if tail_test.any() else None,
-            "miner_fit_seconds": fit_time, "seconds": time.time() - t0, "miner_fit_info": miner.fit_info}
+            "miner_fit_seconds": fit_time, "seconds": time.time() - t0, "miner_fit_info": miner.fit_info_}
     curves = {}
     for k, s in scores.items():
         p, r, _ = pr_curve(y_pos, s)

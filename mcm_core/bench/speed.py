@@ -105,7 +105,7 @@ def time_miner(n: int, fit_cap: int | None, score_repeats: int, seed: int) -> di
         "fit_seconds": fit_sec, "fit_vectors_per_second": n_fit / fit_sec,
         "score_seconds": score_sec, "score_vectors_per_second": n / score_sec,
         "score_seconds_per_vector": score_sec / n, "score_repeats": score_repeats,
-        "fit_info": {k: v for k, v in miner.fit_info.items() if k != "labeled_per_class"},
+        "fit_info": {k: v for k, v in miner.fit_info_.items() if k != "labeled_per_class"},
     }
 
 

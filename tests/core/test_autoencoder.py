@@ -3,41 +3,58 @@ import pytest
 import torch
 from torch import nn
 
-from mcm_core.autoencoder import (Autoencoder, AutoencoderScorer, EnsembleAutoencoder, default_hidden,
-                                  train_autoencoder, train_ensemble)
+from mcm_core.autoencoder import AutoencoderScorer, EnsembleAutoencoder, default_hidden, train_ensemble
+
+
+class ReferenceAutoencoder(nn.Module):
+    """The paper's architecture written plainly (encoder in->h1->h2 with ReLU, mirror decoder), the
+    reference the batched EnsembleAutoencoder must equal member by member."""
+
+    def __init__(self, in_dim: int, hidden: tuple[int, ...] = (10, 9)):
+        super().__init__()
+        dims = [in_dim, *hidden]
+        enc = []
+        for a, b in zip(dims[:-1], dims[1:]):
+            enc += [nn.Linear(a, b), nn.ReLU()]
+        rdims, dec = dims[::-1], []
+        for i, (a, b) in enumerate(zip(rdims[:-1], rdims[1:])):
+            dec += [nn.Linear(a, b)] + ([nn.ReLU()] if i < len(rdims) - 2 else [])
+        self.encoder, self.decoder = nn.Sequential(*enc), nn.Sequential(*dec)
+
+    def forward(self, x):
+        return self.decoder(self.encoder(x))
 
 
 def test_paper_architecture():
-    ae = Autoencoder(10)
-    linears = [m for m in ae.modules() if isinstance(m, nn.Linear)]
-    assert [(m.in_features, m.out_features) for m in linears] == [(10, 10), (10, 9), (9, 10), (10, 10)]
-    assert sum(isinstance(m, nn.ReLU) for m in ae.encoder) == 2
+    ens = EnsembleAutoencoder(10, default_hidden(10), n_models=1)
+    assert [tuple(w.shape[1:]) for w in ens.weights] == [(10, 10), (10, 9), (9, 10), (10, 10)]
     assert default_hidden(10) == (10, 9)
     assert default_hidden(100) == (50, 25)
 
 
 def test_softmax_output_is_a_probability_vector():
-    ae = Autoencoder(4, (3, 2), softmax_output=True)
-    out = ae(torch.randn(5, 4))
-    assert torch.allclose(out.sum(1), torch.ones(5), atol=1e-6)
+    ens = EnsembleAutoencoder(4, (3, 2), n_models=2, softmax_output=True)
+    out = ens(torch.randn(5, 4))
+    assert torch.allclose(out.sum(-1), torch.ones(2, 5), atol=1e-6)
 
 
 def test_training_runs_at_least_min_steps_and_reduces_loss():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(100, 5)).astype(np.float32)
     torch.manual_seed(0)
-    ae = Autoencoder(5, (4, 3))
+    ens = EnsembleAutoencoder(5, (4, 3), n_models=1)
     with torch.no_grad():
-        before = float(((ae(torch.from_numpy(x)) - torch.from_numpy(x)) ** 2).mean())
-    info = train_autoencoder(ae, x, min_steps=400, max_steps=5000, patience=2)
-    assert info.steps >= 400
+        before = float(((ens(torch.from_numpy(x)) - torch.from_numpy(x)) ** 2).mean())
+    info = train_ensemble(ens, x, min_steps=400, max_steps=5000, patience=2)[0]
+    assert info.total_steps >= 400
     assert info.best_val_loss < before
 
 
 def test_max_steps_caps_training():
     x = np.random.default_rng(0).normal(size=(640, 3)).astype(np.float32)
-    info = train_autoencoder(Autoencoder(3, (2, 2)), x, min_steps=10, max_steps=25, patience=100)
-    assert info.steps == 25
+    info = train_ensemble(EnsembleAutoencoder(3, (2, 2)), x, min_steps=10, max_steps=25, patience=100,
+                          max_steps_per_epoch=None)[0]
+    assert info.total_steps == 25 and info.epochs == 3  # 576 training rows: 9 batches of 64 an epoch
 
 
 def test_scorer_flags_unseen_output_pattern():
@@ -62,8 +79,8 @@ def test_ensemble_members_match_single_autoencoder_math():
     x = torch.randn(7, 5)
     out = ens(x)
     assert out.shape == (3, 7, 5)
-    for m in range(3):  # member m == an Autoencoder carrying member m's weights
-        ae = Autoencoder(5, (4, 3))
+    for m in range(3):  # member m == the reference architecture carrying member m's weights
+        ae = ReferenceAutoencoder(5, (4, 3))
         linears = [l for l in ae.modules() if isinstance(l, nn.Linear)]
         with torch.no_grad():
             for lin, w, b in zip(linears, ens.weights, ens.biases):

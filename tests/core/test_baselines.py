@@ -42,7 +42,7 @@ def test_tail_mass_hand():
 def test_tail_mass_and_margin_strategies(blobs):
     x, y, _ = blobs([60, 60, 60, 3], num_classes=4, dim=6, seed=1)
     tm = TailMassStrategy(4, seed=0).fit(x, y)
-    assert tm.tail == [3]
+    assert tm.tail_ == [3]
     p = tm.predict_proba(x)
     assert tm.score(x) == pytest.approx(p[:, 3])
     assert tm.score(x[y == 3]).min() > np.median(tm.score(x[y == 0]))

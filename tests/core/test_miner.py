@@ -99,7 +99,7 @@ def test_save_load_round_trip(tmp_path, data, which, request):
     assert np.array_equal(loaded.predict_proba(probe), fitted.predict_proba(probe))
     assert loaded.config == fitted.config
     assert loaded.score_upper_bound == fitted.score_upper_bound
-    assert loaded.tail == fitted.tail == [3, 4]
+    assert loaded.tail_ == fitted.tail_ == [3, 4]
 
 
 def test_load_rejects_foreign_or_missing_files(tmp_path):
@@ -189,18 +189,18 @@ def test_classes_with_zero_or_one_example_and_logit_space(data):
                       gamma=1.0, alpha=0.5, **FAST).fit(x[keep], y[keep])
     s = m.score(x_tail)
     assert s.shape == (60,) and ((s >= 0) & (s <= m.score_upper_bound)).all()
-    assert m.fit_info["labeled_per_class"] == [80, 80, 80, 2, 0]
+    assert m.fit_info_["labeled_per_class"] == [80, 80, 80, 2, 0]
 
 
 def test_weighted_score_matches_hand_computation_and_head_only_rows(data, fitted_rc):
     fitted = fitted_rc
     x, y, _, x_tail = data
-    assert fitted.fit_info["ae_rows"] == 240  # default: classes 3 (2 ex.) and 4 (1 ex.) are tail: head rows only
+    assert fitted.fit_info_["ae_rows"] == 240  # default: classes 3 (2 ex.) and 4 (1 ex.) are tail: head rows only
     every = MinorityMiner(5, seed=0, strategy="reconstruction", ae_train_on="all", **FAST).fit(x, y)
-    assert every.fit_info["ae_rows"] == len(y)
+    assert every.fit_info_["ae_rows"] == len(y)
     assert np.median(every.score(x_tail)) > np.median(every.score(x[:240]))
-    assert fitted.fit_info["rc_best_epoch"] >= 19  # the default 20-epoch RC warm-up
-    p = fitted.ae.reconstruct_probs(fitted.logits(x_tail))  # (n_models, M, C)
+    assert fitted.fit_info_["rc_best_epoch"] >= 19  # the default 20-epoch RC warm-up
+    p = fitted.ae_.reconstruct_probs(fitted.logits(x_tail))  # (n_models, M, C)
     q = softmax(fitted.logits(x_tail))
     inv = 1.0 / np.bincount(y, minlength=5)
     w = inv / inv.sum()
@@ -212,10 +212,10 @@ def test_unweighted_all_rows_and_sqrt_alpha_options(data):
     x, y, _, x_tail = data
     plain = MinorityMiner(5, seed=0, strategy="reconstruction", score_weighting="none", ae_train_on="all",
                           **FAST).fit(x, y)
-    assert plain.fit_info["ae_rows"] == len(y)
+    assert plain.fit_info_["ae_rows"] == len(y)
     assert plain.score_upper_bound == 2.0
     q = softmax(plain.logits(x_tail))
-    assert plain.score(x_tail) == pytest.approx(((q[None] - plain.ae.reconstruct_probs(plain.logits(x_tail))) ** 2)
+    assert plain.score(x_tail) == pytest.approx(((q[None] - plain.ae_.reconstruct_probs(plain.logits(x_tail))) ** 2)
                                                 .sum(-1).mean(0), rel=1e-6)
     sq = MinorityMiner(5, seed=0, strategy="reconstruction", score_weighting="sqrt_alpha", **FAST).fit(x, y)
     w = np.sqrt(1.0 / np.bincount(y, minlength=5))
@@ -244,7 +244,7 @@ def test_files_without_new_options_load_as_unweighted_all_rows(tmp_path, data):
     probe = np.concatenate([x_head, x_tail])
     assert np.array_equal(loaded.score(probe), old.score(probe))
     assert loaded.score_upper_bound == 2.0
-    assert loaded.config["strategy"] == "reconstruction" and loaded.tail == [3, 4]  # from fit_info counts
+    assert loaded.config["strategy"] == "reconstruction" and loaded.tail_ == [3, 4]  # from fit_info counts
 
 
 def test_tail_novelty_score_is_tail_or_novel_by_hand(data, fitted):
@@ -255,14 +255,14 @@ def test_tail_novelty_score_is_tail_or_novel_by_hand(data, fitted):
     probe = np.concatenate([x_head, x_tail])
     t = fitted.predict_proba(probe).astype(np.float64)[:, [3, 4]].sum(1)
     ref = l2_normalise(x[y < 3])  # 240 head rows, under the 2048 cap: all of them
-    assert fitted.novelty.reference == pytest.approx(ref)
+    assert fitted.novelty_.reference == pytest.approx(ref)
     dist = 1 - l2_normalise(probe).astype(np.float64) @ ref.T.astype(np.float64)
     knn = np.sort(dist, 1)[:, :5].mean(1)
     assert knn_cosine_distance(ref, probe, 5) == pytest.approx(knn, abs=1e-6)
-    n = calibrated_novelty(fitted.novelty.reference_distances, knn)
+    n = calibrated_novelty(fitted.novelty_.reference_distances, knn)
     assert fitted.score(probe) == pytest.approx(1 - (1 - t) * (1 - n), abs=1e-6)
     assert fitted.tail_mass(probe) == pytest.approx(t)
-    assert fitted.fit_info["novelty_reference"] == 240 and fitted.ae is None  # no autoencoder trained
+    assert fitted.fit_info_["novelty_reference"] == 240 and fitted.ae_ is None  # no autoencoder trained
 
 
 def test_tail_novelty_finds_a_class_with_no_label(blobs):
@@ -272,7 +272,7 @@ def test_tail_novelty_finds_a_class_with_no_label(blobs):
     rng = np.random.default_rng(11)
     x_head = np.concatenate([centers[k] + rng.normal(size=(40, 12)) for k in range(3)]).astype(np.float32)
     m = MinorityMiner(4, seed=0, **FAST).fit(x, y)
-    assert m.tail == [3]
+    assert m.tail_ == [3]
     s_new, s_head = m.score(x_new), m.score(x_head)
     assert s_new.min() > np.quantile(s_head, 0.9)
 

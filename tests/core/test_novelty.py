@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from mcm_core.novelty import (NoveltyScorer, calibrated_novelty, knn_cosine_distance, l2_normalise,
-                              stratified_reference, tail_or_novel)
+from mcm_core.novelty import NoveltyScorer, calibrated_novelty, knn_cosine_distance, l2_normalise, stratified_reference
+from mcm_core.scoring import tail_or_novel
 
 
 def test_knn_cosine_distance_hand():

@@ -46,7 +46,7 @@ def test_miner_queue_balances_tail_classes_and_is_deterministic(blobs, tmp_path)
         rc.queue_scores(pool)
     with pytest.raises(ValueError, match="queue_window"):
         MinorityMiner(4, queue_window=-1)
-    assert NOVEL_BUCKET not in m.tail
+    assert NOVEL_BUCKET not in m.tail_
 
 
 def test_queue_of_the_top_window_alone_equals_the_whole_pool(blobs):
@@ -61,3 +61,17 @@ def test_queue_of_the_top_window_alone_equals_the_whole_pool(blobs):
     rest = np.setdiff1d(np.arange(len(pool)), top)
     assert q[rest] == pytest.approx(0.5 * s[rest])
     assert m.queue_scores(pool[top]) == pytest.approx(q[top])
+
+
+def test_novel_examples_keep_their_places_so_the_tail_yield_is_the_scores():
+    """Window of 6: tail buckets 0 and 1 are re-ordered among their own places; the examples
+    predicted as a head class (NOVEL_BUCKET) stay where their score put them."""
+    feats = np.eye(6) + 0.01
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+    buckets = np.array([0, 0, NOVEL_BUCKET, 0, 1, NOVEL_BUCKET])
+    q = greedy_queue(scores, buckets, feats, {}, window=6)
+    order = np.argsort(-q, kind="stable").tolist()
+    assert order[2] == 2 and order[5] == 5               # novel: same places as in the score order
+    assert sorted(order[i] for i in (0, 1, 3, 4)) == [0, 1, 3, 4]
+    assert order[:2] == [0, 4]                           # round-robin: best of bucket 0, then bucket 1
+    assert (q[order[:6]] > 0.5).all()

@@ -1,16 +1,15 @@
 import numpy as np
 import pytest
 
-from mcm_core.scoring import (aggregate_detection_scores, detection_scores_from_logits,
-                              logit_reconstruction_score, normalise_weights, rank_descending,
-                              reconstruction_score, softmax, weighted_reconstruction_score, weighted_score_bound)
+from mcm_core.scoring import (aggregate_detection_scores, normalise_weights, reconstruction_score, softmax,
+                              weighted_reconstruction_score, weighted_score_bound)
 
 
 def test_score_on_known_pair():
     z = np.array([[0.0, 0.0]])                 # softmax -> (1/2, 1/2)
     z_hat = np.array([[np.log(3.0), 0.0]])     # softmax -> (3/4, 1/4)
     # S = (1/2 - 3/4)^2 + (1/2 - 1/4)^2 = 1/16 + 1/16
-    assert logit_reconstruction_score(z, z_hat) == pytest.approx([0.125])
+    assert reconstruction_score(softmax(z), softmax(z_hat)) == pytest.approx([0.125])
     assert reconstruction_score(np.array([[1.0, 0, 0]]), np.array([[0, 0, 1.0]])) == pytest.approx([2.0])
 
 
@@ -19,11 +18,6 @@ def test_softmax_is_shift_invariant_and_normalised():
     p = softmax(z)
     assert p.sum() == pytest.approx(1.0)
     assert p == pytest.approx(softmax(z - 1000.0))
-
-
-def test_rank_descending_is_stable():
-    s = np.array([0.2, 0.9, 0.2, 0.9, 0.1])
-    assert rank_descending(s).tolist() == [1, 3, 0, 2, 4]
 
 
 def test_topk_aggregation():
@@ -40,13 +34,6 @@ def test_topk_aggregation():
 def test_topk_ties_keep_detection_order():
     out = aggregate_detection_scores([np.array([1.0, 0.0, 5.0])], [np.array([0.5, 0.5, 0.5])], k=2)
     assert out[0] == pytest.approx(0.5)
-
-
-def test_detection_scores_from_logits_uses_scorer():
-    logits = [np.zeros((2, 3)), np.zeros((0, 3))]
-    confs = [np.array([0.1, 0.9]), np.array([])]
-    out = detection_scores_from_logits(logits, confs, lambda z: np.arange(len(z), dtype=float), k=1)
-    assert out.tolist() == [1.0, 0.0]
 
 
 def test_aggregation_input_errors():
