@@ -54,8 +54,8 @@ def score_unlabeled(runtime, project_id: int, tasks: list[dict]) -> dict[int, fl
     if REDESIGN:
         from backend.scoring import score_tasks
         model = runtime.projects.get(project_id).model
-        ids, scores, _, _ = score_tasks(project_id, tasks, runtime.ingest, model, runtime.settings.score_transform)
-        return {int(i): float(s) for i, s in zip(ids, scores)}
+        ranking, _ = score_tasks(project_id, tasks, runtime, model)
+        return {int(i): float(s) for i, s in zip(ranking.task_ids, ranking.scores)}
     from backend.jobs import score_task_chunk
     predictions, _ = score_task_chunk(project_id, tasks, runtime)
     return {int(p["task"]): float(p["score"]) for p in predictions}
