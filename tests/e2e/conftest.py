@@ -48,6 +48,8 @@ def backend_env() -> dict[str, str]:
         # The scripted burst of step 3 (hundreds of annotations through the API, each followed by
         # Label Studio's START_TRAINING) lasts minutes on a busy machine: one training at its end.
         "MCM_RETRAIN_MAX_WAIT": "600",
+        # The detection flow's candidates: its "team detector"'s predictions (tests/e2e/test_detection_flow.py).
+        "MCM_DETECTION_CANDIDATES": "label-studio:team-detector-v1",
     }
 
 
