@@ -20,7 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 from make_detection_data import annotation_result, make_detection_data  # noqa: E402
-from live_stack import LS, admin, wait_for  # noqa: E402  (tests/ is on sys.path: see conftest.py)
+from live_stack import LS, admin, wait_for  # noqa: E402,F401  (tests/ is on sys.path: see conftest.py)
 
 pytestmark = pytest.mark.e2e
 
@@ -28,26 +28,6 @@ SUBDIR = "e2e_detection"
 TRAIN_TIMEOUT = float(os.environ.get("MCM_E2E_TRAIN_TIMEOUT", "420"))
 TOP_K = 50
 N_REQUEUE = 10
-
-
-@pytest.fixture(scope="module")
-def flow() -> dict:
-    """State passed from step to step; `failed` makes later steps skip."""
-    return {"failed": None}
-
-
-@pytest.fixture(autouse=True)
-def _chain(flow, request):
-    if flow["failed"]:
-        pytest.skip(f"an earlier step failed ({flow['failed']})")
-    yield
-    if getattr(request.node, "rep_call_failed", False):  # set by the hook in conftest.py
-        flow["failed"] = request.node.name
-
-
-@pytest.fixture(scope="module")
-def ls(ls_env) -> LS:
-    return LS(ls_env["url"], ls_env["api_key"])
 
 
 def version_predictions(ls: LS, pid: int, version: str) -> dict[int, dict]:

@@ -22,7 +22,7 @@ import requests
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 from make_demo_data import make_demo_data  # noqa: E402
-from live_stack import LS, admin, wait_for  # noqa: E402  (tests/ is on sys.path: see conftest.py)
+from live_stack import LS, admin, wait_for  # noqa: E402,F401  (tests/ is on sys.path: see conftest.py)
 
 pytestmark = pytest.mark.e2e
 
@@ -35,26 +35,6 @@ N_REQUEUE = 20
 
 def tail_precision(task_ids: list[int], truth: dict[int, str], tails: set[str]) -> float:
     return sum(truth.get(t) in tails for t in task_ids) / len(task_ids)
-
-
-@pytest.fixture(scope="module")
-def flow() -> dict:
-    """State passed from step to step; `failed` makes later steps skip."""
-    return {"failed": None}
-
-
-@pytest.fixture(autouse=True)
-def _chain(flow, request):
-    if flow["failed"]:
-        pytest.skip(f"an earlier step failed ({flow['failed']})")
-    yield
-    if getattr(request.node, "rep_call_failed", False):  # set by the hook in conftest.py
-        flow["failed"] = request.node.name
-
-
-@pytest.fixture(scope="module")
-def ls(ls_env) -> LS:
-    return LS(ls_env["url"], ls_env["api_key"])
 
 
 def current_predictions(ls: LS, pid: int, version: str) -> dict[int, float]:
