@@ -249,3 +249,62 @@ def test_detection_project_needs_a_candidate_source(make_settings):
         app.config["MCM_STATE"].close()
     with pytest.raises(ValueError, match="MCM_DETECTION_CANDIDATES must be"):
         make_settings(detection_candidates="yolo")
+
+
+# --- candidate source 1: a torchvision detector run here (plumbing) ------------------------------
+def test_torchvision_detector_source_trains_on_box_head_features_and_scores_its_detections(tmp_path):
+    """A randomly initialised Faster R-CNN (no weights can be downloaded here): this checks that its
+    detections become the candidates and its box head the features, end to end, not what they mean."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    weights = tmp_path / "random-frcnn.pth"
+    torch.save(torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(
+        weights=None, weights_backbone=None, num_classes=2).state_dict(), weights)
+    fake, images = FakeLabelStudio(), ImageServer()
+    fake.add_project(PID, LABEL_CONFIG, control_name="label")
+    rng = np.random.default_rng(0)
+    pool = []
+    for tid in range(1, 15):
+        pixels = (rng.random((64, 80)) * 255).astype(np.uint8)
+        images.files[f"/img/{tid}.png"] = png_bytes(pixels)
+        fake.add_task(PID, tid, f"{images.url}/img/{tid}.png")
+        if tid <= 10:  # labeled: two boxes each, classes 2 and 3 (and 5 once)
+            classes = [2, 3] if tid > 1 else [5, 3]
+            fake.tasks[tid]["annotations"].append({"id": tid, "updated_at": "2026", "result": annotation_result(
+                [[0.1, 0.1, 0.4, 0.5], [0.5, 0.4, 0.9, 0.9]], classes)})
+        else:
+            pool.append(tid)
+    settings = Settings(model_dir=str(tmp_path / "models"), backbone="simple-cnn", allowed_hosts=("127.0.0.1",),
+                        debounce_seconds=0.0, label_studio_url=fake.url, label_studio_api_key=fake.legacy_token,
+                        retrain_min_interval=0.0, maintain_seconds=3600.0, detection_region_min_confidence=0.0,
+                        detection_candidates="torchvision:fasterrcnn_mobilenet_v3_large_320_fpn",
+                        detector_weights=str(weights), miner_options='{"n_models": 1, "ae_min_steps": 100}')
+    app = create_app(settings)
+    try:
+        client = app.test_client()
+        assert client.post("/setup", json={"project": f"{PID}.1", "schema": LABEL_CONFIG}).status_code == 200
+        assert client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": PID}}).status_code == 201
+        assert app.config["MCM_STATE"].queue.wait_idle(timeout=600)
+        status = client.get(f"/mcm/status?project={PID}").json
+        version = status["model_version"]
+        assert version and status["last_error"] is None, status
+        assert status["labeled_per_class"]["2"] == 9
+        mine = {p["task"]: p for p in fake.predictions if p["model_version"] == version}
+        assert set(mine) == set(pool) and all(p["result"] for p in mine.values())
+        project_dir = Path(settings.project_dir(PID))
+        kinds = sorted(p.name for p in (project_dir / "cache").iterdir())
+        assert len(kinds) == 1 and kinds[0].startswith("detector-fasterrcnn_mobilenet_v3_large_320_fpn")
+        assert not (project_dir / version / "backbone.pt").exists()  # no CNN trained: the detector's features
+        assert sorted(p.name for p in (project_dir / "candidates").iterdir()) == [kinds[0] + ".npz"]
+        # a restarted process loads the version (no trained CNN expected) and answers /predict the same
+        app.config["MCM_STATE"].close()
+        app = create_app(settings)
+        tasks = [{"id": t, "data": fake.tasks[t]["data"]} for t in pool[:2]]
+        again = app.test_client().post("/predict", json={"tasks": tasks, "project": f"{PID}.1"}).json["results"]
+        assert [r["score"] for r in again] == pytest.approx([mine[t]["score"] for t in pool[:2]], abs=1e-6)
+    finally:
+        app.config["MCM_STATE"].close()
+        fake.close()
+        images.close()
