@@ -32,10 +32,28 @@ label_config = _label_config
 def refresh(runtime, project_id: int, previous_version: str | None):
     """The backend's refresh after a training. Swapping the strategy under test is this one line.
 
-    In the redesign the publisher retires the previous version itself (backend/publishing.py)."""
+    In the redesign: publish (the head of the queue, then switch model_version), then what the
+    maintainer does later, here at once so that its cost is measured: fill the rest of the pool
+    and retire the previous version (grace period 0). Returns the phases' seconds."""
     if REDESIGN:
+        import time
+
+        from backend.label_config import config_from_meta
         from backend.refresh import refresh_project
-        return refresh_project(project_id, runtime)
+
+        t0 = time.monotonic()
+        phases = {"publish_head": refresh_project(project_id, runtime)}
+        publisher = runtime.publisher(project_id, config_from_meta(runtime.projects.get(project_id).model.meta))
+        t1 = time.monotonic()
+        while publisher.fill(fill_after=0, max_seconds=30):
+            pass
+        t2 = time.monotonic()
+        while publisher.retire(grace=0, max_seconds=30):
+            pass
+        t3 = time.monotonic()
+        phases.update(publish_seconds=round(t1 - t0, 2), fill_seconds=round(t2 - t1, 2),
+                      retire_seconds=round(t3 - t2, 2))
+        return phases
     from backend.jobs import rescore_project
     return rescore_project(project_id, runtime=runtime, previous_version=previous_version)
 
@@ -50,12 +68,15 @@ def train(runtime, project_id: int) -> str | None:
 
 
 def score_unlabeled(runtime, project_id: int, tasks: list[dict]) -> dict[int, float]:
-    """{task id: score} of the current model, exactly as the refresh would push them."""
+    """{task id: score} of the current model, exactly as the refresh will push them (the queue order)."""
     if REDESIGN:
-        from backend.scoring import score_tasks
+        from backend.scoring import Ranking, queue_order, score_tasks
         model = runtime.projects.get(project_id).model
-        ids, scores, _, _ = score_tasks(project_id, tasks, runtime.ingest, model, runtime.settings.score_transform)
-        return {int(i): float(s) for i, s in zip(ids, scores)}
+        ids, scores, labels, _ = score_tasks(project_id, tasks, runtime.ingest, model,
+                                             runtime.settings.score_transform)
+        ranking = queue_order(project_id, Ranking.build(ids, scores, labels),
+                              {t["id"]: t["data"]["image"] for t in tasks}, runtime.ingest, model)
+        return {int(i): float(s) for i, s in zip(ranking.task_ids, ranking.scores)}
     from backend.jobs import score_task_chunk
     predictions, _ = score_task_chunk(project_id, tasks, runtime)
     return {int(p["task"]): float(p["score"]) for p in predictions}

@@ -192,7 +192,7 @@ class Bench:
         watcher.start()
         probe.start()
         try:
-            backend.refresh(self.runtime, project.id, previous)
+            phases = backend.refresh(self.runtime, project.id, previous)
         finally:
             timer.uninstall()
         refresh_seconds = time.monotonic() - t_trained
@@ -200,7 +200,8 @@ class Bench:
                      "load_before": load_before, "train_seconds": round(train_seconds, 1),
                      "refresh_call_seconds": round(refresh_seconds, 1),
                      "steps_seconds": {k: round(v, 2) for k, v in timer.seconds.items()},
-                     "steps_calls": dict(timer.calls)}
+                     "steps_calls": dict(timer.calls),
+                     "refresh_phases": phases if isinstance(phases, dict) else None}
         # The delete, as the annotators live it: until Label Studio no longer holds the previous version.
         delete_started = timer.first_start.get("delete_model_version")
         if delete_started is None:
