@@ -29,6 +29,9 @@ except ImportError:
 label_config = _label_config
 
 
+RETIRE_SECONDS: float | None = None  # cap of the retire phase (None: until the previous version is gone)
+
+
 def refresh(runtime, project_id: int, previous_version: str | None):
     """The backend's refresh after a training. Swapping the strategy under test is this one line.
 
@@ -48,11 +51,17 @@ def refresh(runtime, project_id: int, previous_version: str | None):
         while publisher.fill(fill_after=0, max_seconds=30):
             pass
         t2 = time.monotonic()
-        while publisher.retire(grace=0, max_seconds=30):
-            pass
+        retired = 0
+        while RETIRE_SECONDS is None or time.monotonic() - t2 < RETIRE_SECONDS:
+            step = publisher.retire(grace=0, max_seconds=30 if RETIRE_SECONDS is None
+                                    else max(1.0, min(30.0, RETIRE_SECONDS - (time.monotonic() - t2))))
+            retired += step
+            if not step:
+                break
         t3 = time.monotonic()
         phases.update(publish_seconds=round(t1 - t0, 2), fill_seconds=round(t2 - t1, 2),
-                      retire_seconds=round(t3 - t2, 2))
+                      retire_seconds=round(t3 - t2, 2), retired_rows=retired,
+                      retire_rows_per_second=round(retired / max(t3 - t2, 1e-9), 1))
         return phases
     from backend.jobs import rescore_project
     return rescore_project(project_id, runtime=runtime, previous_version=previous_version)

@@ -1,22 +1,24 @@
 """Scale benchmark of the backend's refresh against a real Label Studio (a script, not a test).
 
     python -m benchmarks.scale_ls --tasks 20000 --db sqlite|postgresql [--annotated 2000] [--runs 3]
-        [--out DIR] [--ls-url URL --api-key KEY] [--max-delete-seconds 900] [--costs]
+        [--out DIR] [--ls-url URL --api-key KEY] [--retire-seconds S] [--costs]
 
 Starts a private Label Studio (scripts/ls_server.sh, MCM_LS_DB=--db) unless --ls-url is given, builds a
 project of --tasks synthetic tasks (--annotated of them annotated) whose features are pre-filled in the
-backend's feature cache (backend/bench.py's helpers; the images do not exist), creates the tail-first view
-(backend/admin.py's ordering and filter), trains once and refreshes once (the state before a retrain).
+backend's feature cache (the images do not exist), creates the tail-first view (backend/tabs.py's
+ordering and filter), trains once and refreshes once (the state before a retrain).
 Then each run: annotates a few more tasks, trains and calls `refresh(runtime, project_id, previous_version)`
-(both in benchmarks/scale_backend.py, the only file that knows the backend's API) while
-  - every call into the step module (backend.ls_sync) is timed by name (listing, pushing, switching, deleting, ...);
-  - a watcher polls the view's first 50 tasks, to find when they are the new model's top 50 with the
-    new model's scores ("training finished -> view reflects the new model");
+(both in benchmarks/scale_backend.py, the only file that knows the backend's API): publish the head of
+the queue and switch model_version, fill the rest of the pool, retire the previous version (at once,
+grace period 0, so its cost is measured; --retire-seconds caps that phase and reports its rate) while
+  - every call into backend.labelstudio is timed by name (pushing, switching, listing, deleting, ...);
+  - a watcher polls the view's first 50 tasks, to find when they are the new model's top 50 (in the
+    queue order) with the new model's scores ("training finished -> view reflects the new model");
   - a probe makes an annotator's requests on the project every 0.25 s (next task, submit, delete the
     annotation) and records each latency and any 5xx / "database is locked".
-The delete of the previous version is timed until Label Studio no longer lists that version (the
-client may give up earlier while the server goes on); past --max-delete-seconds it is reported as
-"> limit" and the server is restarted, which rolls the delete back.
+(With the earlier layout's refresh, which deleted the previous version in one request, that delete is
+timed until Label Studio no longer lists the version; past --max-delete-seconds it is reported as
+"> limit" and the server restarted, which rolls the delete back.)
 --costs then measures single-prediction deletes, ways to find a version's prediction ids, bulk
 version deletes of 200 / 1,000 / 5,000 predictions and a 1,000-row import/predictions (benchmarks/costs.py).
 Prints a markdown table and the JSON (medians over --runs); --out DIR also writes the JSON there.
@@ -318,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--new-annotations", type=int, default=20, help="tasks annotated before each retrain")
     parser.add_argument("--max-delete-seconds", type=float, default=900.0)
+    parser.add_argument("--retire-seconds", type=float, default=None,
+                        help="redesigned backend: cap the retire phase (default: until the previous version is "
+                        "gone) and report its rate")
     parser.add_argument("--probe-interval", type=float, default=0.25)
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--dim", type=int, default=512)
@@ -341,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(name)s] %(message)s")
     for noisy in ("httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    backend.RETIRE_SECONDS = args.retire_seconds
     figures = Bench(args).run()
     text = json.dumps(figures, indent=1, default=str)
     print(markdown(figures))
