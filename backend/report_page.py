@@ -1,0 +1,450 @@
+"""The mining report's figures (matplotlib, rendered on the server) and its HTML page.
+
+No JavaScript: the page is one HTML document with the figures inlined as PNG data URIs, so one
+request shows everything and the page works behind basic auth or saved to a file. Every value
+taken from Label Studio (class names, tab titles, errors) is HTML-escaped. A figure without
+enough data is still drawn, with a message saying what is missing, so the layout and the files
+the admin command writes stay the same.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import threading
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from . import report
+
+if TYPE_CHECKING:
+    from .report_source import Report
+
+SIZE = (7.6, 4.3)
+DPI = 110
+PHASE_COLORS = {"before": "#9a9a9a", "after": "#1f77b4", "unknown": "#8064a2"}
+MINER_COLOR, BASELINE_COLOR, RATE_COLOR, TAIL_COLOR = "#1f77b4", "#e07b00", "#d62728", "#c0392b"
+MAX_VERSIONS_PLOTTED = 60
+TITLES = {
+    "tail_yield": "Tail yield: share of tail-class labels",
+    "classes": "Labeled tasks per class",
+    "precision_recall": "Ranking quality on held-out labeled tasks",
+    "pool_scores": "Scores of the unlabeled pool",
+    "versions": "Model versions",
+}
+_RENDER_LOCK = threading.Lock()  # matplotlib's text layout and font cache are not thread-safe
+
+
+# ------------------------------------------------------------------------------ what each figure can show
+def figure_states(rep: "Report") -> dict[str, dict]:
+    """Per figure: {"status": "ok" | "too_little_data" | "computing" | ..., "message"}."""
+    held = rep.summary["heldout"]
+    states = {
+        "tail_yield": ("ok", None) if rep.events and rep.tail else
+        ("too_little_data", "no labeled task yet" if not rep.events else
+         "no tail class yet: every labeled class has at least 0.3 x the mean class count"),
+        "classes": ("ok", None) if rep.events else ("too_little_data", "no labeled task yet"),
+        "precision_recall": ("ok", None) if rep.heldout else _heldout_message(held),
+        "pool_scores": ("ok", None) if rep.pool_scores is not None and len(rep.pool_scores) else
+        ("too_little_data", "no ranking of the unlabeled pool yet (train a model first)" if rep.pool_scores is None
+         else "no unlabeled task left"),
+        "versions": ("ok", None) if rep.versions else ("too_little_data", "no model version trained yet"),
+    }
+    return {name: {"status": s, "message": m} for name, (s, m) in states.items()}
+
+
+def _heldout_message(held: dict) -> tuple[str, str]:
+    status = held.get("status")
+    if status in ("computing", "queued", "not requested"):
+        extra = f" ({held['message']})" if held.get("message") and held["message"] != "queued" else ""
+        return "computing", f"being computed for {held.get('version')}{extra}: reload in a minute"
+    return status or "too_little_data", held.get("message") or "not available"
+
+
+# ------------------------------------------------------------------------------ rendering
+def _new_figure():
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=SIZE, dpi=DPI)
+    fig.set_layout_engine("constrained")
+    return fig
+
+
+def _png(fig) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, facecolor="white")
+    return buffer.getvalue()
+
+
+def _message_figure(title: str, status: str, message: str):
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=12, loc="left")
+    heading = {"computing": "Being computed", "queued": "Being computed", "too_little_data": "Not enough data yet",
+               "failed": "Could not be computed", "disabled": "Switched off"}.get(status, "Not available")
+    ax.text(0.5, 0.56, heading, ha="center", va="bottom", fontsize=15, fontweight="bold", color="#444444",
+            transform=ax.transAxes)
+    ax.text(0.5, 0.5, "\n".join(_wrap(message, 64)), ha="center", va="top", fontsize=11, color="#555555",
+            transform=ax.transAxes, bbox={"boxstyle": "round,pad=0.8", "facecolor": "#f4f4f4", "edgecolor": "#cccccc"})
+    return fig
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, width) or [""]
+
+
+def _percent(ax) -> None:
+    from matplotlib.ticker import PercentFormatter
+
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+
+
+def _enabled_index(rep: "Report") -> int | None:
+    """Position of the first label event after ordering was enabled (None if unknown or none)."""
+    if rep.enabled_at is None:
+        return None
+    for index, event in enumerate(rep.events):
+        if event.at >= rep.enabled_at:
+            return index
+    return len(rep.events)
+
+
+def _mark_enabled(ax, rep: "Report", top: bool = True) -> None:
+    index = _enabled_index(rep)
+    if index is None:
+        return
+    ax.axvline(index, color="#333333", linestyle=":", linewidth=1.3)
+    ax.annotate(f"ordering enabled\n{report.iso(rep.enabled_at)[:16].replace('T', ' ')} UTC",
+                (index, 1.0 if top else 0.0), xycoords=("data", "axes fraction"), xytext=(4, -4 if top else 4),
+                textcoords="offset points", va="top" if top else "bottom", fontsize=8, color="#333333",
+                bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "edgecolor": "none", "alpha": 0.8})
+
+
+def _fig_tail_yield(rep: "Report"):
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    shown = set()
+    for b in rep.buckets:
+        label = {"before": "before ordering", "after": "since ordering (tail first)",
+                 "unknown": "ordering time unknown"}[b["phase"]]
+        ax.bar(b["start"], b["share"], width=b["n"], align="edge", color=PHASE_COLORS[b["phase"]],
+               edgecolor="white", linewidth=0.8, label=None if label in shown else label)
+        shown.add(label)
+        if len(rep.buckets) <= 24:
+            ax.text(b["start"] + b["n"] / 2, b["share"], f"{b['n_tail']}/{b['n']}", ha="center", va="bottom",
+                    fontsize=7, color="#333333")
+    y = rep.summary["tail_yield"]
+    rate = y.get("base_rate")
+    if rate is not None:
+        ax.axhline(rate, color=RATE_COLOR, linestyle="--", linewidth=1.4,
+                   label=f"expected at random since ordering: {rate:.1%}")
+    _mark_enabled(ax, rep)
+    top = max([b["share"] for b in rep.buckets] + [rate or 0])
+    ax.set_ylim(0, min(1.12, top * 1.25 + 0.05))
+    ax.set_xlim(0, len(rep.events))
+    _percent(ax)
+    ax.set_ylabel(f"tail-class share (per {report.BUCKET_SIZE} labeled tasks)")
+    ax.set_xlabel("labeled tasks, in the order they were first annotated")
+    parts = []
+    for key, name in (("before", "before"), ("after", "since"), ("unknown", "all")):
+        p = y.get(key)
+        if p:
+            parts.append(f"{name}: {p['share']:.1%} ({p['n_tail']} of {p['n']})")
+    ax.set_title(TITLES["tail_yield"] + " — " + "; ".join(parts), fontsize=10, loc="left")
+    ax.legend(loc="upper left", fontsize=8, framealpha=0.9)
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def _fig_classes(rep: "Report"):
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    series = report.cumulative_per_class(rep.events, rep.classes)
+    x = np.arange(1, len(rep.events) + 1)
+    counts, ratios = rep.summary["labeled_per_class"], rep.summary["skewness_ratio"]
+    from matplotlib import colormaps
+
+    palette = colormaps["tab10" if len(rep.classes) <= 10 else "tab20"]
+    for k, name in enumerate(rep.classes):
+        is_tail = name in rep.tail
+        ax.plot(x, series[name], color=palette(k % palette.N), linewidth=2.6 if is_tail else 1.1,
+                linestyle="-" if is_tail else (0, (4, 1.5)),
+                label=f"{name[:18]}: {counts[name]} (r={ratios[name]:.2f}{', tail' if is_tail else ''})")
+    _mark_enabled(ax, rep, top=False)
+    ax.set_xlim(0, max(1, len(rep.events)))
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("labeled tasks, in the order they were first annotated")
+    ax.set_ylabel("labeled tasks of the class (cumulative)")
+    tails = ", ".join(rep.tail) or "none"
+    ax.set_title(f"{TITLES['classes']} — tail classes: {tails}  (r = count / mean count; tail: r < 0.3)",
+                 fontsize=10, loc="left")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7.5, frameon=False,
+              ncol=1 if len(rep.classes) <= 14 else 2)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _fig_precision_recall(rep: "Report"):
+    held = rep.heldout
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    curves = [("miner (MinorityMiner)", held["miner"], MINER_COLOR, 2.4)]
+    best = held.get("best_baseline")
+    if best:
+        curves.append((f"best uncertainty baseline: {best}", held["baselines"][best], BASELINE_COLOR, 1.8))
+    for name, part, color, width in curves:
+        c = part["curve"]
+        ax.step(c["recall"], c["precision"], where="post", color=color, linewidth=width,
+                label=f"{name}, AUC-PR {part['auc_pr']:.3f}")
+    ax.axhline(held["prevalence"], color="#777777", linestyle="--", linewidth=1.2,
+               label=f"random order (tail prevalence {held['prevalence']:.1%})")
+    threshold = held.get("threshold")
+    if threshold:
+        ax.plot([threshold["recall"]], [threshold["precision"]], "o", color=RATE_COLOR, markersize=7,
+                label=f"lowest score with precision >= {threshold['target']:.0%}: {threshold['score']:.3f}")
+    ax.set_xlim(0, 1.01)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("recall of held-out tail-class tasks")
+    ax.set_ylabel("precision (share of tail among tasks above a score)")
+    _percent(ax)
+    from matplotlib.ticker import PercentFormatter
+
+    ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    ax.set_title(f"{TITLES['precision_recall']} — {held.get('folds')}-fold CV, {held.get('n_tail')} tail of "
+                 f"{held.get('n_labeled')} ({held.get('version')})", fontsize=10, loc="left")
+    ax.legend(loc="upper right", fontsize=8, framealpha=0.9)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _fig_pool_scores(rep: "Report"):
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    pool = rep.summary["pool"]
+    edges = np.asarray(pool["histogram"]["edges"])
+    counts = np.asarray(pool["histogram"]["counts"])
+    cut, left = pool.get("queue_score_at_likely"), pool.get("likely_tail_left")
+    likely = np.asarray(pool.get("histogram_likely") or np.zeros_like(counts))
+    ax.bar(edges[:-1], counts - likely, width=np.diff(edges), align="edge", color="#7f9fbf", edgecolor="white",
+           linewidth=0.5)
+    ax.bar(edges[:-1], likely, bottom=counts - likely, width=np.diff(edges), align="edge", color=TAIL_COLOR,
+           edgecolor="white", linewidth=0.5)
+    if left is not None:
+        if cut is not None:
+            ax.axvline(cut, color=TAIL_COLOR, linestyle="--", linewidth=1.4,
+                       label=f"the tab's first {left} tasks score >= {cut:.3f}")
+        ax.plot([], [], "s", color=TAIL_COLOR,
+                label=f"likely tail tasks left: {left} of {pool['n_unlabeled']} (held-out precision >= "
+                      f"{pool['precision_target']:.0%} at their score)")
+        ax.legend(loc="upper right", fontsize=8, framealpha=0.9)
+    else:
+        ax.text(0.98, 0.95, "likely-tail count: needs the held-out evaluation", ha="right", va="top",
+                transform=ax.transAxes, fontsize=8, color="#555555")
+    if counts.max(initial=0) > 60:  # a long tail of few high scores stays visible next to the many low ones
+        ax.set_yscale("symlog", linthresh=10)
+        ax.set_ylabel("unlabeled tasks (log scale above 10)")
+    else:
+        ax.set_ylabel("unlabeled tasks")
+    ax.set_ylim(bottom=0)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("mining score (what the 'Tail classes first' tab sorts by; high = likely tail)")
+    ax.set_title(f"{TITLES['pool_scores']} — {pool['n_unlabeled']} tasks ranked by {pool['version']}",
+                 fontsize=10, loc="left")
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def _fig_versions(rep: "Report"):
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    rows = rep.versions[-MAX_VERSIONS_PLOTTED:]
+    x = np.arange(len(rows))
+    train = np.asarray([r.get("train_seconds") or 0.0 for r in rows], dtype=float)
+    rescore = np.asarray([r.get("rescore_seconds") or 0.0 for r in rows], dtype=float)
+    ax.bar(x, train, width=0.7, color="#4c72b0", label="training (s)")
+    ax.bar(x, rescore, width=0.7, bottom=train, color="#dd8452", label="re-scoring + publishing the head (s)")
+    ax.set_xlim(-0.6, max(len(rows), 8) - 0.4)
+    ax.set_ylabel("seconds")
+    ax.set_xticks(x, [f"v{r['number']}\n{(r.get('trained_at') or '')[11:16]}" for r in rows],
+                  fontsize=7 if len(rows) > 12 else 8)
+    if len(rows) > 20:
+        for i, label in enumerate(ax.get_xticklabels()):
+            label.set_visible(i % max(1, len(rows) // 15) == 0)
+    twin = ax.twinx()
+    twin.plot(x, [r.get("n_labeled") or 0 for r in rows], "o-", color="#2a2a2a", markersize=4,
+              label="labeled tasks it was trained on")
+    twin.set_ylabel("labeled tasks")
+    twin.set_ylim(bottom=0)
+    handles = ax.get_legend_handles_labels()
+    more = twin.get_legend_handles_labels()
+    ax.legend(handles[0] + more[0], handles[1] + more[1], loc="upper center", bbox_to_anchor=(0.5, -0.2),
+              ncol=3, fontsize=8, frameon=False)
+    shown = f"last {len(rows)} of {len(rep.versions)}" if len(rep.versions) > len(rows) else f"{len(rows)}"
+    ax.set_title(f"{TITLES['versions']} — {shown} (time of training, UTC)", fontsize=10, loc="left")
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+DRAW = {"tail_yield": _fig_tail_yield, "classes": _fig_classes, "precision_recall": _fig_precision_recall,
+        "pool_scores": _fig_pool_scores, "versions": _fig_versions}
+
+
+def render_figure(rep: "Report", name: str) -> bytes:
+    """One figure as PNG bytes (the too-little-data message when it cannot be drawn)."""
+    state = figure_states(rep)[name]
+    with _RENDER_LOCK:
+        fig = DRAW[name](rep) if state["status"] == "ok" else \
+            _message_figure(TITLES[name], state["status"], state["message"])
+        return _png(fig)
+
+
+# ------------------------------------------------------------------------------ the page
+STYLE = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;background:#f6f7f9;color:#222}
+header{background:#1f3a5f;color:#fff;padding:14px 28px}header h1{margin:0;font-size:21px}
+header p{margin:4px 0 0;opacity:.85;font-size:13px}main{padding:16px 28px}
+.cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(205px,1fr));gap:12px;margin-bottom:16px}
+.card{background:#fff;border-radius:8px;padding:12px 14px;box-shadow:0 1px 2px rgba(0,0,0,.08)}
+.card .k{font-size:12px;color:#555;text-transform:uppercase;letter-spacing:.03em}
+.card .v{font-size:26px;font-weight:600;margin:4px 0}.card .s{font-size:12px;color:#555}
+.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(640px,1fr));gap:14px}
+figure{margin:0;background:#fff;border-radius:8px;padding:8px;box-shadow:0 1px 2px rgba(0,0,0,.08)}
+figure img{width:100%;height:auto;display:block}figcaption{font-size:12.5px;color:#444;padding:6px 6px 2px}
+table{border-collapse:collapse;background:#fff;font-size:13px;margin:8px 0 18px}
+td,th{border-bottom:1px solid #e3e3e3;padding:4px 10px;text-align:right}th{background:#eef1f5}
+td:first-child,th:first-child{text-align:left}.tail{color:#c0392b;font-weight:600}
+.note{font-size:13px;color:#444}.err{color:#b00020}h2{font-size:17px;margin:22px 0 6px}
+"""
+
+
+def _e(value: object) -> str:
+    return html.escape("" if value is None else str(value))
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1%}"
+
+
+def _cards(s: dict) -> str:
+    y, held, pool = s["tail_yield"], s["heldout"], s["pool"]
+    after, before = y.get("after"), y.get("before")
+    cards = []
+    if after:
+        sub = f"{after['n_tail']} of {after['n']} labeled since ordering"
+        if before:
+            sub += f"; before: {_pct(before['share'])} ({before['n_tail']} of {before['n']})"
+        cards.append(("Tail yield since ordering", _pct(after["share"]), sub))
+    else:
+        whole = y.get("unknown") or before
+        note = "ordering time unknown" if s["ordering"]["enabled_at"] is None else "nothing labeled since ordering"
+        cards.append(("Tail yield", _pct(whole["share"]) if whole else "–", note))
+    lift = f"yield / base rate: x{y['lift_after']:.1f}" if y.get("lift_after") else (y.get("base_rate_method") or "")
+    cards.append(("Expected at random", _pct(y.get("base_rate")), lift))
+    if held.get("auc_pr") is not None:
+        stale = "" if held.get("evaluated_version") == held.get("version") else \
+            f" (from {held.get('evaluated_version')}; {held.get('version')} is being computed)"
+        cards.append(("Held-out AUC-PR", f"{held['auc_pr']:.3f}",
+                      f"best uncertainty baseline ({held.get('best_baseline')}): {held.get('best_baseline_auc_pr'):.3f}; "
+                      f"random: {held.get('prevalence'):.3f}{stale}"))
+    else:
+        cards.append(("Held-out AUC-PR", "…" if held.get("status") in ("computing", "queued") else "–",
+                      _heldout_message(held)[1]))
+    left = pool.get("likely_tail_left")
+    cards.append(("Likely tail tasks left", "–" if left is None else str(left),
+                  f"of {pool.get('n_unlabeled')} unlabeled (held-out precision >= {report.PRECISION_TARGET:.0%})"
+                  if left is not None else "needs the held-out evaluation"))
+    cards.append(("Tail classes", ", ".join(s["tail_classes"]) or "none", f"{len(s['classes'])} classes"))
+    cards.append(("Labeled", str(s["n_labeled_tasks"]), f"tasks; {s['n_annotations']} annotations"))
+    return "".join(f'<div class="card"><div class="k">{_e(k)}</div><div class="v">{_e(v)}</div>'
+                   f'<div class="s">{_e(sub)}</div></div>' for k, v, sub in cards)
+
+
+CAPTIONS = {
+    "tail_yield": "Each bar is a run of up to {size} consecutive labeled tasks (a run never spans the moment "
+                  "ordering was enabled); its height is the share labeled with a tail class. The dashed line is "
+                  "what random order would have yielded since ordering was enabled: tail labels found since then "
+                  "plus the tail tasks estimated to be left in the pool ({method}), over the tasks labeled since "
+                  "then plus the pool.",
+    "classes": "Tasks labeled per class as labeling went on. Thick lines: the tail classes of the current model "
+               "(skewness ratio r = count / mean count below 0.3).",
+    "precision_recall": "Each labeled task scored by a model that never saw it ({folds}-fold stratified "
+                        "cross-validation, seed {seed}; for simple-cnn each fold also retrains the CNN). Positives: "
+                        "the tail classes. Baselines: {source}. AUC-PR is average precision; random order scores "
+                        "the prevalence.",
+    "pool_scores": "The scores the tab sorts the unlabeled tasks by (log scale above 10 tasks per bar when "
+                   "bars are tall). Likely tail tasks left: unlabeled tasks that "
+                   "the cross-validation's fold models score at or above the lowest score at which their held-out "
+                   "precision was still {target:.0%} (same models, same scale); red: as many tasks from the top "
+                   "of the tab. An estimate: held-out rows are labeled tasks, whose tail share differs from the "
+                   "pool's.",
+    "versions": "Per version: training time, then re-scoring the pool and pushing the head of the queue; the line "
+                "is how many labeled tasks it learned from.",
+}
+
+
+def _caption(name: str, s: dict) -> str:
+    held = s["heldout"]
+    text = CAPTIONS[name].format(size=report.BUCKET_SIZE, method=s["tail_yield"].get("base_rate_method") or "n/a",
+                                 folds=held.get("folds", "k"), seed=held.get("seed", "-"),
+                                 source=held.get("baseline_source") or "uncertainty scores of a softmax head",
+                                 target=report.PRECISION_TARGET)
+    return _e(text)
+
+
+def _class_table(s: dict) -> str:
+    model_counts = (s.get("model") or {}).get("labeled_per_class") or {}
+    rows = "".join(
+        f'<tr><td{" class=tail" if c in s["tail_classes"] else ""}>{_e(c)}</td><td>{s["labeled_per_class"][c]}</td>'
+        f'<td>{s["skewness_ratio"][c]:.2f}</td><td>{_e(model_counts.get(c, "–"))}</td>'
+        f'<td>{"tail" if c in s["tail_classes"] else ""}</td><td>{"tail" if c in s["tail_classes_now"] else ""}</td></tr>'
+        for c in s["classes"])
+    return ("<table><tr><th>class</th><th>labeled now</th><th>skewness ratio</th><th>in the current model</th>"
+            f"<th>tail (model)</th><th>tail (labels now)</th></tr>{rows}</table>")
+
+
+def _versions_table(s: dict, limit: int = 15) -> str:
+    def num(v, fmt="{:.1f}"):
+        return "–" if v is None else fmt.format(v)
+
+    rows = "".join(
+        f"<tr><td>{_e(r['version'])}{' (current)' if r['current'] else ''}</td><td>{_e(r['trained_at'])}</td>"
+        f"<td>{_e(r['n_labeled'])}</td><td>{num(r['train_seconds'])}</td><td>{num(r['rescore_seconds'])}</td>"
+        f"<td>{_e(r['published_at'] or '–')}</td><td>{_e(', '.join(r.get('tail_classes') or []))}</td></tr>"
+        for r in reversed(s["versions"][-limit:]))
+    return ("<table><tr><th>version</th><th>trained at (UTC)</th><th>labeled</th><th>training s</th>"
+            "<th>re-scoring s</th><th>published at (UTC)</th><th>tail classes</th></tr>" + rows + "</table>")
+
+
+def render_html(rep: "Report") -> str:
+    s = rep.summary
+    pid = rep.project_id
+    ordering = s["ordering"]
+    when = (f"ordering enabled {ordering['enabled_at']} (tab “{ordering['tab']}”)" if ordering["enabled_at"]
+            else f"ordering enabled: {ordering['note']}")
+    figures = []
+    for name, state in s["figures"].items():
+        data = base64.b64encode(rep.figure(name)).decode("ascii")
+        alt = TITLES[name] + ("" if state["status"] == "ok" else f": {state['message']}")
+        figures.append(f'<figure><img src="data:image/png;base64,{data}" alt="{_e(alt)}">'
+                       f"<figcaption>{_caption(name, s)}</figcaption></figure>")
+    error = f'<p class="err">Last error: {_e(s["last_error"])}</p>' if s.get("last_error") else \
+        '<p class="note">Last error: none.</p>'
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width,initial-scale=1"><title>Mining report: project {pid}'
+        f"</title><style>{STYLE}</style></head><body><header><h1>Minority-class mining report — project {pid}"
+        f"</h1><p>model {_e(s['model_version'] or 'none yet')} · Label Studio orders by {_e(s['published_version'])}"
+        f" · {_e(when)} · generated {_e(s['generated_at'])}</p></header><main>"
+        f'<section class="cards">{_cards(s)}</section><section class="grid">{"".join(figures)}</section>'
+        f"<h2>Classes</h2>{_class_table(s)}<h2>Model versions</h2>{error}{_versions_table(s)}"
+        f'<p class="note">The same numbers as JSON: <a href="?project={pid}&amp;format=json">?format=json</a>; '
+        f"each figure as PNG: /mcm/report/&lt;figure&gt;.png?project={pid} "
+        f"({', '.join(s['figures'])}). How every number is computed: docs/report.md.</p>"
+        "</main></body></html>")
