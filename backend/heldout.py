@@ -205,7 +205,7 @@ class HeldOut:
             project_id, version = job
             try:
                 self.run(project_id, version)
-            except Postponed as exc:
+            except Postponed as exc:  # retried later, unless a newer version of the project is waiting
                 logger.info("project %s: held-out evaluation of %s postponed (%s)", project_id, version, exc)
                 with self._lock:
                     self._pending.setdefault(project_id, version)
@@ -220,8 +220,8 @@ class HeldOut:
     def run(self, project_id: int, version: str) -> dict:
         """Compute and store the evaluation of `version` now (the background thread's job)."""
         started = time.monotonic()
-        result = self.compute(project_id, version,
-                              should_stop=lambda: self._stop.is_set() or self.is_busy(project_id))
+        result = self.compute(project_id, version, should_stop=lambda: self._stop.is_set() or self.is_busy(project_id)
+                              or self._pending.get(project_id, version) != version)  # a newer version waits
         result.update(version=version, computed_at=report.iso(self.clock()),
                       seconds=round(time.monotonic() - started, 1))
         atomic_write_json(self.path(project_id, version), result)

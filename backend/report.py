@@ -27,7 +27,6 @@ from .labels import annotation_choice, task_label
 
 BUCKET_SIZE = 50
 PRECISION_TARGET = 0.5          # "likely tail": held-out precision at least this high above the score
-MIN_ADJUSTMENT_SPREAD = 0.2     # tpr - fpr below this makes the adjusted count too noisy to use
 CURVE_POINTS = 300              # precision-recall points kept per curve
 
 
@@ -223,17 +222,15 @@ def confusion_rates(is_tail: Sequence[bool], predicted_tail: Sequence[bool]) -> 
 
 
 # ---------------------------------------------------------------------------------- pool and base rate
-def pool_tail_estimate(n_predicted_tail: int, pool_size: int, tpr: float | None = None,
-                       fpr: float | None = None) -> tuple[float, str]:
-    """Estimated tail tasks in the pool: the adjusted count (q - fpr) / (tpr - fpr) of the predicted
-    tail share q when the held-out rates allow it, else the plain predicted count."""
-    if pool_size <= 0:
-        return 0.0, "empty pool"
-    q = n_predicted_tail / pool_size
-    if tpr is not None and fpr is not None and tpr - fpr >= MIN_ADJUSTMENT_SPREAD:
-        share = min(1.0, max(0.0, (q - fpr) / (tpr - fpr)))
-        return share * pool_size, "adjusted count (held-out tpr/fpr of the predicted class)"
-    return float(n_predicted_tail), "predicted count (held-out rates not available)"
+def pool_tail_estimate(likely_tail_left: int | None, n_predicted_tail: int) -> tuple[float, str]:
+    """Estimated tail tasks in the pool: the likely tail tasks left (held-out models, where their
+    precision was still PRECISION_TARGET) when the held-out evaluation exists, else the tasks the
+    current model predicts as a tail class. Both undercount or overcount for the same reason: the
+    labeled tail tasks were picked by the miner, so they are easier than the pool's (docs/report.md
+    has the measured errors)."""
+    if likely_tail_left is not None:
+        return float(likely_tail_left), "likely tail tasks left (held-out models)"
+    return float(n_predicted_tail), "tasks predicted as a tail class (no held-out evaluation yet)"
 
 
 def base_rate(n_tail_after: int, n_after: int, pool_tail: float, pool_size: int) -> float | None:

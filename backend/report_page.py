@@ -106,61 +106,53 @@ def _percent(ax) -> None:
     ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
 
 
-def _enabled_index(rep: "Report") -> int | None:
-    """Position of the first label event after ordering was enabled (None if unknown or none)."""
-    if rep.enabled_at is None:
-        return None
-    for index, event in enumerate(rep.events):
-        if event.at >= rep.enabled_at:
-            return index
-    return len(rep.events)
-
-
-def _mark_enabled(ax, rep: "Report", top: bool = True) -> None:
-    index = _enabled_index(rep)
-    if index is None:
-        return
-    ax.axvline(index, color="#333333", linestyle=":", linewidth=1.3)
-    ax.annotate(f"ordering enabled\n{report.iso(rep.enabled_at)[:16].replace('T', ' ')} UTC",
-                (index, 1.0 if top else 0.0), xycoords=("data", "axes fraction"), xytext=(4, -4 if top else 4),
-                textcoords="offset points", va="top" if top else "bottom", fontsize=8, color="#333333",
-                bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "edgecolor": "none", "alpha": 0.8})
+def _enabled_line(ax, x: float, rep: "Report") -> None:
+    """The moment ordering was enabled, as a dotted line with its own legend entry."""
+    when = report.iso(rep.enabled_at)[:16].replace("T", " ")
+    ax.axvline(x, color="#333333", linestyle=":", linewidth=1.5, label=f"ordering enabled ({when} UTC)")
 
 
 def _fig_tail_yield(rep: "Report"):
+    """One bar per run of labeled tasks (equal widths, so a short run since ordering stays visible)."""
     fig = _new_figure()
     ax = fig.add_subplot()
+    names = {"before": "before ordering", "after": "since ordering (tail first)", "unknown": "ordering time unknown"}
     shown = set()
-    for b in rep.buckets:
-        label = {"before": "before ordering", "after": "since ordering (tail first)",
-                 "unknown": "ordering time unknown"}[b["phase"]]
-        ax.bar(b["start"], b["share"], width=b["n"], align="edge", color=PHASE_COLORS[b["phase"]],
-               edgecolor="white", linewidth=0.8, label=None if label in shown else label)
+    for i, b in enumerate(rep.buckets):
+        label = names[b["phase"]]
+        ax.bar(i, b["share"], width=0.82, color=PHASE_COLORS[b["phase"]], label=None if label in shown else label)
         shown.add(label)
-        if len(rep.buckets) <= 24:
-            ax.text(b["start"] + b["n"] / 2, b["share"], f"{b['n_tail']}/{b['n']}", ha="center", va="bottom",
-                    fontsize=7, color="#333333")
+        if len(rep.buckets) <= 30:
+            ax.text(i, b["share"], f"{b['n_tail']}/{b['n']}", ha="center", va="bottom", fontsize=7, color="#333333")
     y = rep.summary["tail_yield"]
     rate = y.get("base_rate")
     if rate is not None:
         ax.axhline(rate, color=RATE_COLOR, linestyle="--", linewidth=1.4,
                    label=f"expected at random since ordering: {rate:.1%}")
-    _mark_enabled(ax, rep)
+    first_after = next((i for i, b in enumerate(rep.buckets) if b["phase"] == "after"), None)
+    if rep.enabled_at is not None:
+        _enabled_line(ax, (len(rep.buckets) if first_after is None else first_after) - 0.5, rep)
+    ticks = list(range(0, len(rep.buckets), max(1, len(rep.buckets) // 12)))
+    ax.set_xticks(ticks, [f"{rep.buckets[i]['start'] + 1}" for i in ticks], fontsize=8)
+    ax.set_xlim(-0.6, len(rep.buckets) - 0.4)
     top = max([b["share"] for b in rep.buckets] + [rate or 0])
     ax.set_ylim(0, min(1.12, top * 1.25 + 0.05))
-    ax.set_xlim(0, len(rep.events))
     _percent(ax)
-    ax.set_ylabel(f"tail-class share (per {report.BUCKET_SIZE} labeled tasks)")
-    ax.set_xlabel("labeled tasks, in the order they were first annotated")
+    ax.set_ylabel("tail-class share of the run")
+    ax.set_xlabel(f"runs of up to {report.BUCKET_SIZE} labeled tasks, oldest first (number of the run's first "
+                  "labeled task)")
     parts = []
     for key, name in (("before", "before"), ("after", "since"), ("unknown", "all")):
         p = y.get(key)
         if p:
             parts.append(f"{name}: {p['share']:.1%} ({p['n_tail']} of {p['n']})")
     ax.set_title(TITLES["tail_yield"] + " — " + "; ".join(parts), fontsize=10, loc="left")
-    ax.legend(loc="upper left", fontsize=8, framealpha=0.9)
+    ax.legend(loc="upper left", fontsize=8, framealpha=0.92)
     ax.grid(axis="y", alpha=0.3)
     return fig
+
+
+TAIL_LINE_COLORS = ("#d62728", "#8e44ad", "#e67e22", "#8c564b", "#c2185b", "#2e7d32")
 
 
 def _fig_classes(rep: "Report"):
@@ -171,19 +163,23 @@ def _fig_classes(rep: "Report"):
     counts, ratios = rep.summary["labeled_per_class"], rep.summary["skewness_ratio"]
     from matplotlib import colormaps
 
-    palette = colormaps["tab10" if len(rep.classes) <= 10 else "tab20"]
+    heads = [c for c in rep.classes if c not in rep.tail]
+    blues = colormaps["Blues"]
     for k, name in enumerate(rep.classes):
         is_tail = name in rep.tail
-        ax.plot(x, series[name], color=palette(k % palette.N), linewidth=2.6 if is_tail else 1.1,
-                linestyle="-" if is_tail else (0, (4, 1.5)),
+        color = TAIL_LINE_COLORS[rep.tail.index(name) % len(TAIL_LINE_COLORS)] if is_tail else \
+            blues(0.4 + 0.5 * heads.index(name) / max(1, len(heads) - 1))
+        ax.plot(x, series[name], color=color, linewidth=2.8 if is_tail else 1.0, zorder=3 if is_tail else 2,
                 label=f"{name[:18]}: {counts[name]} (r={ratios[name]:.2f}{', tail' if is_tail else ''})")
-    _mark_enabled(ax, rep, top=False)
+    if rep.enabled_at is not None:
+        index = next((i for i, e in enumerate(rep.events) if e.at >= rep.enabled_at), len(rep.events))
+        _enabled_line(ax, index + 0.5, rep)
     ax.set_xlim(0, max(1, len(rep.events)))
     ax.set_ylim(bottom=0)
     ax.set_xlabel("labeled tasks, in the order they were first annotated")
     ax.set_ylabel("labeled tasks of the class (cumulative)")
     tails = ", ".join(rep.tail) or "none"
-    ax.set_title(f"{TITLES['classes']} — tail classes: {tails}  (r = count / mean count; tail: r < 0.3)",
+    ax.set_title(f"{TITLES['classes']} — tail classes (thick): {tails}; r = count / mean count, tail if r < 0.3",
                  fontsize=10, loc="left")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7.5, frameon=False,
               ncol=1 if len(rep.classes) <= 14 else 2)
@@ -219,7 +215,7 @@ def _fig_precision_recall(rep: "Report"):
     ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
     ax.set_title(f"{TITLES['precision_recall']} — {held.get('folds')}-fold CV, {held.get('n_tail')} tail of "
                  f"{held.get('n_labeled')} ({held.get('version')})", fontsize=10, loc="left")
-    ax.legend(loc="upper right", fontsize=8, framealpha=0.9)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8, frameon=False)
     ax.grid(alpha=0.3)
     return fig
 
@@ -281,7 +277,8 @@ def _fig_versions(rep: "Report"):
     twin.plot(x, [r.get("n_labeled") or 0 for r in rows], "o-", color="#2a2a2a", markersize=4,
               label="labeled tasks it was trained on")
     twin.set_ylabel("labeled tasks")
-    twin.set_ylim(bottom=0)
+    twin.set_ylim(0, max([r.get("n_labeled") or 0 for r in rows] + [1]) * 1.15)
+    ax.set_ylim(0, max(float((train + rescore).max(initial=0)), 1.0) * 1.15)
     handles = ax.get_legend_handles_labels()
     more = twin.get_legend_handles_labels()
     ax.legend(handles[0] + more[0], handles[1] + more[1], loc="upper center", bbox_to_anchor=(0.5, -0.2),
@@ -377,7 +374,8 @@ CAPTIONS = {
     "precision_recall": "Each labeled task scored by a model that never saw it ({folds}-fold stratified "
                         "cross-validation, seed {seed}; for simple-cnn each fold also retrains the CNN). Positives: "
                         "the tail classes. Baselines: {source}. AUC-PR is average precision; random order scores "
-                        "the prevalence.",
+                        "the prevalence. Tail tasks labeled from the tail-first queue were picked by the miner "
+                        "itself and are easier to find than the tail left in the pool: read it as an upper bound.",
     "pool_scores": "The scores the tab sorts the unlabeled tasks by (log scale above 10 tasks per bar when "
                    "bars are tall). Likely tail tasks left: unlabeled tasks that "
                    "the cross-validation's fold models score at or above the lowest score at which their held-out "

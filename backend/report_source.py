@@ -218,11 +218,10 @@ def build_report(context: "Context", heldout: "HeldOut", project_id: int, last_e
     if pool_scores is not None:
         tail_idx = [classes.index(c) for c in tail if c in classes]
         n_pred_tail = int(np.isin(pool_pred, tail_idx).sum())
-        estimate, method = report.pool_tail_estimate(n_pred_tail, len(pool_scores), (shown or {}).get("tpr"),
-                                                     (shown or {}).get("fpr"))
+        likely = _likely_tail(heldout, project_id, shown, ranking)
+        estimate, method = report.pool_tail_estimate(likely["likely_tail_left"], n_pred_tail)
         pool.update(predicted_tail=n_pred_tail, tail_estimate=round(estimate, 1), tail_estimate_method=method,
-                    histogram=report.histogram(pool_scores), precision_target=report.PRECISION_TARGET,
-                    **_likely_tail(heldout, project_id, shown, ranking))
+                    histogram=report.histogram(pool_scores), precision_target=report.PRECISION_TARGET, **likely)
         rate = report.base_rate(after["n_tail"], after["n"], estimate, len(pool_scores))
     versions = version_rows(store, ledger, published)
     after_share = after.get("share")

@@ -130,6 +130,7 @@ def test_heldout_evaluation_runs_in_the_background_and_sets_the_likely_tail_coun
     pool = summary["pool"]
     assert held["pool_evaluated"] == len(env["truth"]) and pool["threshold_score"] == threshold
     if threshold is not None:
+        assert pool["tail_estimate"] == pool["likely_tail_left"]  # the base rate's estimate of the pool's tail
         ids, scores = env["app"].config["MCM_STATE"].heldout.read_pool(PID, summary["model_version"])
         assert sorted(ids.tolist()) == sorted(env["truth"])
         assert pool["likely_tail_left"] == int((scores >= threshold).sum())
