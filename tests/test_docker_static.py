@@ -66,7 +66,8 @@ def _env_names(service: dict) -> set[str]:
 
 
 def _readme_gunicorn_lines() -> list[str]:
-    readme = ROOT / "README.md"
+    """The production command in the backend's documentation (the README links to it)."""
+    readme = ROOT / "docs" / "backend.md"
     if not readme.is_file():
         return []
     blocks = re.findall(r"```bash\n(.*?)```", readme.read_text(), flags=re.S)
@@ -215,6 +216,6 @@ def test_dockerfile_command_is_the_documented_production_command():
 
 def test_dockerfile_command_equals_the_readme_gunicorn_line():
     lines = _readme_gunicorn_lines()
-    assert lines, "README.md has no ```bash block line starting with 'gunicorn '"
+    assert lines, "docs/backend.md has no ```bash block line starting with 'gunicorn '"
     assert _dockerfile_command() in [shlex.split(line, comments=True) for line in lines], (
         f"Dockerfile CMD {' '.join(_dockerfile_command())!r} is not among README's {lines}")

@@ -301,7 +301,7 @@ def test_mining_report_page_in_chromium(project, chromium, backend, shots_dir, m
             widths = page.eval_on_selector_all("figure img", "imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)")
             page.screenshot(path=str(shots_dir / "report-full.png"), full_page=True)
             box = page.locator("figure").nth(3).bounding_box()  # header, cards and the first four figures
-            shot = page.screenshot(path=str(shots_dir / "report.png"),
+            shot = page.screenshot(path=str(shots_dir / "report.png"), full_page=True,
                                    clip={"x": 0, "y": 0, "width": 1400, "height": box["y"] + box["height"] + 16})
             title = page.title()
         finally:
