@@ -4,8 +4,8 @@ Inputs: the project's annotated tasks with their annotations' times (Label Studi
 backend/labelstudio.py), the Data Manager tabs (when `enable-ordering` created them), the
 current model version's meta.json and held-out evaluation (backend/heldout.py), the published
 version's ranking of the pool (ranking.npz) and the publishing ledger (training and re-scoring
-times of each version). The numbers come from backend/report.py; the figures and the page from
-backend/report_page.py.
+times of each version). The numbers come from backend/report.py, the figures from
+backend/report_figures.py, the page from backend/report_page.py.
 
 A report is built at most once per CACHE_SECONDS per project (the page, its JSON and its PNG
 figures are usually fetched together), and again as soon as the held-out evaluation changes state.
@@ -126,7 +126,7 @@ class Report:
 
     def figure(self, name: str) -> bytes:
         """The PNG of one figure, rendered once per report."""
-        from .report_page import render_figure
+        from .report_figures import render_figure
 
         with self.lock:
             if name not in self.figures:
@@ -194,7 +194,10 @@ def build_report(context: "Context", heldout: "HeldOut", project_id: int, last_e
     model = context.projects.get(project_id).model
     meta = model.meta if model else {}
     tail = list(meta.get("tail_classes", tail_now)) if model else tail_now
-    ordering = remember_enabled_at(client, project_id, project_dir)
+    try:
+        ordering, ordering_note = remember_enabled_at(client, project_id, project_dir), UNKNOWN_ORDERING
+    except labelstudio.LabelStudioError as exc:  # the tabs could not be read: the rest of the report still can
+        ordering, ordering_note = None, f"unknown: {exc}"
     enabled_at = report.parse_time((ordering or {}).get("enabled_at"))
     buckets = report.yield_buckets(events, tail, enabled_at)
     phases = report.phase_yield(events, tail, enabled_at)
@@ -234,7 +237,7 @@ def build_report(context: "Context", heldout: "HeldOut", project_id: int, last_e
         "model": {"n_labeled": meta.get("n_labeled"), "labeled_per_class": meta.get("labeled_per_class"),
                   "trained_at": meta.get("trained_at")} if model else None,
         "ordering": {"enabled_at": (ordering or {}).get("enabled_at"), "tab": (ordering or {}).get("tab"),
-                     "note": None if ordering else UNKNOWN_ORDERING},
+                     "note": None if ordering else ordering_note},
         "tail_yield": {**{k: phases.get(k) for k in ("before", "after", "unknown")},
                        "bucket_size": report.BUCKET_SIZE,
                        "buckets": [{**b, "first_at": report.iso(b["first_at"]), "last_at": report.iso(b["last_at"]),
@@ -244,7 +247,7 @@ def build_report(context: "Context", heldout: "HeldOut", project_id: int, last_e
         "heldout": heldout_part, "pool": pool, "versions": versions, "last_error": last_error,
     }
     built = Report(project_id, summary, classes, tail, events, enabled_at, buckets, pool_scores, shown, versions)
-    from .report_page import figure_states
+    from .report_figures import figure_states
 
     summary["figures"] = {name: {**state, "path": f"/mcm/report/{name}.png?project={project_id}"}
                           for name, state in figure_states(built).items()}
