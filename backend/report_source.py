@@ -139,7 +139,7 @@ def _heldout_part(heldout: "HeldOut", project_id: int, version: str | None) -> t
     if version is None:
         return {"status": "too_little_data", "message": "no trained model yet", "version": None}, None
     state, message = heldout.state(project_id, version)
-    if state == "not requested":
+    if state in ("not requested", "failed"):  # a failure is retried after RETRY_FAILED_SECONDS
         heldout.request(project_id, version)
         state, message = heldout.state(project_id, version)
     result = heldout.read(project_id, version) if state == "ready" else None
