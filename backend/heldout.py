@@ -94,13 +94,13 @@ def cross_validate(y: np.ndarray, num_classes: int, tail_idx: Sequence[int], fol
         train, test = fold_of != fold, fold_of == fold
         x, x_pool = fold_features(train)
         miner = make_miner().fit(x[train], y[train])
-        scores["miner"][test] = map_scores(miner.score(x[test]), miner.score_upper_bound, transform)
+        scores["miner"][test] = map_scores(miner.score_samples(x[test]), miner.score_upper_bound, transform)
         predicted[test] = np.asarray(miner.predict_proba(x[test])).argmax(axis=1)
         if x_pool is not None and len(x_pool):
-            part = map_scores(miner.score(x_pool), miner.score_upper_bound, transform) / folds
+            part = map_scores(miner.score_samples(x_pool), miner.score_upper_bound, transform) / folds
             pool_scores = part if pool_scores is None else pool_scores + part
         head = EntropyStrategy(num_classes, seed=seed).fit(x[train], y[train])
-        for name, values in baseline_scores(head.predict_proba(x[test]), head.class_proportions).items():
+        for name, values in baseline_scores(head.predict_proba(x[test]), head.class_proportions_).items():
             scores[name][test] = values
     is_tail = np.isin(y, list(tail_idx))
     summary = report.heldout_summary(is_tail, scores, fold_of)
