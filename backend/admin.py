@@ -7,7 +7,7 @@ and checks each one.
 
     python -m backend.admin [--ls-url URL] [--api-key KEY] COMMAND --project N ...
 
-Commands: connect, enable-ordering, retrain, status. Every failure prints one line naming the
+Commands: connect, enable-ordering, retrain, status, report. Every failure prints one line naming the
 cause (Label Studio unreachable, bad token, unknown project, backend not connected) and exits 1.
 """
 from __future__ import annotations
@@ -17,6 +17,8 @@ import base64
 import json
 import os
 import sys
+import time
+from pathlib import Path
 from typing import Any, Sequence
 
 import requests
@@ -36,8 +38,9 @@ def basic_auth_from_env() -> tuple[str, str] | None:
     return (user, password) if user and password else None
 
 
-def backend_get(backend_url: str, path: str, params: dict | None = None, timeout: float = 10.0) -> dict:
-    """GET a JSON route of our backend; AdminError naming the cause otherwise."""
+def backend_fetch(backend_url: str, path: str, params: dict | None = None, timeout: float = 10.0
+                  ) -> requests.Response:
+    """GET a route of our backend (2xx only); AdminError naming the cause otherwise."""
     url = backend_url.rstrip("/") + path
     try:
         response = requests.get(url, params=params, auth=basic_auth_from_env(), timeout=timeout)
@@ -48,6 +51,12 @@ def backend_get(backend_url: str, path: str, params: dict | None = None, timeout
     if response.status_code >= 300:
         raise AdminError(f"backend at {backend_url} answered HTTP {response.status_code} to {path}: "
                          f"{response.text[:200]}")
+    return response
+
+
+def backend_get(backend_url: str, path: str, params: dict | None = None, timeout: float = 10.0) -> dict:
+    """GET a JSON route of our backend; AdminError naming the cause otherwise."""
+    response = backend_fetch(backend_url, path, params, timeout)
     try:
         return response.json()
     except ValueError:
@@ -237,6 +246,64 @@ def cmd_status(ls: LabelStudioAdmin, args: argparse.Namespace) -> int:
     return 0
 
 
+REPORT_TIMEOUT = 300.0  # building a report reads the project's export from Label Studio
+PENDING = ("queued", "computing")
+
+
+def cmd_report(ls: LabelStudioAdmin | None, args: argparse.Namespace) -> int:
+    """Fetch the mining report from the backend: figures as PNG, summary.json and the page."""
+    backend_url = args.url or ls.connected_backend(ls.project(args.project).id).url
+    params = {"project": args.project}
+    summary = backend_get(backend_url, "/mcm/report", {**params, "format": "json"}, REPORT_TIMEOUT)
+    deadline = time.monotonic() + args.wait
+    while summary["heldout"]["status"] in PENDING and time.monotonic() < deadline:
+        time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
+        summary = backend_get(backend_url, "/mcm/report", {**params, "format": "json"}, REPORT_TIMEOUT)
+    out = Path(args.out or f"mcm-report-{args.project}")
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in summary["figures"]:
+        response = backend_fetch(backend_url, f"/mcm/report/{name}.png", params, REPORT_TIMEOUT)
+        (out / f"{name}.png").write_bytes(response.content)
+        written.append(f"{name}.png")
+    page = backend_fetch(backend_url, "/mcm/report", params, REPORT_TIMEOUT)
+    (out / "report.html").write_text(page.text, encoding="utf-8")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    for line in report_lines(summary):
+        print(line)
+    print(f"wrote {', '.join(written)}, report.html and summary.json to {out}")
+    return 0
+
+
+def _share(part: dict | None) -> str:
+    return f"{part['share']:.1%} ({part['n_tail']} of {part['n']})" if part else "-"
+
+
+def report_lines(summary: dict) -> list[str]:
+    """The report's headline figures as text."""
+    y, held, pool = summary["tail_yield"], summary["heldout"], summary["pool"]
+    enabled = summary["ordering"]["enabled_at"] or "unknown"
+    lines = [f"project {summary['project']}: {summary['n_labeled_tasks']} labeled tasks, {summary['n_annotations']} "
+             f"annotations; tail classes: {', '.join(summary['tail_classes']) or 'none'}; model "
+             f"{summary['model_version']}",
+             f"  ordering enabled: {enabled}",
+             f"  tail yield before: {_share(y.get('before'))}; since: {_share(y.get('after'))}"
+             + (f"; all (time unknown): {_share(y.get('unknown'))}" if y.get("unknown") else ""),
+             f"  expected at random since ordering: "
+             + (f"{y['base_rate']:.1%} ({y['base_rate_method']})" if y.get("base_rate") is not None else "-")]
+    if held.get("auc_pr") is not None:
+        lines.append(f"  held-out AUC-PR ({held['folds']}-fold CV on {held['n_labeled']} labels, {held['n_tail']} tail; "
+                     f"{held['evaluated_version']}): miner {held['auc_pr']:.3f}, best uncertainty baseline "
+                     f"{held['best_baseline']} {held['best_baseline_auc_pr']:.3f}, random {held['prevalence']:.3f}")
+    else:
+        lines.append(f"  held-out AUC-PR: {held['status']}" + (f" ({held['message']})" if held.get("message") else ""))
+    if pool.get("likely_tail_left") is not None:
+        lines.append(f"  likely tail tasks left: {pool['likely_tail_left']} of {pool['n_unlabeled']} unlabeled")
+    if summary.get("last_error"):
+        lines.append(f"  last error: {summary['last_error']}")
+    return lines
+
+
 # ----------------------------------------------------------------------------- entry point
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -271,6 +338,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--project", type=int, required=True)
     p.set_defaults(func=cmd_retrain)
 
+    p = sub.add_parser("report", help="the mining report (tail yield, classes over time, held-out ranking quality, "
+                       "pool scores, versions) as PNG files, summary.json and report.html, fetched from the backend")
+    p.add_argument("--project", type=int, required=True)
+    p.add_argument("--out", default=None, metavar="DIR", help="where to write (default: ./mcm-report-<project>)")
+    p.add_argument("--url", default=None, help="backend URL (default: the ML backend connected to the project in "
+                   "Label Studio; with --url, Label Studio is not contacted)")
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="wait up to this long for the held-out evaluation if it is being computed")
+    p.set_defaults(func=cmd_report)
+
     p = sub.add_parser("status", help="model version, labeled per class, tail classes, last training, scored tasks")
     p.add_argument("--project", type=int, required=True)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -285,8 +362,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--train-every must be >= 0")
     if getattr(args, "lanes", 1) < 1:
         parser.error("--lanes must be >= 1")
+    if getattr(args, "wait", 0.0) < 0:
+        parser.error("--wait must be >= 0")
     try:
-        ls = LabelStudioAdmin(args.ls_url, args.api_key)
+        # `report --url` talks to the backend only (it may run where Label Studio is not reachable).
+        ls = None if getattr(args, "url", None) and args.command == "report" else \
+            LabelStudioAdmin(args.ls_url, args.api_key)
         return args.func(ls, args)
     except AdminError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -9,9 +9,11 @@ import time
 from flask import current_app
 
 from .context import Context
+from .heldout import HeldOut
 from .maintainer import Maintainer
 from .new_tasks import NewTaskScorer
 from .pacing import TrainingQueue
+from .report_source import Reports
 from .settings import Settings
 from .validation import HttpError
 
@@ -47,7 +49,11 @@ class AppState:
             self.queue = TrainingQueue(run_and_track, settings.debounce_seconds, on_error,
                                        min_interval=settings.retrain_min_interval, max_wait=settings.retrain_max_wait)
         self.scorer = NewTaskScorer(self._score_new_tasks)
-        self.maintainer = Maintainer(context, is_busy=self.queue.is_training)  # fill, retire, recover
+        # The mining report (/mcm/report): each version's held-out evaluation runs in its own thread.
+        self.heldout = HeldOut(context, is_busy=self.queue.is_training)
+        self.reports = Reports(context, self.heldout, self.last_error)
+        self.maintainer = Maintainer(context, is_busy=self.queue.is_training,  # fill, retire, recover
+                                     on_settled=self.heldout.request)
         self._connected: set[int] = set()
         self._connected_lock = threading.Lock()
 
@@ -73,6 +79,9 @@ class AppState:
             logger.warning("project %s: cannot record the connection in MODEL_DIR (%s); kept in memory",
                            project_id, exc)
 
+    def last_error(self, project_id: int) -> str | None:
+        return self.context.projects.get(project_id).last_error or self.queue.last_error(project_id)
+
     def require_connected(self, project_id: int) -> None:
         if not self.is_connected(project_id):
             raise HttpError(404, f"project {project_id} is not connected to this backend: Label Studio calls "
@@ -93,6 +102,7 @@ class AppState:
     def close(self) -> None:
         self.queue.close()
         self.maintainer.close()
+        self.heldout.close()
         self.scorer.close()
 
 

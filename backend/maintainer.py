@@ -25,6 +25,7 @@ from . import labelstudio
 from .label_config import config_from_meta
 from .ledger import project_lock
 from .refresh import refresh_project
+from .report_source import remember_enabled_at
 from .scoring import outside_window, score_tasks
 from .versions import VERSION_RE
 
@@ -45,10 +46,12 @@ class Maintainer:
     """Runs `maintain(project_id)` for every known project, periodically, in one daemon thread."""
 
     def __init__(self, context, is_busy: Callable[[int], bool], *, interval: float | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 on_settled: Callable[[int, str], None] | None = None) -> None:
         self.context = context
         self.settings = context.settings
         self.is_busy = is_busy
+        self.on_settled = on_settled  # a version current for MCM_FILL_AFTER_SECONDS (the report evaluates it)
         self.interval = float(interval if interval is not None else self.settings.maintain_seconds)
         self.clock = clock
         self._stop = threading.Event()
@@ -109,12 +112,21 @@ class Maintainer:
             self.relist(project_id, config, model)
             publisher.fill(fill_after=self.settings.fill_after_seconds, max_seconds=FILL_BUDGET_SECONDS,
                            should_stop=lambda: self._stop.is_set() or self.is_busy(project_id))
+            self.settled(project_id, publisher, model.version)
             if project_id not in self._adopted:
                 publisher.adopt_unknown_versions(is_our_version)
                 self._adopted.add(project_id)
             publisher.retire(self.settings.prediction_grace_seconds, RETIRE_BUDGET_SECONDS, label_studio_version,
                              should_stop=lambda: self._stop.is_set() or self.is_busy(project_id))
             publisher.forget_retired()
+
+    def settled(self, project_id: int, publisher, version: str) -> None:
+        """Tell `on_settled` about a version current for MCM_FILL_AFTER_SECONDS (no retraining since)."""
+        entry = publisher.ledger.read()["versions"].get(version, {})
+        published = entry.get("published_at")
+        if self.on_settled and published is not None \
+                and self.clock() - published >= self.settings.fill_after_seconds:
+            self.on_settled(project_id, version)
 
     def recover(self, project_id: int, publisher, version: str) -> str | None:
         """Publish an unpublished model; point Label Studio back at ours if it lags. Returns LS's version."""
@@ -136,6 +148,10 @@ class Maintainer:
         current = publisher.ledger.read().get("current")
         lsv = labelstudio.get_project(client, project_id).get("model_version") or ""
         self._checked_at[project_id] = now
+        try:  # when enable-ordering created the tab, remembered before a person's edit in the UI can drop it
+            remember_enabled_at(client, project_id, self.settings.project_dir(project_id))
+        except Exception as exc:  # the report says "unknown" meanwhile; never stops the upkeep
+            logger.info("project %s: cannot read the Data Manager tabs: %s", project_id, exc)
         if current and lsv != current:
             if not lsv or is_our_version(lsv) or lsv in labelstudio.backend_titles(client, project_id):
                 logger.warning("project %s: Label Studio's model_version is %r, not %s; switching it back",

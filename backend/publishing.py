@@ -59,6 +59,14 @@ def _local_lock(project_dir: str) -> threading.RLock:
         return _LOCAL_LOCKS.setdefault(os.path.abspath(project_dir), threading.RLock())
 
 
+def version_record(meta: dict, **timings: float) -> dict:
+    """What the ledger keeps about a version beyond its publishing (read by the mining report: a
+    version's directory, meta.json included, is pruned after 5 newer ones; its ledger entry lives
+    until a week after retirement)."""
+    keep = ("trained_at", "n_labeled", "train_seconds", "tail_classes")
+    return {**{k: meta[k] for k in keep if k in meta}, **{k: round(float(v), 3) for k, v in timings.items()}}
+
+
 def head_size(setting: int, new_labels: int, pool: int) -> int:
     """Tasks pushed at publish: the setting, at least 4 x the labels added since the last version."""
     return max(1, min(pool, max(int(setting), MIN_HEAD_PER_NEW_LABEL * max(0, int(new_labels)))))
@@ -88,8 +96,12 @@ class Publisher:
                                         self.chunk_size, on_missing=self.on_missing_tasks)
 
     # -- 1. publish --------------------------------------------------------------------------------
-    def publish(self, version: str, ranking: Ranking, head: int) -> dict:
-        """Push the top `head` tasks under `version`, then make it project.model_version."""
+    def publish(self, version: str, ranking: Ranking, head: int, record: dict | None = None) -> dict:
+        """Push the top `head` tasks under `version`, then make it project.model_version.
+
+        `record` (what the version was trained on, how long scoring took: see `version_record`)
+        goes into the version's ledger entry with the publish timings, for the mining report.
+        """
         started = self.clock()
         ranking.save(self.ranking_path(version))
         head = min(int(head), len(ranking))
@@ -102,6 +114,9 @@ class Publisher:
         switched_at = self.clock()
         timings = {"push_head_s": round(pushed_at - started, 3), "switch_s": round(switched_at - pushed_at, 3),
                    "head": head, "created": created, "pool": len(ranking)}
+        with self.ledger.editing() as data:
+            data["versions"].setdefault(version, {}).update(
+                {**(record or {}), "push_head_s": timings["push_head_s"], "switch_s": timings["switch_s"]})
         logger.info("project %s: published %s: top %d of %d tasks pushed in %.2fs, model_version switched in "
                     "%.2fs (previous %s)", self.project_id, version, head, len(ranking), timings["push_head_s"],
                     timings["switch_s"], previous)

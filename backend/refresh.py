@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Sequence
 from . import labelstudio
 from .label_config import config_from_meta
 from .ledger import project_lock
-from .publishing import head_size
+from .publishing import head_size, version_record
 from .scoring import outside_window, queue_order, queue_window, score_tasks
 
 if TYPE_CHECKING:
@@ -49,8 +49,9 @@ def refresh_project(project_id: int, context: "Context", *, new_labels: int = 0,
     head = max(head_size(context.settings.head_size, new_labels, len(ranking)),
                min(queue_window(model.miner), len(ranking)))  # the whole queue window at once
     held = project_lock(context.settings.project_dir(project_id)) if lock else contextlib.nullcontext()
+    record = version_record(model.meta, pool_s=listed - started, score_s=scored - listed)
     with held:  # the maintainer yields within a chunk
-        timings = context.publisher(project_id, config).publish(model.version, ranking, head)
+        timings = context.publisher(project_id, config).publish(model.version, ranking, head, record)
     state.n_scored = len(ranking)
     try:
         context.projects.store(project_id).record_scoring(model.version, len(ranking))

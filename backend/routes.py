@@ -9,18 +9,24 @@
   are acknowledged and ignored. Answers at once (Label Studio waits 1 s).
 - POST /train, GET /is_training, GET|POST /versions, GET /health and /,
   GET /mcm/status (what the backend knows about a project).
+- GET /mcm/report (HTML page; ?format=json), GET /mcm/report/<figure>.png: the mining
+  report of a connected project (backend/report_source.py, docs/report.md).
 """
 from __future__ import annotations
 
 import logging
 import time
 
-from flask import Blueprint, jsonify, request
+import httpx
+from flask import Blueprint, Response, jsonify, request
+from label_studio_sdk.core.api_error import ApiError
 from werkzeug.exceptions import HTTPException
 
 from . import validation
 from .app_state import AppState, app_state
 from .label_config import LabelConfigError, parse_label_config
+from .labelstudio import LabelStudioError
+from .report_source import FIGURES, Report
 from .scoring import predict_tasks, published_scores
 from .validation import HttpError
 
@@ -217,3 +223,46 @@ def status():
         # RQ scale-out: training_state (queued/running/idle), rq_queue, scoring_version, n_scored
         **(queue.status_fields(project_id) if hasattr(queue, "status_fields") else {}),
     })
+
+
+# The page inlines its figures and has no script: nothing else may load or run in it.
+REPORT_HEADERS = {"Content-Security-Policy": "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
+                                             "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+                  "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
+
+
+def _report(project_id: int) -> Report:
+    """The project's built report; 404 for a project not connected here (no state kept for it)."""
+    state_ = app_state()
+    state_.require_connected(project_id)
+    settings = state_.settings
+    if not settings.label_studio_url or not settings.label_studio_api_key:
+        raise HttpError(503, "the report reads the annotations from Label Studio: set LABEL_STUDIO_URL and "
+                             "LABEL_STUDIO_API_KEY on the backend")
+    try:
+        return state_.reports.get(project_id)
+    except (LabelStudioError, ApiError, httpx.HTTPError) as exc:
+        raise HttpError(502, f"cannot read project {project_id} from Label Studio: {exc.__class__.__name__}: "
+                             f"{str(exc)[:300]}") from None
+
+
+@routes.get("/mcm/report")
+def mining_report():
+    project_id = _project_from_request()
+    form = validation.choice(request.args.get("format"), ("html", "json"), "format", default="html")
+    built = _report(project_id)
+    if form == "json":
+        response = jsonify(built.summary)
+        response.headers.update(REPORT_HEADERS)
+        return response
+    from .report_page import render_html
+
+    return Response(render_html(built), mimetype="text/html", headers=REPORT_HEADERS)
+
+
+@routes.get("/mcm/report/<name>.png")
+def mining_report_figure(name: str):
+    project_id = _project_from_request()
+    if name not in FIGURES:
+        raise HttpError(404, f"unknown figure {name[:40]!r}; the report's figures are {', '.join(FIGURES)}")
+    return Response(_report(project_id).figure(name), mimetype="image/png", headers=REPORT_HEADERS)

@@ -117,6 +117,9 @@ TABLE: tuple[Setting, ...] = (
             group="Scale-out"),
     Setting("MCM_SCORE_CHUNK_TASKS", "score_chunk_tasks", int, 5000, "With REDIS_URL: pool tasks per scoring "
             "job; all workers score a project's chunks in parallel.", minimum=1, group="Scale-out"),
+    Setting("MCM_REPORT_FOLDS", "report_folds", int, 5, "Folds of the held-out evaluation on the mining report "
+            "(/mcm/report): k trainings per model version, run once the version has been current for "
+            "MCM_FILL_AFTER_SECONDS or when the report is opened. 0 switches it off.", minimum=0, group="Report"),
     Setting("LOG_LEVEL", "log_level", str, "INFO", "Python logging level."),
 )
 _BY_FIELD = {s.field: s for s in TABLE}
@@ -180,6 +183,7 @@ class Settings:
     redis_url: str | None = _default("redis_url")
     rq_queue: str = _default("rq_queue")
     score_chunk_tasks: int = _default("score_chunk_tasks")
+    report_folds: int = _default("report_folds")
     log_level: str = _default("log_level")
 
     def __post_init__(self) -> None:
@@ -191,6 +195,8 @@ class Settings:
             raise ValueError(f"MCM_SCORE_TRANSFORM must be one of {SCORE_TRANSFORMS}, got {self.score_transform!r}")
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
             raise ValueError("BASIC_AUTH_USER and BASIC_AUTH_PASS must be set together")
+        if self.report_folds == 1:
+            raise ValueError("MCM_REPORT_FOLDS must be 0 (off) or at least 2")
         if not self.rq_queue:
             raise ValueError("MCM_RQ_QUEUE must not be empty")
         self.miner_kwargs  # noqa: B018  (raises a ValueError naming MCM_MINER_OPTIONS)

@@ -10,10 +10,15 @@ ids, so each lane gets its share of them.
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Sequence
 
 VIEW_TITLE = "Tail classes first"
 VIEW_ORDERING = ["-tasks:predictions_score"]
+# When the tab was created: the mining report's "ordering enabled" moment (backend/report_source.py).
+# Kept when enable-ordering updates the tab; Label Studio's UI may drop it when a person edits the
+# tab, so the backend remembers the first value it reads.
+ENABLED_AT_KEY = "mcm_enabled_at"
 UNLABELED = {"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0}
 
 
@@ -44,13 +49,15 @@ def tab_data(title: str, extra_filter: dict | None = None) -> dict:
 
 def upsert_tabs(ls, project_id: int, tabs: list[dict], stale_prefix: str | None = None) -> list[tuple[Any, bool]]:
     """Create or update each tab by title (returns (view, created) per tab); delete tabs whose title
-    starts with `stale_prefix` but are not in `tabs` (lanes of an earlier, different split)."""
+    starts with `stale_prefix` but are not in `tabs` (lanes of an earlier, different split).
+    A created tab records when (ENABLED_AT_KEY); an updated one keeps what it recorded."""
     views = ls.call("listing Data Manager views", ls.client.views.list, project=project_id) or []
     by_title = {(v.data or {}).get("title"): v for v in views}
     out = []
     for data in tabs:
         view = by_title.get(data["title"])
         if view is None:
+            data = {**data, ENABLED_AT_KEY: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             out.append((ls.call("creating the view", ls.client.views.create, project=project_id, data=data), True))
         else:
             merged = {**(view.data or {}), **data}

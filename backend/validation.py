@@ -60,6 +60,15 @@ def optional_text(data: dict, key: str, field: str | None = None) -> str | None:
     raise HttpError(400, f"'{field or key}' must be a string, got {type(value).__name__}")
 
 
+def choice(value: Any, allowed: tuple[str, ...], field: str, default: str | None = None) -> str:
+    """One of `allowed` (a query parameter such as ?format=), `default` when absent."""
+    if value is None and default is not None:
+        return default
+    if isinstance(value, str) and value in allowed:
+        return value
+    raise HttpError(400, f"'{field}' must be one of {', '.join(allowed)}, got {_short(value)}")
+
+
 def tasks(value: Any, field: str = "tasks") -> list[dict]:
     """Label Studio tasks as {id: int, data: dict, ...}; ids normalised to int."""
     if not isinstance(value, list):

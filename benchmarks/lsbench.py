@@ -62,14 +62,6 @@ class LabelStudioServer:
         self.url, self.api_key = values["LABEL_STUDIO_URL"], values["LABEL_STUDIO_API_KEY"]
         return self
 
-    def restart(self) -> bool:
-        """Stop and start again (ends a runaway request: its transaction rolls back). False if external."""
-        if self.external:
-            return False
-        self._script("stop")
-        self._script("start")
-        return True
-
     def stop(self, remove: bool = False) -> None:
         if not self.external:
             self._script("stop")

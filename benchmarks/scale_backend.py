@@ -4,9 +4,8 @@ Why: the backend's modules and refresh strategy change; what the benchmark measu
 the benchmark at another backend layout or another refresh is editing this file only: `refresh` is the
 strategy under test, `STEP_MODULE` the module whose public functions are timed as steps.
 
-Two layouts are known: the redesigned backend (backend/refresh.py, backend/context.py,
-backend/labelstudio.py) and the earlier one (backend/jobs.py, backend/runtime.py, backend/ls_sync.py),
-so the benchmark measures either without edits; drop the earlier one once no branch has it.
+The baseline figures in docs/scale.md were measured with the earlier layout (backend/jobs.py's
+rescore_project: push every unlabeled task, then delete the previous version); git history has it.
 """
 from __future__ import annotations
 
@@ -14,55 +13,67 @@ import os
 
 import numpy as np
 
-try:
-    from backend import labelstudio as STEP_MODULE  # noqa: F401  (re-exported: its calls are the timed steps)
-    from backend.tabs import UNLABELED, VIEW_ORDERING, VIEW_TITLE  # noqa: F401  (the tail-first view)
-    from benchmarks.backend_speed import _label_config, _synthetic_features, synthetic_tasks
-    REDESIGN = True
-    VIEW_FILTERS = {"conjunction": "and", "items": [UNLABELED]}
-except ImportError:
-    from backend import ls_sync as STEP_MODULE  # noqa: F401
-    from backend.admin import VIEW_FILTERS, VIEW_ORDERING, VIEW_TITLE  # noqa: F401
-    from backend.bench import _label_config, _synthetic_features, synthetic_tasks
-    REDESIGN = False
+from backend import labelstudio as STEP_MODULE  # noqa: F401  (re-exported: its calls are the timed steps)
+from backend.tabs import UNLABELED, VIEW_ORDERING, VIEW_TITLE  # noqa: F401  (the tail-first view)
+from benchmarks.backend_speed import _label_config, _synthetic_features, synthetic_tasks
+
+VIEW_FILTERS = {"conjunction": "and", "items": [UNLABELED]}
 
 label_config = _label_config
 
 
-def refresh(runtime, project_id: int, previous_version: str | None):
-    """The backend's refresh after a training. Swapping the strategy under test is this one line.
+RETIRE_SECONDS: float | None = None  # cap of the retire phase (None: until the previous version is gone)
 
-    In the redesign the publisher retires the previous version itself (backend/publishing.py)."""
-    if REDESIGN:
-        from backend.refresh import refresh_project
-        return refresh_project(project_id, runtime)
-    from backend.jobs import rescore_project
-    return rescore_project(project_id, runtime=runtime, previous_version=previous_version)
+
+def refresh(runtime, project_id: int, previous_version: str | None):
+    """The backend's refresh after a training. Swapping the strategy under test is this one place.
+
+    Publish (the head of the queue, then switch model_version), then what the
+    maintainer does later, here at once so that its cost is measured: fill the rest of the pool
+    and retire the previous version (grace period 0). Returns the phases' seconds."""
+    import time
+
+    from backend.label_config import config_from_meta
+    from backend.refresh import refresh_project
+
+    t0 = time.monotonic()
+    phases = {"publish_head": refresh_project(project_id, runtime)}
+    publisher = runtime.publisher(project_id, config_from_meta(runtime.projects.get(project_id).model.meta))
+    t1 = time.monotonic()
+    while publisher.fill(fill_after=0, max_seconds=30):
+        pass
+    t2 = time.monotonic()
+    retired = 0
+    while RETIRE_SECONDS is None or time.monotonic() - t2 < RETIRE_SECONDS:
+        step = publisher.retire(grace=0, max_seconds=30 if RETIRE_SECONDS is None
+                                else max(1.0, min(30.0, RETIRE_SECONDS - (time.monotonic() - t2))))
+        retired += step
+        if not step:
+            break
+    t3 = time.monotonic()
+    phases.update(publish_seconds=round(t1 - t0, 2), fill_seconds=round(t2 - t1, 2),
+                  retire_seconds=round(t3 - t2, 2), retired_rows=retired,
+                  retire_rows_per_second=round(retired / max(t3 - t2, 1e-9), 1))
+    return phases
 
 
 def train(runtime, project_id: int) -> str | None:
     """Train on the project's annotations without refreshing; the new model version."""
-    if REDESIGN:
-        from backend.fitting import train_project
-        return train_project(project_id, runtime, rescore=False)
-    from backend.jobs import train_project
-    return train_project(project_id, runtime=runtime, rescore=False)
+    from backend.fitting import train_project
+    return train_project(project_id, runtime, rescore=False)
 
 
 def score_unlabeled(runtime, project_id: int, tasks: list[dict]) -> dict[int, float]:
-    """{task id: score} of the current model, exactly as the refresh would push them."""
-    if REDESIGN:
-        from backend.scoring import score_tasks
-        model = runtime.projects.get(project_id).model
-        ranking, _ = score_tasks(project_id, tasks, runtime, model)
-        return {int(i): float(s) for i, s in zip(ranking.task_ids, ranking.scores)}
-    from backend.jobs import score_task_chunk
-    predictions, _ = score_task_chunk(project_id, tasks, runtime)
-    return {int(p["task"]): float(p["score"]) for p in predictions}
+    """{task id: score} of the current model, exactly as the refresh will push them (the queue order)."""
+    from backend.scoring import queue_order, score_tasks
+    model = runtime.projects.get(project_id).model
+    ranking, _ = score_tasks(project_id, tasks, runtime, model)
+    ranking = queue_order(project_id, ranking, {t["id"]: t["data"]["image"] for t in tasks}, runtime.ingest, model)
+    return {int(i): float(s) for i, s in zip(ranking.task_ids, ranking.scores)}
 
 
 def make_runtime(work: str, ls_url: str, api_key: str, miner_options: str = ""):
-    """The backend's runtime (a Context in the redesign) with a resnet18 of random local weights:
+    """The backend's Context with a resnet18 of random local weights:
     features come from the cache."""
     import torch
     import torchvision
@@ -75,19 +86,17 @@ def make_runtime(work: str, ls_url: str, api_key: str, miner_options: str = ""):
     settings = Settings(model_dir=os.path.join(work, "models"), backbone="resnet18", backbone_weights=weights_path,
                         label_studio_url=ls_url, label_studio_api_key=api_key, debounce_seconds=0.0,
                         predict_chunk=1000, torch_threads=1, miner_options=miner_options)
-    if REDESIGN:
-        from backend.context import Context as Runtime
-    else:
-        from backend.runtime import Runtime
-    return Runtime(settings, Extractor("resnet18", weights_path, num_threads=1))
+    from backend.context import Context
+    return Context(settings, Extractor("resnet18", weights_path, num_threads=1))
 
 
 def fill_feature_cache(runtime, project_id: int, tasks: list[dict], features: np.ndarray) -> None:
     """Put row i of `features` in the project's feature cache under tasks[i]'s (id, image url)."""
-    cache = runtime.ingest.cache(project_id) if REDESIGN else runtime.cache(project_id)
+    cache = runtime.ingest.cache(project_id)
     keys = [(t["id"], t["data"]["image"]) for t in tasks]
     for start in range(0, len(keys), 20000):
         cache.put(keys[start:start + 20000], features[start:start + 20000])
+
 
 def synthetic_project(n_annotated: int, n_unlabeled: int, n_classes: int, dim: int,
                       seed: int = 0) -> tuple[list[str], list[dict], np.ndarray, np.ndarray]:

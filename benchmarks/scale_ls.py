@@ -1,22 +1,21 @@
 """Scale benchmark of the backend's refresh against a real Label Studio (a script, not a test).
 
     python -m benchmarks.scale_ls --tasks 20000 --db sqlite|postgresql [--annotated 2000] [--runs 3]
-        [--out DIR] [--ls-url URL --api-key KEY] [--max-delete-seconds 900] [--costs]
+        [--out DIR] [--ls-url URL --api-key KEY] [--retire-seconds S] [--costs]
 
 Starts a private Label Studio (scripts/ls_server.sh, MCM_LS_DB=--db) unless --ls-url is given, builds a
 project of --tasks synthetic tasks (--annotated of them annotated) whose features are pre-filled in the
-backend's feature cache (backend/bench.py's helpers; the images do not exist), creates the tail-first view
-(backend/admin.py's ordering and filter), trains once and refreshes once (the state before a retrain).
+backend's feature cache (the images do not exist), creates the tail-first view (backend/tabs.py's
+ordering and filter), trains once and refreshes once (the state before a retrain).
 Then each run: annotates a few more tasks, trains and calls `refresh(runtime, project_id, previous_version)`
-(both in benchmarks/scale_backend.py, the only file that knows the backend's API) while
-  - every call into the step module (backend.ls_sync) is timed by name (listing, pushing, switching, deleting, ...);
-  - a watcher polls the view's first 50 tasks, to find when they are the new model's top 50 with the
-    new model's scores ("training finished -> view reflects the new model");
+(both in benchmarks/scale_backend.py, the only file that knows the backend's API): publish the head of
+the queue and switch model_version, fill the rest of the pool, retire the previous version (at once,
+grace period 0, so its cost is measured; --retire-seconds caps that phase and reports its rate) while
+  - every call into backend.labelstudio is timed by name (pushing, switching, listing, deleting, ...);
+  - a watcher polls the view's first 50 tasks, to find when they are the new model's top 50 (in the
+    queue order) with the new model's scores ("training finished -> view reflects the new model");
   - a probe makes an annotator's requests on the project every 0.25 s (next task, submit, delete the
     annotation) and records each latency and any 5xx / "database is locked".
-The delete of the previous version is timed until Label Studio no longer lists that version (the
-client may give up earlier while the server goes on); past --max-delete-seconds it is reported as
-"> limit" and the server is restarted, which rolls the delete back.
 --costs then measures single-prediction deletes, ways to find a version's prediction ids, bulk
 version deletes of 200 / 1,000 / 5,000 predictions and a 1,000-row import/predictions (benchmarks/costs.py).
 Prints a markdown table and the JSON (medians over --runs); --out DIR also writes the JSON there.
@@ -43,10 +42,13 @@ from benchmarks.lsbench import (Http, LabelStudioServer, Probe, Project, build_p
 
 logger = logging.getLogger("scale_ls")
 
-# Calls into the step module (backend.ls_sync) that are plumbing, not refresh steps.
+# Calls into the step module (backend.labelstudio) that are plumbing, not refresh steps.
 NOT_STEPS = {"make_client", "auth_header", "post_json", "chunked", "get_label_config", "list_annotated_tasks"}
-STEP_LABELS = {"list_unlabeled_tasks": "list unlabeled", "push_predictions": "push predictions",
-               "set_model_version": "switch model_version", "delete_model_version": "delete previous (client)"}
+STEP_LABELS = {"list_unlabeled_tasks": "list unlabeled", "get_tasks": "get tasks by id", "push_predictions": "push predictions",
+               "set_model_version": "switch model_version", "delete_prediction": "retire (single deletes)"}
+PHASES = {"publish_seconds": "publish: head of the queue + switch", "fill_seconds": "fill: the rest of the pool",
+          "retire_seconds": "retire: delete the previous version's rows", "retired_rows": "rows retired",
+          "retire_rows_per_second": "retire rate (rows/s)"}
 
 
 class StepTimer:
@@ -128,16 +130,6 @@ def reflects(rows: list[tuple], expected: dict[int, float]) -> bool:
             and all(r[1] is not None and abs(float(r[1]) - expected[r[0]]) < 1e-6 for r in rows))
 
 
-def wait_until_deleted(http: Http, project_id: int, version: str, deadline: float) -> float | None:
-    """Monotonic time when Label Studio stops listing `version`, or None past the deadline."""
-    while time.monotonic() < deadline:
-        counts = model_version_counts(http, project_id, timeout=max(1.0, min(60.0, deadline - time.monotonic())))
-        if counts is not None and not counts.get(version):
-            return time.monotonic()
-        time.sleep(2.0)  # each poll is a GROUP BY over the project's predictions: keep them rare
-    return None
-
-
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -185,14 +177,13 @@ class Bench:
         timer = StepTimer()
         t_trained = time.monotonic()
         watcher = ViewWatcher(self.http, project.view_id, expected, t_trained)
-        probe = Probe(self.http, project, probe_tasks, interval=args.probe_interval,
-                      timeout=args.max_delete_seconds + 600)
+        probe = Probe(self.http, project, probe_tasks, interval=args.probe_interval, timeout=600)
         load_before = load()
         timer.install()
         watcher.start()
         probe.start()
         try:
-            backend.refresh(self.runtime, project.id, previous)
+            phases = backend.refresh(self.runtime, project.id, previous)
         finally:
             timer.uninstall()
         refresh_seconds = time.monotonic() - t_trained
@@ -200,26 +191,11 @@ class Bench:
                      "load_before": load_before, "train_seconds": round(train_seconds, 1),
                      "refresh_call_seconds": round(refresh_seconds, 1),
                      "steps_seconds": {k: round(v, 2) for k, v in timer.seconds.items()},
-                     "steps_calls": dict(timer.calls)}
-        # The delete, as the annotators live it: until Label Studio no longer holds the previous version.
-        delete_started = timer.first_start.get("delete_model_version")
-        if delete_started is None:
-            counts = model_version_counts(self.http, project.id)
-            row["previous_version_left"] = (counts or {}).get(previous) if previous else None
-            done = time.monotonic()
-        else:
-            gone = wait_until_deleted(self.http, project.id, previous, delete_started + args.max_delete_seconds)
-            if gone is None:
-                row["delete_previous_seconds"] = f"> {args.max_delete_seconds}"
-                row["delete_capped"] = True
-                logger.warning("delete of %s still running after %ss: restarting Label Studio (rolls it back)",
-                               previous, args.max_delete_seconds)
-                row["server_restarted"] = self.server.restart()
-                if row["server_restarted"]:
-                    self.http = Http(self.server.url, self.server.api_key)
-            else:
-                row["delete_previous_seconds"] = round(gone - delete_started, 1)
-            done = time.monotonic()
+                     "steps_calls": dict(timer.calls),
+                     "refresh_phases": phases if isinstance(phases, dict) else None}
+        counts = model_version_counts(self.http, project.id)
+        row["previous_version_left"] = (counts or {}).get(previous) if previous else None
+        done = time.monotonic()
         row["refresh_until_server_done_seconds"] = round(done - t_trained, 1)
         status, seconds, _ = view_head(self.http, project.view_id)
         row["first_50_of_view_seconds"] = round(seconds, 3) if status == 200 else f"HTTP {status}"
@@ -227,7 +203,7 @@ class Bench:
         watcher.join(timeout=5.0)  # a last chance to see the settled view
         watcher.stop()
         watcher.join(timeout=180)
-        probe.join(timeout=args.max_delete_seconds + 600)
+        probe.join(timeout=600)
         hit = watcher.reflected_after
         row["trained_to_view_reflects_seconds"] = round(hit, 1) if hit is not None else None
         row["view_polls"], row["view_poll_failures"] = watcher.polls, watcher.failures
@@ -252,14 +228,10 @@ class Bench:
         return self.figures
 
 
-def _median(values: list) -> float | str | None:
-    """Median of the runs' figures; a capped figure ("> limit") counts as larger than any number."""
-    capped = [v for v in values if isinstance(v, str)]
-    numbers = [float("inf") if isinstance(v, str) else v for v in values if isinstance(v, (int, float, str))]
-    if not numbers:
-        return None
-    middle = statistics.median(numbers)
-    return capped[0] if middle == float("inf") else round(middle, 3)
+def _median(values: list) -> float | None:
+    """Median of the runs' figures (a run that never reached a figure, None, is left out)."""
+    numbers = [v for v in values if isinstance(v, (int, float))]
+    return round(statistics.median(numbers), 3) if numbers else None
 
 
 def medians(runs: list[dict]) -> dict:
@@ -267,12 +239,11 @@ def medians(runs: list[dict]) -> dict:
     if not runs:
         return {}
     out: dict = {}
-    for key in ("train_seconds", "refresh_call_seconds", "delete_previous_seconds",
-                "refresh_until_server_done_seconds", "first_50_of_view_seconds",
-                "trained_to_view_reflects_seconds"):
+    for key in ("train_seconds", "refresh_call_seconds", "refresh_until_server_done_seconds",
+                "first_50_of_view_seconds", "trained_to_view_reflects_seconds", "previous_version_left"):
         out[key] = _median([r.get(key) for r in runs])
-    if any("previous_version_left" in r for r in runs):  # the refresh did not delete the previous version
-        out["previous_version_left"] = _median([r.get("previous_version_left") for r in runs])
+    for phase in PHASES:
+        out[f"phase:{phase}"] = _median([(r.get("refresh_phases") or {}).get(phase) for r in runs])
     for step in sorted({s for r in runs for s in r["steps_seconds"]}):
         out[f"step:{step}"] = _median([r["steps_seconds"].get(step) for r in runs])
     for stat in ("max_s", "p99_s"):
@@ -294,10 +265,10 @@ def markdown(figures: dict) -> str:
     for key, value in m.items():
         if key.startswith("step:") and key[5:] not in STEP_LABELS:
             lines.append(f"| {key[5:]} | {value} |")
-    if "previous_version_left" in m:
-        lines.append(f"| previous version's predictions left after the refresh (no delete call) | "
-                     f"{m['previous_version_left']} |")
-    lines += [f"| delete previous version (until LS no longer lists it) | {m['delete_previous_seconds']} |",
+    for phase, label in PHASES.items():
+        lines.append(f"| {label} | {m.get(f'phase:{phase}')} |")
+    lines += [f"| previous version's predictions left (retire capped by --retire-seconds) | "
+              f"{m['previous_version_left']} |",
               f"| refresh call (client side) | {m['refresh_call_seconds']} |",
               f"| refresh until the server is done | {m['refresh_until_server_done_seconds']} |",
               f"| first 50 tasks of the tail-first view | {m['first_50_of_view_seconds']} |",
@@ -316,7 +287,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--new-annotations", type=int, default=20, help="tasks annotated before each retrain")
-    parser.add_argument("--max-delete-seconds", type=float, default=900.0)
+    parser.add_argument("--max-delete-seconds", type=float, default=900.0,
+                        help="--costs: how long to wait for one bulk delete")
+    parser.add_argument("--retire-seconds", type=float, default=None,
+                        help="cap the retire phase (default: until the previous version is gone) "
+                        "and report its rate")
     parser.add_argument("--probe-interval", type=float, default=0.25)
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--dim", type=int, default=512)
@@ -340,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(name)s] %(message)s")
     for noisy in ("httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    backend.RETIRE_SECONDS = args.retire_seconds
     figures = Bench(args).run()
     text = json.dumps(figures, indent=1, default=str)
     print(markdown(figures))

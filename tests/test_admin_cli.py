@@ -103,7 +103,7 @@ def test_unknown_project(capsys, fake_ls):
     assert "unknown project 42" in err
 
 
-@pytest.mark.parametrize("command", ["retrain", "status", "enable-ordering"])
+@pytest.mark.parametrize("command", ["retrain", "status", "enable-ordering", "report"])
 def test_backend_not_connected(capsys, fake_ls, command):
     code, _, err = run(capsys, "--ls-url", fake_ls, "--api-key", GOOD_TOKEN, command, "--project", "1")
     assert code == 1
@@ -143,5 +143,13 @@ def test_help_lists_every_command(capsys):
         admin.main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for command in ("connect", "enable-ordering", "retrain", "status"):
+    for command in ("connect", "enable-ordering", "retrain", "status", "report"):
         assert command in out
+
+
+def test_report_names_a_backend_that_is_down(capsys, fake_ls, tmp_path):
+    url = f"http://127.0.0.1:{closed_port()}"
+    FakeLabelStudio.ml_backends = [{"id": 3, "project": 1, "url": url, "title": "t", "state": "CO"}]
+    code, _, err = run(capsys, "--ls-url", fake_ls, "--api-key", GOOD_TOKEN, "report", "--project", "1",
+                       "--out", str(tmp_path / "r"))
+    assert code == 1 and f"backend unreachable at {url}" in err and not (tmp_path / "r").exists()

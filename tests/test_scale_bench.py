@@ -1,5 +1,5 @@
 """The scale benchmark's own logic (no server): what counts as "the view reflects the new model", how
-capped deletes enter the medians, the annotator probe's summary, and ls_server.sh's refusals.
+the refresh's phases enter the medians, the annotator probe's summary, and ls_server.sh's refusals.
 
 The benchmark itself runs against real servers (benchmarks/README.md); these tests keep its verdicts honest.
 """
@@ -27,45 +27,54 @@ def test_reflects_needs_the_same_tasks_with_the_new_scores():
     assert not reflects([(1, 0.9, None), (2, 0.8, None), (3, None, None)], expected)  # no score
 
 
-def _run(delete, probe_max=1.0, reflect=5.0):
-    return {"train_seconds": 1.0, "refresh_call_seconds": 10.0, "delete_previous_seconds": delete,
+def _run(retire_rate, probe_max=1.0, reflect=5.0, left=0):
+    return {"train_seconds": 1.0, "refresh_call_seconds": 10.0,
             "refresh_until_server_done_seconds": 20.0, "first_50_of_view_seconds": 0.2,
             "trained_to_view_reflects_seconds": reflect, "steps_seconds": {"push_predictions": 3.0},
+            "previous_version_left": left,
+            "refresh_phases": None if retire_rate is None else
+            {"publish_seconds": 2.0, "fill_seconds": 15.0, "retire_seconds": 100.0,
+             "retired_rows": int(retire_rate * 100), "retire_rows_per_second": retire_rate},
             "probe": {"all": {"max_s": probe_max, "p99_s": probe_max / 2, "errors_5xx_or_no_answer": 1,
                               "database_is_locked": 1}}}
 
 
-def test_medians_count_a_capped_delete_as_longer_than_any_finished_one():
-    assert medians([_run(40.0), _run("> 900"), _run(50.0)])["delete_previous_seconds"] == 50.0
-    assert medians([_run("> 900"), _run(50.0)])["delete_previous_seconds"] == "> 900"
-    assert medians([_run("> 900"), _run(50.0), _run("> 900")])["delete_previous_seconds"] == "> 900"
-    m = medians([_run(40.0, probe_max=3.0), _run(60.0, probe_max=9.0), _run(50.0, probe_max=5.0, reflect=None)])
+def test_medians_of_phases_probe_and_view_leave_out_runs_that_never_got_a_figure():
+    m = medians([_run(10.0, probe_max=3.0), _run(20.0, probe_max=9.0, left=50),
+                 _run(None, probe_max=5.0, reflect=None)])
     assert m["probe_max_s"] == 5.0 and m["step:push_predictions"] == 3.0
     assert m["trained_to_view_reflects_seconds"] == 5.0  # a run that never reflected is not a zero
+    assert m["phase:retire_rows_per_second"] == 15.0     # a run without phases is not a zero
+    assert m["phase:fill_seconds"] == 15.0 and m["previous_version_left"] == 0
     assert m["probe_errors_total"] == 3 and m["probe_locked_total"] == 3
-    assert "previous_version_left" not in m
-    assert medians([{**_run(None), "previous_version_left": 100}])["previous_version_left"] == 100
 
 
-def test_step_timer_times_ls_sync_calls_by_name_and_restores_them(monkeypatch):
-    from benchmarks.scale_backend import STEP_MODULE as ls_sync
+def test_markdown_shows_every_phase():
+    from benchmarks.scale_ls import markdown
+    runs = [_run(12.5)]
+    text = markdown({"tasks": 100, "db": "sqlite", "runs": runs, "medians": medians(runs)})
+    assert "| retire rate (rows/s) | 12.5 |" in text and "| fill: the rest of the pool | 15.0 |" in text
+
+
+def test_step_timer_times_labelstudio_calls_by_name_and_restores_them(monkeypatch):
+    from benchmarks.scale_backend import STEP_MODULE as steps
     calls = []
 
     def fake_switch(client, project_id, version):
         calls.append(version)
-    fake_switch.__module__ = ls_sync.__name__
-    monkeypatch.setattr(ls_sync, "set_model_version", fake_switch)
-    make_client = ls_sync.make_client
-    timer = StepTimer(ls_sync)
+    fake_switch.__module__ = steps.__name__
+    monkeypatch.setattr(steps, "set_model_version", fake_switch)
+    make_client = steps.make_client
+    timer = StepTimer(steps)
     timer.install()
     try:
-        assert ls_sync.set_model_version is not fake_switch
-        assert ls_sync.make_client is make_client  # plumbing is not a step
-        ls_sync.set_model_version(None, 1, "v1")
-        ls_sync.set_model_version(None, 1, "v2")
+        assert steps.set_model_version is not fake_switch
+        assert steps.make_client is make_client  # plumbing is not a step
+        steps.set_model_version(None, 1, "v1")
+        steps.set_model_version(None, 1, "v2")
     finally:
         timer.uninstall()
-    assert ls_sync.set_model_version is fake_switch and calls == ["v1", "v2"]
+    assert steps.set_model_version is fake_switch and calls == ["v1", "v2"]
     assert timer.calls == {"set_model_version": 2} and timer.seconds["set_model_version"] >= 0
 
 

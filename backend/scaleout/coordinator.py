@@ -90,7 +90,7 @@ class Coordinator:
         """Record a training event: 'scheduled', 'queued-after-running' or 'coalesced'.
 
         `pacing` = (debounce, min_interval, max_wait) seconds, kept in the record so the
-        job that trains applies the web process's settings (backend/trainer.py rules)."""
+        job that trains applies the web process's settings (backend/pacing.py rules)."""
         self.reap(project_id)
         key = self.key(project_id)
         with self.lock(project_id):

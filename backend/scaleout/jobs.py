@@ -28,7 +28,7 @@ from ..context import Context, get_context
 from ..fitting import train_project
 from ..label_config import config_from_meta
 from ..ledger import project_lock
-from ..publishing import head_size
+from ..publishing import head_size, version_record
 from ..scoring import Ranking, queue_order, queue_window, score_tasks
 from ..settings import Settings
 from ..versions import VERSION_RE, load_version
@@ -196,14 +196,15 @@ def push_version_job(project_id: int, version: str, n_chunks: int, new_labels: i
                                f"failed (chunks {missing[:10]}); nothing pushed, Label Studio keeps the previous "
                                "version's scores")
         ranking, n_skipped = _gather(directory, n_chunks)
-        config = config_from_meta(store.read_meta(version))
+        meta = store.read_meta(version)
+        config = config_from_meta(meta)
         model = _model(context, project_id, version)
         urls = {t["id"]: t["data"][config.image_key] for t in context.pool(project_id, config.image_key).tasks()}
         ranking = queue_order(project_id, ranking, urls, context.ingest, model)
         head = max(head_size(context.settings.head_size, int(new_labels), len(ranking)),
                    min(queue_window(model.miner), len(ranking)))
         with project_lock(context.settings.project_dir(project_id)):
-            context.publisher(project_id, config).publish(version, ranking, head)
+            context.publisher(project_id, config).publish(version, ranking, head, version_record(meta))
         store.record_scoring(version, len(ranking))
         atomic_write_json(marker, {"version": version, "ranked": len(ranking), "head": head, "skipped": n_skipped})
         _remove_older_scores(os.path.dirname(directory), version)

@@ -10,8 +10,8 @@ backbone: ``score seconds per vector / resnet18 seconds per image`` (target < 1 
 
 Features are Gaussian class clusters with a skewed (head/tail) label distribution, so the RC
 layer's early stopping behaves as on real data rather than stopping at once on noise. Fit time
-includes the RC layer and the autoencoder (which runs at least ``ae_min_steps`` steps whatever
-N is). ``--fit-cap N`` fits on the first N vectors only; the table and JSON then say so.
+includes the RC layer and the novelty reference (the default strategy; ``--strategy`` times
+another). Scoring the default computes distances to up to 2,048 reference rows per vector. ``--fit-cap N`` fits on the first N vectors only; the table and JSON then say so.
 Timings are wall clock on a possibly shared machine: the JSON records the load average.
 Default ``--threads 1`` for both the miner and ResNet-18 (same budget for both sides of the
 ratio; the miner's many small optimiser steps slow down badly with 2 threads on a busy box).
@@ -85,13 +85,14 @@ def time_resnet18(batch_sizes: Sequence[int], repeats: int) -> list[dict[str, An
     return rows
 
 
-def time_miner(n: int, fit_cap: int | None, score_repeats: int, seed: int) -> dict[str, Any]:
+def time_miner(n: int, fit_cap: int | None, score_repeats: int, seed: int,
+               strategy: str = "tail_novelty") -> dict[str, Any]:
     """Fit on min(n, fit_cap) vectors, score all n; wall-clock seconds and throughput."""
     from mcm_core import MinorityMiner
 
     feats, labels = synthetic_features(n, seed=seed)
     n_fit = n if fit_cap is None else min(n, fit_cap)
-    miner = MinorityMiner(num_classes=NUM_CLASSES, seed=seed)
+    miner = MinorityMiner(num_classes=NUM_CLASSES, seed=seed, strategy=strategy)
     start = time.perf_counter()
     miner.fit(feats[:n_fit], labels[:n_fit])
     fit_sec = time.perf_counter() - start
@@ -101,7 +102,7 @@ def time_miner(n: int, fit_cap: int | None, score_repeats: int, seed: int) -> di
     if not np.all(np.isfinite(scores)):
         raise RuntimeError("miner produced non-finite scores")
     return {
-        "n": n, "n_fit": n_fit, "fit_capped": n_fit < n, "dim": DIM, "num_classes": NUM_CLASSES,
+        "n": n, "strategy": strategy, "n_fit": n_fit, "fit_capped": n_fit < n, "dim": DIM, "num_classes": NUM_CLASSES,
         "fit_seconds": fit_sec, "fit_vectors_per_second": n_fit / fit_sec,
         "score_seconds": score_sec, "score_vectors_per_second": n / score_sec,
         "score_seconds_per_vector": score_sec / n, "score_repeats": score_repeats,
@@ -120,7 +121,8 @@ def _format_table(result: dict[str, Any]) -> str:
     header = (f"{'N':>9} {'fit on':>9} {'fit s':>8} {'fit vec/s':>11} {'score s':>8} "
               f"{'score vec/s':>12} {'us/vector':>10} " +
               " ".join(f"{'% of rn18 b' + str(r['batch_size']):>15}" for r in rn))
-    lines.append(f"MinorityMiner(num_classes={NUM_CLASSES}), D={DIM}:")
+    strategy = result["miner"][0]["strategy"] if result["miner"] else "tail_novelty"
+    lines.append(f"MinorityMiner(num_classes={NUM_CLASSES}, strategy={strategy!r}), D={DIM}:")
     lines.append(header)
     for row in result["miner"]:
         fit_on = f"{row['n_fit']}" + ("*" if row["fit_capped"] else "")
@@ -156,7 +158,7 @@ def _write_json_atomic(obj: dict[str, Any], path: str) -> None:
 
 def run(sizes: Sequence[int], *, fit_cap: int | None = None, resnet_batch_sizes: Sequence[int] = (1, 32),
         resnet_repeats: int = 5, score_repeats: int = 3, seed: int = 0,
-        threads: int | None = None) -> dict[str, Any]:
+        threads: int | None = None, strategy: str = "tail_novelty") -> dict[str, Any]:
     """Run the benchmark and return the result dict (what the JSON file holds)."""
     previous_threads = torch.get_num_threads()
     if threads is not None:
@@ -168,7 +170,7 @@ def run(sizes: Sequence[int], *, fit_cap: int | None = None, resnet_batch_sizes:
         miner_rows = []
         for n in sizes:
             logging.getLogger(__name__).info("timing MinorityMiner on N=%d", n)
-            row = time_miner(n, fit_cap, score_repeats, seed)
+            row = time_miner(n, fit_cap, score_repeats, seed, strategy)
             row["overhead_pct"] = {str(r["batch_size"]): 100.0 * row["score_seconds_per_vector"]
                                    / r["seconds_per_image"] for r in resnet}
             miner_rows.append(row)
@@ -213,13 +215,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--resnet-repeats", type=_positive_int, default=5)
     parser.add_argument("--score-repeats", type=_positive_int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--strategy", default="tail_novelty", choices=("tail_novelty", "reconstruction", "paper"),
+                        help="the miner's strategy (default: the library's default)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sizes = args.sizes or (QUICK_SIZES if args.quick else FULL_SIZES)
     result = run(sizes, fit_cap=args.fit_cap, resnet_batch_sizes=args.resnet_batch_sizes,
                  resnet_repeats=args.resnet_repeats, score_repeats=args.score_repeats,
-                 seed=args.seed, threads=args.threads)
+                 seed=args.seed, threads=args.threads, strategy=args.strategy)
     print(_format_table(result))
     path = os.path.join(args.out, "speed.json")
     _write_json_atomic(result, path)

@@ -86,6 +86,7 @@ class FakeLabelStudio:
         self.calls: list[tuple[str, str]] = []
         self.redirect_target: str | None = None
         self.export_enabled = True
+        self.views: list[dict] = []  # Data Manager tabs: {"id", "project", "data"}
         app = Flask("fake-label-studio")
         fake = self
 
@@ -198,6 +199,10 @@ class FakeLabelStudio:
             return jsonify([{"id": 1, "title": fake.projects[pid].get("backend_title", "Minority-class mining"),
                              "url": "http://backend"}] if pid in fake.projects else [])
 
+        @app.route("/api/dm/views/", methods=["GET"])
+        def views():
+            return jsonify([v for v in fake.views if v["project"] == int(request.args["project"])])
+
         @app.route("/api/tasks/<int:tid>/annotations/", methods=["POST"])
         def submit_annotation(tid):
             """Like Label Studio: a submission pre-filled from a deleted prediction is refused."""
@@ -206,7 +211,8 @@ class FakeLabelStudio:
             if parent is not None and not any(p["id"] == parent for p in fake.predictions):
                 return jsonify({"parent_prediction": [f'Invalid pk "{parent}" - object does not exist.']}), 400
             annotation = {"id": 900000 + len(fake.annotations_submitted), "was_cancelled": False,
-                          "updated_at": "2026-01-02T00:00:00Z", "result": body.get("result", [])}
+                          "created_at": "2026-01-02T00:00:00Z", "updated_at": "2026-01-02T00:00:00Z",
+                          "result": body.get("result", [])}
             fake.tasks[tid]["annotations"].append(annotation)
             fake.annotations_submitted.append({"task": tid, **body})
             return jsonify(annotation), 201
@@ -246,10 +252,11 @@ class FakeLabelStudio:
                               "control_name": control_name}
 
     def add_task(self, pid: int, tid: int, image_url: str, label: str | None = None,
-                 control_name: str = "choice") -> None:
+                 control_name: str = "choice", created_at: str = "2026-01-01T00:00:00Z") -> None:
         annotations = []
         if label is not None:
-            annotations.append({"id": tid * 10, "was_cancelled": False, "updated_at": "2026-01-01T00:00:00Z",
+            annotations.append({"id": tid * 10, "was_cancelled": False, "created_at": created_at,
+                                "updated_at": created_at,
                                 "result": [{"from_name": control_name, "to_name": "image", "type": "choices",
                                             "value": {"choices": [label]}}]})
         self.tasks[tid] = {"id": tid, "project": pid, "data": {"image": image_url}, "annotations": annotations}

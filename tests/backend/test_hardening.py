@@ -245,7 +245,7 @@ def test_malformed_input_is_a_400_naming_the_field(guarded, path, payload, field
 @pytest.mark.parametrize("query", ["project=%C2%B2", "project=1e5", "project=-1", "project=", "x=1"])
 def test_malformed_project_in_a_query_is_a_400(guarded, query):
     app, _, _ = guarded
-    for path in ("/versions", "/mcm/status", "/is_training"):
+    for path in ("/versions", "/mcm/status", "/is_training", "/mcm/report", "/mcm/report/classes.png"):
         response = app.test_client().get(f"{path}?{query}", headers=AUTH)
         assert response.status_code == 400 and "project" in response.json["error"], (path, query)
 

@@ -274,3 +274,53 @@ def test_two_annotators_in_parallel_never_get_the_same_task_and_lose_nothing(pro
         project["served"][ui.name] = list(ui.served)
     problems = session_problems(project["submissions"][n_before:], uis, project, ls)
     assert not problems, "two annotators in parallel:\n" + "\n".join(problems)
+
+
+def test_mining_report_page_in_chromium(project, chromium, backend, shots_dir, metrics):
+    """The admin's view after the sessions: /mcm/report in Chromium with the backend's basic auth.
+
+    Saves <state dir>/browser/report.png (and report-full.png); with MCM_SAVE_README_SHOTS=1 also
+    docs/img/report.png, the README's screenshot.
+    """
+    pid = project["pid"]
+
+    def evaluated():
+        response = requests.get(f"{backend.url}/mcm/report", params={"project": pid, "format": "json"},
+                                auth=backend.auth, timeout=120)
+        summary = response.json()
+        return summary["heldout"]["status"] not in ("queued", "computing") and summary
+
+    with Stopwatch(metrics)("mining report: held-out evaluation + page"):
+        summary = wait_for("the report's held-out evaluation", evaluated, TRAIN_TIMEOUT, backend, interval=3)
+        context = chromium.new_context(viewport={"width": 1400, "height": 1000}, http_credentials={
+            "username": backend.auth[0], "password": backend.auth[1]})
+        try:
+            page = context.new_page()
+            response = page.goto(f"{backend.url}/mcm/report?project={pid}")
+            assert response.status == 200
+            widths = page.eval_on_selector_all("figure img", "imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)")
+            page.screenshot(path=str(shots_dir / "report-full.png"), full_page=True)
+            box = page.locator("figure").nth(3).bounding_box()  # header, cards and the first four figures
+            shot = page.screenshot(path=str(shots_dir / "report.png"), full_page=True,
+                                   clip={"x": 0, "y": 0, "width": 1400, "height": box["y"] + box["height"] + 16})
+            title = page.title()
+        finally:
+            context.close()
+    if os.environ.get("MCM_SAVE_README_SHOTS") == "1":
+        (ROOT / "docs" / "img" / "report.png").write_bytes(shot)
+    assert len(widths) == 5 and all(w > 0 for w in widths), widths
+    assert title == f"Mining report: project {pid}"
+    status = backend.status(pid)
+    assert summary["labeled_per_class"] == status["labeled_per_class"]
+    assert summary["tail_classes"] == status["tail_classes"]
+    y, held = summary["tail_yield"], summary["heldout"]
+    assert summary["ordering"]["enabled_at"], summary["ordering"]
+    before, after = y["before"], y.get("after") or {"n": 0, "n_tail": 0, "share": 0.0}
+    assert before["n"] + after["n"] == summary["n_labeled_tasks"]
+    assert after["n"] >= len({s.task for s in project["submissions"] if s.saved})  # labeled in the browser
+    metrics["report: tail yield before / since ordering"] = \
+        f"{before['share']:.3f} ({before['n']}) / {after['share']:.3f} ({after['n']})"
+    metrics["report: base rate (estimated)"] = y["base_rate"]
+    metrics["report: held-out AUC-PR miner / best baseline"] = \
+        f"{held.get('auc_pr')} / {held.get('best_baseline_auc_pr')} ({held.get('best_baseline')})"
+    metrics["report: likely tail tasks left"] = summary["pool"].get("likely_tail_left")

@@ -142,3 +142,15 @@ def test_markdown_table_marks_the_best_and_gives_ratios():
     assert lines[2].startswith(f"| **{DEFAULT_NAME}** | **0.900** | 0.800 | 0.850 |")
     assert lines[3] == "| RC tail mass | 0.600 | **1.000** | 0.800 |"
     assert lines[-1] == "| **default / best baseline** | 1.500x | 0.800x | 1.150x |"
+
+
+def test_speed_bench_times_the_chosen_strategy_and_reports_overhead():
+    from mcm_core.bench import speed
+
+    result = speed.run([400], resnet_batch_sizes=[1], resnet_repeats=1, score_repeats=1, threads=1,
+                       strategy="paper")
+    row = result["miner"][0]
+    assert row["strategy"] == "paper" and row["n"] == 400 and row["score_seconds"] > 0
+    assert min(row["fit_info"]["ae_steps"]) > 0 and "novelty_reference" not in row["fit_info"]  # it trained the AE
+    assert set(row["overhead_pct"]) == {"1"} and result["max_overhead_pct"] == row["overhead_pct"]["1"]
+    assert "strategy='paper'" in speed._format_table(result)

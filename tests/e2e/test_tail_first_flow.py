@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +32,8 @@ MISSING_IMAGE = f"/data/local-files/?d={SUBDIR}/images/missing-on-purpose.png"
 TRAIN_TIMEOUT = float(os.environ.get("MCM_E2E_TRAIN_TIMEOUT", "420"))
 TOP_K = 50
 N_REQUEUE = 20
+REPORT_TIMEOUT = float(os.environ.get("MCM_E2E_REPORT_TIMEOUT", "420"))
+FIGURES = {"tail_yield", "classes", "precision_recall", "pool_scores", "versions"}
 
 
 def tail_precision(task_ids: list[int], truth: dict[int, str], tails: set[str]) -> float:
@@ -217,6 +220,7 @@ def test_6_annotating_queue_head_retrains_and_reranks(ls, backend, flow, stopwat
     old_rest = [t for t in flow["queue"] if t not in set(head)]
     assert queue[:TOP_K] != old_rest[:TOP_K], "the queue was not re-ranked by the new model"
     tails = flow["tails"]
+    flow["requeued"] = head
     metrics["model_version_2"] = new_version
     metrics["tail among the 20 annotated"] = sum(truth[t] in tails for t in head)
     metrics["precision@50 after retrain"] = round(tail_precision(queue[:TOP_K], truth, tails), 4)
@@ -270,3 +274,72 @@ def test_9_admin_status_and_uncertainty_sampling(ls, ls_env, backend, flow):
     assert ls.project(pid)["sampling"] == "Sequential sampling"
     assert "Label Tasks As Displayed" in result.stdout and "Uncertainty sampling" in result.stdout
     assert "click 'Label All Tasks'" not in result.stdout
+
+
+def report_json(backend, pid: int) -> dict:
+    response = requests.get(backend.url + "/mcm/report", params={"project": pid, "format": "json"},
+                            auth=backend.auth, timeout=120)
+    assert response.status_code == 200, response.text[:300]
+    return response.json()
+
+
+def test_10_mining_report_agrees_with_label_studio_and_the_backend(ls, ls_env, backend, flow, stopwatch, metrics,
+                                                                   state_dir):
+    pid, truth, tails = flow["pid"], flow["truth"], flow["tails"]
+    with stopwatch("10 mining report: held-out evaluation, page, JSON, admin report"):
+        summary = wait_for("the report's held-out evaluation", lambda: (s := report_json(backend, pid))["heldout"][
+            "status"] not in ("queued", "computing") and s, REPORT_TIMEOUT, backend, interval=3)
+        page = requests.get(backend.url + "/mcm/report", params={"project": pid}, auth=backend.auth, timeout=120)
+        out = state_dir / "report"
+        result = admin(ls_env, backend, "report", "--project", str(pid), "--out", str(out))
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert requests.get(backend.url + "/mcm/report", params={"project": pid}, timeout=10).status_code == 401
+
+    # The numbers agree with Label Studio's counters, the backend's status and the flow's ground truth.
+    project, status = ls.project(pid), backend.status(pid)
+    assert summary["model_version"] == status["model_version"] == flow["version"]
+    assert summary["n_annotations"] == project["total_annotations_number"]
+    assert summary["n_labeled_tasks"] == project["num_tasks_with_annotations"]
+    assert summary["labeled_per_class"] == status["labeled_per_class"]
+    assert summary["tail_classes"] == status["tail_classes"] and set(summary["tail_classes"]) == tails
+    burst = [t for t in truth if flow["split"][t] == "labeled"]
+    y = summary["tail_yield"]
+    assert summary["ordering"]["enabled_at"], summary["ordering"]  # recorded by enable-ordering in step 5
+    assert y["before"] == {"n": len(burst), "n_tail": sum(truth[t] in tails for t in burst),
+                           "share": pytest.approx(sum(truth[t] in tails for t in burst) / len(burst))}
+    n_tail_after = sum(truth[t] in tails for t in flow["requeued"])
+    assert y["after"] == {"n": N_REQUEUE, "n_tail": n_tail_after, "share": pytest.approx(n_tail_after / N_REQUEUE)}
+    unlabeled = [t for t in truth if flow["split"][t] == "pool" and t not in set(flow["requeued"])]
+    assert summary["pool"]["n_unlabeled"] == len(unlabeled) == sum(summary["pool"]["histogram"]["counts"])
+    held = summary["heldout"]
+    assert held["status"] == "ready", held
+    assert held["evaluated_version"] == flow["version"] and held["n_labeled"] == len(burst) + N_REQUEUE
+    assert 0.0 <= held["auc_pr"] <= 1.0 and held["best_baseline_auc_pr"] is not None
+    assert {name for name, v in summary["figures"].items() if v["status"] == "ok"} == FIGURES
+    assert [r["version"] for r in summary["versions"] if r["current"]] == [flow["version"]]
+
+    # The page inlines the five figures; the admin command wrote them and the same summary.
+    assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+    images = re.findall(r'<img src="data:image/png;base64,([^"]+)"', page.text)
+    assert len(images) == len(FIGURES) and all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
+    assert {p.stem for p in out.glob("*.png")} == FIGURES
+    written = json.loads((out / "summary.json").read_text())
+    assert written["labeled_per_class"] == summary["labeled_per_class"]
+    assert written["heldout"]["auc_pr"] == held["auc_pr"]
+
+    pool_truth = [t for t in truth if flow["split"][t] == "pool"]
+    metrics["report: tail yield before / since ordering"] = f"{y['before']['share']:.3f} / {y['after']['share']:.3f}"
+    metrics["report: base rate estimated / true at enabling"] = \
+        f"{y['base_rate']} / {sum(truth[t] in tails for t in pool_truth) / len(pool_truth):.4f}"
+    metrics["report: held-out AUC-PR miner / best baseline"] = \
+        f"{held['auc_pr']} / {held['best_baseline_auc_pr']} ({held['best_baseline']}; prevalence {held['prevalence']})"
+    metrics["report: likely tail left / true tail left"] = \
+        f"{summary['pool']['likely_tail_left']} / {sum(truth[t] in tails for t in unlabeled)}"
+    metrics["report: held-out evaluation seconds"] = held.get("seconds")
+    # For comparison (ground truth): how well the published ranking orders the pool actually left.
+    from mcm_core.metrics import auc_pr
+
+    scores = current_predictions(ls, pid, flow["version"])
+    ranked = [t for t in unlabeled if t in scores]
+    metrics["true AUC-PR of the published ranking on the pool left"] = round(
+        auc_pr([truth[t] in tails for t in ranked], [scores[t] for t in ranked]), 4)

@@ -1,0 +1,250 @@
+"""The mining report's numbers: pure functions over labels with times, scores and held-out results.
+
+Nothing here talks to Label Studio or reads MODEL_DIR (backend/report_source.py gathers the
+inputs), so every figure the page shows can be checked by hand in a unit test.
+
+Definitions (docs/report.md explains them for admins):
+- a *label event* is a task's first usable annotation: when it became labeled, with its current
+  class (the most recent annotation wins, as in training);
+- *tail yield* is the share of label events whose class is a tail class, per bucket of
+  consecutive events; a bucket never spans the moment ordering was enabled;
+- the *base rate* is what random order would have yielded since ordering was enabled: the tail
+  labels found since then plus the tail tasks estimated to be left in the pool, over the tasks
+  labeled since then plus the pool.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from mcm_core.metrics import auc_pr, pr_curve, skewness_ratios, tail_classes
+
+from .label_config import ImageChoicesConfig
+from .labels import annotation_choice, task_label
+
+BUCKET_SIZE = 50
+PRECISION_TARGET = 0.5          # "likely tail": held-out precision at least this high above the score
+CURVE_POINTS = 300              # precision-recall points kept per curve
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelEvent:
+    task_id: int
+    at: float        # epoch seconds of the task's first usable annotation
+    label: str       # its current class
+
+
+def parse_time(value: object) -> float | None:
+    """Label Studio's ISO-8601 timestamps ('2026-01-02T03:04:05.123456Z') as epoch seconds; None if unusable."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:  # Label Studio stores UTC
+        parsed = parsed.replace(tzinfo=dt.timezone.utc)
+    return parsed.timestamp()
+
+
+def iso(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def label_events(tasks: Iterable[dict], config: ImageChoicesConfig) -> tuple[list[LabelEvent], int]:
+    """(one LabelEvent per task with a usable label, in time order; non-cancelled annotations).
+
+    The annotations count is Label Studio's `total_annotations_number` (skips excluded). A task's
+    time is the creation of its first annotation with a choice (updated_at if Label Studio sent
+    no created_at); a task with no readable time is left out of the events.
+    """
+    events, n_annotations = [], 0
+    for task in tasks:
+        annotations = [a for a in task.get("annotations") or [] if isinstance(a, dict)]
+        n_annotations += sum(1 for a in annotations if not a.get("was_cancelled"))
+        label, _reason = task_label(task, config)
+        if label is None:
+            continue
+        times = [parse_time(a.get("created_at")) or parse_time(a.get("updated_at")) for a in annotations
+                 if annotation_choice(a, config) is not None]
+        times = [t for t in times if t is not None]
+        if times:
+            events.append(LabelEvent(int(task["id"]), min(times), label))
+    events.sort(key=lambda e: (e.at, e.task_id))
+    return events, n_annotations
+
+
+def phase(at: float, enabled_at: float | None) -> str:
+    if enabled_at is None:
+        return "unknown"
+    return "after" if at >= enabled_at else "before"
+
+
+def yield_buckets(events: Sequence[LabelEvent], tail: Iterable[str], enabled_at: float | None,
+                  size: int = BUCKET_SIZE) -> list[dict]:
+    """Consecutive groups of at most `size` label events (in time order), each with its tail share.
+
+    A new bucket starts when the phase (before / after ordering was enabled) changes, so no bar
+    mixes the two regimes.
+    """
+    if size < 1:
+        raise ValueError(f"bucket size must be >= 1, got {size}")
+    tail = set(tail)
+    buckets: list[dict] = []
+    for index, event in enumerate(sorted(events, key=lambda e: (e.at, e.task_id))):
+        where = phase(event.at, enabled_at)
+        if not buckets or buckets[-1]["n"] >= size or buckets[-1]["phase"] != where:
+            buckets.append({"start": index, "n": 0, "n_tail": 0, "phase": where, "first_at": event.at})
+        bucket = buckets[-1]
+        bucket["n"] += 1
+        bucket["n_tail"] += event.label in tail
+        bucket["last_at"] = event.at
+    for bucket in buckets:
+        bucket["share"] = bucket["n_tail"] / bucket["n"]
+    return buckets
+
+
+def phase_yield(events: Sequence[LabelEvent], tail: Iterable[str], enabled_at: float | None) -> dict:
+    """{"before"|"after"|"unknown": {n, n_tail, share}} over every label event."""
+    tail = set(tail)
+    out: dict[str, dict] = {}
+    for event in events:
+        part = out.setdefault(phase(event.at, enabled_at), {"n": 0, "n_tail": 0})
+        part["n"] += 1
+        part["n_tail"] += event.label in tail
+    for part in out.values():
+        part["share"] = part["n_tail"] / part["n"]
+    return out
+
+
+def class_counts(events: Iterable[LabelEvent], classes: Sequence[str]) -> dict[str, int]:
+    counts = {c: 0 for c in classes}
+    for event in events:
+        if event.label in counts:
+            counts[event.label] += 1
+    return counts
+
+
+def cumulative_per_class(events: Sequence[LabelEvent], classes: Sequence[str]) -> dict[str, np.ndarray]:
+    """Per class, how many tasks of it were labeled after each label event (time order)."""
+    ordered = sorted(events, key=lambda e: (e.at, e.task_id))
+    return {c: np.cumsum([e.label == c for e in ordered]).astype(np.int64) for c in classes}
+
+
+def skewness(counts: Mapping[str, int], classes: Sequence[str]) -> tuple[dict[str, float], list[str]]:
+    """(per-class skewness ratio = count / mean count, the tail classes: ratio < 0.3), as in training."""
+    labels = np.repeat(np.arange(len(classes)), [int(counts.get(c, 0)) for c in classes])
+    if len(labels) == 0:
+        return {c: 0.0 for c in classes}, []
+    ratios = skewness_ratios(labels, len(classes))
+    return ({c: round(float(r), 4) for c, r in zip(classes, ratios)},
+            [classes[k] for k in tail_classes(labels, len(classes))])
+
+
+# ---------------------------------------------------------------------------------- held-out ranking
+def stratified_folds(labels: Sequence[int], k: int, seed: int) -> np.ndarray:
+    """Fold index per row: each class's rows shuffled (seeded) and dealt round-robin, so every fold
+    gets its share of each class; the dealing continues across classes so folds stay equal-sized."""
+    y = np.asarray(labels, dtype=np.int64)
+    if k < 2:
+        raise ValueError(f"need at least 2 folds, got {k}")
+    if len(y) < k:
+        raise ValueError(f"{len(y)} labeled rows cannot be split into {k} folds")
+    rng = np.random.default_rng(seed)
+    folds = np.empty(len(y), dtype=np.int64)
+    offset = 0
+    for cls in np.unique(y):
+        rows = rng.permutation(np.flatnonzero(y == cls))
+        folds[rows] = (offset + np.arange(len(rows))) % k
+        offset += len(rows)
+    return folds
+
+
+def thin_curve(precision: np.ndarray, recall: np.ndarray, threshold: np.ndarray,
+               points: int = CURVE_POINTS) -> dict:
+    """At most `points` points of a PR curve (always the first and last), as lists for JSON."""
+    keep = np.arange(len(precision))
+    if len(keep) > points:
+        keep = np.unique(np.r_[np.linspace(0, len(keep) - 1, points).round().astype(int), len(keep) - 1])
+    return {"precision": [round(float(v), 5) for v in precision[keep]],
+            "recall": [round(float(v), 5) for v in recall[keep]],
+            "threshold": [round(float(v), 6) for v in threshold[keep]]}
+
+
+def score_at_precision(is_tail: np.ndarray, scores: np.ndarray, target: float = PRECISION_TARGET) -> dict | None:
+    """The lowest score s such that the held-out rows scoring >= s are at least `target` tail
+    (None when no threshold reaches it)."""
+    precision, recall, threshold = pr_curve(is_tail, scores)
+    reached = np.flatnonzero(precision >= target)
+    if len(reached) == 0:
+        return None
+    i = int(reached[-1])
+    return {"target": target, "score": float(threshold[i]), "precision": float(precision[i]),
+            "recall": float(recall[i])}
+
+
+def strategy_summary(is_tail: np.ndarray, scores: np.ndarray, folds: np.ndarray) -> dict:
+    """AUC-PR of the pooled held-out scores, per fold (folds with a tail row), and the curve."""
+    per_fold = [round(auc_pr(is_tail[folds == f], scores[folds == f]), 4)
+                for f in np.unique(folds) if is_tail[folds == f].any()]
+    return {"auc_pr": round(auc_pr(is_tail, scores), 4), "fold_auc_pr": per_fold,
+            "curve": thin_curve(*pr_curve(is_tail, scores))}
+
+
+def heldout_summary(is_tail: Sequence[bool], scores: Mapping[str, Sequence[float]], folds: Sequence[int],
+                    miner: str = "miner") -> dict:
+    """Ranking quality of the miner and each baseline on held-out rows; the best baseline by AUC-PR."""
+    y = np.asarray(is_tail, dtype=bool)
+    f = np.asarray(folds, dtype=np.int64)
+    if not y.any():
+        raise ValueError("no held-out tail row: ranking quality is undefined")
+    arrays = {name: np.asarray(s, dtype=np.float64) for name, s in scores.items()}
+    strategies = {name: strategy_summary(y, s, f) for name, s in arrays.items()}
+    baselines = {name: v for name, v in strategies.items() if name != miner}
+    best = max(baselines, key=lambda n: (baselines[n]["auc_pr"], n)) if baselines else None
+    return {"prevalence": round(float(y.mean()), 5), "n_rows": int(len(y)), "n_tail": int(y.sum()),
+            "miner": strategies[miner], "baselines": baselines, "best_baseline": best,
+            "threshold": score_at_precision(y, arrays[miner])}
+
+
+def confusion_rates(is_tail: Sequence[bool], predicted_tail: Sequence[bool]) -> tuple[float | None, float | None]:
+    """(true-positive rate, false-positive rate) of "predicted class is a tail class" on held-out rows."""
+    y = np.asarray(is_tail, dtype=bool)
+    p = np.asarray(predicted_tail, dtype=bool)
+    tpr = float(p[y].mean()) if y.any() else None
+    fpr = float(p[~y].mean()) if (~y).any() else None
+    return tpr, fpr
+
+
+# ---------------------------------------------------------------------------------- pool and base rate
+def pool_tail_estimate(likely_tail_left: int | None, n_predicted_tail: int) -> tuple[float, str]:
+    """Estimated tail tasks in the pool: the likely tail tasks left (held-out models, where their
+    precision was still PRECISION_TARGET) when the held-out evaluation exists, else the tasks the
+    current model predicts as a tail class. Both undercount or overcount for the same reason: the
+    labeled tail tasks were picked by the miner, so they are easier than the pool's (docs/report.md
+    has the measured errors)."""
+    if likely_tail_left is not None:
+        return float(likely_tail_left), "likely tail tasks left (held-out models)"
+    return float(n_predicted_tail), "tasks predicted as a tail class (no held-out evaluation yet)"
+
+
+def base_rate(n_tail_after: int, n_after: int, pool_tail: float, pool_size: int) -> float | None:
+    """Tail share random order would have given since ordering was enabled (see the module doc)."""
+    total = n_after + pool_size
+    return None if total <= 0 else (n_tail_after + pool_tail) / total
+
+
+def count_at_or_above(scores: np.ndarray, threshold: float | None) -> int | None:
+    if threshold is None:
+        return None
+    return int(np.count_nonzero(np.asarray(scores, dtype=np.float64) >= threshold))
+
+
+def histogram(scores: np.ndarray, bins: int = 40) -> dict:
+    counts, edges = np.histogram(np.asarray(scores, dtype=np.float64), bins=bins, range=(0.0, 1.0))
+    return {"edges": [round(float(e), 4) for e in edges], "counts": counts.astype(int).tolist()}

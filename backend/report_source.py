@@ -1,0 +1,286 @@
+"""What the mining report shows, gathered: annotations from Label Studio, the rest from MODEL_DIR.
+
+Inputs: the project's annotated tasks with their annotations' times (Label Studio's export,
+backend/labelstudio.py), the Data Manager tabs (when `enable-ordering` created them), the
+current model version's meta.json and held-out evaluation (backend/heldout.py), the published
+version's ranking of the pool (ranking.npz) and the publishing ledger (training and re-scoring
+times of each version). The numbers come from backend/report.py, the figures from
+backend/report_figures.py, the page from backend/report_page.py.
+
+A report is built at most once per CACHE_SECONDS per project (the page, its JSON and its PNG
+figures are usually fetched together), and again as soon as the held-out evaluation changes state.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import threading
+import time
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+from mcm_core.atomic import atomic_write_json
+
+from . import labelstudio, report
+from .label_config import parse_label_config
+from .ledger import Ledger
+from .scoring import Ranking
+from .tabs import ENABLED_AT_KEY
+from .versions import VERSION_RE, ModelStore
+
+if TYPE_CHECKING:
+    from .context import Context
+    from .heldout import HeldOut
+
+logger = logging.getLogger(__name__)
+
+CACHE_SECONDS = 20.0
+ORDERING_FILE = "ordering.json"
+FIGURES = ("tail_yield", "classes", "precision_recall", "pool_scores", "versions")
+UNKNOWN_ORDERING = ("unknown: no Data Manager tab of the project carries the time `admin enable-ordering` records "
+                    "(tabs made by hand, by an older backend, or edited in the UI before the backend read them)")
+
+
+# ------------------------------------------------------------------------------ when ordering was enabled
+def read_enabled_at(project_dir: str) -> dict | None:
+    try:
+        with open(os.path.join(project_dir, ORDERING_FILE)) as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and report.parse_time(data.get("enabled_at")) else None
+
+
+def remember_enabled_at(client, project_id: int, project_dir: str) -> dict | None:
+    """When ordering was first enabled: remembered in MODEL_DIR, else read from the project's tabs
+    (the earliest ENABLED_AT_KEY) and remembered, because Label Studio's UI may drop the key later."""
+    known = read_enabled_at(project_dir)
+    if known:
+        return known
+    response = client._client_wrapper.httpx_client.request("api/dm/views/", method="GET",
+                                                             params={"project": int(project_id)})
+    if response.status_code >= 300:
+        raise labelstudio.LabelStudioError(f"listing the Data Manager tabs of project {project_id} failed: HTTP "
+                                           f"{response.status_code} {response.text[:200]}")
+    found = []
+    for view in response.json() or []:
+        data = view.get("data") if isinstance(view, dict) else None
+        at = report.parse_time((data or {}).get(ENABLED_AT_KEY))
+        if at is not None:
+            found.append((at, str(data.get("title") or "")[:200]))
+    if not found:
+        return None
+    at, title = min(found)
+    record = {"enabled_at": report.iso(at), "tab": title, "read_at": report.iso(time.time())}
+    try:
+        atomic_write_json(os.path.join(project_dir, ORDERING_FILE), record)
+    except OSError as exc:  # read-only MODEL_DIR: the tab still has it
+        logger.warning("project %s: cannot remember when ordering was enabled: %s", project_id, exc)
+    return record
+
+
+# ------------------------------------------------------------------------------ versions
+def version_rows(store: ModelStore, ledger: dict, current: str | None) -> list[dict]:
+    """One row per version of ours known to the store (meta.json) or the ledger, oldest first."""
+    names = {v for v in list(store.versions()) + list(ledger.get("versions", {})) if VERSION_RE.match(v)}
+    rows = []
+    for version in sorted(names, key=lambda v: int(VERSION_RE.match(v).group(1))):
+        entry = ledger["versions"].get(version, {})
+        try:
+            meta = store.read_meta(version)
+        except (OSError, ValueError):
+            meta = {}
+        info = {**entry, **meta}
+        if not info.get("trained_at"):
+            continue  # adopted from an older install: nothing known about it
+        parts = [entry[k] for k in ("pool_s", "score_s", "push_head_s", "switch_s") if entry.get(k) is not None]
+        rows.append({"version": version, "number": int(VERSION_RE.match(version).group(1)),
+                     "trained_at": info.get("trained_at"), "n_labeled": info.get("n_labeled"),
+                     "train_seconds": info.get("train_seconds"), "tail_classes": info.get("tail_classes"),
+                     "rescore_seconds": round(sum(parts), 3) if parts else None,
+                     "published_at": report.iso(entry.get("published_at")),
+                     "retired": bool(entry.get("retired_at")), "current": version == current})
+    return rows
+
+
+# ------------------------------------------------------------------------------ the report
+@dataclasses.dataclass
+class Report:
+    """One built report: the JSON summary and what the figures plot."""
+
+    project_id: int
+    summary: dict
+    classes: list[str]
+    tail: list[str]
+    events: list[report.LabelEvent]
+    enabled_at: float | None
+    buckets: list[dict]
+    pool_scores: np.ndarray | None
+    heldout: dict | None
+    versions: list[dict]
+    figures: dict[str, bytes] = dataclasses.field(default_factory=dict)
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+    def figure(self, name: str) -> bytes:
+        """The PNG of one figure, rendered once per report."""
+        from .report_figures import render_figure
+
+        with self.lock:
+            if name not in self.figures:
+                self.figures[name] = render_figure(self, name)
+            return self.figures[name]
+
+
+def _heldout_part(heldout: "HeldOut", project_id: int, version: str | None) -> tuple[dict, dict | None]:
+    """(the summary's "heldout" entry, the evaluation shown: the version's, or an older one meanwhile)."""
+    if version is None:
+        return {"status": "too_little_data", "message": "no trained model yet", "version": None}, None
+    state, message = heldout.state(project_id, version)
+    if state in ("not requested", "failed"):  # a failure is retried after RETRY_FAILED_SECONDS
+        heldout.request(project_id, version)
+        state, message = heldout.state(project_id, version)
+    result = heldout.read(project_id, version) if state == "ready" else None
+    if result is not None and result.get("status") != "ready":  # e.g. too little data, stored
+        return {"status": result.get("status"), "message": result.get("message"), "version": version}, None
+    shown = result or heldout.latest_ready(project_id, version)
+    part = {"status": state, "message": message, "version": version}
+    if shown:
+        best = shown.get("best_baseline")
+        part.update(
+            evaluated_version=shown.get("version"), folds=shown.get("folds"), seed=shown.get("seed"),
+            n_labeled=shown.get("n_labeled"), n_tail=shown.get("n_tail"), prevalence=shown.get("prevalence"),
+            tail_classes=shown.get("tail_classes"), auc_pr=shown["miner"]["auc_pr"],
+            fold_auc_pr=shown["miner"]["fold_auc_pr"], best_baseline=best,
+            best_baseline_auc_pr=shown["baselines"][best]["auc_pr"] if best else None,
+            baselines_auc_pr={k: v["auc_pr"] for k, v in shown["baselines"].items()},
+            baseline_source=shown.get("baseline_source"), threshold=shown.get("threshold"),
+            tpr=shown.get("tpr"), fpr=shown.get("fpr"), pool_evaluated=shown.get("pool_evaluated"),
+            pool_sample_fraction=shown.get("pool_sample_fraction"), computed_at=shown.get("computed_at"),
+            seconds=shown.get("seconds"))
+    return part, shown
+
+
+def _likely_tail(heldout: "HeldOut", project_id: int, shown: dict | None, ranking: Ranking) -> dict:
+    """How many unlabeled tasks the fold models score at or above the held-out precision threshold,
+    and the score of the tab (current ranking) above which as many tasks sit."""
+    threshold = ((shown or {}).get("threshold") or {}).get("score")
+    stored = heldout.read_pool(project_id, shown["version"]) if shown and threshold is not None else None
+    if stored is None:
+        return {"threshold_score": threshold, "likely_tail_left": None, "queue_score_at_likely": None}
+    ids, scores = stored
+    still = np.isin(ids, ranking.task_ids)  # not labeled since the evaluation
+    fraction = float(shown.get("pool_sample_fraction") or 1.0)
+    left = min(len(ranking), int(round(report.count_at_or_above(scores[still], threshold) / fraction)))
+    return {"threshold_score": threshold, "likely_tail_left": left,
+            "queue_score_at_likely": float(ranking.scores[left - 1]) if left else None,
+            "histogram_likely": report.histogram(ranking.scores[:left])["counts"]}
+
+
+def build_report(context: "Context", heldout: "HeldOut", project_id: int, last_error: str | None = None) -> Report:
+    """Read everything the report shows and compute its numbers (raises LabelStudioError if Label
+    Studio cannot be read)."""
+    client = context.client()
+    project_dir = context.settings.project_dir(project_id)
+    config = parse_label_config(labelstudio.get_label_config(client, project_id))
+    classes = list(config.classes)
+    annotated = labelstudio.list_annotated_tasks(client, project_id)
+    events, n_annotations = report.label_events(annotated, config)
+    counts = report.class_counts(events, classes)
+    ratios, tail_now = report.skewness(counts, classes)
+
+    model = context.projects.get(project_id).model
+    meta = model.meta if model else {}
+    tail = list(meta.get("tail_classes", tail_now)) if model else tail_now
+    try:
+        ordering, ordering_note = remember_enabled_at(client, project_id, project_dir), UNKNOWN_ORDERING
+    except labelstudio.LabelStudioError as exc:  # the tabs could not be read: the rest of the report still can
+        ordering, ordering_note = None, f"unknown: {exc}"
+    enabled_at = report.parse_time((ordering or {}).get("enabled_at"))
+    buckets = report.yield_buckets(events, tail, enabled_at)
+    phases = report.phase_yield(events, tail, enabled_at)
+
+    store = context.projects.store(project_id)
+    ledger = Ledger(project_dir).read()
+    published = ledger.get("current") or (model.version if model else None)
+    heldout_part, shown = _heldout_part(heldout, project_id, model.version if model else None)
+
+    pool_scores = pool_pred = ranking = None
+    if published:
+        try:
+            ranking = Ranking.load(os.path.join(project_dir, published, "ranking.npz"))
+            ranking = ranking.without([int(t["id"]) for t in annotated])  # labeled since it was ranked
+            pool_scores, pool_pred = ranking.scores, ranking.labels
+        except (OSError, ValueError, KeyError):
+            pass
+    pool = {"version": published, "n_unlabeled": None if pool_scores is None else int(len(pool_scores))}
+    after = phases.get("after", {"n": 0, "n_tail": 0})
+    rate = method = None
+    if pool_scores is not None:
+        tail_idx = [classes.index(c) for c in tail if c in classes]
+        n_pred_tail = int(np.isin(pool_pred, tail_idx).sum())
+        likely = _likely_tail(heldout, project_id, shown, ranking)
+        estimate, method = report.pool_tail_estimate(likely["likely_tail_left"], n_pred_tail)
+        pool.update(predicted_tail=n_pred_tail, tail_estimate=round(estimate, 1), tail_estimate_method=method,
+                    histogram=report.histogram(pool_scores), precision_target=report.PRECISION_TARGET, **likely)
+        rate = report.base_rate(after["n_tail"], after["n"], estimate, len(pool_scores))
+    versions = version_rows(store, ledger, published)
+    after_share = after.get("share")
+    summary = {
+        "project": project_id, "generated_at": report.iso(time.time()),
+        "model_version": model.version if model else None, "published_version": published,
+        "classes": classes,
+        "n_annotations": n_annotations, "n_labeled_tasks": len(events),
+        "labeled_per_class": counts, "skewness_ratio": ratios, "tail_classes": tail, "tail_classes_now": tail_now,
+        "model": {"n_labeled": meta.get("n_labeled"), "labeled_per_class": meta.get("labeled_per_class"),
+                  "trained_at": meta.get("trained_at")} if model else None,
+        "ordering": {"enabled_at": (ordering or {}).get("enabled_at"), "tab": (ordering or {}).get("tab"),
+                     "note": None if ordering else ordering_note},
+        "tail_yield": {**{k: phases.get(k) for k in ("before", "after", "unknown")},
+                       "bucket_size": report.BUCKET_SIZE,
+                       "buckets": [{**b, "first_at": report.iso(b["first_at"]), "last_at": report.iso(b["last_at"]),
+                                    "share": round(b["share"], 4)} for b in buckets],
+                       "base_rate": None if rate is None else round(rate, 4), "base_rate_method": method,
+                       "lift_after": round(after_share / rate, 2) if after_share is not None and rate else None},
+        "heldout": heldout_part, "pool": pool, "versions": versions, "last_error": last_error,
+    }
+    built = Report(project_id, summary, classes, tail, events, enabled_at, buckets, pool_scores, shown, versions)
+    from .report_figures import figure_states
+
+    summary["figures"] = {name: {**state, "path": f"/mcm/report/{name}.png?project={project_id}"}
+                          for name, state in figure_states(built).items()}
+    return built
+
+
+class Reports:
+    """Built reports per project, reused for CACHE_SECONDS while the held-out evaluation's state is unchanged."""
+
+    def __init__(self, context: "Context", heldout: "HeldOut", last_error: Callable[[int], str | None],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.context = context
+        self.heldout = heldout
+        self.last_error = last_error
+        self.clock = clock
+        self._cache: dict[int, tuple[float, tuple, Report]] = {}
+        self._locks: dict[int, threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def _token(self, project_id: int) -> tuple:
+        model = self.context.projects.get(project_id).model
+        version = model.version if model else None
+        return (version, self.heldout.state(project_id, version)[0] if version else None,
+                Ledger(self.context.settings.project_dir(project_id)).read().get("current"))
+
+    def get(self, project_id: int) -> Report:
+        with self._lock:
+            lock = self._locks.setdefault(project_id, threading.Lock())
+        with lock:
+            token = self._token(project_id)
+            cached = self._cache.get(project_id)
+            if cached and self.clock() - cached[0] < CACHE_SECONDS and cached[1] == token:
+                return cached[2]
+            built = build_report(self.context, self.heldout, project_id, self.last_error(project_id))
+            self._cache[project_id] = (self.clock(), self._token(project_id), built)
+            return built
