@@ -199,5 +199,5 @@ def score_detection_tasks(project_id: int, tasks: Sequence[dict], context: "Cont
         labels.append(int(box_labels[rows][0]))  # the most confident candidate's class
     empty = [k[0] for k, c in zip(keys, candidates) if not len(c)]  # no candidate: nothing to mine, last
     ranking = Ranking.build([k[0] for k, _, _ in scored] + empty, np.concatenate([scores, np.zeros(len(empty))]),
-                            labels + [0] * len(empty), TaskRegions(regions))
+                            labels + [-1] * len(empty), TaskRegions(regions))  # -1: no class predicted
     return ranking, skipped

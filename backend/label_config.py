@@ -43,9 +43,6 @@ class LabelConfig:
             raise ValueError(f"unknown label {label!r}; the config's classes are {list(self.classes)}") from None
 
 
-ImageChoicesConfig = LabelConfig  # the name before detection projects existed
-
-
 @functools.lru_cache(maxsize=64)
 def parse_label_config(config: str) -> LabelConfig:
     """Return the Image/control pair of `config` or raise LabelConfigError naming what is wrong."""

@@ -136,7 +136,7 @@ class Ranking:
 
     task_ids: np.ndarray   # int64
     scores: np.ndarray     # float64 in [0, 1], the pushed prediction score
-    labels: np.ndarray     # int32 class index of the pre-annotation (detection: of the most confident region)
+    labels: np.ndarray     # int32 class of the pre-annotation (detection: most confident candidate's; -1: none)
     regions: TaskRegions | None = None  # detection projects: each task's RectangleLabels regions
 
     @classmethod

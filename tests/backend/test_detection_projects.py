@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -177,7 +178,9 @@ def det_env(tmp_path_factory):
             images.files[f"/img/{tid}.png"] = png_bytes(image.pixels)
             fake.add_task(PID, tid, f"{images.url}/img/{tid}.png")
             if split == "labeled":
-                fake.tasks[tid]["annotations"].append({"id": tid, "was_cancelled": False, "updated_at": "2026",
+                at = f"2026-01-01T00:{(tid - 3000) // 60:02d}:{(tid - 3000) % 60:02d}Z"
+                fake.tasks[tid]["annotations"].append({"id": tid, "was_cancelled": False, "created_at": at,
+                                                       "updated_at": at,
                                                        "result": annotation_result(image.boxes, image.classes)})
                 continue
             truth[tid] = image.has_any(TAILS)
@@ -195,7 +198,7 @@ def det_env(tmp_path_factory):
                         miner_options='{"n_models": 2, "ae_min_steps": 500}')
     app = create_app(settings)
     yield {"fake": fake, "images": images, "app": app, "truth": truth, "no_candidates": no_candidates,
-           "settings": settings}
+           "settings": settings, "labeled": labeled}
     app.config["MCM_STATE"].close()
     fake.close()
     images.close()
@@ -217,6 +220,8 @@ def test_detection_project_trains_on_boxes_and_pushes_regions_tail_first(det_env
     assert set(mine) == set(truth) | {det_env["no_candidates"]}
     # a task without candidates scores 0 (last) and carries no region
     assert mine[det_env["no_candidates"]]["score"] == 0.0 and mine[det_env["no_candidates"]]["result"] == []
+    ranking = Ranking.load(str(Path(det_env["settings"].project_dir(PID)) / version / "ranking.npz"))
+    assert ranking.task_ids[-1] == det_env["no_candidates"] and ranking.labels[-1] == -1  # no class predicted
     regions = [r for p in mine.values() for r in p["result"]]
     assert regions and all(r["type"] == "rectanglelabels" and r["from_name"] == "label" for r in regions)
     assert all(r["score"] >= det_env["settings"].detection_region_min_confidence for r in regions)
@@ -237,6 +242,36 @@ def test_detection_predict_answers_the_published_regions_and_scores(det_env):
     for tid, result in zip(tids, response.json["results"]):
         assert result["score"] == pytest.approx(det_env["scores"][tid], abs=1e-6)
         assert result["result"] == published[tid]["result"]
+
+
+def test_detection_report_counts_objects_and_images_with_a_tail_object(det_env):
+    client = det_env["app"].test_client()
+    deadline = time.monotonic() + 120
+    while True:
+        response = client.get(f"/mcm/report?project={PID}&format=json")
+        assert response.status_code == 200, response.json
+        summary = response.json
+        if summary["heldout"]["status"] not in ("queued", "computing", "not requested") \
+                or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    labeled = det_env["labeled"]
+    objects = np.concatenate([image.classes for image in labeled])
+    assert summary["labeled_per_class"] == {str(d): int((objects == d).sum()) for d in range(10)}
+    assert summary["labeled_per_class"] == client.get(f"/mcm/status?project={PID}").json["labeled_per_class"]
+    assert summary["n_labeled_tasks"] == len(labeled)
+    with_tail = sum(image.has_any(TAILS) for image in labeled)
+    assert 0 < with_tail < len(labeled)
+    assert summary["tail_yield"]["unknown"] == {"n": len(labeled), "n_tail": with_tail,
+                                                "share": with_tail / len(labeled)}
+    # one class per labeled task is what the held-out evaluation ranks: it says so instead of failing
+    assert summary["heldout"]["status"] == "unsupported", summary["heldout"]
+    assert "object detection" in summary["heldout"]["message"]
+    assert summary["figures"]["classes"]["status"] == "ok"
+    assert summary["figures"]["precision_recall"]["status"] == "unsupported"
+    for name in ("tail_yield", "classes", "precision_recall"):
+        png = client.get(f"/mcm/report/{name}.png?project={PID}")
+        assert png.status_code == 200 and png.data[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_detection_project_needs_a_candidate_source(make_settings):

@@ -50,6 +50,28 @@ def test_label_events_first_annotation_time_latest_label_and_annotation_count():
     assert events[1].at == report.parse_time("2026-01-01T00:00:10Z")
 
 
+def test_detection_label_events_carry_every_box_class_and_count_images_with_a_tail_object():
+    config = parse_label_config("""<View><Image name="image" value="$image"/><RectangleLabels name="box"
+      toName="image"><Label value="a"/><Label value="b"/><Label value="t"/></RectangleLabels></View>""")
+
+    def boxes(labels, created, cancelled=False):
+        return {"id": 1, "was_cancelled": cancelled, "created_at": created, "updated_at": created, "result": [
+            {"from_name": "box", "to_name": "image", "type": "rectanglelabels", "original_width": 100,
+             "original_height": 100, "value": {"x": 10 * i, "y": 10, "width": 5, "height": 5,
+                                               "rectanglelabels": [label]}} for i, label in enumerate(labels)]}
+
+    tasks = [{"id": 1, "annotations": [boxes(["a", "a", "t"], "2026-01-01T00:00:01Z")]},
+             {"id": 2, "annotations": [boxes([], "2026-01-01T00:00:02Z")]},  # an image without objects
+             {"id": 3, "annotations": [boxes(["b", "zzz"], "2026-01-01T00:00:03Z")]},  # unknown label: no object
+             {"id": 4, "annotations": [boxes(["t"], "2026-01-01T00:00:04Z", cancelled=True)]}]
+    events, n_annotations = report.label_events(tasks, config)
+    assert n_annotations == 3
+    assert [(e.task_id, e.classes) for e in events] == [(1, ("a", "a", "t")), (2, ()), (3, ("b",))]
+    assert report.class_counts(events, ["a", "b", "t"]) == {"a": 2, "b": 1, "t": 1}
+    assert report.phase_yield(events, {"t"}, None) == {"unknown": {"n": 3, "n_tail": 1, "share": 1 / 3}}
+    assert report.cumulative_per_class(events, ["a", "b", "t"])["a"].tolist() == [2, 2, 2]
+
+
 def test_yield_buckets_split_at_the_enabling_moment_and_by_size():
     events, enabled = _events("atbbtaatt", enabled_after=5)  # before: a t b b t | after: a a t t
     buckets = report.yield_buckets(events, {"t"}, enabled, size=3)
