@@ -206,11 +206,12 @@ def plot(results: dict, default: str, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(results), figsize=(7.5 * len(results), 4.8), squeeze=False)
     for ax, (name, res) in zip(axes.flat, results.items()):
         names = list(dict.fromkeys([default, "reconstruction K=3", "paper K=3", "tail_novelty K=3", *BASELINES]))
         plot_pr(ax, res["runs"][0]["curves"], names, default, f"{name} (seed 0)",
-                "recall of images with a tail object", {"fontsize": 7, "loc": "upper right"})
+                "recall of images with a tail object",
+                {"fontsize": 7, "loc": "upper left", "bbox_to_anchor": (1.01, 1.0)})  # off the curves
     fig.tight_layout()
     save_figure(fig, path)
 
