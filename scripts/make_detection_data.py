@@ -19,15 +19,15 @@ Usage: python scripts/make_detection_data.py --root DIR [--subdir det_demo] [--s
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from backend.boxes import rectangle_result  # noqa: E402
+from make_demo_data import save_gray_png, write_json_files  # noqa: E402
 from mcm_core.bench.detection_data import make_images, simulate_detector  # noqa: E402
 from mcm_core.detection import box_iou  # noqa: E402
 
@@ -59,14 +59,6 @@ def detector_prediction(boxes, confidences, version: str = DETECTOR_VERSION, con
             "result": result}
 
 
-def write_png(pixels: np.ndarray, path: Path) -> None:
-    from PIL import Image
-
-    tmp = path.with_suffix(".tmp.png")
-    Image.fromarray(pixels, mode="L").save(tmp)
-    os.replace(tmp, path)
-
-
 def make_detection_data(root: Path, subdir: str = "det_demo", seed: int = 0, n_labeled: int = 150,
                         n_pool: int = 300, tail_digits: tuple[int, ...] = (0, 1), tail_labeled: float = 0.01,
                         tail_pool: float = 0.03) -> dict:
@@ -86,7 +78,7 @@ def make_detection_data(root: Path, subdir: str = "det_demo", seed: int = 0, n_l
     for split, images in parts.items():
         for i, image in enumerate(images):
             name = f"{split}-{i:04d}.png"
-            write_png(image.pixels, out / "images" / name)
+            save_gray_png(image.pixels, out / "images" / name)
             url = f"/data/local-files/?d={subdir}/images/{name}"
             boxes, conf = simulate_detector(image, detector, tail_digits)
             labels = [DIGITS[int(image.classes[j])] if iou[j] > 0.3 else DIGITS[int(detector.integers(10))]
@@ -101,10 +93,7 @@ def make_detection_data(root: Path, subdir: str = "det_demo", seed: int = 0, n_l
                 "detector_version": DETECTOR_VERSION, "n_labeled": n_labeled, "n_pool": n_pool,
                 "pool_tail_fraction": sum(bool(set(it["classes"]) & set(tails)) for it in pool) / len(pool),
                 "items": items}
-    for name, obj in (("tasks.json", tasks), ("manifest.json", manifest)):
-        tmp = out / (name + ".tmp")
-        tmp.write_text(json.dumps(obj))
-        os.replace(tmp, out / name)
+    write_json_files(out, {"tasks.json": tasks, "manifest.json": manifest})
     return manifest
 
 

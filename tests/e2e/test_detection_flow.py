@@ -48,14 +48,10 @@ def wait_scored(backend, pid: int, n_expected: int, not_version: str | None = No
 def test_1_detection_project_with_a_teams_detector_predictions(ls, ls_env, flow, stopwatch, metrics):
     with stopwatch("det 1 project + 450 canvases with detector predictions"):
         manifest = make_detection_data(ls_env["files_root"], SUBDIR, seed=0)
-        project = ls.post("/api/projects/", json={"title": f"e2e detection {time.strftime('%H:%M:%S')}",
-                                                  "label_config": manifest["label_config"]})
-        pid = project["id"]
-        ls.post("/api/storages/localfiles/", json={"project": pid, "title": "canvases",
-                                                   "path": str(Path(ls_env["files_root"]) / SUBDIR),
-                                                   "use_blob_urls": False})
-        tasks = json.loads((Path(ls_env["files_root"]) / SUBDIR / "tasks.json").read_text())
-        imported = ls.post(f"/api/projects/{pid}/import", json=tasks)
+        folder = Path(ls_env["files_root"]) / SUBDIR
+        tasks = json.loads((folder / "tasks.json").read_text())
+        pid, imported = ls.local_files_project(f"e2e detection {time.strftime('%H:%M:%S')}",
+                                               manifest["label_config"], folder, tasks)
     assert imported["task_count"] == len(tasks) == 450
     version = manifest["detector_version"]
     assert ls.model_versions(pid).get(version) == len(tasks), "every task has the detector's prediction"

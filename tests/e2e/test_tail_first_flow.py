@@ -59,16 +59,11 @@ def wait_trained(backend, pid: int, n_expected_scored: int, not_version: str | N
 def test_1_project_with_mnist_local_files(ls, ls_env, flow, stopwatch, metrics):
     with stopwatch("1 project + 1,500 MNIST tasks (local files)"):
         manifest = make_demo_data(ls_env["files_root"], SUBDIR, seed=0)
-        project = ls.post("/api/projects/", json={"title": f"e2e tail first {time.strftime('%H:%M:%S')}",
-                                                  "label_config": manifest["label_config"]})
-        pid = project["id"]
-        # /data/local-files/ only serves paths under a local storage of the project.
-        ls.post("/api/storages/localfiles/", json={"project": pid, "title": "mnist pngs",
-                                                   "path": str(Path(ls_env["files_root"]) / SUBDIR),
-                                                   "use_blob_urls": False})
-        tasks = json.loads((Path(ls_env["files_root"]) / SUBDIR / "tasks.json").read_text())
+        folder = Path(ls_env["files_root"]) / SUBDIR
+        tasks = json.loads((folder / "tasks.json").read_text())
         tasks.append({"data": {"image": MISSING_IMAGE}})  # step 8: must not block the others
-        imported = ls.post(f"/api/projects/{pid}/import", json=tasks)
+        pid, imported = ls.local_files_project(f"e2e tail first {time.strftime('%H:%M:%S')}",
+                                               manifest["label_config"], folder, tasks)
     assert imported["task_count"] == len(tasks)
 
     by_image = {it["image"]: it for it in manifest["items"]}
