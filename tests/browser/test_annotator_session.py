@@ -24,7 +24,6 @@ import os
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import requests
