@@ -17,54 +17,17 @@ import base64
 import json
 import os
 import sys
-import time
-from pathlib import Path
 from typing import Any, Sequence
-
-import requests
 
 from . import labelstudio
 from . import tabs as tabs_mod
+from .admin_report import cmd_report
+from .backend_client import backend_get, backend_status, basic_auth_from_env
 from .ls_admin import AdminError, LabelStudioAdmin
 from .tabs import VIEW_TITLE
 
 UNCERTAINTY_SAMPLING = "Uncertainty sampling"
 SEQUENTIAL_SAMPLING = "Sequential sampling"
-
-
-# ----------------------------------------------------------------------------- backend access
-def basic_auth_from_env() -> tuple[str, str] | None:
-    user, password = os.environ.get("BASIC_AUTH_USER"), os.environ.get("BASIC_AUTH_PASS")
-    return (user, password) if user and password else None
-
-
-def backend_fetch(backend_url: str, path: str, params: dict | None = None, timeout: float = 10.0
-                  ) -> requests.Response:
-    """GET a route of our backend (2xx only); AdminError naming the cause otherwise."""
-    url = backend_url.rstrip("/") + path
-    try:
-        response = requests.get(url, params=params, auth=basic_auth_from_env(), timeout=timeout)
-    except requests.RequestException as exc:
-        raise AdminError(f"backend unreachable at {backend_url} ({type(exc).__name__}); is it running?") from None
-    if response.status_code == 401:
-        raise AdminError(f"backend at {backend_url} requires basic auth: set BASIC_AUTH_USER and BASIC_AUTH_PASS")
-    if response.status_code >= 300:
-        raise AdminError(f"backend at {backend_url} answered HTTP {response.status_code} to {path}: "
-                         f"{response.text[:200]}")
-    return response
-
-
-def backend_get(backend_url: str, path: str, params: dict | None = None, timeout: float = 10.0) -> dict:
-    """GET a JSON route of our backend; AdminError naming the cause otherwise."""
-    response = backend_fetch(backend_url, path, params, timeout)
-    try:
-        return response.json()
-    except ValueError:
-        raise AdminError(f"backend at {backend_url} answered {path} with non-JSON: {response.text[:200]}") from None
-
-
-def backend_status(backend_url: str, project_id: int) -> dict:
-    return backend_get(backend_url, "/mcm/status", params={"project": project_id})
 
 
 # ----------------------------------------------------------------------------- commands
@@ -244,64 +207,6 @@ def cmd_status(ls: LabelStudioAdmin, args: argparse.Namespace) -> int:
         print(f"  note: project.model_version differs from the backend's version; run "
               f"`enable-ordering --project {lsi['project']}` so sorting by score uses the new predictions")
     return 0
-
-
-REPORT_TIMEOUT = 300.0  # building a report reads the project's export from Label Studio
-PENDING = ("queued", "computing")
-
-
-def cmd_report(ls: LabelStudioAdmin | None, args: argparse.Namespace) -> int:
-    """Fetch the mining report from the backend: figures as PNG, summary.json and the page."""
-    backend_url = args.url or ls.connected_backend(ls.project(args.project).id).url
-    params = {"project": args.project}
-    summary = backend_get(backend_url, "/mcm/report", {**params, "format": "json"}, REPORT_TIMEOUT)
-    deadline = time.monotonic() + args.wait
-    while summary["heldout"]["status"] in PENDING and time.monotonic() < deadline:
-        time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
-        summary = backend_get(backend_url, "/mcm/report", {**params, "format": "json"}, REPORT_TIMEOUT)
-    out = Path(args.out or f"mcm-report-{args.project}")
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name in summary["figures"]:
-        response = backend_fetch(backend_url, f"/mcm/report/{name}.png", params, REPORT_TIMEOUT)
-        (out / f"{name}.png").write_bytes(response.content)
-        written.append(f"{name}.png")
-    page = backend_fetch(backend_url, "/mcm/report", params, REPORT_TIMEOUT)
-    (out / "report.html").write_text(page.text, encoding="utf-8")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    for line in report_lines(summary):
-        print(line)
-    print(f"wrote {', '.join(written)}, report.html and summary.json to {out}")
-    return 0
-
-
-def _share(part: dict | None) -> str:
-    return f"{part['share']:.1%} ({part['n_tail']} of {part['n']})" if part else "-"
-
-
-def report_lines(summary: dict) -> list[str]:
-    """The report's headline figures as text."""
-    y, held, pool = summary["tail_yield"], summary["heldout"], summary["pool"]
-    enabled = summary["ordering"]["enabled_at"] or "unknown"
-    lines = [f"project {summary['project']}: {summary['n_labeled_tasks']} labeled tasks, {summary['n_annotations']} "
-             f"annotations; tail classes: {', '.join(summary['tail_classes']) or 'none'}; model "
-             f"{summary['model_version']}",
-             f"  ordering enabled: {enabled}",
-             f"  tail yield before: {_share(y.get('before'))}; since: {_share(y.get('after'))}"
-             + (f"; all (time unknown): {_share(y.get('unknown'))}" if y.get("unknown") else ""),
-             f"  expected at random since ordering: "
-             + (f"{y['base_rate']:.1%} ({y['base_rate_method']})" if y.get("base_rate") is not None else "-")]
-    if held.get("auc_pr") is not None:
-        lines.append(f"  held-out AUC-PR ({held['folds']}-fold CV on {held['n_labeled']} labels, {held['n_tail']} tail; "
-                     f"{held['evaluated_version']}): miner {held['auc_pr']:.3f}, best uncertainty baseline "
-                     f"{held['best_baseline']} {held['best_baseline_auc_pr']:.3f}, random {held['prevalence']:.3f}")
-    else:
-        lines.append(f"  held-out AUC-PR: {held['status']}" + (f" ({held['message']})" if held.get("message") else ""))
-    if pool.get("likely_tail_left") is not None:
-        lines.append(f"  likely tail tasks left: {pool['likely_tail_left']} of {pool['n_unlabeled']} unlabeled")
-    if summary.get("last_error"):
-        lines.append(f"  last error: {summary['last_error']}")
-    return lines
 
 
 # ----------------------------------------------------------------------------- entry point

@@ -179,9 +179,33 @@ def _likely_tail(heldout: "HeldOut", project_id: int, shown: dict | None, rankin
             "histogram_likely": report.histogram(ranking.scores[:left])["counts"]}
 
 
+def _pool_part(heldout: "HeldOut", project_id: int, project_dir: str, published: str | None, annotated: list,
+               tail_idx: list[int], shown: str | None, after: dict) -> tuple[dict, np.ndarray | None, float | None, str | None]:
+    """The unlabeled pool as the published ranking saw it (minus tasks labeled since): its score
+    histogram, how many tail tasks are likely left, and the base rate a random queue would have had."""
+    pool_scores = pool_pred = ranking = None
+    if published:
+        try:
+            ranking = Ranking.load(os.path.join(project_dir, published, "ranking.npz"))
+            ranking = ranking.without([int(t["id"]) for t in annotated])  # labeled since it was ranked
+            pool_scores, pool_pred = ranking.scores, ranking.labels
+        except (OSError, ValueError, KeyError):
+            pass
+    pool = {"version": published, "n_unlabeled": None if pool_scores is None else int(len(pool_scores))}
+    rate = method = None
+    if pool_scores is not None:
+        n_pred_tail = int(np.isin(pool_pred, tail_idx).sum())
+        likely = _likely_tail(heldout, project_id, shown, ranking)
+        estimate, method = report.pool_tail_estimate(likely["likely_tail_left"], n_pred_tail)
+        pool.update(predicted_tail=n_pred_tail, tail_estimate=round(estimate, 1), tail_estimate_method=method,
+                    histogram=report.histogram(pool_scores), precision_target=report.PRECISION_TARGET, **likely)
+        rate = report.base_rate(after["n_tail"], after["n"], estimate, len(pool_scores))
+    return pool, pool_scores, rate, method
+
+
 def build_report(context: "Context", heldout: "HeldOut", project_id: int, last_error: str | None = None) -> Report:
     """Read everything the report shows and compute its numbers (raises LabelStudioError if Label
-    Studio cannot be read)."""
+    Studio cannot be read). Half its length is the summary's literal: the JSON schema in one place."""
     client = context.client()
     project_dir = context.settings.project_dir(project_id)
     config = parse_label_config(labelstudio.get_label_config(client, project_id))
@@ -207,25 +231,9 @@ def build_report(context: "Context", heldout: "HeldOut", project_id: int, last_e
     published = ledger.get("current") or (model.version if model else None)
     heldout_part, shown = _heldout_part(heldout, project_id, model.version if model else None)
 
-    pool_scores = pool_pred = ranking = None
-    if published:
-        try:
-            ranking = Ranking.load(os.path.join(project_dir, published, "ranking.npz"))
-            ranking = ranking.without([int(t["id"]) for t in annotated])  # labeled since it was ranked
-            pool_scores, pool_pred = ranking.scores, ranking.labels
-        except (OSError, ValueError, KeyError):
-            pass
-    pool = {"version": published, "n_unlabeled": None if pool_scores is None else int(len(pool_scores))}
     after = phases.get("after", {"n": 0, "n_tail": 0})
-    rate = method = None
-    if pool_scores is not None:
-        tail_idx = [classes.index(c) for c in tail if c in classes]
-        n_pred_tail = int(np.isin(pool_pred, tail_idx).sum())
-        likely = _likely_tail(heldout, project_id, shown, ranking)
-        estimate, method = report.pool_tail_estimate(likely["likely_tail_left"], n_pred_tail)
-        pool.update(predicted_tail=n_pred_tail, tail_estimate=round(estimate, 1), tail_estimate_method=method,
-                    histogram=report.histogram(pool_scores), precision_target=report.PRECISION_TARGET, **likely)
-        rate = report.base_rate(after["n_tail"], after["n"], estimate, len(pool_scores))
+    pool, pool_scores, rate, method = _pool_part(heldout, project_id, project_dir, published, annotated,
+                                                 [classes.index(c) for c in tail if c in classes], shown, after)
     versions = version_rows(store, ledger, published)
     after_share = after.get("share")
     summary = {

@@ -58,6 +58,11 @@ TABLE: tuple[Setting, ...] = (
     Setting("MCM_HEAD_SIZE", "head_size", int, 100, "Tasks pushed at once under a new version (the head of the "
             "queue); at least 4 x the labels added since the previous version.", minimum=1,
             group="Publishing predictions"),
+    Setting("MCM_QUEUE_WINDOW", "queue_window", int, 0, "0: the tail-first tab follows the mining score (the "
+            "highest share of tail tasks first). N > 0: the N best-scored tasks are re-ordered so that their "
+            "labels teach the model more (tail classes in turn, least like what is labeled first; "
+            "mcm_core.queue), at some cost in tail share (docs/quality.md). Applies from the next training.",
+            minimum=0, group="Publishing predictions"),
     Setting("MCM_FILL_AFTER_SECONDS", "fill_after_seconds", float, 300.0, "Once a version has been current this "
             "long, push the rest of the pool too (a project's first version fills at once).", minimum=0,
             group="Publishing predictions"),
@@ -162,6 +167,7 @@ class Settings:
     retrain_min_interval: float = _default("retrain_min_interval")
     retrain_max_wait: float = _default("retrain_max_wait")
     head_size: int = _default("head_size")
+    queue_window: int = _default("queue_window")
     fill_after_seconds: float = _default("fill_after_seconds")
     prediction_grace_seconds: float = _default("prediction_grace_seconds")
     pool_relist_seconds: float = _default("pool_relist_seconds")
@@ -232,9 +238,9 @@ class Settings:
 
     @property
     def miner_kwargs(self) -> dict:
-        """MCM_MINER_OPTIONS parsed."""
+        """MinorityMiner keyword options: MCM_QUEUE_WINDOW, then MCM_MINER_OPTIONS parsed (which wins)."""
         if not self.miner_options:
-            return {}
+            return {"queue_window": self.queue_window}
         try:
             options = json.loads(self.miner_options)
         except ValueError as exc:
@@ -242,7 +248,7 @@ class Settings:
         if not isinstance(options, dict) or {"num_classes", "seed"} & set(options):
             raise ValueError("MCM_MINER_OPTIONS must be a JSON object of MinorityMiner keyword options "
                              "(num_classes and seed are set by the backend)")
-        return options
+        return {"queue_window": self.queue_window, **options}
 
     def project_dir(self, project_id: int) -> str:
         return os.path.join(self.model_dir, str(int(project_id)))

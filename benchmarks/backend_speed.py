@@ -58,10 +58,12 @@ class _BenchLabelStudio:
 
         @app.route("/api/tasks/")
         def tasks():
-            query = json.loads(request.args["query"])
-            annotated = query["filters"]["items"][0]["operator"] == "greater"
+            items_filter = json.loads(request.args["query"])["filters"].get("items") or []
+            annotated = items_filter[0]["operator"] == "greater" if items_filter else None  # None: every task
             if annotated not in fake.filtered:
-                fake.filtered[annotated] = [t for t in fake.tasks if bool(t.get("annotations")) == annotated]
+                fake.filtered[annotated] = [{**t, "total_annotations": len(t.get("annotations") or [])}
+                                            for t in fake.tasks
+                                            if annotated is None or bool(t.get("annotations")) == annotated]
             items = fake.filtered[annotated]
             page, size = int(request.args["page"]), int(request.args["page_size"])
             chunk = items[(page - 1) * size: page * size]

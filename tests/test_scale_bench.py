@@ -121,3 +121,18 @@ def test_ls_server_refuses_to_switch_the_database_of_a_state_dir(tmp_path):
     assert result.returncode != 0
     assert "was created with MCM_LS_DB=sqlite" in result.stderr
     assert not (state / "pg").exists()
+
+
+def test_backend_speed_benchmark_runs_the_whole_path_on_a_small_project(tmp_path, capsys):
+    """benchmarks.backend_speed against its in-process fake Label Studio: trains, ranks every unlabeled
+    task, pushes the head and answers /predict (it broke once when the refresh's listing changed)."""
+    import json
+
+    from benchmarks import backend_speed
+
+    out = tmp_path / "speed.json"
+    assert backend_speed.main(["--annotated", "300", "--unlabeled", "450", "--dim", "32", "--out", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    assert figures["n_scored"] == 450 and figures["model_version"].startswith("mcm-v1-")
+    assert figures["refresh_seconds"]["pool"] == 450 and figures["refresh_seconds"]["created"] == 200
+    assert set(figures["predict_100_seconds"]) == {"first", "median"}

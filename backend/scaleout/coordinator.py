@@ -30,7 +30,6 @@ from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 
 from ..pacing import ready_at
-from ..settings import Settings
 
 logger = logging.getLogger(__name__)
 

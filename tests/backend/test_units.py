@@ -44,7 +44,7 @@ def test_settings_from_env_parses_and_validates():
         Settings.from_env({"BASIC_AUTH_USER": "u"})
     with pytest.raises(ValueError, match="CIDR"):
         Settings.from_env({"MCM_ALLOWED_HOSTS": "10.0.0.0/99"})
-    assert Settings.from_env({"MCM_MINER_OPTIONS": '{"n_models": 1}'}).miner_kwargs == {"n_models": 1}
+    assert Settings.from_env({"MCM_MINER_OPTIONS": '{"n_models": 1}'}).miner_kwargs == {"queue_window": 0, "n_models": 1}
     with pytest.raises(ValueError, match="MCM_MINER_OPTIONS"):
         Settings.from_env({"MCM_MINER_OPTIONS": "{n_models"})
     with pytest.raises(ValueError, match="MCM_MINER_OPTIONS"):
@@ -302,3 +302,38 @@ def test_lanes_split_the_unlabeled_tasks_into_disjoint_equal_id_ranges():
                                      "value": 3}]
     with pytest.raises(ValueError, match="cannot be split"):
         lane_filters([1, 2], 3)
+
+
+@pytest.mark.parametrize("window", [0, 12])
+def test_the_tab_follows_the_score_unless_a_queue_window_is_set(window):
+    """MCM_QUEUE_WINDOW=0 (default): the published ranking is the mining score's order, unchanged.
+    N > 0: the N best-scored tasks (the same ones) are re-ordered above every other task."""
+    import types
+
+    from mcm_core import MinorityMiner
+    from backend.scoring import Ranking, outside_window, queue_order, score_features
+
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(5, 16)).astype(np.float32)
+    y = np.r_[np.repeat([0, 1, 2], 60), [3, 3, 4, 4]]
+    x = centers[y] + 0.3 * rng.normal(size=(len(y), 16)).astype(np.float32)
+    settings = Settings.from_env({"MCM_QUEUE_WINDOW": str(window)} if window else {})
+    miner = MinorityMiner(num_classes=5, seed=0, **settings.miner_kwargs).fit(x, y)
+    pool_y = rng.integers(0, 5, 80)
+    pool = centers[pool_y] + 0.3 * rng.normal(size=(80, 16)).astype(np.float32)
+    ids = np.arange(101, 181)
+    scores, labels = score_features(miner, pool, "sqrt")
+    ranking = Ranking.build(ids, scores, labels)
+    features = dict(zip(ids.tolist(), pool))
+    ingest = types.SimpleNamespace(features=lambda pid, keys, model=None: np.stack([features[k] for k, _ in keys]))
+    model = types.SimpleNamespace(miner=miner)
+    queued = queue_order(1, ranking, {int(t): f"u{t}" for t in ids}, ingest, model)
+    if window == 0:
+        assert queued.task_ids.tolist() == ranking.task_ids.tolist()
+        assert np.array_equal(queued.scores, ranking.scores)
+        assert np.array_equal(outside_window(scores, miner), scores)
+        return
+    assert set(queued.task_ids[:window].tolist()) == set(ranking.task_ids[:window].tolist())
+    assert (queued.scores[:window] > 0.5).all() and (queued.scores[window:] <= 0.5).all()
+    assert np.allclose(np.sort(queued.scores[window:]), np.sort(0.5 * ranking.scores[window:]))
+    assert np.array_equal(outside_window(scores, miner), 0.5 * scores)

@@ -167,7 +167,9 @@ class AnnotatorUI:
         prefilled = self.checked_classes()
         box = self.page.locator(f'.lsf-choice input.ant-checkbox-input[name="{label}"]')
         if not box.is_checked():  # single choice: clicking the checked one would clear it
-            self.page.locator(".lsf-choice__checkbox", has=box).click()
+            # `has` is matched inside the label element, so it must not name the label's ancestors.
+            inside = self.page.locator(f'input.ant-checkbox-input[name="{label}"]')
+            self.page.locator(".lsf-choice__checkbox").filter(has=inside).click()
         expect(box).to_be_checked()
         chosen = self.checked_classes()
         assert chosen == [label], f"{self.name}: task {self.task}: wanted only {label!r} checked, UI shows {chosen}"

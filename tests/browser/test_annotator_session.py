@@ -24,7 +24,6 @@ import os
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import requests
@@ -139,11 +138,18 @@ def open_queue(ui: AnnotatorUI, project: dict) -> None:
     ui.label_tasks_as_displayed()
 
 
-def label_current_task(ui: AnnotatorUI, project: dict, screenshot: str | None = None) -> Submission:
-    """Look at the task for PAUSE seconds, choose the true class, Submit; reopen the queue after a failure."""
+def label_current_task(ui: AnnotatorUI, project: dict, screenshot: str | None = None, slip: bool = False
+                       ) -> Submission:
+    """Look at the task for PAUSE seconds, choose the true class, Submit; reopen the queue after a failure.
+    slip: first click another class, then correct it (so that every run changes a pre-filled choice)."""
     label = project["truth"][ui.task]
     time.sleep(max(0.0, ui.opened_at + PAUSE - time.monotonic()))  # the annotator's deliberate pause
-    prefilled = ui.choose(label)
+    if slip:
+        prefilled = ui.checked_classes()
+        ui.choose(next(c for c in "0123456789" if c != label and c not in prefilled))
+        ui.choose(label)
+    else:
+        prefilled = ui.choose(label)
     if screenshot:
         ui.save_evidence(screenshot)
     submission = ui.submit(label, prefilled)
@@ -218,7 +224,7 @@ def test_one_annotator_labels_the_tail_first_and_every_submission_is_saved(proje
     with Stopwatch(metrics)(f"one annotator: {N_TASKS} tasks at >= {PAUSE:.0f}s each"):
         ui.login(ls_env["user"], ls_env["password"])
         open_queue(ui, project)
-        subs = [label_current_task(ui, project, screenshot="annotator" if i == 0 else None)
+        subs = [label_current_task(ui, project, screenshot="annotator" if i == 0 else None, slip=i == 1)
                 for i in range(N_TASKS)]
     project["served"][ui.name] = list(ui.served)
     problems = session_problems(subs, [ui], project, ls)
