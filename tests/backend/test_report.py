@@ -50,6 +50,18 @@ def test_label_events_first_annotation_time_latest_label_and_annotation_count():
     assert events[1].at == report.parse_time("2026-01-01T00:00:10Z")
 
 
+def test_a_label_counts_as_tail_if_its_class_was_tail_when_it_was_labeled():
+    """The team finds many of rare class t until t is no longer tail: those finds still count; labels
+    before the first version use today's tail classes."""
+    events, enabled = _events("ttuttatuu", enabled_after=1)  # t0 = 1000 s, one label per second
+    history = [(1000.5, {"t", "u"}), (1004.5, {"u"})]       # from the 5th label on, t is common
+    is_tail = report.tail_when_labeled(history, fallback={"u"})
+    assert [is_tail(e) for e in events] == [False, True, True, True, True, False, False, True, True]
+    assert report.phase_yield(events, is_tail, enabled)["after"] == {"n": 8, "n_tail": 6, "share": 0.75}
+    assert report.phase_yield(events, {"u"}, enabled)["after"]["n_tail"] == 3  # judged by today's tail only
+    assert [b["n_tail"] for b in report.yield_buckets(events, is_tail, enabled, size=4)] == [0, 4, 2]
+
+
 def test_yield_buckets_split_at_the_enabling_moment_and_by_size():
     events, enabled = _events("atbbtaatt", enabled_after=5)  # before: a t b b t | after: a a t t
     buckets = report.yield_buckets(events, {"t"}, enabled, size=3)
