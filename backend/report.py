@@ -7,18 +7,20 @@ Definitions (docs/report.md explains them for admins):
 - a *label event* is a task's first usable annotation: when it became labeled, with its current
   class (the most recent annotation wins, as in training); in an object detection project, with
   the classes of its current boxes (class counts are then object counts, as in training);
-- *tail yield* is the share of label events whose class is a tail class (detection: whose image
-  holds a tail object), per bucket of consecutive events; a bucket never spans the moment
-  ordering was enabled;
+- *tail yield* is the share of label events whose class was a tail class when it was labeled (a
+  tail class of the model version serving the queue then; detection: whose image held an object
+  of such a class), per bucket of consecutive events; a bucket never spans the moment ordering
+  was enabled;
 - the *base rate* is what random order would have yielded since ordering was enabled: the tail
   labels found since then plus the tail tasks estimated to be left in the pool, over the tasks
   labeled since then plus the pool.
 """
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import datetime as dt
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -103,7 +105,34 @@ def phase(at: float, enabled_at: float | None) -> str:
     return "after" if at >= enabled_at else "before"
 
 
-def yield_buckets(events: Sequence[LabelEvent], tail: Iterable[str], enabled_at: float | None,
+TailTest = Callable[[LabelEvent], bool]
+
+
+def tail_when_labeled(history: Iterable[tuple[float, Iterable[str]]], fallback: Iterable[str]) -> TailTest:
+    """Whether an event's class was a tail class of the model that ordered the queue when it was labeled.
+
+    history: (time the version started serving, its tail classes) per version; an event before the
+    first version uses `fallback` (the current tail classes). Why: a tail class the team has labeled
+    enough of stops being tail; judged by today's tail classes, its labels found earlier would count
+    as common ones, and a queue that did its job would show a yield of 0."""
+    steps = sorted((float(at), frozenset(tail)) for at, tail in history)
+    times = [at for at, _ in steps]
+    default = frozenset(fallback)
+
+    def is_tail(event: LabelEvent) -> bool:
+        i = bisect.bisect_right(times, event.at) - 1
+        return event.has_any(steps[i][1] if i >= 0 else default)
+    return is_tail
+
+
+def _tail_test(tail: Iterable[str] | TailTest) -> TailTest:
+    if callable(tail):
+        return tail
+    names = set(tail)
+    return lambda event: event.has_any(names)
+
+
+def yield_buckets(events: Sequence[LabelEvent], tail: Iterable[str] | TailTest, enabled_at: float | None,
                   size: int = BUCKET_SIZE) -> list[dict]:
     """Consecutive groups of at most `size` label events (in time order), each with its tail share.
 
@@ -112,7 +141,7 @@ def yield_buckets(events: Sequence[LabelEvent], tail: Iterable[str], enabled_at:
     """
     if size < 1:
         raise ValueError(f"bucket size must be >= 1, got {size}")
-    tail = set(tail)
+    is_tail = _tail_test(tail)
     buckets: list[dict] = []
     for index, event in enumerate(sorted(events, key=lambda e: (e.at, e.task_id))):
         where = phase(event.at, enabled_at)
@@ -120,21 +149,21 @@ def yield_buckets(events: Sequence[LabelEvent], tail: Iterable[str], enabled_at:
             buckets.append({"start": index, "n": 0, "n_tail": 0, "phase": where, "first_at": event.at})
         bucket = buckets[-1]
         bucket["n"] += 1
-        bucket["n_tail"] += event.has_any(tail)
+        bucket["n_tail"] += is_tail(event)
         bucket["last_at"] = event.at
     for bucket in buckets:
         bucket["share"] = bucket["n_tail"] / bucket["n"]
     return buckets
 
 
-def phase_yield(events: Sequence[LabelEvent], tail: Iterable[str], enabled_at: float | None) -> dict:
+def phase_yield(events: Sequence[LabelEvent], tail: Iterable[str] | TailTest, enabled_at: float | None) -> dict:
     """{"before"|"after"|"unknown": {n, n_tail, share}} over every label event."""
-    tail = set(tail)
+    is_tail = _tail_test(tail)
     out: dict[str, dict] = {}
     for event in events:
         part = out.setdefault(phase(event.at, enabled_at), {"n": 0, "n_tail": 0})
         part["n"] += 1
-        part["n_tail"] += event.has_any(tail)
+        part["n_tail"] += is_tail(event)
     for part in out.values():
         part["share"] = part["n_tail"] / part["n"]
     return out

@@ -79,7 +79,7 @@ def _cards(s: dict) -> str:
 
 CAPTIONS = {
     "tail_yield": "Each bar is a run of up to {size} consecutive labeled tasks (a run never spans the moment "
-                  "ordering was enabled); its height is the share labeled with a tail class. The dashed line is "
+                  "ordering was enabled); its height is the share labeled with a class that was a tail class then (of the model ordering the queue). The dashed line is "
                   "what random order would have yielded since ordering was enabled: tail labels found since then "
                   "plus the tail tasks estimated to be left in the pool ({method}), over the tasks labeled since "
                   "then plus the pool.",

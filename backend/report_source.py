@@ -223,18 +223,21 @@ def build_report(context: "Context", heldout: "HeldOut", project_id: int, last_e
     except labelstudio.LabelStudioError as exc:  # the tabs could not be read: the rest of the report still can
         ordering, ordering_note = None, f"unknown: {exc}"
     enabled_at = report.parse_time((ordering or {}).get("enabled_at"))
-    buckets = report.yield_buckets(events, tail, enabled_at)
-    phases = report.phase_yield(events, tail, enabled_at)
-
     store = context.projects.store(project_id)
     ledger = Ledger(project_dir).read()
     published = ledger.get("current") or (model.version if model else None)
+    versions = version_rows(store, ledger, published)
+    tail_then = report.tail_when_labeled(
+        [(report.parse_time(v["published_at"] or v["trained_at"]), v["tail_classes"]) for v in versions
+         if v["tail_classes"] is not None and report.parse_time(v["published_at"] or v["trained_at"]) is not None],
+        fallback=tail)
+    buckets = report.yield_buckets(events, tail_then, enabled_at)
+    phases = report.phase_yield(events, tail_then, enabled_at)
     heldout_part, shown = _heldout_part(heldout, project_id, model.version if model else None)
 
     after = phases.get("after", {"n": 0, "n_tail": 0})
     pool, pool_scores, rate, method = _pool_part(heldout, project_id, project_dir, published, annotated,
                                                  [classes.index(c) for c in tail if c in classes], shown, after)
-    versions = version_rows(store, ledger, published)
     after_share = after.get("share")
     summary = {
         "project": project_id, "generated_at": report.iso(time.time()),

@@ -70,6 +70,20 @@ def test_detection_label_events_carry_every_box_class_and_count_images_with_a_ta
     assert report.class_counts(events, ["a", "b", "t"]) == {"a": 2, "b": 1, "t": 1}
     assert report.phase_yield(events, {"t"}, None) == {"unknown": {"n": 3, "n_tail": 1, "share": 1 / 3}}
     assert report.cumulative_per_class(events, ["a", "b", "t"])["a"].tolist() == [2, 2, 2]
+    was_tail = report.tail_when_labeled([(0.0, {"t"}), (events[1].at, {"b"})], fallback=set())
+    assert [was_tail(e) for e in events] == [True, False, True]  # image 3's b was tail by then
+
+
+def test_a_label_counts_as_tail_if_its_class_was_tail_when_it_was_labeled():
+    """The team finds many of rare class t until t is no longer tail: those finds still count; labels
+    before the first version use today's tail classes."""
+    events, enabled = _events("ttuttatuu", enabled_after=1)  # t0 = 1000 s, one label per second
+    history = [(1000.5, {"t", "u"}), (1004.5, {"u"})]       # from the 5th label on, t is common
+    is_tail = report.tail_when_labeled(history, fallback={"u"})
+    assert [is_tail(e) for e in events] == [False, True, True, True, True, False, False, True, True]
+    assert report.phase_yield(events, is_tail, enabled)["after"] == {"n": 8, "n_tail": 6, "share": 0.75}
+    assert report.phase_yield(events, {"u"}, enabled)["after"]["n_tail"] == 3  # judged by today's tail only
+    assert [b["n_tail"] for b in report.yield_buckets(events, is_tail, enabled, size=4)] == [0, 4, 2]
 
 
 def test_yield_buckets_split_at_the_enabling_moment_and_by_size():
