@@ -11,9 +11,10 @@ from __future__ import annotations
 import threading
 
 from . import labelstudio
+from .detection import Detection
 from .extractor import Extractor
 from .ingest import Ingest
-from .label_config import ImageChoicesConfig
+from .label_config import LabelConfig
 from .pool import Pool
 from .projects import Projects
 from .ledger import Ledger
@@ -33,6 +34,7 @@ class Context:
         self.extractor = extractor or Extractor(settings.backbone, settings.backbone_weights,
                                                  cnn_epochs=settings.cnn_epochs, num_threads=settings.torch_threads)
         self.projects = Projects(settings.model_dir, self.extractor)
+        self.detection = Detection(settings, self.extractor)  # loads a torchvision detector now, if one is set
         auth = (lambda: labelstudio.auth_header(self.client())) \
             if settings.label_studio_url and settings.label_studio_api_key else None
         self.ingest = Ingest(settings, self.extractor, auth)
@@ -56,7 +58,7 @@ class Context:
                 pool = self._pools[int(project_id)] = Pool(self.settings.project_dir(project_id), image_key)
             return pool
 
-    def publisher(self, project_id: int, config: ImageChoicesConfig) -> Publisher:
+    def publisher(self, project_id: int, config: LabelConfig) -> Publisher:
         """Pushes and retires the project's versions; tasks Label Studio no longer has leave the pool."""
         pool = self.pool(project_id, config.image_key)
         return Publisher(self.client(), project_id, self.settings.project_dir(project_id), config,

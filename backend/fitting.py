@@ -34,44 +34,59 @@ def train_project(project_id: int, context: "Context", rescore: bool = True) -> 
     started = time.monotonic()
     state = context.projects.get(project_id)
     labeled = collect_labels(context.client(), project_id)
-    state.config = labeled.config
-    _ok, keys, _skipped = context.ingest.cached_arrays(project_id, labeled.tasks, labeled.config)
-    y = np.asarray([labeled.labels[i] for i in _ok], dtype=np.int64)
-    counts = collections.Counter(labeled.config.classes[i] for i in y.tolist())
+    config = state.config = labeled.config
+    kind, options = None, None
+    if config.detection:  # box-level rows: annotated boxes, their imprecise copies, background (one more class)
+        from .detection import miner_options, training_rows
+
+        context.detection.check_configured()
+        keys, y, objects = training_rows(project_id, context, labeled)
+        kind, options = context.detection.featurizer.kind, miner_options(context.settings)
+        n_classes = len(config.classes) + 1
+    else:
+        _ok, keys, _skipped = context.ingest.cached_arrays(project_id, labeled.tasks, config)
+        y = objects = np.asarray([labeled.labels[i] for i in _ok], dtype=np.int64)
+        n_classes = len(config.classes)
+    counts = collections.Counter(config.classes[i] for i in objects.tolist())
+    what = "labeled boxes" if config.detection else "labeled tasks"
     if len(counts) < MIN_CLASSES:
-        logger.info("project %s: training skipped: %d usable labeled tasks in %d class(es) %s; need at least %d "
-                    "classes", project_id, len(y), len(counts), dict(counts), MIN_CLASSES)
+        logger.info("project %s: training skipped: %d usable %s in %d class(es) %s; need at least %d classes",
+                    project_id, len(objects), what, len(counts), dict(counts), MIN_CLASSES)
         return None
-    logger.info("project %s: training on %d labeled tasks (%s) of %d annotated, backbone %s", project_id, len(y),
-                dict(counts), len(labeled.annotated_ids), context.settings.backbone)
-    miner, trained_backbone = fit_miner(project_id, context, keys, y, len(labeled.config.classes))
-    meta = version_meta(project_id, labeled, y, counts, context.settings)
+    logger.info("project %s: training on %d %s (%s) of %d annotated tasks (%d training rows), backbone %s",
+                project_id, len(objects), what, dict(counts), len(labeled.annotated_ids), len(y),
+                context.settings.backbone)
+    miner, trained_backbone = fit_miner(project_id, context, keys, y, n_classes, kind, options)
+    meta = version_meta(project_id, labeled, objects, counts, context.settings)
     previous_labels = int(state.model.meta.get("n_labeled", 0)) if state.model else 0
     version = save_version(project_id, context, miner, trained_backbone, meta, started)
     context.pool(project_id, labeled.config.image_key).remove(labeled.annotated_ids)  # not in the queue any more
-    logger.info("project %s: trained model %s on %d tasks in %.1fs", project_id, version, len(y),
+    logger.info("project %s: trained model %s on %d %s in %.1fs", project_id, version, len(objects), what,
                 time.monotonic() - started)
     if rescore:
         from .refresh import refresh_project
 
-        refresh_project(project_id, context, new_labels=len(y) - previous_labels)
+        refresh_project(project_id, context, new_labels=len(objects) - previous_labels)
     return version
 
 
-def fit_miner(project_id: int, context: "Context", keys, y: np.ndarray, num_classes: int):
-    """(fitted MinorityMiner, the trained simple-cnn or None) on the cached rows `keys`."""
+def fit_miner(project_id: int, context: "Context", keys, y: np.ndarray, num_classes: int, kind: str | None = None,
+              options: dict | None = None):
+    """(fitted MinorityMiner, the trained simple-cnn or None) on the cached rows `keys` (of the cache
+    `kind`: None = the extractor's; a detector's box features are frozen)."""
     from mcm_core import MinorityMiner
 
     settings, trained_backbone = context.settings, None
-    if context.extractor.trainable:
+    if context.extractor.trainable and kind is None:
         t0 = time.monotonic()
         images = context.ingest.cache(project_id).get(keys)
         trained_backbone = context.extractor.train(images, y, num_classes=num_classes, seed=settings.seed)
         logger.info("project %s: trained %s on %d images in %.1fs", project_id, settings.backbone, len(y),
                     time.monotonic() - t0)
-    features = context.ingest.features(project_id, keys, trained_backbone=trained_backbone)
+    features = context.ingest.features(project_id, keys, trained_backbone=trained_backbone, kind=kind)
     t0 = time.monotonic()
-    miner = MinorityMiner(num_classes=num_classes, seed=settings.seed, **settings.miner_kwargs).fit(features, y)
+    options = settings.miner_kwargs if options is None else options
+    miner = MinorityMiner(num_classes=num_classes, seed=settings.seed, **options).fit(features, y)
     logger.info("project %s: fitted miner on %d x %d features in %.1fs", project_id, *features.shape,
                 time.monotonic() - t0)
     return miner, trained_backbone
@@ -79,15 +94,19 @@ def fit_miner(project_id: int, context: "Context", keys, y: np.ndarray, num_clas
 
 def version_meta(project_id: int, labeled: LabeledTasks, y: np.ndarray, counts: collections.Counter,
                  settings: Settings) -> dict:
-    """meta.json of a new version: what it was trained on and how to read tasks and write predictions."""
+    """meta.json of a new version: what it was trained on and how to read tasks and write predictions.
+    `y`: the class of each labeled task, or of each annotated box (detection)."""
     from mcm_core.metrics import tail_classes
 
     config = labeled.config
+    detection = {"candidates": settings.detection_candidates, "top_k": settings.detection_top_k,
+                 "background_class": len(config.classes)} if config.detection else {}
     return {
-        "project": project_id, "classes": list(config.classes), "image_key": config.image_key,
+        "project": project_id, "kind": config.kind, **detection,
+        "classes": list(config.classes), "image_key": config.image_key,
         "image_name": config.image_name, "control_name": config.control_name, "backbone": settings.backbone,
         "n_labeled": int(len(y)), "n_annotated_tasks": len(labeled.annotated_ids),
-        "n_skipped": len(labeled.annotated_ids) - len(y),
+        "n_skipped": len(labeled.annotated_ids) - len(labeled.tasks if config.detection else y),
         "labeled_per_class": {c: int(counts.get(c, 0)) for c in config.classes},
         "tail_classes": [config.classes[k] for k in tail_classes(y, len(config.classes))],  # < 0.3 x mean count
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -101,7 +120,7 @@ def save_version(project_id: int, context: "Context", miner, trained_backbone, m
         miner.save(os.path.join(directory, "miner.pt"))
         if trained_backbone is not None:
             trained_backbone.save(os.path.join(directory, "backbone.pt"))
-        return {"train_seconds": round(time.monotonic() - started, 3)}
+        return {"train_seconds": round(time.monotonic() - started, 3), "trained_backbone": trained_backbone is not None}
 
     store = context.projects.store(project_id)
     version = store.save(write_files, meta)

@@ -28,6 +28,7 @@ import numpy as np
 from mcm_core.atomic import atomic_savez, atomic_write_json
 
 from . import report
+from .label_config import config_from_meta
 from .labels import collect_labels
 from .scoring import map_scores
 
@@ -41,6 +42,8 @@ MAX_POOL = 20_000  # pool tasks the fold models score (a seeded sample beyond; t
 MIN_TAIL = 2
 RETRY_FAILED_SECONDS = 300.0
 BUSY_RECHECK_SECONDS = 5.0
+DETECTION_UNSUPPORTED = ("the held-out evaluation ranks labeled tasks by one class each; an object detection "
+                         "project's images hold several boxes, so it is not computed (docs/detection.md)")
 BASELINE_SOURCE = ("uncertainty of a plain cross-entropy softmax head fitted on the same fold's features "
                    "(mcm_core.baselines)")
 
@@ -245,6 +248,8 @@ class HeldOut:
 
         context, settings = self.context, self.context.settings
         meta = context.projects.store(project_id).read_meta(version)
+        if config_from_meta(meta).detection:
+            return {"status": "unsupported", "message": DETECTION_UNSUPPORTED, "folds": self.folds}
         labeled = collect_labels(context.client(), project_id)
         config = labeled.config
         ok, keys, _skipped = context.ingest.cached_arrays(project_id, labeled.tasks, config)

@@ -49,14 +49,17 @@ def post_json(client: LabelStudio, path: str, payload, timeout: float = 300.0):
 
 
 def _iter_tasks(client: LabelStudio, project_id: int, filters: dict, fields: str,
-                include: str | None = None) -> Iterator[dict]:
+                include: str | None = None, selected: Sequence[int] | None = None) -> Iterator[dict]:
     """Page through GET /api/tasks/ with the sdk's authenticated HTTP client.
 
     The JSON is read as plain dicts: the sdk's typed `tasks.list` builds a
     pydantic object per task (and warns on annotation payloads), which costs
     seconds on a 100k-task project and buys nothing here.
     """
-    query = json.dumps({"filters": filters})
+    query = {"filters": filters}
+    if selected is not None:
+        query["selectedItems"] = {"all": False, "included": [int(i) for i in selected]}
+    query = json.dumps(query)
     http = client._client_wrapper.httpx_client
     page, seen = 1, 0
     while True:
@@ -113,6 +116,28 @@ def list_unlabeled_tasks(client: LabelStudio, project_id: int) -> list[dict]:
     return [{"id": t["id"], "data": t.get("data") or {}}
             for t in _iter_tasks(client, project_id, _ALL, "task_only", include="id,data,total_annotations")
             if not t.get("total_annotations")]
+
+
+def _has_version(version: str) -> dict:
+    # a substring match: model version names are matched exactly by the caller
+    return {"conjunction": "and", "items": [{"filter": "filter:tasks:predictions_model_versions",
+                                             "operator": "contains", "type": "List", "value": [version]}]}
+
+
+def list_version_predictions(client: LabelStudio, project_id: int, version: str,
+                             task_ids: Sequence[int] | None = None) -> dict[int, list[dict]]:
+    """{task id: its predictions of model version `version`} for the tasks that have one (all such
+    tasks of the project, or those among `task_ids`, IDS_PER_REQUEST per request)."""
+    found: dict[int, list[dict]] = {}
+    chunks = [None] if task_ids is None else [list(task_ids)[i:i + IDS_PER_REQUEST]
+                                               for i in range(0, len(task_ids), IDS_PER_REQUEST)]
+    for chunk in chunks:
+        for task in _iter_tasks(client, project_id, _has_version(version), "all", include="id,predictions",
+                                selected=chunk):
+            mine = [p for p in task.get("predictions") or [] if isinstance(p, dict) and p.get("model_version") == version]
+            if mine and "id" in task:
+                found[int(task["id"])] = mine
+    return found
 
 
 def get_label_config(client: LabelStudio, project_id: int) -> str:
@@ -212,8 +237,7 @@ def version_prediction_ids(client: LabelStudio, project_id: int, version: str, l
     never substrings of one another) narrows the tasks, and the exact version is
     checked on each prediction.
     """
-    filters = {"conjunction": "and", "items": [{"filter": "filter:tasks:predictions_model_versions",
-                                                "operator": "contains", "type": "List", "value": [version]}]}
+    filters = _has_version(version)
     http = client._client_wrapper.httpx_client
     response = http.request("api/tasks/", method="GET", params={
         "project": int(project_id), "page": 1, "page_size": int(limit), "fields": "all",

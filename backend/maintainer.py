@@ -26,7 +26,7 @@ from .label_config import config_from_meta
 from .ledger import project_lock
 from .refresh import refresh_project
 from .report_source import remember_enabled_at
-from .scoring import Ranking, outside_window, score_tasks
+from .scoring import outside_window, score_tasks
 from .versions import VERSION_RE
 
 logger = logging.getLogger(__name__)
@@ -179,10 +179,9 @@ class Maintainer:
         new = [t for t in listed if int(t["id"]) not in before]
         if not new:
             return 0
-        ids, scores, labels, _skipped = score_tasks(project_id, new, self.context.ingest, model,
-                                                    self.settings.score_transform)
-        part = Ranking.build(ids, outside_window(scores, model.miner), labels)
+        part, _skipped = score_tasks(project_id, new, self.context, model)
+        part = part.rescored(outside_window(part.scores, model.miner))
         pushed = self.context.publisher(project_id, config).add_tasks(part)
         logger.info("project %s: relisted the pool: %d new unlabeled tasks scored, %d pushed at once", project_id,
-                    len(ids), pushed)
-        return len(ids)
+                    len(part), pushed)
+        return len(part)

@@ -13,7 +13,7 @@ import os
 import threading
 
 from .extractor import Extractor
-from .label_config import ImageChoicesConfig
+from .label_config import LabelConfig
 from .versions import LoadedModel, ModelStore, load_version
 
 logger = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ class ProjectState:
     lock: threading.RLock = dataclasses.field(default_factory=threading.RLock)
     model: LoadedModel | None = None
     pointer_mtime: float | None = None
-    config: ImageChoicesConfig | None = None
+    config: LabelConfig | None = None
     training: bool = False
     last_error: str | None = None
     n_scored: int = 0

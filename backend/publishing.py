@@ -36,7 +36,7 @@ from typing import Callable
 import numpy as np
 
 from . import labelstudio
-from .label_config import ImageChoicesConfig
+from .label_config import LabelConfig
 from .ledger import Ledger
 from .scoring import Ranking
 from .versions import ModelStore
@@ -75,7 +75,7 @@ def head_size(setting: int, new_labels: int, pool: int) -> int:
 class Publisher:
     """Publishes, fills and retires one project's versions in Label Studio."""
 
-    def __init__(self, client, project_id: int, project_dir: str, config: ImageChoicesConfig, *,
+    def __init__(self, client, project_id: int, project_dir: str, config: LabelConfig, *,
                  chunk_size: int = 1000, clock: Callable[[], float] = time.time,
                  on_missing_tasks: Callable[[list[int]], None] | None = None) -> None:
         self.client = client
@@ -197,7 +197,7 @@ class Publisher:
                 within = np.zeros(len(part), bool)
             else:
                 within = part.scores >= ranking.scores[pushed - 1]
-            now_part = Ranking.build(part.task_ids[within], part.scores[within], part.labels[within])
+            now_part = part.select(within)
             created = self._push(now_part, 0, len(now_part), version) if len(now_part) else 0
             merged = ranking.merged(part)
             merged.save(self.ranking_path(version))

@@ -15,7 +15,7 @@ from . import labelstudio
 from .label_config import config_from_meta
 from .ledger import project_lock
 from .publishing import head_size, version_record
-from .scoring import Ranking, outside_window, queue_order, queue_window, score_tasks
+from .scoring import outside_window, queue_order, queue_window, score_tasks
 
 if TYPE_CHECKING:
     from .context import Context
@@ -42,10 +42,9 @@ def refresh_project(project_id: int, context: "Context", *, new_labels: int = 0,
         pool.replace(labelstudio.list_unlabeled_tasks(context.client(), project_id))
     listed = time.monotonic()
     tasks = pool.tasks()
-    ids, scores, labels, skipped = score_tasks(project_id, tasks, context.ingest, model,
-                                               context.settings.score_transform)
-    ranking = queue_order(project_id, Ranking.build(ids, scores, labels),
-                          {t["id"]: t["data"][config.image_key] for t in tasks}, context.ingest, model)
+    ranking, skipped = score_tasks(project_id, tasks, context, model, refresh=True)
+    ranking = queue_order(project_id, ranking, {t["id"]: t["data"][config.image_key] for t in tasks},
+                          context.ingest, model)
     scored = time.monotonic()
     head = max(head_size(context.settings.head_size, new_labels, len(ranking)),
                min(queue_window(model.miner), len(ranking)))  # the whole queue window at once
@@ -79,10 +78,9 @@ def score_and_push_tasks(project_id: int, tasks: Sequence[dict], context: "Conte
     started = time.monotonic()
     config = config_from_meta(model.meta)
     context.pool(project_id, config.image_key).add(tasks)
-    ids, scores, labels, skipped = score_tasks(project_id, tasks, context.ingest, model,
-                                               context.settings.score_transform)
-    part = Ranking.build(ids, outside_window(scores, model.miner), labels)  # the window re-forms at the next training
+    part, skipped = score_tasks(project_id, tasks, context, model)
+    part = part.rescored(outside_window(part.scores, model.miner))  # the window re-forms at the next training
     pushed = context.publisher(project_id, config).add_tasks(part)
     logger.info("project %s: scored %d new tasks with %s, %d pushed at once (%d skipped) in %.1fs", project_id,
-                len(ids), model.version, pushed, len(skipped), time.monotonic() - started)
+                len(part), model.version, pushed, len(skipped), time.monotonic() - started)
     return pushed

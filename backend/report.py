@@ -5,10 +5,12 @@ inputs), so every figure the page shows can be checked by hand in a unit test.
 
 Definitions (docs/report.md explains them for admins):
 - a *label event* is a task's first usable annotation: when it became labeled, with its current
-  class (the most recent annotation wins, as in training);
+  class (the most recent annotation wins, as in training); in an object detection project, with
+  the classes of its current boxes (class counts are then object counts, as in training);
 - *tail yield* is the share of label events whose class was a tail class when it was labeled (a
-  tail class of the model version serving the queue then), per bucket of consecutive events; a
-  bucket never spans the moment ordering was enabled;
+  tail class of the model version serving the queue then; detection: whose image held an object
+  of such a class), per bucket of consecutive events; a bucket never spans the moment ordering
+  was enabled;
 - the *base rate* is what random order would have yielded since ordering was enabled: the tail
   labels found since then plus the tail tasks estimated to be left in the pool, over the tasks
   labeled since then plus the pool.
@@ -24,8 +26,8 @@ import numpy as np
 
 from mcm_core.metrics import auc_pr, pr_curve, skewness_ratios, tail_classes
 
-from .label_config import ImageChoicesConfig
-from .labels import annotation_choice, task_label
+from .label_config import LabelConfig
+from .labels import annotation_choice, task_boxes, task_label
 
 BUCKET_SIZE = 50
 PRECISION_TARGET = 0.5          # "likely tail": held-out precision at least this high above the score
@@ -36,7 +38,16 @@ CURVE_POINTS = 300              # precision-recall points kept per curve
 class LabelEvent:
     task_id: int
     at: float        # epoch seconds of the task's first usable annotation
-    label: str       # its current class
+    label: str       # its current class ("" in a detection project)
+    objects: tuple[str, ...] | None = None  # detection: the classes of its current boxes
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """Every class this event labeled: the task's, or each of its objects' (detection)."""
+        return (self.label,) if self.objects is None else self.objects
+
+    def has_any(self, classes: set[str]) -> bool:
+        return any(c in classes for c in self.classes)
 
 
 def parse_time(value: object) -> float | None:
@@ -58,7 +69,7 @@ def iso(seconds: float | None) -> str | None:
     return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def label_events(tasks: Iterable[dict], config: ImageChoicesConfig) -> tuple[list[LabelEvent], int]:
+def label_events(tasks: Iterable[dict], config: LabelConfig) -> tuple[list[LabelEvent], int]:
     """(one LabelEvent per task with a usable label, in time order; non-cancelled annotations).
 
     The annotations count is Label Studio's `total_annotations_number` (skips excluded). A task's
@@ -69,14 +80,21 @@ def label_events(tasks: Iterable[dict], config: ImageChoicesConfig) -> tuple[lis
     for task in tasks:
         annotations = [a for a in task.get("annotations") or [] if isinstance(a, dict)]
         n_annotations += sum(1 for a in annotations if not a.get("was_cancelled"))
-        label, _reason = task_label(task, config)
-        if label is None:
-            continue
-        times = [parse_time(a.get("created_at")) or parse_time(a.get("updated_at")) for a in annotations
-                 if annotation_choice(a, config) is not None]
+        if config.detection:  # any non-cancelled annotation labels an image, one without boxes too
+            found, _reason = task_boxes(task, config)
+            if found is None:
+                continue
+            label, objects = "", tuple(config.classes[c] for c in found.classes.tolist() if c >= 0)
+            usable = [a for a in annotations if not a.get("was_cancelled")]
+        else:
+            label, _reason = task_label(task, config)
+            if label is None:
+                continue
+            objects, usable = None, [a for a in annotations if annotation_choice(a, config) is not None]
+        times = [parse_time(a.get("created_at")) or parse_time(a.get("updated_at")) for a in usable]
         times = [t for t in times if t is not None]
         if times:
-            events.append(LabelEvent(int(task["id"]), min(times), label))
+            events.append(LabelEvent(int(task["id"]), min(times), label, objects))
     events.sort(key=lambda e: (e.at, e.task_id))
     return events, n_annotations
 
@@ -103,7 +121,7 @@ def tail_when_labeled(history: Iterable[tuple[float, Iterable[str]]], fallback: 
 
     def is_tail(event: LabelEvent) -> bool:
         i = bisect.bisect_right(times, event.at) - 1
-        return event.label in (steps[i][1] if i >= 0 else default)
+        return event.has_any(steps[i][1] if i >= 0 else default)
     return is_tail
 
 
@@ -111,7 +129,7 @@ def _tail_test(tail: Iterable[str] | TailTest) -> TailTest:
     if callable(tail):
         return tail
     names = set(tail)
-    return lambda event: event.label in names
+    return lambda event: event.has_any(names)
 
 
 def yield_buckets(events: Sequence[LabelEvent], tail: Iterable[str] | TailTest, enabled_at: float | None,
@@ -154,15 +172,16 @@ def phase_yield(events: Sequence[LabelEvent], tail: Iterable[str] | TailTest, en
 def class_counts(events: Iterable[LabelEvent], classes: Sequence[str]) -> dict[str, int]:
     counts = {c: 0 for c in classes}
     for event in events:
-        if event.label in counts:
-            counts[event.label] += 1
+        for label in event.classes:
+            if label in counts:
+                counts[label] += 1
     return counts
 
 
 def cumulative_per_class(events: Sequence[LabelEvent], classes: Sequence[str]) -> dict[str, np.ndarray]:
     """Per class, how many tasks of it were labeled after each label event (time order)."""
     ordered = sorted(events, key=lambda e: (e.at, e.task_id))
-    return {c: np.cumsum([e.label == c for e in ordered]).astype(np.int64) for c in classes}
+    return {c: np.cumsum([e.classes.count(c) for e in ordered]).astype(np.int64) for c in classes}
 
 
 def skewness(counts: Mapping[str, int], classes: Sequence[str]) -> tuple[dict[str, float], list[str]]:

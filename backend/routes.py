@@ -95,6 +95,8 @@ def setup():
     schema = validation.optional_text(data, "schema") or validation.optional_text(data, "label_config")
     config = parse_label_config(schema or "")
     state_ = app_state()
+    if config.detection:
+        state_.context.detection.check_configured()  # a clear 400 where the user connects
     state_.connect(project_id, str(data.get("project")))
     state = state_.context.projects.get(project_id)
     state.config = config
@@ -116,8 +118,7 @@ def predict():
     started = time.monotonic()
     context = state_.context
     published = published_scores(context.projects.store(project_id).ranking_path(model.version))
-    predictions, _skipped = predict_tasks(project_id, tasks, context.ingest, model, context.settings.score_transform,
-                                          published)
+    predictions, _skipped = predict_tasks(project_id, tasks, context, model, published)
     by_task = {p.pop("task"): p for p in predictions}
     # Label Studio accepts a list of predictions per task and stores none for an empty list: a task
     # that cannot be scored gets [], and the list keeps the length Label Studio matches tasks by.

@@ -1,5 +1,9 @@
 """Scoring: features -> mining scores in [0, 1] -> a ranking of the pool and Label Studio predictions.
 
+Classification scores each task's image; detection scores each task's candidate boxes and
+aggregates them into the image's score (backend/detection.py); both give a `Ranking`, which
+builds the predictions of either kind (a Choices class, or RectangleLabels regions).
+
 Label Studio silently drops predictions whose score is outside [0, 1], so the
 raw score S (0 <= S <= miner.score_upper_bound) is mapped monotonically:
     linear: s = clip(S / bound, 0, 1)
@@ -17,7 +21,8 @@ import numpy as np
 
 from mcm_core.atomic import atomic_savez
 
-from .label_config import ImageChoicesConfig, config_from_meta
+from .label_config import LabelConfig, config_from_meta
+from .regions import TaskRegions
 
 QUEUE_FLOOR = 0.5  # mcm_core.queue: queued tasks score (0.5, 1], the rest 0.5 x score
 
@@ -33,7 +38,7 @@ def map_scores(raw: np.ndarray, upper_bound: float, transform: str = "sqrt") -> 
     return unit
 
 
-def choice_result(config: ImageChoicesConfig, label: str) -> list[dict]:
+def choice_result(config: LabelConfig, label: str) -> list[dict]:
     """A Choices pre-annotation in Label Studio's result format."""
     return [{
         "from_name": config.control_name,
@@ -52,15 +57,22 @@ def score_features(miner, features: np.ndarray, transform: str) -> tuple[np.ndar
     return scores, labels
 
 
-def score_tasks(project_id: int, tasks: Sequence[dict], ingest, model, transform: str,
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, str]]:
-    """(task ids, scores in [0, 1], predicted class indices, {skipped task id: reason}) for `tasks`."""
+def score_tasks(project_id: int, tasks: Sequence[dict], context, model,
+                refresh: bool = False) -> tuple["Ranking", dict[int, str]]:
+    """(the ranking of the `tasks` that could be scored, {skipped task id: reason}) with `model`.
+    `refresh` (a training's re-scoring of the pool): detection candidates may be listed again."""
     config = config_from_meta(model.meta)
+    transform = context.settings.score_transform
+    if config.detection:
+        from .detection import score_detection_tasks
+
+        return score_detection_tasks(project_id, tasks, context, model, config, transform, refresh)
+    ingest = context.ingest
     _ok, keys, skipped = ingest.cached_arrays(project_id, tasks, config)
     if not keys:
-        return np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int32), skipped
+        return Ranking.build([], [], []), skipped
     scores, labels = score_features(model.miner, ingest.features(project_id, keys, model=model), transform)
-    return np.asarray([k[0] for k in keys], dtype=np.int64), scores, labels, skipped
+    return Ranking.build([k[0] for k in keys], scores, labels), skipped
 
 
 def queue_window(miner) -> int:
@@ -74,23 +86,23 @@ def outside_window(scores: np.ndarray, miner) -> np.ndarray:
     return QUEUE_FLOOR * scores if queue_window(miner) else scores
 
 
-def predict_tasks(project_id: int, tasks: Sequence[dict], ingest, model, transform: str,
+def predict_tasks(project_id: int, tasks: Sequence[dict], context, model,
                   published: dict[int, float] | None = None) -> tuple[list[dict], dict[int, str]]:
     """Label Studio predictions (with `task`) for the tasks that could be scored, and the skipped ones.
 
     A task of the version's published ranking gets the score it was published with (`published`),
     so /predict and the queue agree; any other task the score it has outside the queue window."""
-    ids, scores, labels, skipped = score_tasks(project_id, tasks, ingest, model, transform)
-    scores = outside_window(scores, model.miner)
+    ranking, skipped = score_tasks(project_id, tasks, context, model)
+    scores = outside_window(ranking.scores, model.miner)
     if published:
-        scores = np.asarray([published.get(int(t), s) for t, s in zip(ids.tolist(), scores.tolist())])
-    ranking = Ranking(ids, scores, labels)
-    return ranking.predictions(0, len(ids), config_from_meta(model.meta), model.version), skipped
+        scores = np.asarray([published.get(int(t), s) for t, s in zip(ranking.task_ids.tolist(), scores.tolist())])
+    ranking = ranking.rescored(scores)
+    return ranking.predictions(0, len(ranking), config_from_meta(model.meta), model.version), skipped
 
 
 @functools.lru_cache(maxsize=16)
 def _published(path: str, mtime_ns: int) -> dict[int, float]:
-    ranking = Ranking.load(path)
+    ranking = Ranking.load(path, regions=False)
     return dict(zip(ranking.task_ids.tolist(), ranking.scores.tolist()))
 
 
@@ -114,47 +126,71 @@ def queue_order(project_id: int, ranking: "Ranking", pool_urls: dict[int, str], 
     queued = model.miner.queue_scores(ingest.features(project_id, keys, model=model))
     scores = QUEUE_FLOOR * ranking.scores
     scores[:window] = queued
-    return Ranking.build(ranking.task_ids, scores, ranking.labels)
+    return ranking.rescored(scores)
 
 
 @dataclasses.dataclass
 class Ranking:
-    """One version's scores of the pool, highest first (ties by task id)."""
+    """One version's scores of the pool, highest first (ties by task id), and what each task's
+    prediction shows: a class index (classification) or its regions (detection)."""
 
     task_ids: np.ndarray   # int64
     scores: np.ndarray     # float64 in [0, 1], the pushed prediction score
-    labels: np.ndarray     # int32 class index of the pre-annotation
+    labels: np.ndarray     # int32 class of the pre-annotation (detection: most confident candidate's; -1: none)
+    regions: TaskRegions | None = None  # detection projects: each task's RectangleLabels regions
 
     @classmethod
-    def build(cls, task_ids, scores, labels) -> "Ranking":
+    def build(cls, task_ids, scores, labels, regions: TaskRegions | None = None) -> "Ranking":
         ids = np.asarray(task_ids, dtype=np.int64)
         s = np.asarray(scores, dtype=np.float64)
         order = np.lexsort((ids, -s))
-        return cls(ids[order], s[order], np.asarray(labels, dtype=np.int32)[order])
+        return cls(ids[order], s[order], np.asarray(labels, dtype=np.int32)[order], regions)
 
     def __len__(self) -> int:
         return len(self.task_ids)
 
+    def rescored(self, scores) -> "Ranking":
+        """The same tasks and predictions with new scores (re-sorted)."""
+        return Ranking.build(self.task_ids, scores, self.labels, self.regions)
+
     def save(self, path: str) -> None:
-        atomic_savez(path, task_ids=self.task_ids, scores=self.scores, labels=self.labels)
+        """ranking.npz (and regions.npz beside it first, so a ranking is never without its regions)."""
+        if self.regions is not None:  # only this ranking's tasks (annotated ones left it)
+            self.regions.subset(self.task_ids.tolist()).save(TaskRegions.path_beside(path))
+        atomic_savez(path, task_ids=self.task_ids, scores=self.scores, labels=self.labels,
+                     has_regions=np.asarray(self.regions is not None))
 
     @classmethod
-    def load(cls, path: str) -> "Ranking":
+    def load(cls, path: str, regions: bool = True) -> "Ranking":
         with np.load(path, allow_pickle=False) as data:
-            return cls(data["task_ids"], data["scores"], data["labels"])
+            ranking = cls(data["task_ids"], data["scores"], data["labels"])
+            with_regions = bool(data["has_regions"]) if "has_regions" in data else False
+        if regions and with_regions:
+            ranking.regions = TaskRegions.load(TaskRegions.path_beside(path))
+        return ranking
 
-    def predictions(self, start: int, stop: int, config: ImageChoicesConfig, version: str) -> list[dict]:
+    def predictions(self, start: int, stop: int, config: LabelConfig, version: str) -> list[dict]:
+        if config.detection:
+            regions = self.regions or TaskRegions()
+            return [{"task": int(t), "score": float(s), "model_version": version, "result": regions.result(t, config)}
+                    for t, s in zip(self.task_ids[start:stop], self.scores[start:stop])]
         return [{"task": int(t), "score": float(s), "model_version": version,
                  "result": choice_result(config, config.classes[int(c)])}
                 for t, s, c in zip(self.task_ids[start:stop], self.scores[start:stop], self.labels[start:stop])]
 
+    def select(self, keep: np.ndarray) -> "Ranking":
+        """The rows where `keep` is true (the order is kept)."""
+        return Ranking(self.task_ids[keep], self.scores[keep], self.labels[keep], self.regions)
+
     def without(self, task_ids) -> "Ranking":
-        keep = ~np.isin(self.task_ids, np.asarray(list(task_ids), dtype=np.int64))
-        return Ranking(self.task_ids[keep], self.scores[keep], self.labels[keep])
+        return self.select(~np.isin(self.task_ids, np.asarray(list(task_ids), dtype=np.int64)))
 
     def merged(self, other: "Ranking") -> "Ranking":
         """This ranking plus `other`'s tasks (other's entry wins for a task in both)."""
         mine = self.without(other.task_ids.tolist())
+        regions = None
+        if self.regions is not None or other.regions is not None:
+            regions = (self.regions or TaskRegions()).merged(other.regions or TaskRegions())
         return Ranking.build(np.concatenate([mine.task_ids, other.task_ids]),
                              np.concatenate([mine.scores, other.scores]),
-                             np.concatenate([mine.labels, other.labels]))
+                             np.concatenate([mine.labels, other.labels]), regions)

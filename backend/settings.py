@@ -92,6 +92,30 @@ TABLE: tuple[Setting, ...] = (
     Setting("BASIC_AUTH_PASS", "basic_auth_pass", str, None, "Password for BASIC_AUTH_USER.", group="Security"),
     Setting("MCM_MAX_REQUEST_BYTES", "max_request_bytes", int, 33_554_432, "Largest request body accepted on any "
             "route; larger ones get 413 before the body is read.", minimum=1024, group="Security"),
+    Setting("MCM_DETECTION_CANDIDATES", "detection_candidates", str, None, "Object detection projects "
+            "(RectangleLabels): where each unlabeled image's candidate detections come from. "
+            "label-studio:<model_version> = the RectangleLabels predictions another model version (your own "
+            "detector, imported pre-annotations) has in Label Studio, box features from MCM_BACKBONE on the box "
+            "crops; torchvision:<arch> = a torchvision Faster R-CNN run here (fasterrcnn_mobilenet_v3_large_320_fpn, "
+            "fasterrcnn_mobilenet_v3_large_fpn, fasterrcnn_resnet50_fpn, fasterrcnn_resnet50_fpn_v2), box features "
+            "from its box head. Required to connect a detection project (docs/detection.md).",
+            group="Object detection"),
+    Setting("MCM_DETECTOR_WEIGHTS", "detector_weights", str, None, "With torchvision:<arch>: a local state_dict "
+            "of that detector (any number of classes); unset = torchvision's COCO weights (downloaded once: needs "
+            "internet).", group="Object detection"),
+    Setting("MCM_DETECTION_TOP_K", "detection_top_k", int, 3, "An image's score is the mean box score of its K "
+            "most confident candidates (the paper's K = 3); an image without candidates scores 0.", minimum=1,
+            group="Object detection"),
+    Setting("MCM_DETECTION_REGION_MIN_CONFIDENCE", "detection_region_min_confidence", float, 0.5, "Candidates "
+            "at least this confident are pushed as pre-annotation regions (with the RC layer's class); all "
+            "candidates count for the score.", minimum=0, group="Object detection"),
+    Setting("MCM_DETECTION_BACKGROUND_BOXES", "detection_background_boxes", int, 2, "Background boxes sampled "
+            "per labeled image (overlapping no annotated box by IoU >= 0.3): the detector head's background "
+            "class, so false-positive candidates are not mistaken for rare objects.", minimum=0,
+            group="Object detection"),
+    Setting("MCM_DETECTION_JITTERED_BOXES", "detection_jittered_boxes", int, 2, "Imprecise copies trained per "
+            "annotated box (as a detector's box head learns from proposals): candidates are never pixel-exact.",
+            minimum=0, group="Object detection"),
     Setting("REDIS_URL", "redis_url", str, None, "Unset: train and re-score in a background thread of this "
             "process. Set (e.g. redis://redis:6379/0): RQ workers do it (docs/operations.md).", group="Scale-out"),
     Setting("MCM_RQ_QUEUE", "rq_queue", str, "mcm", "With REDIS_URL: the RQ queue of the jobs.",
@@ -105,6 +129,7 @@ TABLE: tuple[Setting, ...] = (
 )
 _BY_FIELD = {s.field: s for s in TABLE}
 SCORE_TRANSFORMS = ("linear", "sqrt")
+CANDIDATE_SOURCES = ("label-studio", "torchvision")
 
 
 def _default(field: str) -> Any:
@@ -155,6 +180,12 @@ class Settings:
     basic_auth_user: str | None = _default("basic_auth_user")
     basic_auth_pass: str | None = _default("basic_auth_pass")
     max_request_bytes: int = _default("max_request_bytes")
+    detection_candidates: str | None = _default("detection_candidates")
+    detector_weights: str | None = _default("detector_weights")
+    detection_top_k: int = _default("detection_top_k")
+    detection_region_min_confidence: float = _default("detection_region_min_confidence")
+    detection_background_boxes: int = _default("detection_background_boxes")
+    detection_jittered_boxes: int = _default("detection_jittered_boxes")
     redis_url: str | None = _default("redis_url")
     rq_queue: str = _default("rq_queue")
     score_chunk_tasks: int = _default("score_chunk_tasks")
@@ -175,6 +206,7 @@ class Settings:
         if not self.rq_queue:
             raise ValueError("MCM_RQ_QUEUE must not be empty")
         self.miner_kwargs  # noqa: B018  (raises a ValueError naming MCM_MINER_OPTIONS)
+        self.candidate_source  # noqa: B018  (raises a ValueError naming MCM_DETECTION_CANDIDATES)
         for entry in self.allowed_hosts:
             if "/" in entry:
                 try:
@@ -192,6 +224,17 @@ class Settings:
         values = {s.field: _parse(s, env[s.env]) for s in TABLE if env.get(s.env)}
         values.update(overrides)
         return cls(**values)
+
+    @property
+    def candidate_source(self) -> tuple[str, str] | None:
+        """MCM_DETECTION_CANDIDATES parsed: ("label-studio", model version) or ("torchvision", arch)."""
+        if not self.detection_candidates:
+            return None
+        kind, _, name = self.detection_candidates.partition(":")
+        if kind not in CANDIDATE_SOURCES or not name.strip():
+            raise ValueError(f"MCM_DETECTION_CANDIDATES must be label-studio:<model_version> or torchvision:<arch>, "
+                             f"got {self.detection_candidates!r}")
+        return kind, name.strip()
 
     @property
     def miner_kwargs(self) -> dict:

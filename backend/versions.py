@@ -174,6 +174,8 @@ def load_version(store: ModelStore, version: str, extractor) -> LoadedModel:
     directory = store.version_dir(version)
     meta = store.read_meta(version)
     miner = MinorityMiner.load(os.path.join(directory, "miner.pt"))
-    trained = extractor.load_trained(os.path.join(directory, "backbone.pt")) if extractor.trainable else None
+    # a detection version scored with a detector's box features has no trained CNN
+    with_cnn = extractor.trainable and meta.get("trained_backbone", True)
+    trained = extractor.load_trained(os.path.join(directory, "backbone.pt")) if with_cnn else None
     logger.info("project %s: loaded model %s in %.2fs", meta.get("project"), version, time.monotonic() - started)
     return LoadedModel(version=version, miner=miner, trained_backbone=trained, meta=meta)

@@ -65,12 +65,10 @@ def train(runtime, project_id: int) -> str | None:
 
 def score_unlabeled(runtime, project_id: int, tasks: list[dict]) -> dict[int, float]:
     """{task id: score} of the current model, exactly as the refresh will push them (the queue order)."""
-    from backend.scoring import Ranking, queue_order, score_tasks
+    from backend.scoring import queue_order, score_tasks
     model = runtime.projects.get(project_id).model
-    ids, scores, labels, _ = score_tasks(project_id, tasks, runtime.ingest, model,
-                                         runtime.settings.score_transform)
-    ranking = queue_order(project_id, Ranking.build(ids, scores, labels),
-                          {t["id"]: t["data"]["image"] for t in tasks}, runtime.ingest, model)
+    ranking, _ = score_tasks(project_id, tasks, runtime, model)
+    ranking = queue_order(project_id, ranking, {t["id"]: t["data"]["image"] for t in tasks}, runtime.ingest, model)
     return {int(i): float(s) for i, s in zip(ranking.task_ids, ranking.scores)}
 
 

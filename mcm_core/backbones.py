@@ -141,16 +141,16 @@ def _file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def _load_state_dict_file(path: str, what: str) -> dict[str, torch.Tensor]:
+def _load_state_dict_file(path: str, what: str, setting: str = WEIGHTS_SETTING) -> dict[str, torch.Tensor]:
     """Read a ``state_dict`` (or a checkpoint dict wrapping one) with ``weights_only=True``;
-    any failure becomes a BackboneError that names the file."""
+    any failure becomes a BackboneError that names the file and the setting it came from."""
     if not os.path.isfile(path):
-        raise BackboneError(f"{what} weights file {path!r} ({WEIGHTS_SETTING}) does not exist")
+        raise BackboneError(f"{what} weights file {path!r} ({setting}) does not exist")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt file, pickled nn.Module, not a torch file ...
         raise BackboneError(
-            f"cannot read {what} weights file {path!r} ({WEIGHTS_SETTING}): {exc}. Expected "
+            f"cannot read {what} weights file {path!r} ({setting}): {exc}. Expected "
             "torch.save(model.state_dict(), path) or a checkpoint dict holding the state_dict "
             f"under one of {_STATE_DICT_KEYS}"
         ) from exc
@@ -163,7 +163,7 @@ def _load_state_dict_file(path: str, what: str) -> dict[str, torch.Tensor]:
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
     ):
         raise BackboneError(
-            f"{what} weights file {path!r} ({WEIGHTS_SETTING}) holds no state_dict "
+            f"{what} weights file {path!r} ({setting}) holds no state_dict "
             f"(a dict of tensors, possibly under one of {_STATE_DICT_KEYS})"
         )
     for prefix in ("module.", "model."):  # DataParallel / Lightning-style wrappers

@@ -55,13 +55,26 @@ def choose_split(
     return rng.permutation(np.array(labeled)), rng.permutation(np.array(pool))
 
 
-def write_png(pixels: np.ndarray, path: Path) -> None:
-    """Write one 784-vector (0..255 floats) as a 28x28 8-bit PNG, atomically."""
+def save_gray_png(pixels: np.ndarray, path: Path) -> None:
+    """Write a 2-D uint8 array as an 8-bit grayscale PNG, atomically."""
     from PIL import Image
 
     tmp = path.with_suffix(".tmp.png")
-    Image.fromarray(pixels.reshape(28, 28).clip(0, 255).astype(np.uint8), mode="L").save(tmp)
+    Image.fromarray(pixels, mode="L").save(tmp)
     os.replace(tmp, path)
+
+
+def write_png(pixels: np.ndarray, path: Path) -> None:
+    """Write one 784-vector (0..255 floats) as a 28x28 8-bit PNG, atomically."""
+    save_gray_png(pixels.reshape(28, 28).clip(0, 255).astype(np.uint8), path)
+
+
+def write_json_files(out: Path, files: dict[str, object], indent: int | None = None) -> None:
+    """Each {file name: object} as JSON under `out`, atomically (a reader never sees half a file)."""
+    for name, obj in files.items():
+        tmp = out / (name + ".tmp")
+        tmp.write_text(json.dumps(obj, indent=indent))
+        os.replace(tmp, out / name)
 
 
 def make_demo_data(
@@ -106,10 +119,7 @@ def make_demo_data(
         "pool_tail_fraction": n_pool_tail / len(pool),
         "items": items,
     }
-    for name, obj in (("tasks.json", tasks), ("manifest.json", manifest)):
-        tmp = out / (name + ".tmp")
-        tmp.write_text(json.dumps(obj, indent=1))
-        os.replace(tmp, out / name)
+    write_json_files(out, {"tasks.json": tasks, "manifest.json": manifest}, indent=1)
     return manifest
 
 

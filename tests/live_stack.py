@@ -221,6 +221,14 @@ class LS:
     def predictions(self, pid: int) -> list[dict]:
         return self.get("/api/predictions/", params={"project": pid})
 
+    def local_files_project(self, title: str, label_config: str, folder: Path, tasks: list[dict]) -> tuple[int, dict]:
+        """(id, import answer) of a new project importing `tasks`, whose images are local files under
+        `folder`: /data/local-files/ only serves paths under a local storage of the project."""
+        pid = self.post("/api/projects/", json={"title": title, "label_config": label_config})["id"]
+        self.post("/api/storages/localfiles/", json={"project": pid, "title": folder.name, "path": str(folder),
+                                                     "use_blob_urls": False})
+        return pid, self.post(f"/api/projects/{pid}/import", json=tasks)
+
     def model_versions(self, pid: int) -> dict[str, int]:
         body = self.get(f"/api/projects/{pid}/model-versions/", params={"extended": "true"})
         rows = body.get("static", []) if isinstance(body, dict) else body

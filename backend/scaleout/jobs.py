@@ -59,6 +59,13 @@ def _chunk_path(directory: str, index: int) -> str:
     return os.path.join(directory, f"chunk-{index:06d}.json")
 
 
+def _chunk_ranking_path(chunk_path: str) -> str:
+    """A chunk's ranking; its regions (detection) go to their own directory, as each ranking's do."""
+    stem = chunk_path[:-len(".json")]
+    os.makedirs(stem, exist_ok=True)
+    return os.path.join(stem, "ranking.npz")
+
+
 def _remove_stale_saves(project_dir: str) -> None:
     """Temporary version directories left by a killed training (only one training runs per project)."""
     for path in glob.glob(os.path.join(project_dir, ".saving-*")):
@@ -135,16 +142,15 @@ def score_chunk_job(project_id: int, version: str, index: int, tasks: Sequence[d
     context = _context()
     model = _model(context, int(project_id), version)
     loaded = time.monotonic()
-    ids, scores, labels, skipped = score_tasks(int(project_id), tasks, context.ingest, model,
-                                               context.settings.score_transform)
+    part, skipped = score_tasks(int(project_id), tasks, context, model)
     scored = time.monotonic()
     path = _chunk_path(_scores_dir(context, int(project_id), version), int(index))
-    atomic_write_json(path, {"task_ids": ids.tolist(), "scores": scores.tolist(), "labels": labels.tolist(),
-                             "skipped": {str(k): v for k, v in skipped.items()}})
+    part.save(_chunk_ranking_path(path))  # the scores (and a detection project's regions), then the marker
+    atomic_write_json(path, {"scored": len(part), "skipped": {str(k): v for k, v in skipped.items()}})
     logger.info("project %s: chunk %d of %s: scored %d of %d tasks (%d skipped) in %.1fs (context+model %.1fs, "
-                "features+scoring %.1fs, writing %.1fs)", project_id, index, version, len(ids), len(tasks),
+                "features+scoring %.1fs, writing %.1fs)", project_id, index, version, len(part), len(tasks),
                 len(skipped), time.monotonic() - started, loaded - started, scored - loaded, time.monotonic() - scored)
-    return {"chunk": int(index), "scored": len(ids), "skipped": len(skipped)}
+    return {"chunk": int(index), "scored": len(part), "skipped": len(skipped)}
 
 
 def _remove_older_scores(scores_root: str, version: str) -> None:
@@ -158,15 +164,13 @@ def _remove_older_scores(scores_root: str, version: str) -> None:
 
 def _gather(directory: str, n_chunks: int) -> tuple[Ranking, int]:
     """The ranking of all chunks' results, and how many tasks they skipped."""
-    ids, scores, labels, n_skipped = [], [], [], 0
+    ranking, n_skipped = Ranking.build([], [], []), 0
     for i in range(int(n_chunks)):
-        with open(_chunk_path(directory, i)) as handle:
-            part = json.load(handle)
-        ids += part["task_ids"]
-        scores += part["scores"]
-        labels += part["labels"]
-        n_skipped += len(part["skipped"])
-    return Ranking.build(ids, scores, labels), n_skipped
+        path = _chunk_path(directory, i)
+        with open(path) as handle:
+            n_skipped += len(json.load(handle)["skipped"])
+        ranking = ranking.merged(Ranking.load(_chunk_ranking_path(path)))
+    return ranking, n_skipped
 
 
 def push_version_job(project_id: int, version: str, n_chunks: int, new_labels: int = 0) -> int:

@@ -17,6 +17,20 @@ def save_figure(fig, path: Path, dpi: int = 100) -> None:
     os.replace(tmp, path)
 
 
+def plot_pr(ax, curves: dict, names: list[str], highlight: str, title: str, xlabel: str = "recall",
+            legend: dict | None = None) -> None:
+    """Precision-recall curves `names` of `curves` ({name: {"precision", "recall"}}) on one axis,
+    `highlight` drawn thicker."""
+    for k in names:
+        c = curves[k]
+        ax.plot(c["recall"], c["precision"], lw=2.5 if k == highlight else 1.2, label=k[:40])
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("precision")
+    ax.set_ylim(0, 1.02)
+    ax.legend(**(legend or {"fontsize": 6, "loc": "lower left"}))
+
+
 def write_results(out: Path, json_name: str, payload: dict, png_name: str, plot: Callable[[Path], None]) -> None:
     """JSON (with the machine's load average) + plot, then one closing line."""
     payload = {**payload, "load_avg": os.getloadavg()}

@@ -28,7 +28,7 @@ from ..metrics import auc_pr, average_f_score, pr_curve, precision_at_k, tail_cl
 from ..scoring import softmax
 from ..small_cnn import small_cnn_features, small_cnn_logits, train_small_cnn
 from .data import SETTINGS, iter_settings, make_setting
-from .output import save_figure, write_results
+from .output import plot_pr, save_figure, write_results
 
 DEFAULT_NAME = "default (tail_novelty)"
 METRICS = ("auc_pr", "avg_f", "p@50", "p@100")
@@ -234,14 +234,8 @@ def plot_curves(results: dict, path: Path) -> None:
         curves = res["runs"][0]["curves"]
         top = sorted((k for k in curves if is_baseline(k)),
                      key=lambda k: -res["summary"].get(k, {"auc_pr": {"mean": 0}})["auc_pr"]["mean"])[:4]
-        for k in [DEFAULT_NAME, *[v for v in curves if v in VARIANTS], *top]:
-            c = curves[k]
-            ax.plot(c["recall"], c["precision"], lw=2.5 if k == DEFAULT_NAME else 1.2, label=k[:40])
-        ax.set_title(f"{name} (seed {res['runs'][0]['info']['seed']})", fontsize=10)
-        ax.set_xlabel("recall")
-        ax.set_ylabel("precision")
-        ax.set_ylim(0, 1.02)
-        ax.legend(fontsize=6, loc="lower left")
+        plot_pr(ax, curves, [DEFAULT_NAME, *[v for v in curves if v in VARIANTS], *top], DEFAULT_NAME,
+                f"{name} (seed {res['runs'][0]['info']['seed']})")
     fig.tight_layout()
     save_figure(fig, path)
 

@@ -50,6 +50,30 @@ def test_label_events_first_annotation_time_latest_label_and_annotation_count():
     assert events[1].at == report.parse_time("2026-01-01T00:00:10Z")
 
 
+def test_detection_label_events_carry_every_box_class_and_count_images_with_a_tail_object():
+    config = parse_label_config("""<View><Image name="image" value="$image"/><RectangleLabels name="box"
+      toName="image"><Label value="a"/><Label value="b"/><Label value="t"/></RectangleLabels></View>""")
+
+    def boxes(labels, created, cancelled=False):
+        return {"id": 1, "was_cancelled": cancelled, "created_at": created, "updated_at": created, "result": [
+            {"from_name": "box", "to_name": "image", "type": "rectanglelabels", "original_width": 100,
+             "original_height": 100, "value": {"x": 10 * i, "y": 10, "width": 5, "height": 5,
+                                               "rectanglelabels": [label]}} for i, label in enumerate(labels)]}
+
+    tasks = [{"id": 1, "annotations": [boxes(["a", "a", "t"], "2026-01-01T00:00:01Z")]},
+             {"id": 2, "annotations": [boxes([], "2026-01-01T00:00:02Z")]},  # an image without objects
+             {"id": 3, "annotations": [boxes(["b", "zzz"], "2026-01-01T00:00:03Z")]},  # unknown label: no object
+             {"id": 4, "annotations": [boxes(["t"], "2026-01-01T00:00:04Z", cancelled=True)]}]
+    events, n_annotations = report.label_events(tasks, config)
+    assert n_annotations == 3
+    assert [(e.task_id, e.classes) for e in events] == [(1, ("a", "a", "t")), (2, ()), (3, ("b",))]
+    assert report.class_counts(events, ["a", "b", "t"]) == {"a": 2, "b": 1, "t": 1}
+    assert report.phase_yield(events, {"t"}, None) == {"unknown": {"n": 3, "n_tail": 1, "share": 1 / 3}}
+    assert report.cumulative_per_class(events, ["a", "b", "t"])["a"].tolist() == [2, 2, 2]
+    was_tail = report.tail_when_labeled([(0.0, {"t"}), (events[1].at, {"b"})], fallback=set())
+    assert [was_tail(e) for e in events] == [True, False, True]  # image 3's b was tail by then
+
+
 def test_a_label_counts_as_tail_if_its_class_was_tail_when_it_was_labeled():
     """The team finds many of rare class t until t is no longer tail: those finds still count; labels
     before the first version use today's tail classes."""

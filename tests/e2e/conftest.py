@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from live_stack import (LS_ENV, Stopwatch, backend, ls_env, report_metrics, skip_without_env,  # noqa: E402,F401
-                        state_dir)
+from live_stack import (LS, LS_ENV, Stopwatch, backend, ls_env, report_metrics,  # noqa: E402,F401
+                        skip_without_env, state_dir)
 
 # Stage durations and quality figures collected by the flow, printed at the end of the session.
 METRICS: dict = {"durations_s": {}}
@@ -48,6 +48,8 @@ def backend_env() -> dict[str, str]:
         # The scripted burst of step 3 (hundreds of annotations through the API, each followed by
         # Label Studio's START_TRAINING) lasts minutes on a busy machine: one training at its end.
         "MCM_RETRAIN_MAX_WAIT": "600",
+        # The detection flow's candidates: its "team detector"'s predictions (tests/e2e/test_detection_flow.py).
+        "MCM_DETECTION_CANDIDATES": "label-studio:team-detector-v1",
         # The mining report's held-out evaluation: 3 folds keep it under a minute in CI (default 5).
         "MCM_REPORT_FOLDS": "3",
     }
@@ -61,3 +63,25 @@ def stopwatch() -> Stopwatch:
 @pytest.fixture(scope="session")
 def metrics() -> dict:
     return METRICS
+
+
+# Each flow module shares one project between its ordered steps:
+@pytest.fixture(scope="module")
+def flow() -> dict:
+    """State passed from step to step; `failed` makes later steps skip."""
+    return {"failed": None}
+
+
+@pytest.fixture(autouse=True)
+def _chain(flow, request):
+    """A step whose predecessor failed is skipped rather than failing for an unrelated reason."""
+    if flow["failed"]:
+        pytest.skip(f"an earlier step failed ({flow['failed']})")
+    yield
+    if getattr(request.node, "rep_call_failed", False):  # set by pytest_runtest_makereport above
+        flow["failed"] = request.node.name
+
+
+@pytest.fixture(scope="module")
+def ls(ls_env) -> LS:
+    return LS(ls_env["url"], ls_env["api_key"])

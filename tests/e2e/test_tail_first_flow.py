@@ -23,7 +23,7 @@ import requests
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 from make_demo_data import make_demo_data  # noqa: E402
-from live_stack import LS, admin, wait_for  # noqa: E402  (tests/ is on sys.path: see conftest.py)
+from live_stack import LS, admin, wait_for  # noqa: E402,F401  (tests/ is on sys.path: see conftest.py)
 
 pytestmark = pytest.mark.e2e
 
@@ -38,26 +38,6 @@ FIGURES = {"tail_yield", "classes", "precision_recall", "pool_scores", "versions
 
 def tail_precision(task_ids: list[int], truth: dict[int, str], tails: set[str]) -> float:
     return sum(truth.get(t) in tails for t in task_ids) / len(task_ids)
-
-
-@pytest.fixture(scope="module")
-def flow() -> dict:
-    """State passed from step to step; `failed` makes later steps skip."""
-    return {"failed": None}
-
-
-@pytest.fixture(autouse=True)
-def _chain(flow, request):
-    if flow["failed"]:
-        pytest.skip(f"an earlier step failed ({flow['failed']})")
-    yield
-    if getattr(request.node, "rep_call_failed", False):  # set by the hook in conftest.py
-        flow["failed"] = request.node.name
-
-
-@pytest.fixture(scope="module")
-def ls(ls_env) -> LS:
-    return LS(ls_env["url"], ls_env["api_key"])
 
 
 def current_predictions(ls: LS, pid: int, version: str) -> dict[int, float]:
@@ -79,16 +59,11 @@ def wait_trained(backend, pid: int, n_expected_scored: int, not_version: str | N
 def test_1_project_with_mnist_local_files(ls, ls_env, flow, stopwatch, metrics):
     with stopwatch("1 project + 1,500 MNIST tasks (local files)"):
         manifest = make_demo_data(ls_env["files_root"], SUBDIR, seed=0)
-        project = ls.post("/api/projects/", json={"title": f"e2e tail first {time.strftime('%H:%M:%S')}",
-                                                  "label_config": manifest["label_config"]})
-        pid = project["id"]
-        # /data/local-files/ only serves paths under a local storage of the project.
-        ls.post("/api/storages/localfiles/", json={"project": pid, "title": "mnist pngs",
-                                                   "path": str(Path(ls_env["files_root"]) / SUBDIR),
-                                                   "use_blob_urls": False})
-        tasks = json.loads((Path(ls_env["files_root"]) / SUBDIR / "tasks.json").read_text())
+        folder = Path(ls_env["files_root"]) / SUBDIR
+        tasks = json.loads((folder / "tasks.json").read_text())
         tasks.append({"data": {"image": MISSING_IMAGE}})  # step 8: must not block the others
-        imported = ls.post(f"/api/projects/{pid}/import", json=tasks)
+        pid, imported = ls.local_files_project(f"e2e tail first {time.strftime('%H:%M:%S')}",
+                                               manifest["label_config"], folder, tasks)
     assert imported["task_count"] == len(tasks)
 
     by_image = {it["image"]: it for it in manifest["items"]}
