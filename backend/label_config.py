@@ -44,15 +44,8 @@ class LabelConfig:
 
 
 @functools.lru_cache(maxsize=64)
-def parse_label_config(config: str) -> LabelConfig:
-    """Return the Image/control pair of `config` or raise LabelConfigError naming what is wrong."""
-    wanted = "one <Image> and one <Choices> or one <RectangleLabels> tag"
-    if not config or not isinstance(config, str) or not config.strip():
-        raise LabelConfigError(f"label config is empty: expected {wanted}")
-    try:
-        interface = LabelInterface(config)
-    except Exception as exc:  # the sdk raises various XML errors
-        raise LabelConfigError(f"label config is not valid XML: {exc}") from None
+def _tag_problems(interface: LabelInterface) -> tuple[list[str], list, list]:
+    """(what is unsupported about the config's tags, its Image tags, its supported controls)."""
     images = [o for o in interface.objects if o.tag == "Image"]
     other_objects = [o.tag for o in interface.objects if o.tag not in ("Image",) and o.tag not in _PASSIVE_TAGS]
     controls = [c for c in interface.controls if c.tag in CONTROL_TAGS]
@@ -75,6 +68,19 @@ def parse_label_config(config: str) -> LabelConfig:
     if other_controls:
         problems.append(f"unsupported control tags {other_controls} (free text, other region types and other "
                         "controls are not supported; use one single-choice <Choices> or one <RectangleLabels>)")
+    return problems, images, controls
+
+
+def parse_label_config(config: str) -> LabelConfig:
+    """Return the Image/control pair of `config` or raise LabelConfigError naming what is wrong."""
+    wanted = "one <Image> and one <Choices> or one <RectangleLabels> tag"
+    if not config or not isinstance(config, str) or not config.strip():
+        raise LabelConfigError(f"label config is empty: expected {wanted}")
+    try:
+        interface = LabelInterface(config)
+    except Exception as exc:  # the sdk raises various XML errors
+        raise LabelConfigError(f"label config is not valid XML: {exc}") from None
+    problems, images, controls = _tag_problems(interface)
     if problems:
         raise LabelConfigError("unsupported label config: " + "; ".join(problems))
     image, control = images[0], controls[0]
