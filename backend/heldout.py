@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 MIN_LABELED = 20
 MAX_POOL = 20_000  # pool tasks the fold models score (a seeded sample beyond; the count is scaled)
-MIN_TAIL = 2
+MIN_TAIL = 3  # and at least one per fold: a fold's tail rows are scored by models that saw other tail rows
 RETRY_FAILED_SECONDS = 300.0
 BUSY_RECHECK_SECONDS = 5.0
 DETECTION_UNSUPPORTED = ("the held-out evaluation ranks labeled tasks by one class each; an object detection "
@@ -67,8 +67,8 @@ def too_little_data(y: np.ndarray, tail_idx: Sequence[int], folds: int) -> str |
     if len(y) < max(MIN_LABELED, 2 * folds):
         return f"{len(y)} labeled tasks with images; the held-out evaluation needs at least " \
                f"{max(MIN_LABELED, 2 * folds)}"
-    if n_tail < MIN_TAIL:
-        return f"{n_tail} labeled tail-class task(s); the held-out evaluation needs at least {MIN_TAIL}"
+    if n_tail < max(MIN_TAIL, folds):
+        return f"{n_tail} labeled tail-class task(s); the held-out evaluation needs at least {max(MIN_TAIL, folds)}"
     return None
 
 

@@ -181,8 +181,10 @@ def test_histogram_counts_every_score():
 
 
 def test_too_little_data_names_what_is_missing():
-    y = np.array([0] * 30 + [2] * 2)
+    y = np.array([0] * 30 + [2] * 5)
     assert too_little_data(y, [2], 5) is None
+    assert "4 labeled tail-class task(s); the held-out evaluation needs at least 5" in too_little_data(y[:-1], [2], 5)
+    assert too_little_data(y[:-2], [2], 3) is None  # 3 folds: 3 tail rows are enough
     assert "no tail class" in too_little_data(y, [], 5)
     assert "at least 20" in too_little_data(y[:10], [2], 5)
     assert "1 labeled tail" in too_little_data(np.array([0] * 30 + [2]), [2], 5)
