@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from .. import MinorityMiner
@@ -36,7 +35,7 @@ from ..scoring import softmax
 from ..small_cnn import small_cnn_features, small_cnn_logits, train_small_cnn
 from .data import load_dataset
 from .detection_data import DetectionImage, make_images, simulate_detector
-from .output import plot_pr, save_figure, write_results
+from .output import add_common_arguments, comma_list, plot_pr, save_figure, start, write_results
 
 METRICS = ("auc_pr", "p@50", "p@100")
 STRATEGIES = {"tail_novelty": {}, "reconstruction": {"strategy": "reconstruction"}, "paper": {"strategy": "paper"}}
@@ -220,21 +219,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mcm_core.bench --detection", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="setting det-rare, 1 seed")
-    ap.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3, quick 1)")
-    ap.add_argument("--settings", default=None, help=f"comma list of {', '.join(SETTINGS)} (default all)")
+    add_common_arguments(ap, f"comma list of {', '.join(SETTINGS)} (default all)",
+                         "output directory for detection.json/.png/.md")
     ap.add_argument("--cnn-epochs", type=int, default=15, help="epochs of the box classifier M")
     ap.add_argument("--background", type=int, default=BACKGROUND_PER_IMAGE, help="background boxes per labeled image")
     ap.add_argument("--jittered", type=int, default=JITTERED_PER_BOX, help="imprecise copies per labeled box")
     ap.add_argument("--default", default="reconstruction K=3", help="the row the others are compared with")
-    ap.add_argument("--out", default="bench_out", help="output directory for detection.json/.png/.md")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    seeds = args.seeds or (1 if args.quick else 3)
-    names = args.settings.split(",") if args.settings else (["det-rare"] if args.quick else list(SETTINGS))
-    for n in names:
-        if n not in SETTINGS:
-            ap.error(f"unknown setting {n!r}")
+    seeds = start(args)
+    names = comma_list(ap, args.settings, ["det-rare"] if args.quick else SETTINGS, lambda n: n in SETTINGS, "setting")
     digits = load_dataset("mnist")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 
 from .. import MinorityMiner
 from ..baselines import entropy, margin_uncertainty, tail_mass, weighted_entropy, TailMassStrategy
@@ -34,7 +33,7 @@ from ..metrics import tail_classes
 from ..scoring import softmax
 from ..small_cnn import (dense_features_logits, fine_tune_dense, small_cnn_conv_outputs, train_small_cnn)
 from .data import SETTINGS, iter_settings, make_setting
-from .output import save_figure, write_results
+from .output import add_common_arguments, comma_list, save_figure, start, write_results
 
 LOOP_SETTINGS = ("mnist-paper", "mnist-few")
 
@@ -260,27 +259,19 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mcm_core.bench.loop", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="mnist-paper, 1 seed, budget 40, M trained 10 epochs")
-    ap.add_argument("--settings", default=None, help=f"comma list (default {', '.join(LOOP_SETTINGS)})")
-    ap.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3, quick 1)")
+    add_common_arguments(ap, f"comma list (default {', '.join(LOOP_SETTINGS)})",
+                         "output directory for loop.json, loop.png and loop.md")
     ap.add_argument("--budgets", default=None, help="comma list of examples per round (default 20,40; quick 40)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--strategies", default=None, help=f"comma list; choices: {' | '.join(STRATEGIES)}")
     ap.add_argument("--cnn-epochs", type=int, default=None, help="round-0 CNN epochs (default 15, quick 10)")
     ap.add_argument("--finetune-epochs", type=int, default=5, help="dense-layer epochs per round")
-    ap.add_argument("--out", default="bench_out")
-    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    settings = args.settings.split(",") if args.settings else (["mnist-paper"] if args.quick else list(LOOP_SETTINGS))
-    seeds = args.seeds or (1 if args.quick else 3)
+    seeds = start(args)
+    settings = comma_list(ap, args.settings, ["mnist-paper"] if args.quick else LOOP_SETTINGS,
+                          lambda s: s in SETTINGS and not SETTINGS[s].novel, "or novel-class setting")
     budgets = [int(b) for b in (args.budgets or ("40" if args.quick else "20,40")).split(",")]
-    strategies = args.strategies.split(",") if args.strategies else list(STRATEGIES)
-    for s in strategies:
-        if s not in STRATEGIES:
-            ap.error(f"unknown strategy {s!r}")
-    for s in settings:
-        if s not in SETTINGS or SETTINGS[s].novel:
-            ap.error(f"unknown or novel-class setting {s!r}")
+    strategies = comma_list(ap, args.strategies, STRATEGIES, lambda s: s in STRATEGIES, "strategy")
     cnn_epochs = args.cnn_epochs or (10 if args.quick else 15)
     out = Path(args.out)
     t0 = time.time()

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .. import MinorityMiner
 from ..baselines import BASELINES, entropy, tail_mass
@@ -28,7 +27,7 @@ from ..metrics import auc_pr, average_f_score, pr_curve, precision_at_k, tail_cl
 from ..scoring import softmax
 from ..small_cnn import small_cnn_features, small_cnn_logits, train_small_cnn
 from .data import SETTINGS, iter_settings, make_setting
-from .output import plot_pr, save_figure, write_results
+from .output import add_common_arguments, comma_list, plot_pr, save_figure, start, write_results
 
 DEFAULT_NAME = "default (tail_novelty)"
 METRICS = ("auc_pr", "avg_f", "p@50", "p@100")
@@ -245,23 +244,18 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true",
                     help=f"settings {', '.join(QUICK_SETTINGS)}, 1 seed, M trained 10 epochs (~2-3 min)")
-    ap.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3, quick 1)")
-    ap.add_argument("--settings", default=None, help=f"comma list of {', '.join(SETTINGS)} (default all)")
+    add_common_arguments(ap, f"comma list of {', '.join(SETTINGS)} (default all)",
+                         "output directory for quality.json and pr_curves.png")
     ap.add_argument("--cnn-epochs", type=int, default=None, help="epochs of the biased CNN M (default 15; quick 10)")
     ap.add_argument("--variants", default=None, help="comma list of miner variants, 'all' or 'none' "
                     f"(default: {', '.join(DEFAULT_VARIANTS)}); choices: {' | '.join(VARIANTS)}")
     ap.add_argument("--ce-head", action="store_true", help="also score the baselines through a CE linear head")
     ap.add_argument("--miner", default="{}", help="JSON of MinorityMiner keyword arguments for the default row")
-    ap.add_argument("--out", default="bench_out", help="output directory for quality.json and pr_curves.png")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    seeds = args.seeds or (1 if args.quick else 3)
+    seeds = start(args)
     cnn_epochs = args.cnn_epochs or (10 if args.quick else 15)
-    settings = (args.settings.split(",") if args.settings else list(QUICK_SETTINGS if args.quick else SETTINGS))
-    for s in settings:
-        if s not in SETTINGS:
-            ap.error(f"unknown setting {s!r}")
+    settings = comma_list(ap, args.settings, QUICK_SETTINGS if args.quick else SETTINGS,
+                          lambda s: s in SETTINGS, "setting")
     if args.variants is None:
         variants = [] if args.quick else list(DEFAULT_VARIANTS)
     else:
