@@ -108,14 +108,14 @@ def phase(at: float, enabled_at: float | None) -> str:
 TailTest = Callable[[LabelEvent], bool]
 
 
-def tail_when_labeled(history: Iterable[tuple[float, Iterable[str]]], fallback: Iterable[str]) -> TailTest:
+def tail_when_labeled(history: Iterable[tuple[float | None, Iterable[str] | None]], fallback: Iterable[str]) -> TailTest:
     """Whether an event's class was a tail class of the model that ordered the queue when it was labeled.
 
-    history: (time the version started serving, its tail classes) per version; an event before the
-    first version uses `fallback` (the current tail classes). Why: a tail class the team has labeled
+    history: (time the version started serving, its tail classes) per version, entries with either
+    unknown left out; an event before the first version uses `fallback` (the current tail classes). Why: a tail class the team has labeled
     enough of stops being tail; judged by today's tail classes, its labels found earlier would count
     as common ones, and a queue that did its job would show a yield of 0."""
-    steps = sorted((float(at), frozenset(tail)) for at, tail in history)
+    steps = sorted((float(at), frozenset(tail)) for at, tail in history if at is not None and tail is not None)
     times = [at for at, _ in steps]
     default = frozenset(fallback)
 

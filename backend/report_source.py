@@ -228,9 +228,7 @@ def build_report(context: "Context", heldout: "HeldOut", project_id: int, last_e
     published = ledger.get("current") or (model.version if model else None)
     versions = version_rows(store, ledger, published)
     tail_then = report.tail_when_labeled(
-        [(report.parse_time(v["published_at"] or v["trained_at"]), v["tail_classes"]) for v in versions
-         if v["tail_classes"] is not None and report.parse_time(v["published_at"] or v["trained_at"]) is not None],
-        fallback=tail)
+        [(report.parse_time(v["published_at"] or v["trained_at"]), v["tail_classes"]) for v in versions], fallback=tail)
     buckets = report.yield_buckets(events, tail_then, enabled_at)
     phases = report.phase_yield(events, tail_then, enabled_at)
     heldout_part, shown = _heldout_part(heldout, project_id, model.version if model else None)
