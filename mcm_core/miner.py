@@ -32,7 +32,8 @@ from .validation import check_features, check_labels, check_num_classes
 log = logging.getLogger(__name__)
 
 FORMAT = "mcm_core.MinorityMiner"
-FORMAT_VERSION = 1  # unchanged: new config keys and the optional "score_weights" tensor have old-file defaults
+FORMAT_VERSION = 1  # unchanged: new config keys, the optional "score_weights" tensor and the optional novelty
+# reference of the reconstruction strategies have old-file defaults
 SCORE_WEIGHTINGS = ("alpha", "sqrt_alpha", "none")
 AE_TRAIN_ON = ("head", "all")
 STRATEGIES = ("tail_novelty", "reconstruction", "paper")
@@ -165,10 +166,15 @@ class MinorityMiner:
         info = {"n_labeled": int(len(y)), "labeled_per_class": counts.tolist(), "tail_classes": tail,
                 "rc_best_epoch": rc_res.best_epoch, "rc_epochs": rc_res.epochs_run}
         ae = novelty = None
-        if c["strategy"] == "tail_novelty":
-            head = ~np.isin(y, tail)
+        head = ~np.isin(y, tail)
+        # every strategy keeps the novelty reference: tail_novelty's N, and the detection cold start's
+        # (mcm_core.detection.box_scores); the other strategies can do without it on a tiny set
+        if c["strategy"] == "tail_novelty" or head.sum() >= 2:
             novelty = NoveltyScorer(c["novelty_k"], c["novelty_max_reference"], self.seed).fit(x, y, head)
             info["novelty_reference"] = int(len(novelty.reference))
+        self.tail_reference_ = np.zeros((0, x.shape[1]), np.float32)
+        self.tail_reference_labels_ = np.zeros(0, np.int64)
+        if c["strategy"] == "tail_novelty":
             keep = np.concatenate([stratified_reference(y, y == k, TAIL_REFERENCE_PER_CLASS, self.seed)
                                    for k in tail] or [np.zeros(0, np.int64)])
             self.tail_reference_ = l2_normalise(x[keep]) if len(keep) else np.zeros((0, x.shape[1]), np.float32)
@@ -228,7 +234,7 @@ class MinorityMiner:
         sqrt(alpha) renormalised, or 1 ("none": S = ||p - p_hat||^2)."""
         self._check_fitted()
         x = check_features(features, dim=self.in_dim_)
-        if self.novelty_ is not None:
+        if self.config["strategy"] == "tail_novelty":
             return tail_or_novel(self.tail_mass(x), self.novelty_.score(x))
         return self.ae_.score(self._logits(x, self.rc_))
 
@@ -247,7 +253,7 @@ class MinorityMiner:
         examples of that class. Those get (0.5, 1]; the rest 0.5 * score(). Unlike score(), a
         row's value depends on the rest of the pool: pass the whole pool in one call."""
         self._check_fitted()
-        if self.novelty_ is None:
+        if self.config["strategy"] != "tail_novelty":
             raise ValueError(f"queue_scores needs strategy='tail_novelty', not {self.config['strategy']!r}")
         x = check_features(features, dim=self.in_dim_)
         p = self.predict_proba(x).astype(np.float64)
@@ -260,25 +266,28 @@ class MinorityMiner:
         return greedy_queue(scores, buckets, x, refs, self.config["queue_window"])
 
     def novelty_score(self, features) -> np.ndarray:
-        """N in [0, 1): calibrated kNN novelty against the labeled head rows (tail_novelty only)."""
+        """N in [0, 1): calibrated kNN novelty against the labeled head rows. Every strategy has it,
+        except a miner fitted on fewer than 2 head rows or saved before other strategies kept it."""
         self._check_fitted()
         if self.novelty_ is None:
-            raise ValueError(f"strategy {self.config['strategy']!r} has no novelty scorer")
+            raise ValueError("this miner has no novelty reference (fewer than 2 labeled head rows, or a "
+                             f"{self.config['strategy']!r} miner saved before every strategy kept one)")
         return self.novelty_.score(check_features(features, dim=self.in_dim_))
 
     @property
     def score_upper_bound(self) -> float:
         """Exact max of the score: 1 for tail_novelty; 2 for S; w_(1) + w_(2) (two largest
         weights, <= 1) for S_w. Before fit(): 2, a true bound for every strategy."""
-        if self.novelty_ is not None:
-            return 1.0
-        if self.ae_ is None:
+        if not self.is_fitted:
             return float(RECONSTRUCTION_SCORE_BOUND)
+        if self.config["strategy"] == "tail_novelty":
+            return 1.0
         return float(self.ae_.upper_bound)
 
     @property
     def is_fitted(self) -> bool:
-        return self.rc_ is not None and (self.ae_ is not None or self.novelty_ is not None)
+        needs = self.novelty_ if self.config["strategy"] == "tail_novelty" else self.ae_
+        return self.rc_ is not None and needs is not None
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike) -> None:
@@ -330,8 +339,8 @@ class MinorityMiner:
         old_tail = tail_classes(np.repeat(np.arange(num_classes), counts), num_classes) if counts else []
         miner.tail_ = [int(k) for k in payload.get("tail", old_tail)]
         try:
-            if cfg["strategy"] == "tail_novelty":
-                nov = NoveltyScorer(cfg["novelty_k"], cfg["novelty_max_reference"], seed)
+            if cfg["strategy"] == "tail_novelty" or "novelty" in payload:  # optional for the others
+                nov = NoveltyScorer(miner.config["novelty_k"], miner.config["novelty_max_reference"], seed)
                 nov.reference = payload["novelty"]["reference"].numpy().astype(np.float32)
                 nov.reference_distances = payload["novelty"]["reference_distances"].numpy().astype(np.float64)
                 miner.tail_reference_ = payload["novelty"]["tail_reference"].numpy().astype(np.float32)
@@ -340,7 +349,7 @@ class MinorityMiner:
                         or miner.tail_reference_.shape[1:] != (miner.in_dim_,):
                     raise ValueError(f"{path}: novelty reference has the wrong shape")
                 miner.novelty_ = nov
-            else:
+            if cfg["strategy"] != "tail_novelty":
                 ae = miner._new_scorer()
                 ae.load_state(payload["ae"])
                 miner.ae_ = ae

@@ -151,6 +151,6 @@ def test_speed_bench_times_the_chosen_strategy_and_reports_overhead():
                        strategy="paper")
     row = result["miner"][0]
     assert row["strategy"] == "paper" and row["n"] == 400 and row["score_seconds"] > 0
-    assert min(row["fit_info"]["ae_steps"]) > 0 and "novelty_reference" not in row["fit_info"]  # it trained the AE
+    assert min(row["fit_info"]["ae_steps"]) > 0  # it trained the AE (every strategy also keeps a novelty reference)
     assert set(row["overhead_pct"]) == {"1"} and result["max_overhead_pct"] == row["overhead_pct"]["1"]
     assert "strategy='paper'" in speed._format_table(result)

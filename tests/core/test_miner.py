@@ -247,6 +247,29 @@ def test_files_without_new_options_load_as_unweighted_all_rows(tmp_path, data):
     assert loaded.config["strategy"] == "reconstruction" and loaded.tail_ == [3, 4]  # from fit_info counts
 
 
+def test_reconstruction_miners_keep_the_same_novelty_reference(tmp_path, data, fitted, fitted_rc):
+    """Every strategy keeps the novelty N (the detection cold start reads it): the reconstruction
+    miner's N is tail_novelty's (same head rows, same seed), its score is still the AE's, and N
+    survives save/load; a file saved without it loads, and asking it for N is a clear error."""
+    x, _, x_head, x_tail = data
+    probe = np.concatenate([x_head, x_tail])
+    n = fitted_rc.novelty_score(probe)
+    assert np.array_equal(n, fitted.novelty_score(probe))
+    assert n[len(x_head):].mean() > n[:len(x_head)].mean() + 0.3  # tail blobs are far from the head rows
+    assert fitted_rc.score_upper_bound < 2.0 and fitted_rc.score(probe).max() > 0  # the AE's S_w, not 1-(1-T)(1-N)
+    path = tmp_path / "rc.pt"
+    fitted_rc.save(path)
+    loaded = MinorityMiner.load(path)
+    assert np.array_equal(loaded.novelty_score(probe), n) and np.array_equal(loaded.score(probe), fitted_rc.score(probe))
+    payload = torch.load(path, weights_only=True)
+    del payload["novelty"]
+    torch.save(payload, path)
+    older = MinorityMiner.load(path)
+    assert older.novelty_ is None and np.array_equal(older.score(probe), fitted_rc.score(probe))
+    with pytest.raises(ValueError, match="no novelty reference"):
+        older.novelty_score(probe)
+
+
 def test_tail_novelty_score_is_tail_or_novel_by_hand(data, fitted):
     """score = 1 - (1 - T)(1 - N): T from the RC probabilities over the tail classes (3, 4), N the
     calibrated 5-NN cosine distance to the labeled head rows (classes 0-2)."""
