@@ -8,8 +8,10 @@ The miner is the classification one, trained and applied at box level (docs/dete
   stay cached across retrainings;
 - box features: the configured backbone on the box crops (CropFeaturizer), or the box head of the
   torchvision detector that also proposes the candidates (DetectorFeaturizer);
-- an unlabeled image's score: the mean box score of its top-K most confident candidates
-  (backend/candidates.py; mcm_core.detection.image_scores), 0 without candidates; its prediction:
+- an unlabeled image's score: the mean box score (mcm_core.detection.box_scores: the miner's
+  score, plus uncertainty x novelty while an object class has no labeled box) of its top-K
+  most confident candidates (backend/candidates.py; mcm_core.detection.image_scores), 0 without
+  candidates; its prediction:
   the candidates above MCM_DETECTION_REGION_MIN_CONFIDENCE as RectangleLabels regions with the RC
   layer's class (backend/regions.py).
 """
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from mcm_core.detection import crop_box, image_scores, jittered_boxes, sample_background_boxes
+from mcm_core.detection import box_scores, crop_box, image_scores, jittered_boxes, sample_background_boxes
 
 from .candidates import Candidates, CandidateStore, DetectorCandidates, LabelStudioCandidates
 from .ingest import image_keys
@@ -183,14 +185,13 @@ def score_detection_tasks(project_id: int, tasks: Sequence[dict], context: "Cont
     n_classes = len(config.classes)
     if flat:
         features = context.ingest.features(project_id, flat, model=model, kind=detection.featurizer.kind)
-        box_scores = miner.score_samples(features)
+        scores, bound = box_scores(miner, features, n_classes)
         box_labels = np.asarray(miner.predict_proba(features))[:, :n_classes].argmax(1)
     else:
-        box_scores, box_labels = np.zeros(0), np.zeros(0, np.int64)
+        scores, bound, box_labels = np.zeros(0), 1.0, np.zeros(0, np.int64)
     offsets = np.concatenate([[0], np.cumsum([len(c) for _, c, _ in scored])]).astype(np.int64)
     confidences = np.concatenate([c.confidences for _, c, _ in scored] or [np.zeros(0)])
-    scores = map_scores(image_scores(box_scores, confidences, offsets, settings.detection_top_k),
-                        miner.score_upper_bound, transform)
+    scores = map_scores(image_scores(scores, confidences, offsets, settings.detection_top_k), bound, transform)
     regions, labels = {}, []
     for i, (key, cand, _) in enumerate(scored):
         rows = slice(offsets[i], offsets[i + 1])

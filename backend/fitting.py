@@ -58,11 +58,18 @@ def train_project(project_id: int, context: "Context", rescore: bool = True) -> 
                 context.settings.backbone)
     miner, trained_backbone = fit_miner(project_id, context, keys, y, n_classes, kind, options)
     meta = version_meta(project_id, labeled, objects, counts, context.settings)
+    if config.detection:  # no tail class has a labeled box yet: box scores add uncertainty x novelty
+        from mcm_core.detection import cold_start_classes
+
+        meta["cold_start_classes"] = [config.classes[k] for k in cold_start_classes(miner, len(config.classes))]
     previous_labels = int(state.model.meta.get("n_labeled", 0)) if state.model else 0
     version = save_version(project_id, context, miner, trained_backbone, meta, started)
     context.pool(project_id, labeled.config.image_key).remove(labeled.annotated_ids)  # not in the queue any more
     logger.info("project %s: trained model %s on %d %s in %.1fs", project_id, version, len(objects), what,
                 time.monotonic() - started)
+    if meta.get("cold_start_classes"):
+        logger.info("project %s: cold start: no labeled box of the tail classes %s yet; box scores add uncertainty "
+                    "x novelty until one has (docs/detection.md)", project_id, meta["cold_start_classes"])
     if rescore:
         from .refresh import refresh_project
 

@@ -12,13 +12,16 @@ boxes:
 - `sample_background_boxes`: boxes on a labeled image that overlap no annotated object much: the
   "background" class a detector's classification head also has, so that the miner learns what a
   false-positive candidate looks like instead of finding it novel;
+- `box_scores`: the miner's box-level decision score, plus uncertainty x novelty until a tail
+  class has a labeled box (a project's cold start, see its docstring);
 - `image_scores`: the top-K aggregation over each image's candidates (scoring.aggregate_detection_scores).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .scoring import aggregate_detection_scores
+from .baselines import entropy
+from .scoring import aggregate_detection_scores, tail_or_novel
 
 DEFAULT_TOP_K = 3          # the paper's K
 CROP_CONTEXT = 0.15        # context added on each side of a box, as a fraction of its longer side
@@ -103,13 +106,47 @@ def jittered_boxes(gt_boxes, n: int, rng: np.random.Generator, shift: float = 0.
     return out
 
 
-def image_scores(box_scores, confidences, offsets, k: int | None = DEFAULT_TOP_K) -> np.ndarray:
+def cold_start_classes(miner, n_object_classes: int) -> list[int]:
+    """The tail object classes when none of them has a labeled box, else []: the cold start of
+    `box_scores`. Object classes are 0 .. n_object_classes - 1 (a background class after them is
+    not one); a class without any labeled box is always a tail class of the miner."""
+    counts = list(miner.fit_info_.get("labeled_per_class", []))[:int(n_object_classes)]
+    counts += [0] * (int(n_object_classes) - len(counts))
+    tail = [int(k) for k in miner.tail_ if k < int(n_object_classes)]
+    return tail if tail and not any(counts[k] for k in tail) else []
+
+
+def box_scores(miner, features, n_object_classes: int, cold_start: bool = True) -> tuple[np.ndarray, float]:
+    """(Each box's decision score, the scores' upper bound) from a fitted MinorityMiner.
+
+    The miner's score S (reconstruction error by default) points at the tail classes the RC layer
+    was taught. Before any tail class has a labeled box (cold start: `cold_start_classes`), it has
+    none, and a never-labeled class's objects look like a head class or background to it. The
+    score is then 1 - (1 - S / bound)(1 - H N): H = the entropy of the RC probabilities / log C
+    (the layer cannot place the box), N = the miner's feature novelty against the labeled head
+    boxes (the box is unlike every one of them). Either alone also rises on ambiguous head objects
+    or odd crops of them; the product keeps the boxes that are both. Once one tail class has a
+    labeled box, S alone ranks better, even for the tail classes still without one (detection
+    benchmark, det-few and det-zero: docs/detection.md). A miner without a novelty reference
+    (saved by an older version) uses H alone."""
+    s = np.asarray(miner.score_samples(features), np.float64)
+    bound = float(miner.score_upper_bound)
+    if not cold_start or not cold_start_classes(miner, n_object_classes) or not len(s):
+        return s, bound
+    p = np.asarray(miner.predict_proba(features), np.float64)
+    unsure = entropy(p) / np.log(p.shape[1]) if p.shape[1] > 1 else np.zeros(len(p))
+    if miner.novelty_ is not None:
+        unsure = unsure * miner.novelty_score(features)
+    return tail_or_novel(s / bound, unsure), 1.0
+
+
+def image_scores(scores, confidences, offsets, k: int | None = DEFAULT_TOP_K) -> np.ndarray:
     """Per image: the mean box score over its `k` most confident candidates (all with k=None);
     0 for an image without candidates (it ranks last).
 
-    box_scores, confidences: (n_boxes,) of all images' candidates, image i's being
+    scores, confidences: (n_boxes,) of all images' candidates, image i's being
     [offsets[i], offsets[i + 1])."""
-    s = np.asarray(box_scores, dtype=np.float64).reshape(-1)
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
     c = np.asarray(confidences, dtype=np.float64).reshape(-1)
     o = np.asarray(offsets, dtype=np.int64).reshape(-1)
     if s.shape != c.shape or len(o) < 1 or o[0] != 0 or o[-1] != len(s) or (np.diff(o) < 0).any():

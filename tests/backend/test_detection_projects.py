@@ -7,6 +7,7 @@ under another model version, the candidates of MCM_DETECTION_CANDIDATES=label-st
 """
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 import time
@@ -198,7 +199,7 @@ def det_env(tmp_path_factory):
                         miner_options='{"n_models": 2, "ae_min_steps": 500}')
     app = create_app(settings)
     yield {"fake": fake, "images": images, "app": app, "truth": truth, "no_candidates": no_candidates,
-           "settings": settings, "labeled": labeled}
+           "settings": settings, "labeled": labeled, "pool": pool}
     app.config["MCM_STATE"].close()
     fake.close()
     images.close()
@@ -216,6 +217,8 @@ def test_detection_project_trains_on_boxes_and_pushes_regions_tail_first(det_env
     assert version and status["last_error"] is None, status
     assert set(status["tail_classes"]) == {"0", "1"}, status
     assert status["n_scored"] == len(truth) + 1
+    meta = json.loads((Path(det_env["settings"].project_dir(PID)) / version / "meta.json").read_text())
+    assert meta["cold_start_classes"] == []  # every tail digit has labeled boxes
     mine = {p["task"]: p for p in fake.predictions if p["model_version"] == version}
     assert set(mine) == set(truth) | {det_env["no_candidates"]}
     # a task without candidates scores 0 (last) and carries no region
@@ -272,6 +275,53 @@ def test_detection_report_counts_objects_and_images_with_a_tail_object(det_env):
     for name in ("tail_yield", "classes", "precision_recall"):
         png = client.get(f"/mcm/report/{name}.png?project={PID}")
         assert png.status_code == 200 and png.data[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_class_without_a_labeled_box_starts_the_cold_start_score(det_env, monkeypatch):
+    """A copy of the project whose labeled images hold no tail digit (0 or 1): the version records
+    them as cold-start classes, its box scores are the cold-start ones (bound 1), and the pool images
+    holding a tail digit rank above the others."""
+    import backend.detection as detection
+    from mcm_core.detection import box_scores
+
+    bounds = []
+
+    def spy(miner, features, n_object_classes, **kwargs):
+        scores, bound = box_scores(miner, features, n_object_classes, **kwargs)
+        bounds.append((bound, miner.score_upper_bound, n_object_classes))
+        return scores, bound
+
+    monkeypatch.setattr(detection, "box_scores", spy)
+    fake, app, pool = det_env["fake"], det_env["app"], det_env["pool"]
+    pid, tid, holds = PID + 10, 90000, {}
+    fake.add_project(pid, LABEL_CONFIG, control_name="label")
+    originals = sorted(t for t, task in fake.tasks.items() if task["project"] == PID)
+    for image, src in zip(det_env["labeled"], originals):
+        if image.has_any(TAILS):
+            continue
+        tid += 1
+        fake.tasks[tid] = {**fake.tasks[src], "id": tid, "project": pid}
+    for image, src in zip(pool, sorted(det_env["truth"])):
+        tid += 1
+        fake.tasks[tid] = {**fake.tasks[src], "id": tid, "project": pid}
+        holds[tid] = set(image.classes.tolist())
+        for p in [p for p in fake.predictions if p["task"] == src and p["model_version"] == DETECTOR_VERSION]:
+            fake.predictions.append({**p, "task": tid, "project": pid, "id": fake.next_prediction_id})
+            fake.next_prediction_id += 1
+    client = app.test_client()
+    assert client.post("/setup", json={"project": f"{pid}.1", "schema": LABEL_CONFIG}).status_code == 200
+    assert client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": pid}}).status_code == 201
+    assert app.config["MCM_STATE"].queue.wait_idle(timeout=600)
+    status = client.get(f"/mcm/status?project={pid}").json
+    assert status["last_error"] is None and status["labeled_per_class"]["0"] == status["labeled_per_class"]["1"] == 0
+    meta = json.loads((Path(det_env["settings"].project_dir(pid)) / status["model_version"] / "meta.json").read_text())
+    assert meta["cold_start_classes"] == ["0", "1"]
+    # every box score of this project came through the cold start (its bound is 1, the miner's own is lower)
+    assert bounds and all(bound == 1.0 and own < 1.0 and n == 10 for bound, own, n in bounds), bounds
+    scores = {p["task"]: p["score"] for p in fake.predictions if p["model_version"] == status["model_version"]}
+    tail = [scores[t] for t, classes in holds.items() if classes & set(TAILS)]
+    no_tail = [scores[t] for t, classes in holds.items() if not classes & set(TAILS)]
+    assert tail and no_tail and statistics.mean(tail) > statistics.mean(no_tail), (tail, no_tail)
 
 
 def test_detection_project_needs_a_candidate_source(make_settings):

@@ -3,8 +3,10 @@ import pytest
 from PIL import Image
 
 from mcm_core.bench.detection_data import DetectionImage, draw_canvas, make_images, simulate_detector
-from mcm_core.detection import (as_boxes, box_iou, crop_box, crop_region, image_scores, jittered_boxes,
-                                sample_background_boxes)
+from mcm_core import MinorityMiner
+from mcm_core.baselines import entropy
+from mcm_core.detection import (as_boxes, box_iou, box_scores, crop_box, crop_region, image_scores, jittered_boxes,
+                                sample_background_boxes, cold_start_classes)
 
 
 def test_box_iou_known_values_and_bad_boxes():
@@ -102,3 +104,48 @@ def test_simulated_detector_finds_objects_with_lower_confidence_on_the_tail():
     assert 0.85 < np.mean([len(b) for b, _ in found]) / 2 <= 1.0
     with_fp = [simulate_detector(image, rng, tail=(0,), false_positives=3.0) for _ in range(50)]
     assert np.mean([len(b) for b, _ in with_fp]) > 3.5
+
+
+def test_box_scores_add_uncertainty_times_novelty_until_a_tail_class_has_a_labeled_box(blobs):
+    """Classes 0-2 are objects, 3 is the background class. With class 2 never labeled and no other
+    tail class, the box score is 1 - (1 - S/bound)(1 - H N) by hand, in [0, 1], and ranks the unseen
+    class's boxes above the labeled ones. Once a tail class has a labeled box (class 1 rare, 2 still
+    unlabeled) or every class has, it is the miner's own score and bound."""
+    x, y, _ = blobs([60, 60, 60, 60], num_classes=4, dim=10, seed=1)
+    fast = dict(ae_min_steps=200, ae_max_steps=600, n_models=1, strategy="reconstruction")
+    cold = MinorityMiner(4, seed=0, **fast).fit(x[y != 2], y[y != 2])
+    assert cold_start_classes(cold, 3) == [2]
+    s, bound = box_scores(cold, x, 3)
+    p = cold.predict_proba(x).astype(np.float64)
+    hn = entropy(p) / np.log(4) * cold.novelty_score(x)
+    expected = 1 - (1 - cold.score_samples(x) / cold.score_upper_bound) * (1 - hn)
+    assert bound == 1.0 and np.allclose(s, expected) and 0 <= s.min() and s.max() <= 1
+    assert s[y == 2].mean() > s[y != 2].mean()
+    alone, alone_bound = box_scores(cold, x, 3, cold_start=False)
+    assert np.array_equal(alone, cold.score_samples(x)) and alone_bound == cold.score_upper_bound
+    rare = (y != 2) & ((y != 1) | (np.cumsum(y == 1) <= 5))  # 5 boxes of class 1, none of class 2
+    mixed = MinorityMiner(4, seed=0, **fast).fit(x[rare], y[rare])
+    assert mixed.tail_ == [1, 2] and cold_start_classes(mixed, 3) == []
+    assert np.array_equal(box_scores(mixed, x, 3)[0], mixed.score_samples(x))
+    warm = MinorityMiner(4, seed=0, **fast).fit(x, y)
+    assert cold_start_classes(warm, 3) == []
+    s, bound = box_scores(warm, x, 3)
+    assert np.array_equal(s, warm.score_samples(x)) and bound == warm.score_upper_bound
+    # the background class (3) is not an object class: never labeled, it does not start the cold start
+    no_background = MinorityMiner(4, seed=0, **fast).fit(x[y != 3], y[y != 3])
+    assert no_background.tail_ == [3] and cold_start_classes(no_background, 3) == []
+
+
+def test_benchmark_marks_candidates_covering_a_tail_object_for_the_ceiling_row():
+    from mcm_core.bench.detection import tail_candidates
+
+    image = DetectionImage(np.zeros((10, 10), np.uint8), np.array([[0.0, 0.0, 0.4, 0.4], [0.5, 0.5, 0.9, 0.9]]),
+                           np.array([1, 5]))
+    candidates = np.array([[0.0, 0.0, 0.4, 0.38],    # the tail object, IoU 0.95
+                           [0.5, 0.5, 0.9, 0.9],     # the head object
+                           [0.2, 0.2, 0.6, 0.6],     # cuts through both: IoU < 0.5 with each
+                           [0.0, 0.0, 0.1, 0.1]])    # a small part of the tail object
+    hits = tail_candidates([image, image], [(candidates, np.ones(4)), (np.zeros((0, 4)), np.zeros(0))], (1,))
+    assert hits.tolist() == [True, False, False, False]
+    empty = DetectionImage(np.zeros((10, 10), np.uint8), np.zeros((0, 4)), np.zeros(0, np.int64))
+    assert tail_candidates([empty], [(candidates[:2], np.ones(2))], (1,)).tolist() == [False, False]
