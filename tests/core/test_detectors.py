@@ -50,3 +50,16 @@ def test_bad_architecture_and_weights_are_named(weights, tmp_path):
     torch.save({"roi_heads.box_predictor.cls_score.weight": torch.zeros(2, 1024)}, wrong)
     with pytest.raises(BackboneError, match="do not match"):
         TorchvisionDetector(ARCH, str(wrong))
+
+
+def test_the_cost_benchmark_loads_through_the_weights_file_and_keeps_the_detection_cap(capsys):
+    """benchmarks/detector_cost.py (a script, not a test of speed): it runs, loads the detector from
+    a state_dict file and, with its score threshold 0, times images that keep all 100 detections."""
+    import json
+
+    from benchmarks.detector_cost import main
+
+    assert main(["--archs", "fasterrcnn_mobilenet_v3_large_320_fpn", "--images", "1", "--threads", "1"]) == 0
+    row = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert row["arch"] == "fasterrcnn_mobilenet_v3_large_320_fpn" and row["images"] == 1
+    assert row["detections_per_image"] == 100 and row["feature_dim"] == 1024
