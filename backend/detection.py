@@ -9,11 +9,10 @@ The miner is the classification one, trained and applied at box level (docs/dete
 - box features: the configured backbone on the box crops (CropFeaturizer), or the box head of the
   torchvision detector that also proposes the candidates (DetectorFeaturizer);
 - an unlabeled image's score: the mean box score (mcm_core.detection.box_scores: the miner's
-  score, plus uncertainty x novelty while an object class has no labeled box) of its top-K
-  most confident candidates (backend/candidates.py; mcm_core.detection.image_scores), 0 without
-  candidates; its prediction:
-  the candidates above MCM_DETECTION_REGION_MIN_CONFIDENCE as RectangleLabels regions with the RC
-  layer's class (backend/regions.py).
+  score, plus uncertainty x novelty until a tail class has a labeled box) of its top-K most
+  confident candidates (backend/candidates.py; mcm_core.detection.image_scores), 0 without
+  candidates; its prediction: the candidates above MCM_DETECTION_REGION_MIN_CONFIDENCE as
+  RectangleLabels regions with the RC layer's class (backend/regions.py).
 """
 from __future__ import annotations
 

@@ -61,7 +61,7 @@ class DetSetting:
 
 SETTINGS = {s.name: s for s in (
     DetSetting("det-rare", "digits 0 and 1 are 1 % of the labeled objects each, 3 % of the pool's"),
-    DetSetting("det-few", "digits 0 and 1 are 0.15 % of the labeled objects each (0-3 boxes), 3 % of the pool's",
+    DetSetting("det-few", "digits 0 and 1 are 0.15 % of the labeled objects each (0-4 boxes), 3 % of the pool's",
                tail_prob_labeled=0.0015),
     DetSetting("det-zero", "digits 0 and 1 in the label config but never labeled; 3 % of the pool's objects",
                tail_prob_labeled=0.0),
