@@ -136,7 +136,7 @@ def test_box_scores_add_uncertainty_times_novelty_until_a_tail_class_has_a_label
     assert no_background.tail_ == [3] and cold_start_classes(no_background, 3) == []
 
 
-def test_benchmark_marks_candidates_covering_a_tail_object_for_the_ceiling_row():
+def test_benchmark_marks_candidates_covering_a_tail_object_for_the_perfect_score_row():
     from mcm_core.bench.detection import tail_candidates
 
     image = DetectionImage(np.zeros((10, 10), np.uint8), np.array([[0.0, 0.0, 0.4, 0.4], [0.5, 0.5, 0.9, 0.9]]),
