@@ -184,8 +184,9 @@ def score_detection_tasks(project_id: int, tasks: Sequence[dict], context: "Cont
     n_classes = len(config.classes)
     if flat:
         features = context.ingest.features(project_id, flat, model=model, kind=detection.featurizer.kind)
-        scores, bound = box_scores(miner, features, n_classes)
-        box_labels = np.asarray(miner.predict_proba(features))[:, :n_classes].argmax(1)
+        probs = miner.predict_proba(features)
+        scores, bound = box_scores(miner, features, n_classes, probs=probs)
+        box_labels = np.asarray(probs)[:, :n_classes].argmax(1)
     else:
         scores, bound, box_labels = np.zeros(0), 1.0, np.zeros(0, np.int64)
     offsets = np.concatenate([[0], np.cumsum([len(c) for _, c, _ in scored])]).astype(np.int64)

@@ -116,7 +116,8 @@ def cold_start_classes(miner, n_object_classes: int) -> list[int]:
     return tail if tail and not any(counts[k] for k in tail) else []
 
 
-def box_scores(miner, features, n_object_classes: int, cold_start: bool = True) -> tuple[np.ndarray, float]:
+def box_scores(miner, features, n_object_classes: int, cold_start: bool = True,
+               probs: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """(Each box's decision score, the scores' upper bound) from a fitted MinorityMiner.
 
     The miner's score S (reconstruction error by default) points at the tail classes the RC layer
@@ -128,12 +129,13 @@ def box_scores(miner, features, n_object_classes: int, cold_start: bool = True) 
     or odd crops of them; the product keeps the boxes that are both. Once one tail class has a
     labeled box, S alone ranks better, even for the tail classes still without one (detection
     benchmark, det-few and det-zero: docs/detection.md). A miner without a novelty reference
-    (saved by an older version) uses H alone."""
+    (saved by an older version) uses H alone. `probs`: miner.predict_proba(features) when the
+    caller already has it (the backend also labels the boxes with it)."""
     s = np.asarray(miner.score_samples(features), np.float64)
     bound = float(miner.score_upper_bound)
     if not cold_start or not cold_start_classes(miner, n_object_classes) or not len(s):
         return s, bound
-    p = np.asarray(miner.predict_proba(features), np.float64)
+    p = np.asarray(miner.predict_proba(features) if probs is None else probs, np.float64)
     unsure = entropy(p) / np.log(p.shape[1]) if p.shape[1] > 1 else np.zeros(len(p))
     if miner.novelty_ is not None:
         unsure = unsure * miner.novelty_score(features)

@@ -120,6 +120,7 @@ def test_box_scores_add_uncertainty_times_novelty_until_a_tail_class_has_a_label
     hn = entropy(p) / np.log(4) * cold.novelty_score(x)
     expected = 1 - (1 - cold.score_samples(x) / cold.score_upper_bound) * (1 - hn)
     assert bound == 1.0 and np.allclose(s, expected) and 0 <= s.min() and s.max() <= 1
+    assert np.array_equal(box_scores(cold, x, 3, probs=cold.predict_proba(x))[0], s)  # the caller's probabilities
     assert s[y == 2].mean() > s[y != 2].mean()
     alone, alone_bound = box_scores(cold, x, 3, cold_start=False)
     assert np.array_equal(alone, cold.score_samples(x)) and alone_bound == cold.score_upper_bound
