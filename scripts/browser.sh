@@ -2,7 +2,8 @@
 # The real-browser stage: Label Studio 1.23.2's own web UI in Debian's Chromium, driven by
 # Playwright, against the quickstart's demo project and our backend (tests/browser). Annotators
 # log in, open the "Tail classes first" tab, "Label Tasks As Displayed" and label at a person's
-# pace while the backend retrains; every submission must be saved (issue 9).
+# pace while the backend retrains; every submission must be saved (issue 9). An object detection
+# project's tab is worked the same way, its pre-filled boxes accepted (test_detection_session.py).
 # Servers, state dir and clean-up are scripts/e2e.sh's (run with MCM_STAGE=browser); screenshots
 # and page HTML go to <state dir>/browser/, the figures to <state dir>/browser_metrics.json.
 #

@@ -18,6 +18,9 @@ from live_stack import (LS_ENV, backend, ls_env, report_metrics, skip_without_en
                         state_dir)
 from lsui import AnnotatorUI, launch_chromium  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+from make_detection_data import DETECTOR_VERSION  # noqa: E402
+
 REQUIRED_ENV = (*LS_ENV, "MCM_E2E_LS_USER", "MCM_E2E_LS_PASSWORD")
 METRICS: dict = {}
 OPEN_UIS: list[AnnotatorUI] = []
@@ -50,7 +53,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 @pytest.fixture(scope="session")
 def backend_env() -> dict[str, str]:
     # The mining report's held-out evaluation (test_report_page.py): 3 folds, not 5, for CI time.
-    return {"MCM_REPORT_FOLDS": "3"}
+    # test_detection_session.py: the team detector's predictions are the candidates (as in the e2e stage)
+    return {"MCM_REPORT_FOLDS": "3", "MCM_DETECTION_CANDIDATES": f"label-studio:{DETECTOR_VERSION}"}
 
 
 @pytest.fixture(scope="session")
@@ -80,10 +84,10 @@ def open_ui(chromium, ls_env, shots_dir):
     """`open_ui(name)`: a fresh browser context (own cookies: one person) with one page."""
     made = []
 
-    def make(name: str) -> AnnotatorUI:
+    def make(name: str, **kwargs) -> AnnotatorUI:
         context = chromium.new_context(viewport={"width": 1400, "height": 900})
         context.set_default_timeout(60_000)
-        ui = AnnotatorUI(context.new_page(), ls_env["url"], name, shots_dir)
+        ui = AnnotatorUI(context.new_page(), ls_env["url"], name, shots_dir, **kwargs)
         made.append(context)
         OPEN_UIS.append(ui)
         return ui

@@ -81,8 +81,10 @@ class Submission:
 class AnnotatorUI:
     """One annotator's tab on Label Studio."""
 
-    def __init__(self, page: Page, base_url: str, name: str, shots: Path) -> None:
+    def __init__(self, page: Page, base_url: str, name: str, shots: Path,
+                 ready: str = ".lsf-choice input.ant-checkbox-input") -> None:
         self.page = page
+        self.ready = ready                  # what a task's labeling view shows once it is usable
         self.base_url = base_url.rstrip("/")
         self.name = name
         self.shots = shots
@@ -149,10 +151,11 @@ class AnnotatorUI:
 
     # ------------------------------------------------------------------ labeling
     def wait_next_task(self, timeout_s: float = 90) -> int:
-        """Wait until the labeling footer shows a task other than the current one; record it as served."""
+        """Wait until the labeling footer shows a task other than the current one and its controls
+        (`self.ready`) are drawn; record it as served."""
         handle = self.page.wait_for_function(TASK_ID_JS, arg=str(self.task or ""), timeout=timeout_s * 1000)
         self.task = int(handle.json_value())
-        self.page.locator(".lsf-choice input.ant-checkbox-input").first.wait_for()
+        self.page.locator(self.ready).first.wait_for()
         self.opened_at = time.monotonic()
         self.served.append(self.task)
         self.served_at.append(self.opened_at)
