@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .recalibration import scaled_batch_size
+from .rowwise import apply_rowwise
 from .training import EarlyStopping
 from .scoring import (RECONSTRUCTION_SCORE_BOUND, normalise_weights, softmax, weighted_reconstruction_score,
                       weighted_score_bound)
@@ -197,7 +198,9 @@ class AutoencoderScorer:
     @torch.no_grad()
     def reconstruct_probs(self, z: np.ndarray) -> np.ndarray:
         """(n_models, M, C) reconstructed probability vectors."""
-        out = self.model(torch.from_numpy(self._ae_input(z))).numpy().astype(np.float64)
+        # row-wise in fixed-size padded blocks (rowwise.py): members first again after the transpose
+        out = apply_rowwise(lambda b: self.model(b).transpose(0, 1), self._ae_input(z))
+        out = out.transpose(1, 0, 2).astype(np.float64)
         if self.input_space == "probs":
             return out
         return softmax(out * self.std + self.mean)

@@ -22,6 +22,7 @@ import torch
 
 from .atomic import atomic_torch_save
 from .autoencoder import INPUT_SPACES, AutoencoderScorer, default_hidden
+from .rowwise import apply_rowwise
 from .recalibration import RecalibrationLayer, fit_recalibration, inverse_frequency_alpha
 from .metrics import tail_classes
 from .novelty import DEFAULT_K, DEFAULT_MAX_REFERENCE, NoveltyScorer, l2_normalise, stratified_reference
@@ -201,10 +202,10 @@ class MinorityMiner:
 
     @staticmethod
     @torch.no_grad()
-    def _logits(x: np.ndarray, rc: RecalibrationLayer, batch_size: int = 65536) -> np.ndarray:
+    def _logits(x: np.ndarray, rc: RecalibrationLayer) -> np.ndarray:
+        """Row-wise in fixed-size padded blocks: a row's logits never depend on its batch (rowwise.py)."""
         rc.eval()
-        out = [rc(torch.from_numpy(x[i:i + batch_size])).numpy() for i in range(0, len(x), batch_size)]
-        return np.concatenate(out).astype(np.float32)
+        return apply_rowwise(rc, x).astype(np.float32)
 
     def _check_fitted(self) -> None:
         if not self.is_fitted:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .rowwise import DEFAULT_BLOCK, apply_rowwise
+
 # Reference set cap: scoring costs |ref| * D multiply-adds per example (2048 x 512 ~ 1 M, a few
 # per cent of a resnet18 forward pass's 1.8 G); on MNIST-5k 500 refs lost ~0.01 AUC-PR vs 2000.
 DEFAULT_MAX_REFERENCE = 2048
@@ -27,15 +29,14 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
 
 
 def knn_cosine_distance(ref_unit: np.ndarray, x: np.ndarray, k: int, leave_one_out: bool = False,
-                        chunk: int = 512) -> np.ndarray:
+                        chunk: int = DEFAULT_BLOCK) -> np.ndarray:
     """Mean cosine distance (1 - cos) from each row of x to its k nearest rows of ref_unit
     (ref_unit already L2-normalised). leave_one_out: x is ref_unit itself, skip each row's self-match.
 
     A row's result must not depend on its batch (the backend scores tasks one by one and whole pools;
-    the calibration amplifies tiny differences when the labeled head rows are tightly clustered).
-    BLAS picks its kernels by matrix shape, so every chunk is zero-padded to exactly `chunk` rows:
-    every row goes through the same float32 kernel. That is as batch-independent as float64 was and
-    about twice as fast (the matmul is most of the cost of scoring a pool)."""
+    the calibration amplifies tiny differences when the labeled head rows are tightly clustered):
+    the similarities are computed in zero-padded blocks of exactly `chunk` rows (mcm_core.rowwise),
+    in float32, about twice as fast as float64 (the matmul is most of the cost of scoring a pool)."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     n_ref = len(ref_unit) - (1 if leave_one_out else 0)
@@ -43,21 +44,19 @@ def knn_cosine_distance(ref_unit: np.ndarray, x: np.ndarray, k: int, leave_one_o
         raise ValueError("the reference set needs at least one row (two with leave_one_out)")
     k = min(k, n_ref)
     ref_t = torch.from_numpy(np.ascontiguousarray(ref_unit, dtype=np.float32)).T.contiguous()
-    xu = torch.from_numpy(l2_normalise(x))
-    out = np.empty(len(xu), dtype=np.float64)
-    block = torch.zeros(chunk, xu.shape[1], dtype=torch.float32)
-    with torch.no_grad():
-        for i in range(0, len(xu), chunk):
-            rows = min(chunk, len(xu) - i)
-            block.zero_()
-            block[:rows] = xu[i:i + rows]
-            similarity = (block @ ref_t)[:rows]
-            if leave_one_out:
-                own = torch.arange(i, i + rows)
-                similarity[own - i, own] = -float("inf")
-            nearest = torch.topk(similarity, k, dim=1, largest=True).values.double()
-            out[i:i + rows] = (1.0 - nearest).mean(1).numpy()
-    return np.maximum(out, 0.0)
+    take = k + 1 if leave_one_out else k  # one more, so the self-match can be dropped
+
+    def nearest(block: torch.Tensor) -> torch.Tensor:  # (B, take) similarities, then their indices
+        top = torch.topk(block @ ref_t, take, dim=1, largest=True)
+        return torch.cat([top.values, top.indices.to(torch.float32)], dim=1)
+
+    found = apply_rowwise(nearest, l2_normalise(x), chunk)
+    similarity, index = found[:, :take].astype(np.float64), found[:, take:]
+    if leave_one_out:  # drop each row's own entry (or, if a duplicate outranked it, the k+1-th)
+        own = index == np.arange(len(found))[:, None]
+        own[~own.any(1), -1] = True
+        similarity = similarity[~own].reshape(len(found), k)
+    return np.maximum((1.0 - similarity).mean(1), 0.0)
 
 
 def calibrated_novelty(reference_distances: np.ndarray, d: np.ndarray, grid: int = 4096) -> np.ndarray:

@@ -88,11 +88,13 @@ def test_a_rows_score_does_not_depend_on_its_batch():
     centers = rng.normal(size=(4, 64)).astype(np.float32)
     labels = np.r_[np.zeros(150), np.ones(150), np.full(150, 2), np.full(6, 3)].astype(int)
     features = centers[labels] + 0.05 * rng.normal(size=(len(labels), 64)).astype(np.float32)
-    miner = MinorityMiner(num_classes=4, seed=0).fit(features, labels)
     pool = rng.normal(size=(1300, 64)).astype(np.float32)
-    whole = miner.score_samples(pool)
-    for size in (1, 37, 511, 513):
-        picked = rng.choice(len(pool), size=size, replace=False)
-        assert np.array_equal(miner.score_samples(pool[picked]), whole[picked]), size
+    for strategy in ("tail_novelty", "reconstruction", "paper"):
+        miner = MinorityMiner(num_classes=4, seed=0, strategy=strategy, n_models=2).fit(features, labels)
+        whole = miner.score_samples(pool)
+        for size in (1, 2, 37, 511, 513):
+            picked = rng.choice(len(pool), size=size, replace=False)
+            assert np.array_equal(miner.score_samples(pool[picked]), whole[picked]), (strategy, size)
+            assert np.array_equal(miner.predict_proba(pool[picked]), miner.predict_proba(pool)[picked])
     d_alone = knn_cosine_distance(l2_normalise(features), pool[:1], k=5)
     assert np.array_equal(d_alone, knn_cosine_distance(l2_normalise(features), pool, k=5)[:1])
