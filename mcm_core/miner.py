@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from .atomic import atomic_torch_save
 from .autoencoder import INPUT_SPACES, AutoencoderScorer, default_hidden
 from .rowwise import apply_rowwise
 from .recalibration import RecalibrationLayer, fit_recalibration, inverse_frequency_alpha
-from .metrics import tail_classes
+from .metrics import tail_classes as skewness_tail
 from .novelty import DEFAULT_K, DEFAULT_MAX_REFERENCE, NoveltyScorer, l2_normalise, stratified_reference
 from .queue import NOVEL_BUCKET, greedy_queue
 from .scoring import RECONSTRUCTION_SCORE_BOUND, softmax, tail_or_novel
@@ -146,16 +146,19 @@ class MinorityMiner:
             raise ValueError("score_weighting needs alpha with a positive sum")
         return a if w == "alpha" else np.sqrt(a)
 
-    def _ae_rows(self, y: np.ndarray) -> np.ndarray:
-        """Rows the AE learns from: all, or only head-class rows (skewness ratio >= 0.3, the
-        paper's tail threshold) so the few tail examples do not teach it tail patterns."""
+    def _ae_rows(self, y: np.ndarray, tail: list[int]) -> np.ndarray:
+        """Rows the AE learns from: all, or only head-class rows so the few tail examples do not
+        teach it tail patterns."""
         if self.config["ae_train_on"] == "all":
             return np.ones(len(y), bool)
-        return ~np.isin(y, tail_classes(y, self.num_classes))
+        return ~np.isin(y, tail)
 
-    def fit(self, features, labels) -> "MinorityMiner":
+    def fit(self, features, labels, tail_classes: Sequence[int] | None = None) -> "MinorityMiner":
         """Train the RC layer on (features, labels), then the strategy's scorer: the novelty
-        reference (tail_novelty) or the autoencoder on the RC outputs (reconstruction, paper)."""
+        reference (tail_novelty) or the autoencoder on the RC outputs (reconstruction, paper).
+
+        tail_classes: the class indices to mine (e.g. mcm_core.tails.choose_tail_classes, with the
+        classes an admin declared); None = the paper's rule, skewness ratio < 0.3."""
         x = check_features(features)
         y = check_labels(labels, len(x), self.num_classes)
         c = self.config
@@ -163,7 +166,7 @@ class MinorityMiner:
             else np.asarray(c["alpha"], np.float32)
         rc, rc_res = self._fit_rc(x, y, self.seed, alpha)
         counts = np.bincount(y, minlength=self.num_classes)
-        tail = tail_classes(y, self.num_classes)
+        tail = skewness_tail(y, self.num_classes) if tail_classes is None else self._check_tail(tail_classes)
         info = {"n_labeled": int(len(y)), "labeled_per_class": counts.tolist(), "tail_classes": tail,
                 "rc_best_epoch": rc_res.best_epoch, "rc_epochs": rc_res.epochs_run}
         ae = novelty = None
@@ -181,7 +184,7 @@ class MinorityMiner:
             self.tail_reference_ = l2_normalise(x[keep]) if len(keep) else np.zeros((0, x.shape[1]), np.float32)
             self.tail_reference_labels_ = y[keep]
         else:
-            rows = self._ae_rows(y)
+            rows = self._ae_rows(y, tail)
             ae = self._new_scorer(self._score_weights(alpha)).fit(self._logits(x, rc)[rows])
             info.update(ae_steps=[i.steps for i in ae.infos], ae_rows=int(rows.sum()))
         self.rc_, self.ae_, self.novelty_, self.tail_, self.in_dim_ = rc, ae, novelty, tail, x.shape[1]
@@ -189,6 +192,13 @@ class MinorityMiner:
         log.info("MinorityMiner (%s) fitted on %d examples (per class %s, tail %s); RC best epoch %d/%d",
                  c["strategy"], len(y), counts.tolist(), tail, rc_res.best_epoch + 1, rc_res.epochs_run)
         return self
+
+    def _check_tail(self, tail_classes: Sequence[int]) -> list[int]:
+        tail = sorted({int(k) for k in tail_classes})
+        if any(not 0 <= k < self.num_classes for k in tail) or len(tail) >= self.num_classes:
+            raise ValueError(f"tail_classes must be distinct class indices in 0..{self.num_classes - 1} that leave "
+                             f"at least one head class, got {list(tail_classes)}")
+        return tail
 
     def _fit_rc(self, x: np.ndarray, y: np.ndarray, seed: int, alpha: np.ndarray):
         c = self.config
@@ -337,7 +347,7 @@ class MinorityMiner:
         rc.eval()
         miner.rc_ = rc
         counts = miner.fit_info_.get("labeled_per_class")  # files from before "tail" was saved
-        old_tail = tail_classes(np.repeat(np.arange(num_classes), counts), num_classes) if counts else []
+        old_tail = skewness_tail(np.repeat(np.arange(num_classes), counts), num_classes) if counts else []
         miner.tail_ = [int(k) for k in payload.get("tail", old_tail)]
         try:
             if cfg["strategy"] == "tail_novelty" or "novelty" in payload:  # optional for the others

@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+
+from mcm_core import MinorityMiner
+from mcm_core.metrics import tail_classes as skewness_tail
+from mcm_core.tails import choose_tail_classes, counted_tail, wilson_upper
+
+EARLY = [4, 2, 4, 4, 1, 6, 2, 4, 2, 1]  # 30 labels over 10 digits in Label Studio's default order
+
+
+def labels_from(counts):
+    return np.repeat(np.arange(len(counts)), counts)
+
+
+def test_wilson_upper_by_hand():
+    # n = 0 of 30: z^2/n / (1 + z^2/n) with z = 1.645
+    z2 = 1.645 ** 2
+    assert wilson_upper(np.array([0]), 30)[0] == pytest.approx((z2 / 30) / (1 + z2 / 30))
+    # the bound shrinks to the share as the labels grow
+    assert wilson_upper(np.array([1000]), 100000)[0] == pytest.approx(0.01, abs=0.001)
+
+
+def test_early_noise_is_no_tail_but_never_labeled_is():
+    y = labels_from(EARLY)
+    assert skewness_tail(y, 10) == []          # the old rule: nothing
+    assert counted_tail(y, 10) == []           # 1 of 30 is not rare beyond chance
+    assert counted_tail(y, 11) == [10]         # a class in the config never labeled is tail
+
+
+def test_declared_classes_are_tail_with_any_counts():
+    y = labels_from(EARLY)
+    tail = choose_tail_classes(y, 10, declared=[5, 9])  # 5 has the most labels
+    assert tail.classes == (5, 9) and tail.declared == (5, 9) and tail.counted == ()
+    assert tail.rule == "declared + counts"
+    assert "declared by the admin: five" in tail.describe(["zero", "one", "two", "three", "four", "five", "six",
+                                                            "seven", "eight", "nine"])
+    with pytest.raises(ValueError, match="not class indices"):
+        choose_tail_classes(y, 10, declared=[10])
+    with pytest.raises(ValueError, match="every class"):
+        choose_tail_classes(y, 2, declared=[0, 1])
+
+
+def test_many_labels_the_count_rule_finds_what_the_skewness_rule_finds():
+    counts = [500, 480, 510, 20, 495, 0]
+    y = labels_from(counts)
+    assert counted_tail(y, 6) == skewness_tail(y, 6) == [3, 5]
+    assert choose_tail_classes(y, 6).classes == (3, 5)
+    only = choose_tail_classes(y, 6, declared=[0], use_counts=False)
+    assert only.classes == (0,) and only.rule == "declared"
+    with pytest.raises(ValueError, match="needs declared"):
+        choose_tail_classes(y, 6, use_counts=False)
+
+
+def test_a_tail_set_never_holds_every_class():
+    y = np.zeros(0, int)
+    assert choose_tail_classes(y, 3).classes == ()              # nothing labeled: nothing to be rare against
+    assert choose_tail_classes(y, 3, declared=[1]).classes == (1,)
+
+
+def test_miner_mines_the_tail_it_is_given():
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(3, 16)).astype(np.float32) * 3
+    y = labels_from([60, 60, 60])
+    x = centers[y] + 0.1 * rng.normal(size=(len(y), 16)).astype(np.float32)
+    default = MinorityMiner(3, seed=0, rc_max_epochs=30).fit(x, y)
+    assert default.tail_ == []                                   # balanced: the skewness rule finds none
+    declared = MinorityMiner(3, seed=0, rc_max_epochs=30).fit(x, y, tail_classes=[2])
+    assert declared.tail_ == [2] and declared.fit_info_["tail_classes"] == [2]
+    pool = centers[[0, 1, 2]] + 0.1 * rng.normal(size=(3, 16)).astype(np.float32)
+    scores = declared.score_samples(pool)
+    assert scores[2] > max(scores[0], scores[1])                 # the declared class's example first
+    with pytest.raises(ValueError, match="tail_classes"):
+        MinorityMiner(3, seed=0).fit(x, y, tail_classes=[0, 1, 2])
