@@ -2,23 +2,24 @@
 
 Why not the skewness ratio alone (count / mean count < 0.3, `metrics.tail_classes`): with a few
 dozen labels it is noise. 30 labels over 10 classes give counts like [4, 2, 4, 4, 1, 6, 2, 4, 2, 1]:
-nothing is below 0.3 x the mean, so no class is tail, and a common class that happened to get
-one early label would be lifted to the front next time. The count rule here asks whether a class
-is rare *beyond what chance allows*: its share of the labels, at the optimistic end of a one-sided
-Wilson interval, is still below 0.3 x the balanced share 1 / C. With many labels the interval
-shrinks to the observed share and the rule becomes the skewness ratio again; a class with no label
-at all is always tail (in the label config, never seen). Classes the admin declares are tail
-whatever their counts.
+a class with one label has a ratio of 0.33, a hair from being "tail", and a common class that
+happened to get few early labels is lifted to the front. The count rule here adds a test of
+chance: a class is tail when its ratio is below 0.3 *and* so few labels would be improbable
+(binomial probability < 5 %) for a class as common as the average one (share 1 / C). With many
+labels the test always passes for a ratio below 0.3, and the rule is the skewness ratio again.
+A class with no label at all is always tail (in the label config, never seen). Classes the admin
+declares are tail whatever their counts.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Iterable
 
 import numpy as np
 
 SKEWNESS_THRESHOLD = 0.30  # the paper's tail threshold on count / mean count
-CONFIDENCE_Z = 1.645       # one-sided 95 %
+CHANCE_LEVEL = 0.05        # a count this improbable for an average class is not chance
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,31 +44,33 @@ class TailSet:
         return "; ".join(parts)
 
 
-def wilson_upper(count: np.ndarray, total: int, z: float = CONFIDENCE_Z) -> np.ndarray:
-    """One-sided upper Wilson bound of each share count / total (total > 0)."""
-    n = float(total)
-    p = np.asarray(count, np.float64) / n
-    z2 = z * z
-    centre = p + z2 / (2 * n)
-    spread = z * np.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
-    return (centre + spread) / (1 + z2 / n)
+def binomial_cdf(count: int, total: int, p: float) -> float:
+    """P(X <= count) for X ~ Binomial(total, p), summed exactly in log space."""
+    if count >= total:
+        return 1.0
+    k = np.arange(int(count) + 1, dtype=np.float64)
+    log_choose = math.lgamma(total + 1) - np.array([math.lgamma(i + 1) + math.lgamma(total - i + 1) for i in k])
+    return float(min(1.0, np.exp(np.logaddexp.reduce(log_choose + k * math.log(p) + (total - k) * math.log1p(-p)))))
 
 
 def counted_tail(labels, num_classes: int, threshold: float = SKEWNESS_THRESHOLD,
-                 z: float = CONFIDENCE_Z) -> list[int]:
-    """Classes never labeled, or whose share is below threshold / C even at its upper bound."""
+                 alpha: float = CHANCE_LEVEL) -> list[int]:
+    """Classes never labeled, or whose skewness ratio is below `threshold` with a count improbable
+    (P < alpha) for a class of the average share 1 / num_classes."""
     y = np.asarray(labels, dtype=np.int64)
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if num_classes < 2:
+        return []
     counts = np.bincount(y, minlength=num_classes)[:num_classes] if len(y) else np.zeros(num_classes, int)
-    if counts.sum() == 0:
-        return list(range(num_classes)) if num_classes > 1 else []
-    rare = (counts == 0) | (wilson_upper(counts, int(counts.sum()), z) < threshold / num_classes)
-    return [int(k) for k in np.flatnonzero(rare)]
+    total = int(counts.sum())
+    if total == 0:
+        return list(range(num_classes))
+    mean = total / num_classes
+    return [k for k, n in enumerate(counts.tolist())
+            if n == 0 or (n / mean < threshold and binomial_cdf(n, total, 1.0 / num_classes) < alpha)]
 
 
 def choose_tail_classes(labels, num_classes: int, declared: Iterable[int] = (), use_counts: bool = True,
-                        threshold: float = SKEWNESS_THRESHOLD, z: float = CONFIDENCE_Z) -> TailSet:
+                        threshold: float = SKEWNESS_THRESHOLD, alpha: float = CHANCE_LEVEL) -> TailSet:
     """The tail set: `declared` class indices, plus the count rule's unless `use_counts` is False.
 
     Never every class: if the union would hold all of them, the declared ones alone are kept (with
@@ -80,7 +83,7 @@ def choose_tail_classes(labels, num_classes: int, declared: Iterable[int] = (), 
         raise ValueError("use_counts=False needs declared tail classes")
     if len(declared) >= num_classes:
         raise ValueError("every class is declared tail: a tail needs at least one head class to be rare against")
-    counted = tuple(counted_tail(labels, num_classes, threshold, z)) if use_counts else ()
+    counted = tuple(counted_tail(labels, num_classes, threshold, alpha)) if use_counts else ()
     classes = tuple(sorted(set(declared) | set(counted)))
     if len(classes) >= num_classes:
         classes, counted = declared, ()

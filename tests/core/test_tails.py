@@ -3,7 +3,7 @@ import pytest
 
 from mcm_core import MinorityMiner
 from mcm_core.metrics import tail_classes as skewness_tail
-from mcm_core.tails import choose_tail_classes, counted_tail, wilson_upper
+from mcm_core.tails import binomial_cdf, choose_tail_classes, counted_tail
 
 EARLY = [4, 2, 4, 4, 1, 6, 2, 4, 2, 1]  # 30 labels over 10 digits in Label Studio's default order
 
@@ -12,18 +12,18 @@ def labels_from(counts):
     return np.repeat(np.arange(len(counts)), counts)
 
 
-def test_wilson_upper_by_hand():
-    # n = 0 of 30: z^2/n / (1 + z^2/n) with z = 1.645
-    z2 = 1.645 ** 2
-    assert wilson_upper(np.array([0]), 30)[0] == pytest.approx((z2 / 30) / (1 + z2 / 30))
-    # the bound shrinks to the share as the labels grow
-    assert wilson_upper(np.array([1000]), 100000)[0] == pytest.approx(0.01, abs=0.001)
+def test_binomial_cdf_by_hand():
+    # P(X <= 1 | 30, 0.1) = 0.9^30 + 30 * 0.1 * 0.9^29
+    assert binomial_cdf(1, 30, 0.1) == pytest.approx(0.9 ** 30 + 3 * 0.9 ** 29)
+    assert binomial_cdf(0, 10, 0.5) == pytest.approx(0.5 ** 10)
+    assert binomial_cdf(10, 10, 0.5) == 1.0
+    assert binomial_cdf(200, 100000, 0.1) < 1e-300 or binomial_cdf(200, 100000, 0.1) == 0.0
 
 
 def test_early_noise_is_no_tail_but_never_labeled_is():
     y = labels_from(EARLY)
     assert skewness_tail(y, 10) == []          # the old rule: nothing
-    assert counted_tail(y, 10) == []           # 1 of 30 is not rare beyond chance
+    assert counted_tail(y, 10) == []           # 1 of 30 is not rare beyond chance (P = 0.18 for share 0.1)
     assert counted_tail(y, 11) == [10]         # a class in the config never labeled is tail
 
 
@@ -38,6 +38,12 @@ def test_declared_classes_are_tail_with_any_counts():
         choose_tail_classes(y, 10, declared=[10])
     with pytest.raises(ValueError, match="every class"):
         choose_tail_classes(y, 2, declared=[0, 1])
+
+
+def test_a_small_skewed_set_is_tail_by_counts():
+    # 5 sevens among 65 labels: ratio 0.23 and P(X <= 5 | 65, 1/3) ~ 1e-4
+    assert counted_tail(labels_from([30, 30, 5]), 3) == [2]
+    assert counted_tail(labels_from([3, 3, 1]), 3) == []  # ratio 0.43: not tail anyway
 
 
 def test_many_labels_the_count_rule_finds_what_the_skewness_rule_finds():
