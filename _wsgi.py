@@ -1,6 +1,6 @@
 """Entry point of the Label Studio ML backend (Minority-class mining).
 
-Development server:  python _wsgi.py --port 9090 [--host 0.0.0.0]
+Development server:  python _wsgi.py --port 9090 [--host 0.0.0.0: needs BASIC_AUTH_USER/BASIC_AUTH_PASS]
 Production:          gunicorn --bind 0.0.0.0:9090 --threads 8 --timeout 0 _wsgi:app
 Settings come from the environment; `python _wsgi.py --help` lists them all.
 """
@@ -27,6 +27,18 @@ def build_app(settings: Settings | None = None):
     return create_app(settings)
 
 
+def check_bind_address(host: str, settings: Settings) -> None:
+    """Refuse to serve a non-loopback address without authentication (ValueError saying what to set)."""
+    from backend.app import is_loopback_host
+
+    if settings.basic_auth_user or settings.allow_unauthenticated or is_loopback_host(host):
+        return
+    raise ValueError(f"refusing to serve on {host} without authentication: anyone who reaches it could make the "
+                     "backend act as Label Studio does. Set BASIC_AUTH_USER and BASIC_AUTH_PASS (and enter them "
+                     "where the model is connected in Label Studio), serve on 127.0.0.1, or set "
+                     "MCM_ALLOW_UNAUTHENTICATED=true if only trusted clients reach this address (docs/security.md)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Label Studio ML backend: mines minority-class images (tail-first scores).",
@@ -38,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {"log_level": args.log_level.upper()} if args.log_level else {}
     try:
         settings = Settings.from_env(**overrides)
+        check_bind_address(args.host, settings)
         application = build_app(settings)
     except Exception as exc:
         configure_logging("INFO")

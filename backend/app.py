@@ -6,14 +6,18 @@ credentials at DEBUG, and pins Flask 1.1.2 / Werkzeug 2.0.2. We replaced all of 
 views anyway; owning the app removes that glue (docs/architecture.md).
 
 `create_app(settings)` builds the app and its AppState (backend/app_state.py).
-Before every request: basic auth (when configured, on every route but / and /health)
-and a body-size limit; every view validates its input (backend/validation.py).
+Before every request: without basic auth, only loopback clients (unless
+MCM_ALLOW_UNAUTHENTICATED; gunicorn binds by itself, so the app checks); basic auth
+(when configured, on every route but / and /health) and a body-size limit; every view
+validates its input (backend/validation.py).
 """
 from __future__ import annotations
 
 import base64
 import hmac
+import ipaddress
 import logging
+import socket
 
 from flask import Flask, jsonify, request
 
@@ -25,6 +29,63 @@ from .settings import Settings
 logger = logging.getLogger(__name__)
 
 PUBLIC_PATHS = {"/", "/health", "/metrics"}
+
+
+def is_loopback_address(address: str | None) -> bool:
+    """True for an IP address in 127.0.0.0/8 or ::1 (IPv4-mapped too); False for anything else."""
+    try:
+        ip = ipaddress.ip_address((address or "").strip("[]").split("%")[0])
+    except ValueError:
+        return False
+    return (getattr(ip, "ipv4_mapped", None) or ip).is_loopback
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """True if the bind address `host` (an IP or a name) is only ever a loopback address."""
+    if is_loopback_address(host):
+        return True
+    if not host or host.strip("[]") != host:
+        return False
+    try:
+        ipaddress.ip_address(host)
+        return False  # an address, and not a loopback one (0.0.0.0, a LAN address, ...)
+    except ValueError:
+        pass
+    try:
+        found = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except (OSError, UnicodeError):
+        return False
+    return bool(found) and all(is_loopback_address(a) for a in found)
+
+
+def unauthenticated_refusal(settings: Settings, client: str | None) -> str | None:
+    """Why a client at address `client` may not be served without credentials, or None when it may."""
+    if settings.basic_auth_user or settings.allow_unauthenticated or is_loopback_address(client):
+        return None
+    return (f"the backend has no basic auth and serves only loopback clients, not {client}: set BASIC_AUTH_USER "
+            "and BASIC_AUTH_PASS (and enter them where the model is connected in Label Studio), or set "
+            "MCM_ALLOW_UNAUTHENTICATED=true if only trusted clients reach this address (docs/security.md)")
+
+
+_REFUSED_LOGGED: set[str] = set()
+
+
+def _check_remote_address():
+    """Without basic auth, 403 for non-loopback clients (except the public paths)."""
+    if request.path in PUBLIC_PATHS:
+        return None
+    client = request.remote_addr
+    if not client:  # a Unix socket: only local processes can connect
+        return None
+    reason = unauthenticated_refusal(app_state().settings, client)
+    if reason is None:
+        return None
+    if client not in _REFUSED_LOGGED and len(_REFUSED_LOGGED) < 100:
+        _REFUSED_LOGGED.add(client)
+        logger.warning("refused %s %s: %s", request.method, request.path, reason)
+    response = jsonify({"status": "error", "error": reason})
+    response.status_code = 403
+    return response
 
 
 def _check_basic_auth():
@@ -77,6 +138,7 @@ def create_app(settings: Settings | None = None, context: Context | None = None,
     register_context(context)
     app = Flask("backend")
     app.config["MCM_STATE"] = AppState(settings, context, train_fn)
+    app.before_request(_check_remote_address)
     app.before_request(_check_basic_auth)
     app.before_request(_check_body_size)
     app.before_request(_log_request)

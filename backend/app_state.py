@@ -1,15 +1,16 @@
 """What the HTTP views share, one per app: the Context, the training queue, the TASKS_CREATED
-scorer, the background maintainer, and which projects Label Studio connected here."""
+scorer, the background maintainer, and which projects are connected here (backend/connections.py)."""
 from __future__ import annotations
 
 import logging
-import threading
-import time
 
 from flask import current_app
 
+from .connections import Connections, Verdict
 from .context import Context
 from .heldout import HeldOut
+from .label_config import LabelConfig
+from .labelstudio import describe_error, traceback_is_safe
 from .maintainer import Maintainer
 from .new_tasks import NewTaskScorer
 from .pacing import TrainingQueue
@@ -31,7 +32,7 @@ class AppState:
         run = train_fn or (lambda pid: train_project(pid, context))
 
         def on_error(pid, exc):
-            context.projects.get(pid).last_error = f"{exc.__class__.__name__}: {exc}"
+            context.projects.get(pid).last_error = describe_error(exc)
 
         def run_and_track(pid):
             state = context.projects.get(pid)
@@ -52,41 +53,38 @@ class AppState:
         # The mining report (/mcm/report): each version's held-out evaluation runs in its own thread.
         self.heldout = HeldOut(context, is_busy=self.queue.is_training)
         self.reports = Reports(context, self.heldout, self.last_error)
+        self.connections = Connections(settings, context.projects, context.client)
         self.maintainer = Maintainer(context, is_busy=self.queue.is_training,  # fill, retire, recover
-                                     on_settled=self.heldout.request)
-        self._connected: set[int] = set()
-        self._connected_lock = threading.Lock()
+                                     on_settled=self.heldout.request, is_connected=self.is_connected)
+
+    def connection(self, project_id: int) -> Verdict:
+        """Whether the project is connected here (MCM_PROJECTS, or Label Studio's answer, cached)."""
+        return self.connections.check(project_id)
 
     def is_connected(self, project_id: int) -> bool:
-        """Label Studio connected the project to this backend (/setup seen), or a model exists for it."""
-        if project_id in self._connected:
-            return True
-        if self.context.projects.store(project_id).is_connected():
-            with self._connected_lock:
-                self._connected.add(project_id)
-            return True
-        return False
+        return self.connection(project_id).connected
 
-    def connect(self, project_id: int, label_studio_project: str) -> None:
-        """Record the connection durably; a read-only MODEL_DIR keeps it for this process only."""
-        with self._connected_lock:
-            self._connected.add(project_id)
-        try:
-            self.context.projects.store(project_id).mark_connected({
-                "project": project_id, "label_studio_project": label_studio_project[:100],
-                "connected_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-        except OSError as exc:
-            logger.warning("project %s: cannot record the connection in MODEL_DIR (%s); kept in memory",
-                           project_id, exc)
+    def setup(self, project_id: int, config: LabelConfig) -> str:
+        """/setup: the model version to answer. A project not (yet) known to be connected is answered from
+        disk and leaves nothing behind: Label Studio calls /setup before it saves the connection, and
+        anyone can call it; the next action checks with Label Studio (backend/connections.py)."""
+        verdict = self.connections.on_setup(project_id)
+        if verdict is None:
+            return self.context.projects.store(project_id).current_version() or "INITIAL"
+        if not verdict.connected:
+            raise HttpError(verdict.status, verdict.reason)
+        state = self.context.projects.get(project_id)
+        state.config = config
+        return state.model.version if state.model else "INITIAL"
 
     def last_error(self, project_id: int) -> str | None:
         return self.context.projects.get(project_id).last_error or self.queue.last_error(project_id)
 
     def require_connected(self, project_id: int) -> None:
-        if not self.is_connected(project_id):
-            raise HttpError(404, f"project {project_id} is not connected to this backend: Label Studio calls "
-                                 "/setup when the model is connected to a project (Settings > Model); "
-                                 "nothing was done")
+        """404 for a project not connected here, 503 when that cannot be told; no state is kept for it."""
+        verdict = self.connection(project_id)
+        if not verdict.connected:
+            raise HttpError(verdict.status, verdict.reason)
 
     def _score_new_tasks(self, project_id: int, ids: list[int]) -> None:
         from .labelstudio import get_tasks
@@ -95,9 +93,9 @@ class AppState:
         try:
             score_and_push_tasks(project_id, get_tasks(self.context.client(), project_id, ids), self.context)
         except Exception as exc:
-            logger.exception("project %s: scoring %d new tasks failed: %s", project_id, len(ids), exc)
-            self.context.projects.get(project_id).last_error = \
-                f"scoring new tasks: {exc.__class__.__name__}: {exc}"
+            logger.error("project %s: scoring %d new tasks failed: %s", project_id, len(ids), describe_error(exc),
+                         exc_info=traceback_is_safe(exc))
+            self.context.projects.get(project_id).last_error = f"scoring new tasks: {describe_error(exc)}"
 
     def close(self) -> None:
         self.queue.close()

@@ -14,6 +14,7 @@ import threading
 
 from .extractor import Extractor
 from .label_config import LabelConfig
+from .validation import Skipped
 from .versions import LoadedModel, ModelStore, load_version
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,11 @@ class ProjectState:
     last_error: str | None = None
     n_scored: int = 0
     loaded: bool = False
+    skipped: Skipped | None = None  # items read from Label Studio and skipped (/mcm/status)
+
+    def __post_init__(self) -> None:
+        if self.skipped is None:
+            self.skipped = Skipped(self.project_id)
 
 
 class Projects:

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 class Setting:
     env: str                 # environment variable
     field: str               # Settings attribute
-    kind: type               # str, int or float (str for optional text, tuple for lists)
+    kind: type               # str, int, float or bool (str for optional text, tuple for lists)
     default: Any             # None = unset
     help: str
     minimum: float | None = None
@@ -89,9 +89,23 @@ TABLE: tuple[Setting, ...] = (
             "skipped. Also the pixels decoded at once across download threads.", minimum=1, group="Images"),
     Setting("BASIC_AUTH_USER", "basic_auth_user", str, None, "With BASIC_AUTH_PASS: HTTP basic auth on every "
             "route except / and /health, /webhook included (docs/security.md).", group="Security"),
-    Setting("BASIC_AUTH_PASS", "basic_auth_pass", str, None, "Password for BASIC_AUTH_USER.", group="Security"),
+    Setting("BASIC_AUTH_PASS", "basic_auth_pass", str, None, "Password for BASIC_AUTH_USER. Example values "
+            "(change-me..., replace-with-...) are refused at start, as for LABEL_STUDIO_API_KEY.", group="Security"),
     Setting("MCM_MAX_REQUEST_BYTES", "max_request_bytes", int, 33_554_432, "Largest request body accepted on any "
             "route; larger ones get 413 before the body is read.", minimum=1024, group="Security"),
+    Setting("MCM_ALLOW_UNAUTHENTICATED", "allow_unauthenticated", bool, False, "Without basic auth the backend "
+            "serves only loopback clients and `python _wsgi.py` refuses a non-loopback --host. true: serve any "
+            "client without authentication (only on a network that nothing but Label Studio reaches).",
+            group="Security"),
+    Setting("MCM_PROJECTS", "projects", tuple, (), "Comma-separated Label Studio project ids this backend acts "
+            "on (e.g. 1,2,5). Set: authoritative, Label Studio is not asked. Unset: a project counts as connected "
+            "when Label Studio lists an ML backend for it that points here (docs/security.md).", group="Security"),
+    Setting("MCM_BACKEND_URL", "backend_url", str, None, "The URL Label Studio uses for this backend (the one "
+            "entered in Settings > Model, e.g. http://backend:9090). Set: only a registered ML backend with this "
+            "URL (trailing slash aside) connects a project. Unset: any ML backend registered for the project does. "
+            "The admin command also reads it.", group="Security"),
+    Setting("MCM_CONNECTION_TTL_SECONDS", "connection_ttl", float, 300.0, "How long Label Studio's answer about "
+            "a project's ML backends is reused before it is asked again.", minimum=0, group="Security"),
     Setting("MCM_DETECTION_CANDIDATES", "detection_candidates", str, None, "Object detection projects "
             "(RectangleLabels): where each unlabeled image's candidate detections come from. "
             "label-studio:<model_version> = the RectangleLabels predictions another model version (your own "
@@ -129,6 +143,9 @@ TABLE: tuple[Setting, ...] = (
 )
 _BY_FIELD = {s.field: s for s in TABLE}
 SCORE_TRANSFORMS = ("linear", "sqrt")
+BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+# Values docker/.env.example ships for its secrets (and the like): a deployment that kept one is refused.
+PLACEHOLDER_PREFIXES = ("change-me", "changeme", "replace-with")
 CANDIDATE_SOURCES = ("label-studio", "torchvision")
 
 
@@ -142,6 +159,11 @@ def _parse(setting: Setting, raw: str) -> Any:
         return tuple(h.strip().lower() for h in raw.split(",") if h.strip())
     if setting.kind is str:
         return raw.strip().upper() if setting.field == "log_level" else raw.strip()
+    if setting.kind is bool:
+        value = raw.strip().lower()
+        if value not in BOOLEANS:
+            raise ValueError(f"{setting.env} must be true or false, got {raw!r}")
+        return BOOLEANS[value]
     try:
         return setting.kind(raw)
     except ValueError:
@@ -180,6 +202,10 @@ class Settings:
     basic_auth_user: str | None = _default("basic_auth_user")
     basic_auth_pass: str | None = _default("basic_auth_pass")
     max_request_bytes: int = _default("max_request_bytes")
+    allow_unauthenticated: bool = _default("allow_unauthenticated")
+    projects: tuple[str, ...] = _default("projects")
+    backend_url: str | None = _default("backend_url")
+    connection_ttl: float = _default("connection_ttl")
     detection_candidates: str | None = _default("detection_candidates")
     detector_weights: str | None = _default("detector_weights")
     detection_top_k: int = _default("detection_top_k")
@@ -201,6 +227,12 @@ class Settings:
             raise ValueError(f"MCM_SCORE_TRANSFORM must be one of {SCORE_TRANSFORMS}, got {self.score_transform!r}")
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
             raise ValueError("BASIC_AUTH_USER and BASIC_AUTH_PASS must be set together")
+        for env, value in (("BASIC_AUTH_PASS", self.basic_auth_pass),
+                           ("LABEL_STUDIO_API_KEY", self.label_studio_api_key)):
+            if is_placeholder(value):  # the value is not echoed: it may be a real secret after all
+                raise ValueError(f"{env} is still an example value (it starts with one of "
+                                 f"{', '.join(PLACEHOLDER_PREFIXES)}; docker/.env.example): set a real secret")
+        self.project_allow_list  # noqa: B018  (raises a ValueError naming MCM_PROJECTS)
         if self.report_folds == 1:
             raise ValueError("MCM_REPORT_FOLDS must be 0 (off) or at least 2")
         if not self.rq_queue:
@@ -250,11 +282,31 @@ class Settings:
                              "(num_classes and seed are set by the backend)")
         return {"queue_window": self.queue_window, **options}
 
+    @property
+    def project_allow_list(self) -> frozenset[int] | None:
+        """MCM_PROJECTS as ids, or None when unset (then Label Studio says which projects are connected)."""
+        if not self.projects:
+            return None
+        ids = set()
+        for entry in self.projects:
+            text = str(entry).strip()
+            if not text.isdigit():
+                raise ValueError(f"MCM_PROJECTS must be comma-separated project ids (e.g. 1,2,5), got {entry!r}")
+            ids.add(int(text))
+        return frozenset(ids)
+
     def project_dir(self, project_id: int) -> str:
         return os.path.join(self.model_dir, str(int(project_id)))
 
 
+def is_placeholder(value: str | None) -> bool:
+    """A secret still set to an example value (change-me..., replace-with-...)."""
+    return bool(value) and value.strip().lower().startswith(PLACEHOLDER_PREFIXES)
+
+
 def _shown(setting: Setting) -> str:
+    if setting.kind is bool:
+        return "true" if setting.default else "false"
     if setting.default in (None, "", ()):
         return ""
     return ",".join(setting.default) if isinstance(setting.default, tuple) else f"{setting.default:g}" \

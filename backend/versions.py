@@ -5,7 +5,7 @@ Layout:
     MODEL_DIR/<project>/<version>/backbone.pt   the trained simple-cnn (trainable backbones only)
     MODEL_DIR/<project>/<version>/meta.json     classes, counts, timings
     MODEL_DIR/<project>/current.json            {"version": ...}: the pointer, replaced atomically
-    MODEL_DIR/<project>/connected.json          Label Studio called /setup for this project here
+    MODEL_DIR/<project>/connected.json          the project's connection was verified (backend/connections.py)
 A version directory is built under a temporary name and renamed into place, and
 the pointer is switched only afterwards, so a crash mid-save never loses the
 previous model.
@@ -96,16 +96,6 @@ class ModelStore:
     @property
     def connected_path(self) -> str:
         return os.path.join(self.project_dir, "connected.json")
-
-    def mark_connected(self, record: dict) -> None:
-        """Remember that Label Studio connected this project (raises OSError on a read-only or full disk)."""
-        if not os.path.exists(self.connected_path):
-            atomic_write_json(self.connected_path, record)
-
-    def is_connected(self) -> bool:
-        """Label Studio called /setup for this project here, or a model was trained for it."""
-        return (os.path.exists(self.connected_path) or os.path.exists(self.pointer_path)
-                or bool(self.versions()))
 
     def ranking_path(self, version: str) -> str:
         """The version's ranking of the pool, as published (backend/publishing.py)."""

@@ -23,7 +23,10 @@ DOCKER = ROOT / "docker"
 # Environment names of backend/worker containers that are not backend settings, and why.
 NON_BACKEND_ENV = {"WEB_CONCURRENCY": "gunicorn's worker-process count (read by gunicorn itself)"}
 # Settings whose compose default deliberately differs from the backend's own default, and why.
-COMPOSE_DEFAULT_OVERRIDES = {"MCM_ALLOWED_HOSTS": "the backend must fetch images from label-studio"}
+COMPOSE_DEFAULT_OVERRIDES = {"MCM_ALLOWED_HOSTS": "the backend must fetch images from label-studio",
+                             "MCM_BACKEND_URL": "Label Studio reaches the backend at http://backend:9090"}
+# The secrets of the stack: each must be refused at start while it still holds .env.example's value.
+SECRETS = ("LABEL_STUDIO_PASSWORD", "LABEL_STUDIO_USER_TOKEN", "POSTGRES_PASSWORD", "BASIC_AUTH_PASS")
 INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:[:?+\-][^}]*)?\}")
 
 
@@ -215,6 +218,72 @@ def test_env_example_documents_every_setting(compose):
     assert used, "compose file interpolates nothing?"
     assert not used - assigned, f".env.example lacks {sorted(used - assigned)}"
     assert not set(SETTINGS_HELP) - assigned, f".env.example lacks {sorted(set(SETTINGS_HELP) - assigned)}"
+
+
+# --------------------------------------------------------------------------- secure defaults (issue 19)
+
+
+def test_backend_port_is_published_on_the_loopback_only(compose):
+    ports = compose["services"]["backend"]["ports"]
+    assert ports and all(str(p).startswith("127.0.0.1:") for p in ports), ports
+
+
+def test_backend_requires_basic_auth(compose):
+    """Label Studio reaches the backend over the compose network; without basic auth the backend would
+    refuse it (it serves only loopback clients then), so compose requires the credentials."""
+    env = compose["services"]["backend"]["environment"]
+    for name in ("BASIC_AUTH_USER", "BASIC_AUTH_PASS"):
+        assert _interpolated(env[name]) == name and ":?" in env[name], name
+    assert compose["services"]["worker"]["environment"]["BASIC_AUTH_PASS"] == env["BASIC_AUTH_PASS"]
+
+
+def _check_secrets_script(compose) -> str:
+    entrypoint = compose["services"]["check-secrets"]["entrypoint"]
+    assert entrypoint[:2] == ["sh", "-c"], entrypoint
+    return entrypoint[2].replace("$$", "$")  # what compose hands to the container's shell
+
+
+def _run_check(compose, values: dict[str, str]):
+    import subprocess
+
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **values}
+    return subprocess.run(["sh", "-c", _check_secrets_script(compose)], env=env, capture_output=True, text=True,
+                          timeout=30)
+
+
+def test_label_studio_and_postgres_wait_for_the_secrets_check(compose):
+    services = compose["services"]
+    check = services["check-secrets"]
+    assert check.get("restart") == "no"
+    for name in SECRETS:
+        assert _interpolated(check["environment"][name]) == name and ":?" in check["environment"][name], name
+    for service in ("label-studio", "db"):
+        assert services[service]["depends_on"]["check-secrets"] == {"condition": "service_completed_successfully"}
+    # the services read the very variables the check reads
+    assert _interpolated(services["db"]["environment"]["POSTGRES_PASSWORD"]) == "POSTGRES_PASSWORD"
+    assert _interpolated(services["label-studio"]["environment"]["LABEL_STUDIO_PASSWORD"]) == "LABEL_STUDIO_PASSWORD"
+
+
+def test_the_example_secrets_are_refused_and_real_ones_accepted(compose):
+    from backend.settings import PLACEHOLDER_PREFIXES, Settings
+
+    example = _env_example_values()
+    refused = _run_check(compose, {name: example[name] for name in SECRETS})
+    assert refused.returncode != 0
+    for name in SECRETS:
+        assert f"{name} is still the example value" in refused.stderr, (name, refused.stderr)
+        assert example[name] not in refused.stderr  # names, never values
+    for prefix in PLACEHOLDER_PREFIXES:  # the same rule as the backend's
+        one = {name: "a-real-secret-9f2c" for name in SECRETS} | {"POSTGRES_PASSWORD": prefix.upper() + "-x"}
+        assert _run_check(compose, one).returncode != 0, prefix
+    accepted = _run_check(compose, {name: f"{name.lower()}-9f2c71" for name in SECRETS})
+    assert accepted.returncode == 0 and accepted.stderr == "", accepted.stderr
+    # the backend (and each worker) refuses its own two secrets at start
+    with pytest.raises(ValueError, match="BASIC_AUTH_PASS"):
+        Settings.from_env({"BASIC_AUTH_USER": example["BASIC_AUTH_USER"],
+                           "BASIC_AUTH_PASS": example["BASIC_AUTH_PASS"]})
+    with pytest.raises(ValueError, match="LABEL_STUDIO_API_KEY"):
+        Settings.from_env({"LABEL_STUDIO_API_KEY": example["LABEL_STUDIO_USER_TOKEN"]})
 
 
 # --------------------------------------------------------------------------- Dockerfile

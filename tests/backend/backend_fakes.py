@@ -3,7 +3,8 @@
 The fake implements only the endpoints the backend calls (tasks list with the
 total_annotations filter, project get/patch, import/predictions with Label
 Studio's silent dropping rules, model-versions delete, token refresh, uploads
-and presign), so unit tests exercise the real sdk client over real HTTP.
+and presign, each project's ML backends), so unit tests exercise the real sdk
+client over real HTTP.
 """
 from __future__ import annotations
 
@@ -87,6 +88,11 @@ class FakeLabelStudio:
         self.redirect_target: str | None = None
         self.export_enabled = True
         self.views: list[dict] = []  # Data Manager tabs: {"id", "project", "data"}
+        # Each project's registered ML backends (GET /api/ml): add_project registers one unless told not to.
+        # Kept apart from `projects` so a test can make a project unreadable while it stays connected.
+        self.ml_backends: dict[int, list[dict]] = {}
+        self.ml_queries: list[int] = []  # the project of every GET /api/ml, to count Label Studio's answers
+        self.ml_status = 200  # e.g. 500 or 401: GET /api/ml fails
         app = Flask("fake-label-studio")
         fake = self
 
@@ -111,7 +117,11 @@ class FakeLabelStudio:
             if pid not in fake.projects:
                 return jsonify({"detail": "Not found."}), 404
             if request.method == "PATCH":
-                fake.projects[pid].update(request.get_json() or {})
+                body = request.get_json() or {}
+                refused = fake.refuse_model_version(pid, body.get("model_version"))
+                if refused:
+                    return jsonify(refused), 400
+                fake.projects[pid].update(body)
             return jsonify({"id": pid, **fake.projects[pid]})
 
         @app.route("/api/tasks/", methods=["GET"], strict_slashes=False)
@@ -196,8 +206,13 @@ class FakeLabelStudio:
         @app.route("/api/ml", methods=["GET"], strict_slashes=False)
         def ml_backends():
             pid = int(request.args["project"])
-            return jsonify([{"id": 1, "title": fake.projects[pid].get("backend_title", "Minority-class mining"),
-                             "url": "http://backend"}] if pid in fake.projects else [])
+            fake.ml_queries.append(pid)
+            if fake.ml_status != 200:
+                return jsonify({"detail": "failing on purpose"}), fake.ml_status
+            if pid not in fake.projects and pid not in fake.ml_backends:
+                return jsonify({"detail": "Not found."}), 404  # Label Studio: no such project
+            title = fake.projects.get(pid, {}).get("backend_title", "Minority-class mining")
+            return jsonify([{"title": title, "project": pid, **b} for b in fake.ml_backends.get(pid, [])])
 
         @app.route("/api/dm/views/", methods=["GET"])
         def views():
@@ -237,6 +252,18 @@ class FakeLabelStudio:
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
+    def refuse_model_version(self, pid: int, version) -> dict | None:
+        """Label Studio's check of a new project.model_version (ProjectSerializer.validate_model_version):
+        a changed, non-empty value must be an ML backend's title or a version with predictions."""
+        project = self.projects[pid]
+        if version is None or version == "" or version == project.get("model_version"):
+            return None
+        titles = {project.get("backend_title", "Minority-class mining")}
+        if version in titles or any(p["project"] == pid and p["model_version"] == version for p in self.predictions):
+            return None
+        return {"detail": "Validation error", "validation_errors": {"model_version": [
+            "Model version doesn't exist either as live model or as static predictions."]}}
+
     def task_predictions(self, task_id: int) -> list[dict]:
         return [p for p in self.predictions if p["task"] == task_id]
 
@@ -247,9 +274,18 @@ class FakeLabelStudio:
         ids = [p["id"] for p in self.task_predictions(task_id) if p["model_version"] == version]
         return ids[0] if ids else None
 
-    def add_project(self, pid: int, label_config: str, image_name: str = "image", control_name: str = "choice") -> None:
+    def add_project(self, pid: int, label_config: str, image_name: str = "image", control_name: str = "choice",
+                    ml_backend: str | None = "http://backend") -> None:
+        """A project; with the ML backend at URL `ml_backend` registered (None: no ML backend)."""
         self.projects[pid] = {"label_config": label_config, "model_version": "", "image_name": image_name,
                               "control_name": control_name}
+        if ml_backend:
+            self.register_backend(pid, ml_backend)
+
+    def register_backend(self, pid: int, url: str) -> None:
+        """What Label Studio's Connect (or `admin connect`) leaves behind: an ML backend row for the project."""
+        backends = self.ml_backends.setdefault(pid, [])
+        backends.append({"id": 100 * pid + len(backends) + 1, "url": url})
 
     def add_task(self, pid: int, tid: int, image_url: str, label: str | None = None,
                  control_name: str = "choice", created_at: str = "2026-01-01T00:00:00Z") -> None:

@@ -11,6 +11,9 @@ from backend.settings import Settings
 from backend_fakes import FakeLabelStudio, ImageServer
 
 torch.set_num_threads(2)
+# The projects the tests without a (fake) Label Studio connect, as a deployment without one would list
+# them in MCM_PROJECTS; 7 is left out on purpose (a test connects it with a bad config and expects a 404).
+PROJECTS_WITHOUT_LABEL_STUDIO = ("1", "2", "3", "4", "5", "8", "42")
 
 @pytest.fixture
 def images():
@@ -33,6 +36,8 @@ def make_settings(tmp_path):
                       debounce_seconds=0.0, retrain_min_interval=0.0, maintain_seconds=3600.0,
                       label_studio_url=None, label_studio_api_key=None)
         values.update(overrides)
+        if values["label_studio_url"] is None:  # nothing to ask whether a project is connected: list them
+            values.setdefault("projects", PROJECTS_WITHOUT_LABEL_STUDIO)
         return Settings(**values)
     return build
 
