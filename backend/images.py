@@ -5,7 +5,12 @@ Rules (README "Security"):
   result decides whether it is Label Studio's, which addresses are checked and
   where the connection goes; backslashes, control characters and userinfo are refused.
 - The Label Studio key is sent only to the exact Label Studio origin (scheme,
-  host, port of LABEL_STUDIO_URL) and only while a redirect chain has not left it.
+  host, port of LABEL_STUDIO_URL), only while a redirect chain has not left it,
+  and only for Label Studio's media paths (MEDIA_PREFIXES, the storage-URI resolvers):
+  a task value such as `/api/projects/2/export` would otherwise make the backend
+  call Label Studio's API with its key. Any other path on Label Studio's origin,
+  and any path with a `.`/`..` or empty segment or a backslash, also percent-encoded,
+  is refused before a connection is made, on every hop.
 - Cloud URIs (s3://, gs://, azure-blob://...) go through Label Studio's presign
   endpoint, which redirects to a short-lived public URL.
 - Every other host must resolve only to public addresses unless MCM_ALLOWED_HOSTS
@@ -25,6 +30,7 @@ import ctypes.util
 import io
 import logging
 import math
+import re
 import threading
 import urllib.parse
 from typing import Callable, Iterable, Iterator
@@ -41,6 +47,15 @@ logger = logging.getLogger(__name__)
 
 CLOUD_SCHEMES = ("s3", "gs", "azure-blob", "azure-spi", "gcs")
 MAX_REDIRECTS = 5
+# Where Label Studio (1.23) serves task media (uploads, local files `?d=`, storage downloads `?filepath=`)
+# and its storage-URI resolvers `?fileuri=` (presign is the older name of resolve; cloud URIs go through
+# /tasks/<id>/presign/, and Label Studio itself writes /tasks/<id>/resolve/ URLs into task data): the
+# only paths that get the key.
+MEDIA_PREFIXES = ("/data/upload/", "/data/local-files/", "/storage-data/")
+_RESOLVER_PATH = re.compile(r"/(?:tasks|projects)/[0-9]+/(?:presign|resolve)/")
+MEDIA_PATHS_TEXT = ("/data/upload/..., /data/local-files/?d=..., /storage-data/..., "
+                    "/tasks/<id>/presign/ or /resolve/, /projects/<id>/presign/ or /resolve/")
+_MAX_DECODINGS = 4
 DEFAULT_MAX_PIXELS = 25_000_000
 # open_image checks MCM_IMAGE_MAX_PIXELS on every image this backend opens, from the header, with a message
 # naming the setting; Pillow's global guard would only warn (100-200 Mpx) or fail with a less clear error.
@@ -67,6 +82,65 @@ _return_large_buffers_to_the_os()
 # Raster formats browsers and cameras produce; never EPS/PDF-like formats that run external programs.
 SAFE_FORMATS = tuple(f for f in ("JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP", "TIFF", "PPM", "ICO", "AVIF")
                      if f in Image.OPEN)
+
+
+def _decoded_forms(text: str) -> list[str] | None:
+    """`text` and its successive percent-decodings (a proxy may decode more than once); None if still
+    changing after _MAX_DECODINGS rounds."""
+    forms = [text]
+    for _ in range(_MAX_DECODINGS):
+        decoded = urllib.parse.unquote(forms[-1])
+        if decoded == forms[-1]:
+            return forms
+        forms.append(decoded)
+    return None
+
+
+def _path_problem(path: str) -> str | None:
+    """Why `path` (any of its decodings) could name something else on a server than it seems to, or None."""
+    forms = _decoded_forms(path)
+    if forms is None:
+        return f"path {path[:100]!r} is percent-encoded more than {_MAX_DECODINGS} times"
+    for form in forms:
+        if "\\" in form:
+            return f"path {path[:100]!r} has a backslash (percent-encoded)"
+        segments = form.split("/")[1:] if form.startswith("/") else form.split("/")
+        if any(s in (".", "..") for s in segments):
+            return f"path {path[:100]!r} has a '.' or '..' segment"
+        if "" in segments[:-1]:
+            return f"path {path[:100]!r} has an empty segment (//)"
+    return None
+
+
+def _raw_path(url: str) -> str:
+    """The path of `url` as written (before any parser resolves its dot segments)."""
+    authority = re.match(r"^(?:[A-Za-z][A-Za-z0-9+.-]*:)?//[^/?#]*", url)  # scheme-relative too
+    return re.split(r"[?#]", url[authority.end():] if authority else url, maxsplit=1)[0]
+
+
+def media_path_problem(raw_url: str, request_uri: str, base_path: str = "") -> str | None:
+    """None when a request to Label Studio may carry the key: `request_uri` (path and query exactly as
+    sent) is one of its media paths, below `base_path` (LABEL_STUDIO_URL's own path); else why not.
+
+    Dot segments are refused, not resolved: urllib3 resolves `..` while parsing, so the URL as written
+    (`raw_url`) is checked too; and every percent-decoding, since a server or proxy may decode first.
+    """
+    path, _, query = request_uri.partition("?")
+    for text in (_raw_path(raw_url), path):
+        problem = _path_problem(text)
+        if problem:
+            return problem
+    if base_path:
+        if not path.startswith(base_path + "/"):
+            return f"path {path[:100]!r} is outside LABEL_STUDIO_URL's path {base_path!r}"
+        path = path[len(base_path):]
+    if not (path.startswith(MEDIA_PREFIXES) or _RESOLVER_PATH.fullmatch(path)):
+        return f"path {path[:100]!r} is not one of Label Studio's media paths"
+    for name, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
+        forms = _decoded_forms(value)
+        if forms is None or any(".." in re.split(r"[/\\]", form) for form in forms):
+            return f"query parameter {name[:20]!r} has a '..' segment (or is percent-encoded too often)"
+    return None
 
 
 class PixelBudget:
@@ -119,6 +193,7 @@ class ImageFetcher:
                  ca_certs: str | None = None) -> None:
         self.ls_url = label_studio_url.rstrip("/") if label_studio_url else None
         self._ls = parse_target(self.ls_url) if self.ls_url else None
+        self._ls_base = self._ls.request_uri.partition("?")[0].rstrip("/") if self._ls else ""
         self._auth_header = auth_header
         self.policy = AddressPolicy(allowed_hosts, resolver)
         self.max_bytes = max_bytes
@@ -128,15 +203,6 @@ class ImageFetcher:
         self.ca_certs = ca_certs or certifi.where()
 
     # -- URL classification -------------------------------------------------
-    def is_label_studio_url(self, url: str) -> bool:
-        """True only for the exact Label Studio origin, judged by the parser the connection uses."""
-        if self._ls is None:
-            return False
-        try:
-            return parse_target(url).origin == self._ls.origin
-        except ImageFetchError:
-            return False
-
     def resolve_url(self, url: str, task_id: int | None) -> str:
         """Map a task value to an absolute http(s) URL (Label Studio-relative or presigned)."""
         if not isinstance(url, str) or not url.strip():
@@ -161,15 +227,17 @@ class ImageFetcher:
 
     # -- download ------------------------------------------------------------
     def fetch_bytes(self, url: str, task_id: int | None = None) -> bytes:
-        """The image's bytes; the key only on Label Studio's origin, every other hop checked and pinned."""
+        """The image's bytes; the key only for Label Studio's media paths on its origin, decided per hop."""
         deadline = Deadline(self.timeout)
-        target = parse_target(self.resolve_url(url, task_id))
+        written = self.resolve_url(url, task_id)
+        target = parse_target(written)
         on_label_studio = True
-        for _hop in range(MAX_REDIRECTS + 1):
+        for hop in range(MAX_REDIRECTS + 1):
             on_label_studio = on_label_studio and self._ls is not None and target.origin == self._ls.origin
             headers = {"Host": target.host_header, "Accept": "image/*,*/*;q=0.8", "Accept-Encoding": "identity",
                        "User-Agent": "mcm-backend"}
             if on_label_studio:
+                self._require_media(url, written, target, hop)
                 # Label Studio is trusted by configuration, even on a private address.
                 addresses = self.policy.resolve(target.host)
                 if self._auth_header is not None:
@@ -180,8 +248,18 @@ class ImageFetcher:
                                       max_bytes=self.max_bytes, ca_certs=self.ca_certs)
             if location is None:
                 return body
+            written = location
             target = parse_target(urllib.parse.urljoin(target.url, location))
         raise ImageFetchError(f"more than {MAX_REDIRECTS} redirects for {url[:200]}")
+
+    def _require_media(self, url: str, written: str, target, hop: int) -> None:
+        """Refuse, before connecting, any request to Label Studio that is not for one of its media paths."""
+        problem = media_path_problem(written, target.request_uri, self._ls_base)
+        if problem is None:
+            return
+        where = "on Label Studio's origin" if hop == 0 else f"Label Studio redirected it to {written[:200]!r}"
+        raise ImageFetchError(f"image URL {url[:200]!r} refused: {where}, its {problem}; the Label Studio key "
+                              f"is sent only for its media paths ({MEDIA_PATHS_TEXT})")
 
     # -- decode --------------------------------------------------------------
     @contextlib.contextmanager

@@ -23,6 +23,7 @@ from .boxes import box_key
 from .extractor import Extractor
 from .feature_cache import ArrayCache
 from .images import ImageFetcher, ImageFetchError
+from .labelstudio import describe_error
 from .label_config import LabelConfig
 from .settings import Settings
 
@@ -176,7 +177,7 @@ class Ingest:
             except ImageFetchError as exc:
                 return key, None, str(exc)
             except Exception as exc:  # never let one task break the batch
-                return key, None, f"cannot prepare image: {exc.__class__.__name__}: {exc}"
+                return key, None, f"cannot prepare image: {describe_error(exc)}"  # e.g. the key's refresh
 
         with ThreadPoolExecutor(max_workers=FETCH_THREADS) as pool:
             yield from pool.map(load, keys)

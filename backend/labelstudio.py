@@ -14,7 +14,9 @@ import logging
 import re
 from typing import Callable, Iterator, Sequence
 
+import httpx
 from label_studio_sdk import LabelStudio
+from label_studio_sdk.core.api_error import ApiError
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +28,35 @@ _ALL = {"conjunction": "and", "items": []}
 
 class LabelStudioError(RuntimeError):
     """Label Studio answered, but not with what we needed (message says what)."""
+
+
+ERROR_BODY_CHARS = 300
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for logs, `last_error` and HTTP answers: an HTTP error from Label Studio as its status
+    and body (cut to ERROR_BODY_CHARS), never its headers.
+
+    The sdk's ApiError str() holds every response header, `set-cookie: sessionid=...` issued for the
+    backend's key included; anything else is `Class: message`.
+    """
+    if isinstance(exc, ApiError):
+        return f"Label Studio answered HTTP {exc.status_code}: {str(exc.body)[:ERROR_BODY_CHARS]}"
+    if isinstance(exc, httpx.HTTPStatusError):
+        return f"Label Studio answered HTTP {exc.response.status_code}: {exc.response.text[:ERROR_BODY_CHARS]}"
+    return f"{exc.__class__.__name__}: {exc}"
+
+
+def traceback_is_safe(exc: BaseException) -> bool:
+    """False when a traceback of `exc` would print an ApiError (and so Label Studio's headers)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ApiError):
+            return False
+        seen.add(id(current))
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+    return True
 
 
 def make_client(url: str | None, api_key: str | None, timeout: float = 60.0) -> LabelStudio:
@@ -141,7 +172,10 @@ def list_version_predictions(client: LabelStudio, project_id: int, version: str,
 
 
 def get_label_config(client: LabelStudio, project_id: int) -> str:
-    project = client.projects.get(id=int(project_id))
+    try:
+        project = client.projects.get(id=int(project_id))
+    except ApiError as exc:
+        raise LabelStudioError(f"reading project {project_id} failed: {describe_error(exc)}") from None
     return project.label_config
 
 
@@ -212,9 +246,34 @@ def backend_titles(client: LabelStudio, project_id: int) -> list[str]:
     return [b.get("title") or "" for b in response.json() or []]
 
 
+def list_ml_backends(client: LabelStudio, project_id: int, timeout: float = 20.0) -> list[dict]:
+    """The project's ML backends as Label Studio lists them (`url`, `title`, ...); [] for a project
+    Label Studio does not have (404). Raises LabelStudioError on any other refusal.
+
+    Label Studio calls /health and /setup of every listed backend before it answers (its
+    `update_state`), so this backend must never call it from its own /setup.
+    """
+    response = client._client_wrapper.httpx_client.request(
+        "api/ml", method="GET", params={"project": int(project_id)}, request_options={"timeout_in_seconds": timeout})
+    if response.status_code == 404:
+        return []
+    if response.status_code >= 300:
+        raise LabelStudioError(f"listing the ML backends of project {project_id} failed: HTTP "
+                               f"{response.status_code} {response.text[:200]}")
+    body = response.json()
+    if not isinstance(body, list):
+        raise LabelStudioError(f"listing the ML backends of project {project_id}: expected a JSON list, got "
+                               f"{type(body).__name__}")
+    return [b for b in body if isinstance(b, dict)]
+
+
 def set_model_version(client: LabelStudio, project_id: int, version: str) -> None:
     """Make the project's score column (and so the tail-first tab) use `version`'s predictions."""
-    client.projects.update(id=int(project_id), model_version=version)
+    try:
+        client.projects.update(id=int(project_id), model_version=version)
+    except ApiError as exc:
+        raise LabelStudioError(f"setting project {project_id}'s model_version to {version!r} failed: "
+                               f"{describe_error(exc)}") from None
 
 
 def model_version_counts(client: LabelStudio, project_id: int) -> dict[str, int]:

@@ -19,6 +19,8 @@ import threading
 import time
 from typing import Callable
 
+from .labelstudio import describe_error, traceback_is_safe
+
 logger = logging.getLogger(__name__)
 
 
@@ -127,8 +129,9 @@ class TrainingQueue:
             self._run(project_id)
             slot.last_error = None
         except BaseException as exc:  # keep serving; the model in place stays
-            slot.last_error = f"{exc.__class__.__name__}: {exc}"
-            logger.exception("project %s: training failed: %s", project_id, slot.last_error)
+            slot.last_error = describe_error(exc)
+            logger.error("project %s: training failed: %s", project_id, slot.last_error,
+                         exc_info=traceback_is_safe(exc))
             if self._on_error:
                 self._on_error(project_id, exc)
         finally:

@@ -24,6 +24,11 @@
 # MCM_LS_DB (sqlite | postgresql; fixed at the first start of a STATE_DIR), MCM_PG_BIN (default
 # /usr/lib/postgresql/15/bin), MCM_LS_FILES_ROOT (local-files document root, default STATE_DIR/files),
 # MCM_LS_USER, MCM_LS_PASSWORD, MCM_LS_START_TIMEOUT (seconds, default 180).
+#
+# Secrets (the user's password, the API token, the database password) never appear in a command's
+# arguments, which every local user can read (`ps`, /proc/PID/cmdline): Label Studio gets them from its
+# environment, curl reads the token's header from stdin, psql its SQL. Files holding them (ls.env, the
+# data dir with the SQLite database) are created readable by their owner only (umask 077).
 set -euo pipefail
 
 LS_VERSION="1.23.2"
@@ -54,6 +59,11 @@ ensure_venv() {
 }
 
 random_hex() { head -c "$1" /dev/urandom | od -An -tx1 | tr -d ' \n'; }
+
+write_secret_file() {  # FILE: stdin into FILE, readable by its owner only from the moment it exists
+  local file="$1" tmp="$1.tmp.$$"
+  (umask 077 && cat >"$tmp") && mv -f "$tmp" "$file"
+}
 
 is_running() {  # pid file exists and that process is alive
   local pidfile="$1/ls.pid"
@@ -154,7 +164,9 @@ start() {
   mkdir -p "$state"
   state="$(cd "$state" && pwd)"
   local files_root="${MCM_LS_FILES_ROOT:-$state/files}"
-  mkdir -p "$files_root" "$state/data"
+  mkdir -p "$files_root"
+  (umask 077 && mkdir -p "$state/data")
+  chmod 700 "$state/data"  # Label Studio's database holds the token (also a data dir left by an older run)
   files_root="$(cd "$files_root" && pwd)"
   ensure_venv
 
@@ -199,7 +211,11 @@ start() {
     fi
     log "starting Label Studio $LS_VERSION at $url on $db (data: $state/data, log: $state/ls.log)"
     (
+      umask 077  # its database, media and log: the owner's only
       export LABEL_STUDIO_BASE_DATA_DIR="$state/data"
+      # The first user and its token through the environment (label_studio/server.py reads
+      # LABEL_STUDIO_USERNAME / _PASSWORD / _USER_TOKEN when --username etc. are not given).
+      export LABEL_STUDIO_USERNAME="$user" LABEL_STUDIO_PASSWORD="$password" LABEL_STUDIO_USER_TOKEN="$token"
       if [ "$db" = postgresql ]; then
         # Names read by label_studio/core/settings/base.py (DATABASES_ALL) and label_studio.py (DJANGO_DB).
         export DJANGO_DB=default POSTGRE_HOST=127.0.0.1 POSTGRE_PORT="$pg_port" \
@@ -220,7 +236,6 @@ start() {
       cd "$state"
       exec "$VENV/bin/label-studio" start --no-browser \
         --internal-host 127.0.0.1 --port "$port" \
-        --username "$user" --password "$password" --user-token "$token" \
         --enable-legacy-api-token </dev/null >>"$state/ls.log" 2>&1
     ) &
     echo $! >"$state/ls.pid"
@@ -237,10 +252,11 @@ start() {
 
   # The token must work for the API, otherwise nothing downstream will.
   local code
-  code="$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Token $token" "$url/api/current-user/whoami")"
+  code="$(printf 'Authorization: Token %s\n' "$token" \
+    | curl -s -o /dev/null -w '%{http_code}' -H @- "$url/api/current-user/whoami")"  # the header from stdin
   [ "$code" = "200" ] || die "API token rejected by $url (HTTP $code)"
 
-  cat >"$state/ls.env" <<EOF
+  write_secret_file "$state/ls.env" <<EOF
 LABEL_STUDIO_URL=$url
 LABEL_STUDIO_API_KEY=$token
 MCM_LS_USER_SAVED=$user
@@ -251,7 +267,6 @@ MCM_LS_DB_SAVED=$db
 MCM_PG_PORT_SAVED=$pg_port
 MCM_PG_PASSWORD_SAVED=$pg_password
 EOF
-  chmod 600 "$state/ls.env"
 }
 
 stop() {

@@ -240,9 +240,9 @@ class LS:
 
 
 def admin(ls_env: dict, backend: BackendProcess, *args: str) -> subprocess.CompletedProcess:
-    """Run `python -m backend.admin` as an operator would (backend's basic auth in the environment)."""
+    """Run `python -m backend.admin` as an operator would (backend's basic auth and URL in the environment)."""
     env = dict(os.environ, LABEL_STUDIO_URL=ls_env["url"], LABEL_STUDIO_API_KEY=ls_env["api_key"],
-               BASIC_AUTH_USER=backend.auth[0], BASIC_AUTH_PASS=backend.auth[1])
+               BASIC_AUTH_USER=backend.auth[0], BASIC_AUTH_PASS=backend.auth[1], MCM_BACKEND_URL=backend.url)
     return subprocess.run([sys.executable, "-m", "backend.admin", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
 

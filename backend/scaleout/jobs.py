@@ -94,7 +94,9 @@ def train_job(project_id: int) -> str | None:
             fan_out_rescoring(coord, context, project_id, version, new_labels)
         return version
     except BaseException as exc:
-        error = f"training job {job.id} failed: {exc.__class__.__name__}: {exc}"
+        error = f"training job {job.id} failed: {labelstudio.describe_error(exc)}"
+        if not labelstudio.traceback_is_safe(exc):  # rq logs and stores the traceback: no Label Studio headers
+            raise labelstudio.LabelStudioError(error) from None
         raise
     finally:
         if acquired:
@@ -214,7 +216,10 @@ def push_version_job(project_id: int, version: str, n_chunks: int, new_labels: i
                     version, n_chunks, len(ranking), head, n_skipped)
         return len(ranking)
     except BaseException as exc:
-        coord.connection.hset(key, "last_error", f"pushing {version} failed: {exc.__class__.__name__}: {exc}")
+        error = f"pushing {version} failed: {labelstudio.describe_error(exc)}"
+        coord.connection.hset(key, "last_error", error)
+        if not labelstudio.traceback_is_safe(exc):  # rq logs and stores the traceback: no Label Studio headers
+            raise labelstudio.LabelStudioError(error) from None
         raise
     finally:
         with coord.lock(project_id):

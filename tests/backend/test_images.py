@@ -145,6 +145,95 @@ def test_connection_goes_to_the_address_that_was_checked(images):
     assert path == "/a.png" and headers["Host"] == f"rebind.test:{images.port}"
 
 
+
+# --- the key only for Label Studio's media paths (issue 19, item 4) --------------------------------------
+MEDIA_KEY = "Token media-only-key"
+
+
+def _ls_on(server, base: str = "", **kwargs) -> ImageFetcher:
+    """A fetcher whose Label Studio is `server` (an ImageServer records every request with its headers)."""
+    return ImageFetcher(label_studio_url=server.url + base, auth_header=lambda: MEDIA_KEY, allowed_hosts=(),
+                        **kwargs)
+
+
+EXPORT = "/api/projects/2/export?exportType=JSON&download_all_tasks=true"
+NOT_MEDIA = [
+    EXPORT,                                                        # the measured attack: another project's export
+    "{ls}" + EXPORT,                                               # the same, absolute on Label Studio's origin
+    "/data/upload/../../api/projects/2/export",
+    "{ls}/data/upload/../../api/projects/2/export",
+    "/data/upload/1/../../upload/1/a.png",                         # `..` refused even when it resolves to media
+    "/data/upload/./a.png",
+    "/data/upload/%2e%2e/%2e%2e/api/projects/2/export",
+    "/data/upload/%2E%2E%2F%2E%2E%2Fapi/projects/2/export",
+    "/data/upload%2f..%2f..%2fapi/projects/2/export",
+    "/data/upload/%252e%252e/%252e%252e/api/projects/2/export",    # encoded twice (a proxy decoding once)
+    "/data/upload/..%5c..%5capi/projects/2/export",                 # encoded backslashes
+    "/data/upload//../api/projects/2/export",
+    "/data/upload//1/a.png",                                       # double slash
+    "//127.0.0.1:{port}/api/projects/2/export",                    # scheme-relative
+    "{ls}//data/upload/1/a.png",
+    "/data%2fupload/1/a.png",
+    "/data/local-files/?d=../../api/projects/2/export",
+    "/data/local-files/?d=%2e%2e/secret.png",
+    "/tasks/5/presign/../../api/projects/2/export",
+    "/tasks/x/presign/?fileuri=czM6Ly9i",
+    "/api/tasks/5/presign/?fileuri=czM6Ly9i",
+    "/static/../api/projects/2/export",
+    "/user/login/",
+]
+
+
+@pytest.mark.parametrize("value", NOT_MEDIA)
+def test_label_studio_paths_other_than_media_are_refused_before_any_request(images, value):
+    images.files["/api/projects/2/export"] = png_bytes(mnist_by_digit()[1][0])  # only the refusal stops it
+    images.files["/data/upload/1/a.png"] = png_bytes(mnist_by_digit()[1][0])
+    value = value.format(ls=images.url, port=images.port)
+    with pytest.raises(ImageFetchError, match="key is sent only for its media paths") as refused:
+        _ls_on(images).fetch(value, task_id=5)
+    assert "/data/upload/" in str(refused.value)  # the message names the allowed paths
+    assert images.requests == []  # nothing reached Label Studio, with or without the key
+
+
+@pytest.mark.parametrize("value, served_at", [
+    ("/data/upload/1/a.png", "/data/upload/1/a.png"),
+    ("{ls}/data/upload/1/a.png", "/data/upload/1/a.png"),
+    ("/data/local-files/?d=imgs/a.png", "/data/local-files/"),
+    ("/storage-data/uploaded/?filepath=1/a.png", "/storage-data/uploaded/"),
+    ("/tasks/7/resolve/?fileuri=czM6Ly9iL2EucG5n", "/tasks/7/resolve/"),  # Label Studio writes these into tasks
+    ("s3://bucket/a.png", "/tasks/7/presign/"),                          # built here from a cloud URI
+])
+def test_label_studio_media_paths_still_get_the_key(images, value, served_at):
+    images.files[served_at] = png_bytes(mnist_by_digit()[7][0])
+    assert _ls_on(images).fetch(value.format(ls=images.url), task_id=7).size == (28, 28)
+    path, headers = images.requests[-1]
+    assert path.startswith(served_at) and headers["Authorization"] == MEDIA_KEY
+
+
+def test_media_paths_are_judged_below_label_studios_own_path(images):
+    images.files["/ls/data/upload/1/a.png"] = png_bytes(mnist_by_digit()[7][0])
+    assert _ls_on(images, "/ls").fetch("/data/upload/1/a.png").size == (28, 28)
+    assert images.requests[-1][1]["Authorization"] == MEDIA_KEY
+    with pytest.raises(ImageFetchError, match="outside LABEL_STUDIO_URL's path"):
+        _ls_on(images, "/ls").fetch(f"{images.url}/data/upload/1/a.png")
+    assert len(images.requests) == 1
+
+
+def test_a_redirect_from_media_to_another_label_studio_path_is_refused(fake_ls):
+    """Per hop: Label Studio's presign answers 303 to /api/projects/2/img/<name> on its own origin."""
+    fake_ls.redirect_target = f"{fake_ls.url}/api/projects/2"
+    with pytest.raises(ImageFetchError, match="redirected it to .*media paths"):
+        _fetcher(fake_ls, allowed=()).fetch("s3://bucket/export", task_id=12)
+    assert ("PRESIGN", "s3://bucket/export") in fake_ls.calls
+    assert not [path for _, path in fake_ls.calls if path.startswith("/api/projects/2")]
+
+
+def test_a_redirect_between_label_studio_media_paths_keeps_the_key(fake_ls):
+    fake_ls.uploads["img/cat.png"] = png_bytes(mnist_by_digit()[0][3])
+    fake_ls.redirect_target = f"{fake_ls.url}/data/upload"  # the upload route answers 401 without the key
+    assert _fetcher(fake_ls, allowed=()).fetch("s3://bucket/cat.png", task_id=12).size == (28, 28)
+    assert ("GET", "/data/upload/img/cat.png") in fake_ls.calls
+
 @pytest.fixture(scope="module")
 def tls_image_server(tmp_path_factory):
     """An HTTPS image server on 127.0.0.1 whose self-signed certificate names only img.test."""
