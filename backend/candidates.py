@@ -28,7 +28,8 @@ import numpy as np
 from mcm_core.atomic import atomic_savez
 
 from . import labelstudio
-from .boxes import box_key, image_size, region_box
+from .boxes import box_key, checked_image_size, rectangle
+from .validation import Skipped, finite_number, image_side, short
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,8 @@ class Candidates:
         c = np.clip(np.nan_to_num(np.asarray(confidences, np.float64).reshape(-1)), 0.0, 1.0)
         rows = np.flatnonzero((b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1]))
         rows = rows[np.argsort(-c[rows], kind="stable")[:MAX_CANDIDATES]]
-        return cls(b[rows], c[rows], (int(size[0]), int(size[1]))), rows
+        width, height = image_side(size[0]), image_side(size[1])
+        return cls(b[rows], c[rows], (width, height) if width and height else (0, 0)), rows
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -62,22 +64,42 @@ class Candidates:
 EMPTY = Candidates(np.zeros((0, 4)), np.zeros(0))
 
 
-def from_predictions(predictions: Sequence[dict], control_name: str) -> Candidates:
-    """The RectangleLabels regions of `predictions` (one model version's, on one task) for our control."""
+def _confidence(value, default: float) -> float:
+    number = finite_number(value)
+    return default if number is None else number
+
+
+def from_predictions(predictions: Sequence[dict], control_name: str, skipped: Skipped | None = None,
+                     task_id: int | None = None) -> Candidates:
+    """The RectangleLabels regions of `predictions` (one model version's, on one task) for our control.
+    A prediction or region that is not one, and an unusable image size, are skipped and counted in
+    `skipped` (the project's)."""
     boxes, conf, size = [], [], (0, 0)
+
+    def skip(kind: str, reason: str) -> None:
+        if skipped is not None:
+            skipped.add(kind, task_id, reason)
+
     for prediction in predictions:
-        default = prediction.get("score")
-        default = float(default) if isinstance(default, (int, float)) and not isinstance(default, bool) else 1.0
-        for region in prediction.get("result") or []:
-            if not isinstance(region, dict) or region.get("from_name") != control_name:
+        result = prediction.get("result") if isinstance(prediction, dict) else None
+        if not isinstance(result, list):
+            skip("predictions", f"a prediction must be an object whose 'result' is a list of regions, got "
+                                f"{short(prediction)}")
+            continue
+        default = _confidence(prediction.get("score"), 1.0)
+        for region in result:
+            if isinstance(region, dict) and region.get("from_name") != control_name:
                 continue
-            box = region_box(region)
-            if box is None:
+            box, problem = rectangle(region)
+            if problem:
+                skip("regions", problem)
                 continue
-            score = region.get("score")
+            region_size, size_problem = checked_image_size(region)
+            if size_problem:
+                skip("image_sizes", size_problem)
             boxes.append(box)
-            conf.append(float(score) if isinstance(score, (int, float)) and not isinstance(score, bool) else default)
-            size = image_size(region) if size == (0, 0) else size
+            conf.append(_confidence(region.get("score"), default))
+            size = region_size if size == (0, 0) else size
     return Candidates.build(boxes, conf, size)[0]
 
 
@@ -154,7 +176,9 @@ class LabelStudioCandidates:
         client = context.client()
         found = labelstudio.list_version_predictions(client, project_id, self.version,
                                                      None if full else [k[0] for k in missing])
-        by_id: dict[int, Candidates] = {t: from_predictions(p, config.control_name) for t, p in found.items()}
+        skipped = context.projects.get(project_id).skipped
+        by_id: dict[int, Candidates] = {t: from_predictions(p, config.control_name, skipped, t)
+                                        for t, p in found.items()}
         update = {k: by_id.get(k[0], EMPTY) for k in missing}
         if full:  # everything listed is fresh, also for tasks seen before under the same URL
             urls = dict(k for k in keys)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from typing import Any
 
 import numpy as np
 
 from . import labelstudio
-from .boxes import region_box, region_label
+from .boxes import checked_image_size, rectangle, region_label
 from .label_config import LabelConfig, parse_label_config
+from .validation import Skipped, parse_timestamp, short
 
 logger = logging.getLogger(__name__)
 
@@ -21,35 +23,79 @@ def _field(obj: Any, name: str, default: Any = None) -> Any:
     return getattr(obj, name, default)
 
 
-def annotation_choice(annotation: Any, config: LabelConfig) -> str | None:
-    """The chosen class of one annotation for our Choices control, or None."""
+def _result(annotation: Any) -> list | None:
+    """The annotation's regions, or None when it is not an annotation (not an object, or its
+    `result` is neither absent nor a list)."""
+    if not isinstance(annotation, dict):
+        return None
+    result = annotation.get("result")
+    if result is None:
+        return []
+    return result if isinstance(result, list) else None
+
+
+def _region_choice(region: Any, config: LabelConfig) -> tuple[str | None, str | None]:
+    """(the class a Choices region of our control picks, None), (None, why it is unusable), or
+    (None, None) for a region of another control."""
+    if not isinstance(region, dict):
+        return None, f"a region must be an object, got {type(region).__name__}"
+    if region.get("from_name") != config.control_name:
+        return None, None
+    value = region.get("value")
+    choices = value.get("choices") if isinstance(value, dict) else None
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], str):
+        return None, f"value.choices must be a non-empty list of class names, got {short(value)}"
+    return choices[0], None
+
+
+def annotation_choice(annotation: Any, config: LabelConfig, skipped: Skipped | None = None,
+                      task_id: Any = None) -> str | None:
+    """The chosen class of one annotation for our Choices control, or None (malformed regions are
+    counted in `skipped`)."""
     if _field(annotation, "was_cancelled", False):
         return None
-    for region in _field(annotation, "result", None) or []:
-        if _field(region, "from_name") != config.control_name:
-            continue
-        choices = (_field(region, "value") or {}).get("choices") or []
-        if choices:
-            return str(choices[0])
+    for region in _result(annotation) or []:
+        choice, problem = _region_choice(region, config)
+        if problem and skipped is not None:
+            skipped.add("regions", task_id, problem)
+        if choice is not None:
+            return choice
     return None
 
 
-def _latest_first(task: dict) -> list:
+def _latest_first(task: dict, skipped: Skipped | None = None) -> list[dict]:
     """The task's annotations, most recently updated first: an edit by a reviewer replaces the
-    original rather than voting with it."""
-    annotations = list(task.get("annotations") or [])
-    annotations.sort(key=lambda a: (str(_field(a, "updated_at") or ""), _field(a, "id") or 0), reverse=True)
+    original rather than voting with it. Anything that is not an annotation is counted and left out."""
+    raw = task.get("annotations")
+    annotations = []
+    for annotation in raw if isinstance(raw, list) else []:
+        if _result(annotation) is None:
+            if skipped is not None:
+                skipped.add("annotations", task.get("id"), "an annotation must be an object whose 'result' is a "
+                            f"list of regions, got {short(annotation)}")
+            continue
+        annotations.append(annotation)
+
+    def recency(annotation: dict) -> tuple[float, int]:
+        updated, number = annotation.get("updated_at"), annotation.get("id")
+        at = parse_timestamp(updated)
+        if at is None and updated is not None and skipped is not None:
+            skipped.add("dates", task.get("id"), f"annotation {short(number)}: updated_at {short(updated)} is not an "
+                                                 "ISO-8601 time between 1970 and 2200; taken as the oldest")
+        return (at.timestamp() if at is not None else -math.inf,
+                number if isinstance(number, int) and not isinstance(number, bool) else 0)
+    annotations.sort(key=recency, reverse=True)
     return annotations
 
 
-def task_label(task: dict, config: LabelConfig) -> tuple[str | None, str | None]:
+def task_label(task: dict, config: LabelConfig, skipped: Skipped | None = None) -> tuple[str | None, str | None]:
     """(label, None) for the task's most recent usable annotation, or (None, reason)."""
-    for annotation in _latest_first(task):
-        label = annotation_choice(annotation, config)
+    for annotation in _latest_first(task, skipped):
+        label = annotation_choice(annotation, config, skipped, task.get("id"))
         if label is None:
             continue
         if label not in config.classes:
-            return None, f"unknown label {label!r} (config classes: {list(config.classes)})"
+            return None, f"unknown label {label[:200]!r} (config classes: {list(config.classes)})"
         return label, None
     return None, "no non-cancelled annotation with a choice for control " + repr(config.control_name)
 
@@ -63,21 +109,31 @@ class TaskBoxes:
     classes: np.ndarray
 
 
-def task_boxes(task: dict, config: LabelConfig) -> tuple[TaskBoxes | None, str | None]:
+def task_boxes(task: dict, config: LabelConfig, skipped: Skipped | None = None) -> tuple[TaskBoxes | None, str | None]:
     """(the boxes of the task's most recent non-cancelled annotation, None), or (None, reason).
 
     An annotation without any rectangle is an image without objects (its background still
-    teaches the miner what a false detection looks like); malformed regions are skipped."""
-    for annotation in _latest_first(task):
-        if _field(annotation, "was_cancelled", False):
+    teaches the miner what a false detection looks like); malformed regions are skipped (and
+    counted in `skipped`), an unusable image size only makes a rotated box's size a guess."""
+    task_id = task.get("id")
+    for annotation in _latest_first(task, skipped):
+        if annotation.get("was_cancelled", False):
             continue
         boxes, classes = [], []
-        for region in _field(annotation, "result", None) or []:
-            if not isinstance(region, dict) or region.get("from_name") != config.control_name:
+        for region in _result(annotation) or []:
+            if isinstance(region, dict) and region.get("from_name") != config.control_name:
                 continue
-            box, label = region_box(region), region_label(region)
-            if box is None or label is None:
+            box, problem = rectangle(region)
+            label = region_label(region) if box is not None else None
+            if box is not None and label is None:
+                problem = f"value.rectanglelabels must be a non-empty list of label names, got {short(region)}"
+            if problem:
+                if skipped is not None:
+                    skipped.add("regions", task_id, problem)
                 continue
+            _size, size_problem = checked_image_size(region)
+            if size_problem and skipped is not None:
+                skipped.add("image_sizes", task_id, size_problem)
             boxes.append(box)
             classes.append(config.classes.index(label) if label in config.classes else -1)
         return TaskBoxes(np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(classes, np.int64)), None
@@ -95,19 +151,22 @@ class LabeledTasks:
     objects: list[TaskBoxes] = dataclasses.field(default_factory=list)  # per usable task (detection)
 
 
-def collect_labels(client, project_id: int) -> LabeledTasks:
-    """The project's label config and annotated tasks from Label Studio; unusable ones are logged."""
-    config = parse_label_config(labelstudio.get_label_config(client, project_id))
-    annotated = labelstudio.list_annotated_tasks(client, project_id)
-    annotated_ids = [int(t["id"]) for t in annotated]
+def collect_labels(client, project_id: int, skipped: Skipped | None = None) -> LabeledTasks:
+    """The project's label config and annotated tasks from Label Studio; unusable ones are logged,
+    malformed annotations and regions also counted in `skipped` (the project's, for /mcm/status)."""
+    skipped = skipped if skipped is not None else Skipped(project_id)
+    config = parse_label_config(labelstudio.get_label_config(client, project_id), skipped)
+    annotated = [t for t in labelstudio.list_annotated_tasks(client, project_id)
+                 if isinstance(t, dict) and isinstance(t.get("id"), int) and not isinstance(t["id"], bool)]
+    annotated_ids = [t["id"] for t in annotated]
     if config.detection:
-        tasks, objects = _usable(project_id, annotated, lambda task: task_boxes(task, config))
+        tasks, objects = _usable(project_id, annotated, lambda task: task_boxes(task, config, skipped))
         for task, found in zip(tasks, objects):
             if (found.classes < 0).any():
                 logger.warning("project %s: task %s: %d boxes with labels not in the config %s are not trained on",
                                project_id, task.get("id"), int((found.classes < 0).sum()), list(config.classes))
         return LabeledTasks(config, tasks, [], annotated_ids, objects)
-    tasks, labels = _usable(project_id, annotated, lambda task: task_label(task, config))
+    tasks, labels = _usable(project_id, annotated, lambda task: task_label(task, config, skipped))
     return LabeledTasks(config, tasks, [config.class_index(label) for label in labels], annotated_ids)
 
 

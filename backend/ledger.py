@@ -18,9 +18,9 @@ logger = logging.getLogger(__name__)
 class Ledger:
     """published.json: {"current": version, "versions": {version: {...}}}, updated under a file lock.
 
-    Per version: published_at, superseded_at, pushed (ranks pushed), pool, retired_at
-    (wall-clock seconds), so the life of every version survives restarts and is
-    shared by the web process and RQ workers.
+    Per version: published_at, superseded_at, pushed (ranks pushed), pool, retired_at,
+    nothing_to_score_at (found no unlabeled task: not published; wall-clock seconds), so the life
+    of every version survives restarts and is shared by the web process and RQ workers.
     """
 
     def __init__(self, project_dir: str) -> None:

@@ -13,6 +13,9 @@ the score of the predictions whose model_version equals project.model_version
 So a version's life is:
 1. publish: push the head of its ranking (the top tasks), then switch
    project.model_version. Annotators see the new order within seconds.
+   A version with nothing to push (every task labeled, or none yet) is recorded as such and
+   model_version is left alone (Label Studio refuses a version without predictions); it is
+   published when new tasks arrive.
 2. fill: push the rest of the ranking in descending order, a chunk at a time,
    once the version has been current for MCM_FILL_AFTER_SECONDS (at once for a
    project's first version), stopping when a newer version is published. The
@@ -51,6 +54,7 @@ RETIRE_PAGE = 200         # prediction ids looked up per listing while retiring
 # delete's time is HTTP and authentication (~0.1 s a request on a busy machine), not locking.
 RETIRE_CONCURRENCY = 4
 MIN_HEAD_PER_NEW_LABEL = 4  # the head covers at least 4 x the labels added since the previous version
+NOTHING_TO_SCORE = "nothing_to_score_at"  # ledger: when a version found no unlabeled task to publish
 
 
 def _local_lock(project_dir: str) -> threading.RLock:
@@ -70,6 +74,12 @@ def version_record(meta: dict, **timings: float) -> dict:
 def head_size(setting: int, new_labels: int, pool: int) -> int:
     """Tasks pushed at publish: the setting, at least 4 x the labels added since the last version."""
     return max(1, min(pool, max(int(setting), MIN_HEAD_PER_NEW_LABEL * max(0, int(new_labels)))))
+
+
+def has_nothing_to_score(ledger: dict, version: str | None) -> bool:
+    """True while `version` is recorded in `ledger` as having had nothing to score, and not published since."""
+    entry = ledger.get("versions", {}).get(version or "", {})
+    return bool(version) and ledger.get("current") != version and bool(entry.get(NOTHING_TO_SCORE))
 
 
 class Publisher:
@@ -106,9 +116,12 @@ class Publisher:
         ranking.save(self.ranking_path(version))
         head = min(int(head), len(ranking))
         created = self._push(ranking, 0, head, version)
+        if created == 0:  # no task to score, or every one deleted since it was listed
+            return self.nothing_to_score(version, len(ranking), record)
         with self.ledger.editing() as data:
-            data["versions"].setdefault(version, {}).update(pushed=head, pool=len(ranking), head=head,
-                                                            first=not data.get("current"))
+            entry = data["versions"].setdefault(version, {})
+            entry.pop(NOTHING_TO_SCORE, None)
+            entry.update(pushed=head, pool=len(ranking), head=head, first=not data.get("current"))
         pushed_at = self.clock()
         previous = self.finish(version)
         switched_at = self.clock()
@@ -121,6 +134,23 @@ class Publisher:
                     "%.2fs (previous %s)", self.project_id, version, head, len(ranking), timings["push_head_s"],
                     timings["switch_s"], previous)
         return timings
+
+    def nothing_to_score(self, version: str, pool: int = 0, record: dict | None = None) -> dict:
+        """Record that `version` has no prediction in Label Studio (every task is labeled, or the
+        project has none yet): project.model_version stays as it is, because Label Studio refuses a
+        version without predictions (400 "Model version doesn't exist either as live model or as
+        static predictions"). A normal state, not a failure: the version is published when new
+        tasks arrive (refresh.score_and_push_tasks, the maintainer's relisting)."""
+        with self.ledger.editing() as data:
+            versions = data["versions"]
+            for older in [v for v, e in versions.items() if v != version and has_nothing_to_score(data, v)]:
+                del versions[older]  # never published, and a newer model replaces it: nothing to keep
+            entry = versions.setdefault(version, {})
+            entry.update({**(record or {}), "pushed": 0, "pool": 0, "head": 0, NOTHING_TO_SCORE: self.clock()})
+            current = data.get("current")
+        logger.info("project %s: %s has nothing to score (no unlabeled task in Label Studio; %d ranked): nothing "
+                    "published, Label Studio's model_version stays %r", self.project_id, version, pool, current)
+        return {"push_head_s": 0.0, "switch_s": 0.0, "head": 0, "created": 0, "pool": 0, "nothing_to_score": True}
 
     def finish(self, version: str) -> str | None:
         """Switch project.model_version to a version whose head is pushed, and record it as current

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Sequence
 from . import labelstudio
 from .label_config import config_from_meta
 from .ledger import project_lock
-from .publishing import head_size, version_record
+from .publishing import has_nothing_to_score, head_size, version_record
 from .scoring import outside_window, queue_order, queue_window, score_tasks
 
 if TYPE_CHECKING:
@@ -27,7 +27,9 @@ def refresh_project(project_id: int, context: "Context", *, new_labels: int = 0,
     """Rank the pool with the current model and publish it: the queue's head in seconds, the rest later.
 
     The pool is the unlabeled tasks as last listed (backend/pool.py) minus those the
-    training found annotated; the first refresh lists them from Label Studio.
+    training found annotated; the first refresh lists them from Label Studio. An empty pool
+    (every task labeled) publishes nothing and leaves project.model_version alone
+    (Publisher.nothing_to_score).
     `lock=False` only for a caller that already holds the project's publish lock.
     """
     state = context.projects.get(project_id)
@@ -59,6 +61,10 @@ def refresh_project(project_id: int, context: "Context", *, new_labels: int = 0,
         logger.warning("project %s: cannot record the scoring of %s: %s", project_id, model.version, exc)
     timings.update(pool_s=round(listed - started, 3), score_s=round(scored - listed, 3), skipped=len(skipped),
                    total_s=round(time.monotonic() - started, 3))
+    if timings.get("nothing_to_score"):
+        logger.info("project %s: %s kept with nothing to score: no unlabeled task (%d skipped); it is published when "
+                    "new tasks arrive", project_id, model.version, len(skipped))
+        return timings
     logger.info("project %s: %s ranks %d unlabeled tasks (%d skipped); head of %d live %.1fs after the model "
                 "(pool %.1fs, scoring %.1fs)", project_id, model.version, len(ranking), len(skipped), head,
                 timings["total_s"], timings["pool_s"], timings["score_s"])
@@ -70,7 +76,8 @@ def score_and_push_tasks(project_id: int, tasks: Sequence[dict], context: "Conte
 
     Without this, tasks imported after a training would have no score, and so
     no place in the tail-first order, until the next training. A new task is
-    pushed at once if it ranks within the part of the queue already pushed.
+    pushed at once if it ranks within the part of the queue already pushed; a model that had
+    nothing to score (every task was labeled) is published now, on the pool these tasks joined.
     """
     model = context.projects.get(project_id).model
     if model is None or not tasks:
@@ -78,6 +85,8 @@ def score_and_push_tasks(project_id: int, tasks: Sequence[dict], context: "Conte
     started = time.monotonic()
     config = config_from_meta(model.meta)
     context.pool(project_id, config.image_key).add(tasks)
+    if has_nothing_to_score(context.ledger(project_id), model.version):  # nothing of it is in Label Studio yet
+        return int(refresh_project(project_id, context).get("created", 0))
     part, skipped = score_tasks(project_id, tasks, context, model)
     part = part.rescored(outside_window(part.scores, model.miner))  # the window re-forms at the next training
     pushed = context.publisher(project_id, config).add_tasks(part)

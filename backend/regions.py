@@ -16,6 +16,13 @@ import numpy as np
 from mcm_core.atomic import atomic_savez
 
 from .boxes import rectangle_result
+from .validation import image_side
+
+
+def _pixels(size) -> tuple[int, int]:
+    """An image size that fits the file: both sides in 1..MAX_IMAGE_SIDE, else (0, 0) (unknown)."""
+    width, height = image_side(size[0]), image_side(size[1])
+    return (width, height) if width and height else (0, 0)
 
 
 @dataclasses.dataclass
@@ -63,7 +70,7 @@ class TaskRegions:
                      boxes=cat([r.boxes for r in regions], (0, 4)).astype(np.float32).reshape(-1, 4),
                      labels=cat([r.labels for r in regions], 0).astype(np.int32),
                      confidences=cat([r.confidences for r in regions], 0).astype(np.float32),
-                     sizes=np.asarray([r.size for r in regions], np.int64).reshape(-1, 2))
+                     sizes=np.asarray([_pixels(r.size) for r in regions], np.int64).reshape(-1, 2))
 
     @classmethod
     def load(cls, path: str) -> "TaskRegions":

@@ -11,7 +11,10 @@ ids, so each lane gets its share of them.
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from typing import Any, Sequence
+
+from .validation import Skipped, parse_timestamp, short
 
 VIEW_TITLE = "Tail classes first"
 VIEW_ORDERING = ["-tasks:predictions_score"]
@@ -47,12 +50,43 @@ def tab_data(title: str, extra_filter: dict | None = None) -> dict:
     return {"title": title, "ordering": VIEW_ORDERING, "filters": {"conjunction": "and", "items": items}}
 
 
+MAX_TITLE_CHARS = 200
+
+
+def view_data(view: Any) -> dict:
+    """A Data Manager tab's `data` as a dict ({} when Label Studio holds anything else there: a
+    person or another tool may have stored any JSON in it). `view`: the sdk's View or its JSON."""
+    data = view.get("data") if isinstance(view, dict) else getattr(view, "data", None)
+    return data if isinstance(data, dict) else {}
+
+
+def tab_title(view: Any) -> str | None:
+    """The tab's title (at most MAX_TITLE_CHARS), None when it has no text title."""
+    title = view_data(view).get("title")
+    return title[:MAX_TITLE_CHARS] if isinstance(title, str) else None
+
+
+def enabled_at(view: Any, skipped: Skipped | None = None) -> tuple[datetime, str] | None:
+    """(when `enable-ordering` created the tab, its title), or None for a tab without that record.
+    A record that is not a usable time (validation.parse_timestamp) is counted in `skipped`."""
+    raw = view_data(view).get(ENABLED_AT_KEY)
+    if raw is None:
+        return None
+    at = parse_timestamp(raw)
+    if at is None:
+        if skipped is not None:
+            skipped.add("tabs", None, f"tab {tab_title(view)!r}: {ENABLED_AT_KEY} {short(raw)} is not an ISO-8601 "
+                                      "time between 1970 and 2200")
+        return None
+    return at, tab_title(view) or ""
+
+
 def upsert_tabs(ls, project_id: int, tabs: list[dict], stale_prefix: str | None = None) -> list[tuple[Any, bool]]:
     """Create or update each tab by title (returns (view, created) per tab); delete tabs whose title
     starts with `stale_prefix` but are not in `tabs` (lanes of an earlier, different split).
     A created tab records when (ENABLED_AT_KEY); an updated one keeps what it recorded."""
     views = ls.call("listing Data Manager views", ls.client.views.list, project=project_id) or []
-    by_title = {(v.data or {}).get("title"): v for v in views}
+    by_title = {tab_title(v): v for v in views if tab_title(v) is not None}
     out = []
     for data in tabs:
         view = by_title.get(data["title"])
@@ -60,7 +94,7 @@ def upsert_tabs(ls, project_id: int, tabs: list[dict], stale_prefix: str | None 
             data = {**data, ENABLED_AT_KEY: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             out.append((ls.call("creating the view", ls.client.views.create, project=project_id, data=data), True))
         else:
-            merged = {**(view.data or {}), **data}
+            merged = {**view_data(view), **data}
             out.append((ls.call("updating the view", ls.client.views.update, id=str(view.id), project=project_id,
                                 data=merged), False))
     wanted = {t["title"] for t in tabs}

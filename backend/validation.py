@@ -1,13 +1,22 @@
-"""Shape checks for what callers send, at the HTTP boundary.
+"""Shape checks for what callers send, at the HTTP boundary, and for data read from Label Studio.
 
 Every view validates its input here before anything else runs, so a malformed
 request gets a 400 whose message names the field (e.g. `tasks[3].id`), never a
-500 from deep inside the model code.
+500 from deep inside the model code. What the backend reads back from Label Studio
+(annotations, predictions, tabs) is checked with the helpers at the end, which never
+raise: one bad item is skipped, counted in `Skipped` and logged, never stops a project.
 """
 from __future__ import annotations
 
+import collections
+import logging
+import math
 import re
+import threading
+from datetime import datetime, timezone
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 _DIGITS = re.compile(r"[0-9]{1,15}")
 MAX_ID = 2**53  # ids are JSON numbers: larger ones are not exact anyway
@@ -124,3 +133,98 @@ def webhook(data: dict) -> str:
             if choices is not None and not isinstance(choices, list):
                 raise HttpError(400, f"'{name}.value.choices' must be a list, got {type(choices).__name__}")
     return action
+
+
+# --- data read from Label Studio ------------------------------------------------------------------
+# Annotations, predictions, tabs and label configs are stored by people and other tools: the
+# checks below never raise, they say why a value is unusable, and the caller skips that item only.
+MAX_IMAGE_SIDE = 100_000  # pixels: no image Label Studio can show is wider or taller
+EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
+LATEST = datetime(2200, 1, 1, tzinfo=timezone.utc)  # later ones are typos; epoch seconds stay exact
+MAX_TIMESTAMP_CHARS = 64
+
+
+def short(value: Any) -> str:
+    """`value` for a log line or an error message: its repr, at most 80 characters."""
+    return _short(value)
+
+
+def finite_number(value: Any) -> float | None:
+    """A JSON number as a finite float; None for anything else (bool, text, NaN, infinity)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond a float's range
+        return None
+    return number if math.isfinite(number) else None
+
+
+def image_side(value: Any) -> int | None:
+    """An image width or height in pixels (`original_width`/`original_height`), or None if it is
+    not a finite number in 1..MAX_IMAGE_SIDE: 0.5 would become 0 (a division by zero), 1e300 an
+    integer no array can hold."""
+    number = finite_number(value)
+    if number is None or not 1 <= number <= MAX_IMAGE_SIDE:
+        return None
+    return int(number)
+
+
+def parse_timestamp(value: Any) -> datetime | None:
+    """An ISO-8601 time as an aware UTC datetime, or None if it is not one or falls outside
+    1970..2200. A naive time is UTC (Label Studio's). Refused: e.g. '0001-01-01T00:00:00+14:00',
+    a valid string whose UTC time is before year 1 (no epoch conversion or date display survives it)."""
+    if not isinstance(value, str) or not value or len(value) > MAX_TIMESTAMP_CHARS:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.astimezone(timezone.utc)
+    except (ValueError, OverflowError):
+        return None
+    return parsed if EARLIEST <= parsed < LATEST else None
+
+
+class Skipped:
+    """Items read from Label Studio that were skipped, per kind, and the last few reasons (thread-safe).
+
+    Kinds: annotations, predictions, regions, image_sizes, label_values, tabs, dates. Counts are
+    since the process started: an item read at every retraining counts each time. Each skip is
+    logged with the task id and the reason (a warning the first time); /mcm/status reports `as_dict()`."""
+
+    KINDS = ("annotations", "predictions", "regions", "image_sizes", "label_values", "tabs", "dates")
+    RECENT = 10
+    LOGGED = 1000  # distinct items logged as warnings (the same item read again is logged at debug level)
+
+    def __init__(self, project_id: int | None = None) -> None:
+        self.project_id = project_id
+        self._counts = dict.fromkeys(self.KINDS, 0)
+        self._recent: collections.deque = collections.deque(maxlen=self.RECENT)
+        self._logged: set[tuple[str, int | None, str]] = set()
+        self._lock = threading.Lock()
+
+    def add(self, kind: str, task_id: Any, reason: str) -> None:
+        """Count, remember and log one skipped item (`task_id` None for a project-wide one)."""
+        if kind not in self._counts:
+            raise ValueError(f"unknown kind of skipped item {kind!r}; expected one of {self.KINDS}")
+        task, reason = (task_id if isinstance(task_id, int) and not isinstance(task_id, bool) else None), reason[:300]
+        with self._lock:
+            self._counts[kind] += 1
+            self._recent.append({"kind": kind, "task": task, "reason": reason})
+            first = (kind, task, reason) not in self._logged
+            if first:
+                if len(self._logged) >= self.LOGGED:
+                    self._logged.clear()
+                self._logged.add((kind, task, reason))
+        where = f"task {task}" if task is not None else "project-wide"
+        logger.log(logging.WARNING if first else logging.DEBUG, "project %s: skipped one of the %s read from Label "
+                   "Studio (%s): %s", self.project_id, kind, where, reason)
+
+    def count(self, kind: str) -> int:
+        with self._lock:
+            return self._counts[kind]
+
+    def as_dict(self) -> dict:
+        with self._lock:
+            return {**self._counts, "recent": list(self._recent)}
