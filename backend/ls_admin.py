@@ -1,10 +1,34 @@
 """Label Studio operations of the admin command, with one-line errors that name the cause."""
 from __future__ import annotations
 
+import re
 from typing import Any, Callable
 
 import httpx
 import requests
+
+# C0 controls (ESC starts terminal escape sequences), DEL, C1 controls (0x9b is a one-byte CSI), Unicode
+# line separators and bidirectional overrides: a value from Label Studio or the backend holding them could
+# recolour the terminal, move the cursor, forge output lines or reorder what the admin reads.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def clean_text(value: object) -> str:
+    """`value` as text safe to print on one terminal line: line breaks and tabs become spaces, every
+    other control character is dropped."""
+    text = value if isinstance(value, str) else str(value)
+    return _CONTROL.sub(lambda m: " " if m.group() in "\t\n\r" else "", text)
+
+
+def clean_json(value: Any) -> Any:
+    """A JSON value with every string (keys included) passed through clean_text."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {clean_text(k) if isinstance(k, str) else k: clean_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [clean_json(v) for v in value]
+    return value
 
 
 class AdminError(Exception):

@@ -1,14 +1,23 @@
 """The mining report's figures: matplotlib, rendered on the server as PNG.
 
 A figure without enough data is still drawn, with a message saying what is missing, so the page
-layout and the files `admin report` writes stay the same. Figures use matplotlib's object API
-(no pyplot state) and render one at a time.
+layout and the files `admin report` writes stay the same; one that fails to draw becomes such a
+message too (logged), never a 500.
+
+Text is drawn literally: class names come from Label Studio, and matplotlib would read `$...$` in
+them as mathtext (an unbalanced one raises). Every title, axis label, legend entry and text of ours
+has parse_math and usetex off (`_literal`), and no tick formatter here emits mathtext.
+
+No lock: figures use matplotlib's object API (Figure + FigureCanvasAgg, no pyplot state), each
+render owns its figure and renderer, matplotlib keeps its font objects per thread, and mathtext (whose
+parser is shared) is never used; so projects render in parallel (backend/report_source.Report
+renders each figure of a report once).
 """
 from __future__ import annotations
 
 import io
+import logging
 import textwrap
-import threading
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -18,11 +27,15 @@ from . import report
 if TYPE_CHECKING:
     from .report_source import Report
 
+logger = logging.getLogger(__name__)
+
 SIZE = (7.6, 4.3)
 DPI = 110
 PHASE_COLORS = {"before": "#9a9a9a", "after": "#1f77b4", "unknown": "#8064a2"}
 MINER_COLOR, BASELINE_COLOR, RATE_COLOR, TAIL_COLOR = "#1f77b4", "#e07b00", "#d62728", "#c0392b"
 MAX_VERSIONS_PLOTTED = 60
+MAX_NAMED_CLASSES = 12      # lines with a legend entry in `classes`; the others share one "other" entry
+MAX_TITLE_CLASSES = 3       # tail class names spelled out in a title (the legend lists more)
 TITLES = {
     "tail_yield": "Tail yield: share of tail-class labels",
     "classes": "Labeled tasks per class",
@@ -30,7 +43,6 @@ TITLES = {
     "pool_scores": "Scores of the unlabeled pool",
     "versions": "Model versions",
 }
-_RENDER_LOCK = threading.Lock()  # matplotlib's text layout and font cache are not thread-safe
 
 
 # ------------------------------------------------------------------------------ what each figure can show
@@ -89,6 +101,27 @@ def _message_figure(title: str, status: str, message: str):
     ax.text(0.5, 0.5, "\n".join(_wrap(message, 64)), ha="center", va="top", fontsize=11, color="#555555",
             transform=ax.transAxes, bbox={"boxstyle": "round,pad=0.8", "facecolor": "#f4f4f4", "edgecolor": "#cccccc"})
     return fig
+
+
+def _literal(fig) -> None:
+    """Every text of ours in `fig` drawn as is: no mathtext (`$`), no LaTeX. Tick labels are left alone
+    (ours are numbers, version numbers and times, and their formatters emit no mathtext)."""
+    for ax in fig.axes:
+        texts = [ax.title, getattr(ax, "_left_title", None), getattr(ax, "_right_title", None),
+                 ax.xaxis.label, ax.yaxis.label, *ax.texts]
+        legend = ax.get_legend()
+        if legend is not None:
+            texts += [*legend.get_texts(), legend.get_title()]
+        for text in texts:
+            if text is not None:
+                text.set_parse_math(False)
+                text.set_usetex(False)
+
+
+def _names(names: list[str], limit: int = MAX_TITLE_CLASSES) -> str:
+    """At most `limit` names, then how many more."""
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def _wrap(text: str, width: int) -> list[str]:
@@ -150,34 +183,63 @@ def _fig_tail_yield(rep: "Report"):
 TAIL_LINE_COLORS = ("#d62728", "#8e44ad", "#e67e22", "#8c564b", "#c2185b", "#2e7d32")
 
 
+def named_classes(rep: "Report") -> list[str]:
+    """The classes drawn with their own line colour and legend entry: the tail classes, then the most
+    labeled others, MAX_NAMED_CLASSES in all (all of them when only one more would be left over)."""
+    counts = rep.summary["labeled_per_class"]
+    if len(rep.classes) <= MAX_NAMED_CLASSES + 1:
+        return list(rep.classes)
+    by_count = sorted(rep.classes, key=lambda c: (c not in rep.tail, -counts.get(c, 0), c))
+    return by_count[:MAX_NAMED_CLASSES]
+
+
+def _steps(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The vertices of a step line that holds each y until the next x (matplotlib's steps-post)."""
+    xs = np.repeat(x, 2)[1:]
+    ys = np.repeat(y, 2)[:-1]
+    return np.column_stack([xs, ys])
+
+
 def _fig_classes(rep: "Report"):
+    """Cumulative labels per class; beyond MAX_NAMED_CLASSES, the other classes are thin grey lines
+    under one legend entry (2,000 legend entries took 13 s to lay out and could not be read)."""
+    from matplotlib import colormaps
+    from matplotlib.collections import LineCollection
+    from matplotlib.lines import Line2D
+
     fig = _new_figure()
     ax = fig.add_subplot()
-    series = report.cumulative_per_class(rep.events, rep.classes)
-    x = np.arange(1, len(rep.events) + 1)
+    steps = report.class_steps(rep.events, rep.classes)
     counts, ratios = rep.summary["labeled_per_class"], rep.summary["skewness_ratio"]
-    from matplotlib import colormaps
-
-    heads = [c for c in rep.classes if c not in rep.tail]
+    named = named_classes(rep)
+    heads = [c for c in named if c not in rep.tail]
     blues = colormaps["Blues"]
-    for k, name in enumerate(rep.classes):
+    others = [c for c in rep.classes if c not in set(named)]
+    if others:
+        ax.add_collection(LineCollection([_steps(*steps[c]) for c in others], colors="#b8b8b8", linewidths=0.6,
+                                         zorder=1))
+    for name in named:
         is_tail = name in rep.tail
         color = TAIL_LINE_COLORS[rep.tail.index(name) % len(TAIL_LINE_COLORS)] if is_tail else \
             blues(0.4 + 0.5 * heads.index(name) / max(1, len(heads) - 1))
-        ax.plot(x, series[name], color=color, linewidth=2.8 if is_tail else 1.0, zorder=3 if is_tail else 2,
+        ax.step(*steps[name], where="post", color=color, linewidth=2.8 if is_tail else 1.0,
+                zorder=3 if is_tail else 2,
                 label=f"{name[:18]}: {counts[name]} (r={ratios[name]:.2f}{', tail' if is_tail else ''})")
     if rep.enabled_at is not None:
         index = next((i for i, e in enumerate(rep.events) if e.at >= rep.enabled_at), len(rep.events))
         _enabled_line(ax, index + 0.5, rep)
+    handles, labels = ax.get_legend_handles_labels()
+    if others:
+        n_tail = sum(1 for c in others if c in rep.tail)
+        handles.append(Line2D([], [], color="#b8b8b8", linewidth=0.6))
+        labels.append(f"other ({len(others)} classes" + (f", {n_tail} tail)" if n_tail else ")"))
     ax.set_xlim(0, max(1, len(rep.events)))
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(0, max([int(y[-1]) for _x, y in steps.values()] + [1]) * 1.05)
     ax.set_xlabel("labeled tasks, in the order they were first annotated")
     ax.set_ylabel("labeled tasks of the class (cumulative)")
-    tails = ", ".join(rep.tail) or "none"
-    ax.set_title(f"{TITLES['classes']} — tail classes (thick): {tails}; r = count / mean count, tail if r < 0.3",
-                 fontsize=10, loc="left")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7.5, frameon=False,
-              ncol=1 if len(rep.classes) <= 14 else 2)
+    ax.set_title(f"{TITLES['classes']} — tail classes (thick): {_names(rep.tail) or 'none'}; r = count / mean "
+                 "count, tail if r < 0.3", fontsize=10, loc="left")
+    ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7.5, frameon=False)
     ax.grid(alpha=0.3)
     return fig
 
@@ -216,6 +278,8 @@ def _fig_precision_recall(rep: "Report"):
 
 
 def _fig_pool_scores(rep: "Report"):
+    from matplotlib.ticker import FuncFormatter
+
     fig = _new_figure()
     ax = fig.add_subplot()
     pool = rep.summary["pool"]
@@ -240,6 +304,7 @@ def _fig_pool_scores(rep: "Report"):
                 transform=ax.transAxes, fontsize=8, color="#555555")
     if counts.max(initial=0) > 60:  # a long tail of few high scores stays visible next to the many low ones
         ax.set_yscale("symlog", linthresh=10)
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{value:g}"))  # its default is mathtext
         ax.set_ylabel("unlabeled tasks (log scale above 10)")
     else:
         ax.set_ylabel("unlabeled tasks")
@@ -288,10 +353,22 @@ DRAW = {"tail_yield": _fig_tail_yield, "classes": _fig_classes, "precision_recal
         "pool_scores": _fig_pool_scores, "versions": _fig_versions}
 
 
-def render_figure(rep: "Report", name: str) -> bytes:
-    """One figure as PNG bytes (the too-little-data message when it cannot be drawn)."""
+def draw_figure(rep: "Report", name: str):
+    """One figure (the too-little-data message when there is nothing to draw yet), all its text literal."""
     state = figure_states(rep)[name]
-    with _RENDER_LOCK:
-        fig = DRAW[name](rep) if state["status"] == "ok" else \
-            _message_figure(TITLES[name], state["status"], state["message"])
+    fig = DRAW[name](rep) if state["status"] == "ok" else _message_figure(TITLES[name], state["status"],
+                                                                          state["message"])
+    _literal(fig)
+    return fig
+
+
+def render_figure(rep: "Report", name: str) -> bytes:
+    """One figure as PNG bytes; a figure that fails to draw becomes a message naming the error (logged)."""
+    try:
+        return _png(draw_figure(rep, name))
+    except Exception as exc:  # one figure never breaks the page nor answers 500
+        logger.exception("project %s: the report's %s figure could not be drawn", rep.project_id, name)
+        fig = _message_figure(TITLES[name], "failed", f"could not be drawn ({exc.__class__.__name__}); see the "
+                                                      "backend's log")
+        _literal(fig)
         return _png(fig)
