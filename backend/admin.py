@@ -7,7 +7,7 @@ and checks each one.
 
     python -m backend.admin [--ls-url URL] [--api-key KEY] COMMAND --project N ...
 
-Commands: connect, enable-ordering, retrain, status, report. Every failure prints one line naming the
+Commands: connect, enable-ordering, tail-classes, retrain, status, report. Every failure prints one line naming the
 cause (Label Studio unreachable, bad token, unknown project, backend not connected) and exits 1.
 """
 from __future__ import annotations
@@ -22,8 +22,10 @@ from typing import Any, Sequence
 from . import labelstudio
 from . import tabs as tabs_mod
 from .admin_report import cmd_report
-from .backend_client import backend_get, backend_status, basic_auth_from_env
-from .ls_admin import AdminError, LabelStudioAdmin
+from .backend_client import (Backend, backend_get, backend_status, basic_auth_from_env, configured_backend_url,
+                             resolve_backend)
+from .label_config import LabelConfigError, declare_tail, parse_label_config
+from .ls_admin import AdminError, LabelStudioAdmin, clean_json, clean_text
 from .tabs import VIEW_TITLE
 
 UNCERTAINTY_SAMPLING = "Uncertainty sampling"
@@ -34,8 +36,8 @@ SEQUENTIAL_SAMPLING = "Sequential sampling"
 def cmd_connect(ls: LabelStudioAdmin, args: argparse.Namespace) -> int:
     project = ls.project(args.project)
     backend_url = args.url.rstrip("/")
-    backend_get(backend_url, "/health")  # fail early with a clear line when the backend is down
     auth = basic_auth_from_env()
+    backend_get(Backend(backend_url, auth), "/health")  # fail early with a clear line when the backend is down
     fields: dict[str, Any] = dict(url=backend_url, project=project.id, title=args.title, is_interactive=False)
     if auth:
         fields.update(auth_method="BASIC_AUTH", basic_auth_user=auth[0], basic_auth_pass=auth[1])
@@ -47,7 +49,7 @@ def cmd_connect(ls: LabelStudioAdmin, args: argparse.Namespace) -> int:
         ml = ls.call(f"registering the ML backend {backend_url} (Label Studio must reach it: for a loopback "
                      "backend start Label Studio with ML_BLOCK_LOCAL_IP=false USE_DEFAULT_BANNED_SUBNETS=false)",
                      ls.client.ml.create, **fields)
-        print(f"registered ML backend {ml.id} ({backend_url}) for project {project.id} '{project.title}'")
+        print(f"registered ML backend {ml.id} ({backend_url}) for project {project.id} '{clean_text(project.title)}'")
 
     # Label Studio creates a webhook <backend>/webhook for annotation events when the backend is
     # registered; it does not carry the basic-auth credentials (only START_TRAINING does).
@@ -97,20 +99,27 @@ def newest_prediction_version(ls: LabelStudioAdmin, project_id: int, preferred: 
     return versions[0]["model_version"], int(versions[0].get("count") or 0)
 
 
+def backend_of(ml: Any, url: str | None) -> Backend:
+    """The backend to ask for its status: --url / MCM_BACKEND_URL (with the credentials), else the URL
+    Label Studio stores for the project's ML backend (without them; refused when they are set)."""
+    return resolve_backend(url, ml.url)
+
+
 def cmd_enable_ordering(ls: LabelStudioAdmin, args: argparse.Namespace) -> int:
     project = ls.project(args.project)
     ml = ls.connected_backend(project.id)
     status: dict | None = None
     try:
-        status = backend_status(ml.url, project.id)
+        status = backend_status(backend_of(ml, args.url), project.id)
     except AdminError as exc:
         print(f"warning: could not read the backend's status ({exc}); using Label Studio's newest predictions")
     version, count = newest_prediction_version(ls, project.id, (status or {}).get("model_version"))
+    shown_old, shown_new = clean_text(repr(project.model_version)), clean_text(repr(version))
     if project.model_version != version:
         ls.call("setting project.model_version", ls.client.projects.update, id=project.id, model_version=version)
-        print(f"project.model_version: {project.model_version!r} -> {version!r} ({count} predictions)")
+        print(f"project.model_version: {shown_old} -> {shown_new} ({count} predictions)")
     else:
-        print(f"project.model_version already {version!r} ({count} predictions)")
+        print(f"project.model_version already {shown_new} ({count} predictions)")
 
     tabs = [tabs_mod.tab_data(args.view_title)]
     if args.lanes > 1:
@@ -142,24 +151,48 @@ def cmd_enable_ordering(ls: LabelStudioAdmin, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tail_classes(ls: LabelStudioAdmin, args: argparse.Namespace) -> int:
+    """Show, or set, the classes the admin hunts: stored in the project's label config as
+    mcm_tail="true" on their <Choice>/<Label> (visible and editable in Settings > Labeling Interface)."""
+    project = ls.project(args.project)
+    try:
+        config = parse_label_config(project.label_config or "")
+        if args.set is not None or args.only_declared:
+            names = [n.strip() for n in (args.set or ",".join(config.declared_tail)).split(",") if n.strip()]
+            edited = declare_tail(project.label_config, names, count_rule=not args.only_declared)
+            if edited != project.label_config:
+                ls.call("saving the label config", ls.client.projects.update, id=project.id, label_config=edited)
+            config = parse_label_config(edited)
+    except LabelConfigError as exc:
+        raise AdminError(str(exc)) from None
+    declared = ", ".join(clean_text(c) for c in config.declared_tail) or "none"
+    print(f"declared tail classes: {declared}; the count rule "
+          f"{'also adds classes rare beyond chance' if config.count_tail else 'is off (declared classes only)'}")
+    if args.set is not None or args.only_declared:
+        print("The next training uses them (Start Training on the Model page, or `python -m backend.admin retrain "
+              f"--project {project.id}`).")
+    return 0
+
+
 def cmd_retrain(ls: LabelStudioAdmin, args: argparse.Namespace) -> int:
     project = ls.project(args.project)
     ml = ls.connected_backend(project.id)
     ls.call(f"requesting training from ML backend {ml.id}", ls.client.ml.train, id=ml.id)
-    print(f"training requested from {ml.url} for project {project.id}; "
+    print(f"training requested from {clean_text(ml.url)} for project {project.id}; "
           f"follow it with `python -m backend.admin status --project {project.id}`")
     return 0
 
 
-def collect_status(ls: LabelStudioAdmin, project_id: int) -> dict:
+def collect_status(ls: LabelStudioAdmin, project_id: int, url: str | None = None) -> dict:
+    """Label Studio's and the backend's view of the project; every string cleaned for printing."""
     project = ls.project(project_id)
     ml = ls.connected_backend(project.id)
     try:
-        backend = backend_status(ml.url, project.id)
+        backend = backend_status(backend_of(ml, url), project.id)
     except AdminError as exc:
         backend = {"error": str(exc)}
     versions = ls.model_versions(project.id)
-    return {
+    return clean_json({
         "label_studio": {
             "url": ls.url,
             "project": project.id,
@@ -174,11 +207,11 @@ def collect_status(ls: LabelStudioAdmin, project_id: int) -> dict:
             "ml_backend": {"id": ml.id, "url": ml.url, "state": getattr(ml, "state", None)},
         },
         "backend": backend,
-    }
+    })
 
 
 def cmd_status(ls: LabelStudioAdmin, args: argparse.Namespace) -> int:
-    info = collect_status(ls, args.project)
+    info = collect_status(ls, args.project, args.url)
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return 0
@@ -210,6 +243,10 @@ def cmd_status(ls: LabelStudioAdmin, args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- entry point
+BACKEND_URL_HELP = ("backend URL to read its status from, with BASIC_AUTH_USER/BASIC_AUTH_PASS (default: "
+                    "$MCM_BACKEND_URL, else the ML backend URL stored in Label Studio, contacted without credentials)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m backend.admin",
@@ -237,7 +274,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lanes", type=int, default=1, metavar="N",
                    help="also create N tabs over disjoint shares of the unlabeled tasks, one per annotator working "
                    "at the same time (Label Studio serves a tab's first task to everyone on it). Default: 1")
+    p.add_argument("--url", default=None, help=BACKEND_URL_HELP)
     p.set_defaults(func=cmd_enable_ordering)
+
+    p = sub.add_parser("tail-classes", help="show or declare the classes to hunt (stored in the label config as "
+                                            "mcm_tail=\"true\"; the count rule still adds others unless "
+                                            "--only-declared)")
+    p.add_argument("--project", type=int, required=True)
+    p.add_argument("--set", default=None, metavar="A,B", help="comma-separated class names to declare tail "
+                   "(replaces the current declaration; '' clears it)")
+    p.add_argument("--only-declared", action="store_true", help="no class becomes tail by its counts alone")
+    p.set_defaults(func=cmd_tail_classes)
 
     p = sub.add_parser("retrain", help="ask the connected backend to train now")
     p.add_argument("--project", type=int, required=True)
@@ -247,8 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "pool scores, versions) as PNG files, summary.json and report.html, fetched from the backend")
     p.add_argument("--project", type=int, required=True)
     p.add_argument("--out", default=None, metavar="DIR", help="where to write (default: ./mcm-report-<project>)")
-    p.add_argument("--url", default=None, help="backend URL (default: the ML backend connected to the project in "
-                   "Label Studio; with --url, Label Studio is not contacted)")
+    p.add_argument("--url", default=None, help="backend URL (default: $MCM_BACKEND_URL, else the ML backend "
+                   "connected to the project in Label Studio, which never gets the basic-auth credentials; with "
+                   "--url or $MCM_BACKEND_URL, Label Studio is not contacted)")
     p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                    help="wait up to this long for the held-out evaluation if it is being computed")
     p.set_defaults(func=cmd_report)
@@ -256,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="model version, labeled per class, tail classes, last training, scored tasks")
     p.add_argument("--project", type=int, required=True)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--url", default=None, help=BACKEND_URL_HELP)
     p.set_defaults(func=cmd_status)
     return parser
 
@@ -270,12 +319,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "wait", 0.0) < 0:
         parser.error("--wait must be >= 0")
     try:
-        # `report --url` talks to the backend only (it may run where Label Studio is not reachable).
-        ls = None if getattr(args, "url", None) and args.command == "report" else \
+        # `report` with --url / MCM_BACKEND_URL talks to the backend only (Label Studio may not be reachable).
+        ls = None if args.command == "report" and configured_backend_url(args.url) else \
             LabelStudioAdmin(args.ls_url, args.api_key)
         return args.func(ls, args)
     except AdminError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {clean_text(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

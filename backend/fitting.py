@@ -15,6 +15,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from mcm_core.tails import TailSet
+
+from .label_config import LabelConfig
 from .labels import LabeledTasks, collect_labels
 from .settings import Settings
 from .versions import LoadedModel
@@ -33,7 +36,7 @@ def train_project(project_id: int, context: "Context", rescore: bool = True) -> 
     project_id = int(project_id)
     started = time.monotonic()
     state = context.projects.get(project_id)
-    labeled = collect_labels(context.client(), project_id)
+    labeled = collect_labels(context.client(), project_id, state.skipped)
     config = state.config = labeled.config
     kind, options = None, None
     if config.detection:  # box-level rows: annotated boxes, their imprecise copies, background (one more class)
@@ -56,8 +59,9 @@ def train_project(project_id: int, context: "Context", rescore: bool = True) -> 
     logger.info("project %s: training on %d %s (%s) of %d annotated tasks (%d training rows), backbone %s",
                 project_id, len(objects), what, dict(counts), len(labeled.annotated_ids), len(y),
                 context.settings.backbone)
-    miner, trained_backbone = fit_miner(project_id, context, keys, y, n_classes, kind, options)
-    meta = version_meta(project_id, labeled, objects, counts, context.settings)
+    tail = project_tail(project_id, config, objects)
+    miner, trained_backbone = fit_miner(project_id, context, keys, y, n_classes, kind, options, tail.classes)
+    meta = version_meta(project_id, labeled, objects, counts, context.settings, tail)
     if config.detection:  # no tail class has a labeled box yet: box scores add uncertainty x novelty
         from mcm_core.detection import cold_start_classes
 
@@ -77,8 +81,20 @@ def train_project(project_id: int, context: "Context", rescore: bool = True) -> 
     return version
 
 
+def project_tail(project_id: int, config: LabelConfig, objects: np.ndarray) -> TailSet:
+    """The tail classes of a new version (LabelConfig.tail_set), logged with the rule that chose them.
+    One set for the miner, the queue, the report and the held-out evaluation (they read the meta)."""
+    tail = config.tail_set(objects)
+    if config.declared_tail and not tail.declared:
+        logger.warning("project %s: every labeled class is declared tail (%s); the declaration waits until a head "
+                       "class has labels", project_id, list(config.declared_tail))
+    logger.info("project %s: tail classes %s (%s)", project_id, [config.classes[k] for k in tail.classes],
+                tail.describe(config.classes))
+    return tail
+
+
 def fit_miner(project_id: int, context: "Context", keys, y: np.ndarray, num_classes: int, kind: str | None = None,
-              options: dict | None = None):
+              options: dict | None = None, tail_classes: tuple[int, ...] | None = None):
     """(fitted MinorityMiner, the trained simple-cnn or None) on the cached rows `keys` (of the cache
     `kind`: None = the extractor's; a detector's box features are frozen)."""
     from mcm_core import MinorityMiner
@@ -93,19 +109,18 @@ def fit_miner(project_id: int, context: "Context", keys, y: np.ndarray, num_clas
     features = context.ingest.features(project_id, keys, trained_backbone=trained_backbone, kind=kind)
     t0 = time.monotonic()
     options = settings.miner_kwargs if options is None else options
-    miner = MinorityMiner(num_classes=num_classes, seed=settings.seed, **options).fit(features, y)
+    miner = MinorityMiner(num_classes=num_classes, seed=settings.seed, **options).fit(features, y, tail_classes)
     logger.info("project %s: fitted miner on %d x %d features in %.1fs", project_id, *features.shape,
                 time.monotonic() - t0)
     return miner, trained_backbone
 
 
 def version_meta(project_id: int, labeled: LabeledTasks, y: np.ndarray, counts: collections.Counter,
-                 settings: Settings) -> dict:
+                 settings: Settings, tail: TailSet) -> dict:
     """meta.json of a new version: what it was trained on and how to read tasks and write predictions.
     `y`: the class of each labeled task, or of each annotated box (detection)."""
-    from mcm_core.metrics import tail_classes
-
     config = labeled.config
+    names = config.classes
     detection = {"candidates": settings.detection_candidates, "top_k": settings.detection_top_k,
                  "background_class": len(config.classes)} if config.detection else {}
     return {
@@ -115,7 +130,8 @@ def version_meta(project_id: int, labeled: LabeledTasks, y: np.ndarray, counts: 
         "n_labeled": int(len(y)), "n_annotated_tasks": len(labeled.annotated_ids),
         "n_skipped": len(labeled.annotated_ids) - len(labeled.tasks if config.detection else y),
         "labeled_per_class": {c: int(counts.get(c, 0)) for c in config.classes},
-        "tail_classes": [config.classes[k] for k in tail_classes(y, len(config.classes))],  # < 0.3 x mean count
+        "tail_classes": [names[k] for k in tail.classes], "tail_declared": [names[k] for k in tail.declared],
+        "tail_counted": [names[k] for k in tail.counted], "tail_rule": tail.describe(names),
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "seed": settings.seed,
     }

@@ -30,6 +30,7 @@ from mcm_core.atomic import atomic_savez, atomic_write_json
 from . import report
 from .label_config import config_from_meta
 from .labels import collect_labels
+from .labelstudio import describe_error, traceback_is_safe
 from .scoring import map_scores
 
 if TYPE_CHECKING:
@@ -96,7 +97,7 @@ def cross_validate(y: np.ndarray, num_classes: int, tail_idx: Sequence[int], fol
             raise Postponed(f"stopped before fold {fold + 1} of {folds}")
         train, test = fold_of != fold, fold_of == fold
         x, x_pool = fold_features(train)
-        miner = make_miner().fit(x[train], y[train])
+        miner = make_miner().fit(x[train], y[train], tail_idx)  # the version's tail set, as in training
         scores["miner"][test] = map_scores(miner.score_samples(x[test]), miner.score_upper_bound, transform)
         predicted[test] = np.asarray(miner.predict_proba(x[test])).argmax(axis=1)
         if x_pool is not None and len(x_pool):
@@ -213,9 +214,10 @@ class HeldOut:
                 with self._lock:
                     self._pending.setdefault(project_id, version)
             except Exception as exc:  # one failing project never stops the others' evaluations
-                logger.exception("project %s: held-out evaluation of %s failed", project_id, version)
+                logger.error("project %s: held-out evaluation of %s failed: %s", project_id, version,
+                             describe_error(exc), exc_info=traceback_is_safe(exc))
                 with self._lock:
-                    self._failed[(project_id, version)] = (self.clock(), f"{exc.__class__.__name__}: {exc}")
+                    self._failed[(project_id, version)] = (self.clock(), describe_error(exc))
             finally:
                 with self._lock:
                     self._running = None

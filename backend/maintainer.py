@@ -4,7 +4,8 @@ One thread per web process wakes every MCM_MAINTAIN_SECONDS and, for each projec
 with a model (skipping a project while it trains, and any project another process
 is already maintaining), in this order:
 1. recover: a model trained but never published (the process died between saving
-   it and pushing its scores) is published now; if Label Studio's
+   it and pushing its scores) is published now (not one that had nothing to score: every
+   task labeled; it waits for new tasks, found by 2.); if Label Studio's
    project.model_version lags ours (an older version of ours, empty, or the ML
    backend's title, as Label Studio sets it on connect) it is switched back. A
    version that is not ours (another model the team chose) is left alone and
@@ -24,6 +25,7 @@ from typing import Callable
 from . import labelstudio
 from .label_config import config_from_meta
 from .ledger import project_lock
+from .publishing import has_nothing_to_score
 from .refresh import refresh_project
 from .report_source import remember_enabled_at
 from .scoring import outside_window, score_tasks
@@ -47,10 +49,12 @@ class Maintainer:
 
     def __init__(self, context, is_busy: Callable[[int], bool], *, interval: float | None = None,
                  clock: Callable[[], float] = time.time,
-                 on_settled: Callable[[int, str], None] | None = None) -> None:
+                 on_settled: Callable[[int, str], None] | None = None,
+                 is_connected: Callable[[int], bool] = lambda project_id: True) -> None:
         self.context = context
         self.settings = context.settings
         self.is_busy = is_busy
+        self.is_connected = is_connected  # the web app's check (backend/connections.py): models alone do not count
         self.on_settled = on_settled  # a version current for MCM_FILL_AFTER_SECONDS (the report evaluates it)
         self.interval = float(interval if interval is not None else self.settings.maintain_seconds)
         self.clock = clock
@@ -82,7 +86,8 @@ class Maintainer:
             for project_id in self.context.projects.known():
                 if self._stop.is_set():
                     return
-                self.maintain_logged(project_id)
+                if self.is_connected(project_id):
+                    self.maintain_logged(project_id)
             self._wake.wait(self.interval)
             self._wake.clear()
 
@@ -92,8 +97,8 @@ class Maintainer:
         except Exception as exc:  # Label Studio down, disk full...: try again next pass
             now = self.clock()
             if now - self._logged_error_at.get(project_id, 0.0) >= ERROR_LOG_SECONDS:
-                logger.warning("project %s: queue upkeep failed (%s: %s); retrying every %.0fs", project_id,
-                               exc.__class__.__name__, exc, self.interval)
+                logger.warning("project %s: queue upkeep failed (%s); retrying every %.0fs", project_id,
+                               labelstudio.describe_error(exc), self.interval)
                 self._logged_error_at[project_id] = now
 
     # -- one pass for one project ------------------------------------------------------------------
@@ -131,7 +136,7 @@ class Maintainer:
     def recover(self, project_id: int, publisher, version: str) -> str | None:
         """Publish an unpublished model; point Label Studio back at ours if it lags. Returns LS's version."""
         ledger = publisher.ledger.read()
-        if ledger.get("current") != version:
+        if ledger.get("current") != version and not has_nothing_to_score(ledger, version):  # that one waits for tasks
             entry = ledger["versions"].get(version) or {}
             if entry.get("pushed"):
                 logger.warning("project %s: %s was pushed but never made current; switching now", project_id, version)
@@ -147,11 +152,14 @@ class Maintainer:
         client = self.context.client()
         current = publisher.ledger.read().get("current")
         lsv = labelstudio.get_project(client, project_id).get("model_version") or ""
+        lsv = lsv if isinstance(lsv, str) else ""  # anything else is no version of anyone's
         self._checked_at[project_id] = now
         try:  # when enable-ordering created the tab, remembered before a person's edit in the UI can drop it
-            remember_enabled_at(client, project_id, self.settings.project_dir(project_id))
+            remember_enabled_at(client, project_id, self.settings.project_dir(project_id),
+                                self.context.projects.get(project_id).skipped)
         except Exception as exc:  # the report says "unknown" meanwhile; never stops the upkeep
-            logger.info("project %s: cannot read the Data Manager tabs: %s", project_id, exc)
+            logger.info("project %s: cannot read the Data Manager tabs: %s", project_id,
+                        labelstudio.describe_error(exc))
         if current and lsv != current:
             if not lsv or is_our_version(lsv) or lsv in labelstudio.backend_titles(client, project_id):
                 logger.warning("project %s: Label Studio's model_version is %r, not %s; switching it back",
@@ -179,6 +187,9 @@ class Maintainer:
         new = [t for t in listed if int(t["id"]) not in before]
         if not new:
             return 0
+        if has_nothing_to_score(self.context.ledger(project_id), model.version):  # its first tasks: publish it
+            refresh_project(project_id, self.context, lock=False)
+            return len(new)
         part, _skipped = score_tasks(project_id, new, self.context, model)
         part = part.rescored(outside_window(part.scores, model.miner))
         pushed = self.context.publisher(project_id, config).add_tasks(part)

@@ -20,14 +20,19 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import datetime as dt
+import logging
+import time
 from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from mcm_core.metrics import auc_pr, pr_curve, skewness_ratios, tail_classes
+from mcm_core.metrics import auc_pr, pr_curve, skewness_ratios
 
 from .label_config import LabelConfig
 from .labels import annotation_choice, task_boxes, task_label
+from .validation import Skipped, parse_timestamp
+
+logger = logging.getLogger(__name__)
 
 BUCKET_SIZE = 50
 PRECISION_TARGET = 0.5          # "likely tail": held-out precision at least this high above the score
@@ -50,31 +55,57 @@ class LabelEvent:
         return any(c in classes for c in self.classes)
 
 
+EARLIEST_TIME = 946_684_800.0   # 2000-01-01T00:00:00Z: no Label Studio date is older
+FUTURE_SLACK = 86_400.0         # a date up to a day ahead of this clock is a skewed clock, not a forgery
+TIME_RANGE = "2000-01-01 .. now + 1 day"
+
+
 def parse_time(value: object) -> float | None:
-    """Label Studio's ISO-8601 timestamps ('2026-01-02T03:04:05.123456Z') as epoch seconds; None if unusable."""
+    """ISO-8601 timestamps ('2026-01-02T03:04:05.123456Z') as epoch seconds; None if unusable."""
     if not isinstance(value, str) or not value:
         return None
     try:
         parsed = dt.datetime.fromisoformat(value.strip())
-    except ValueError:
+        if parsed.tzinfo is None:  # Label Studio stores UTC
+            parsed = parsed.replace(tzinfo=dt.timezone.utc)
+        return parsed.timestamp()
+    except (ValueError, OverflowError):
         return None
-    if parsed.tzinfo is None:  # Label Studio stores UTC
-        parsed = parsed.replace(tzinfo=dt.timezone.utc)
-    return parsed.timestamp()
+
+
+def in_time_range(seconds: float | None, now: float | None = None) -> bool:
+    """Whether a time can be a real Label Studio date (TIME_RANGE)."""
+    now = time.time() if now is None else now
+    return seconds is not None and EARLIEST_TIME <= seconds <= now + FUTURE_SLACK
+
+
+def label_studio_time(value: object, now: float | None = None) -> float | None:
+    """A date read from Label Studio (annotations, tabs) as epoch seconds; None if unusable or outside
+    TIME_RANGE. Why the range: any Label Studio user can write such dates (a tab's data, an import), and
+    a year-1 date cannot even be printed back (`iso`), a far-future one would split the report anywhere."""
+    parsed = parse_timestamp(value)
+    seconds = None if parsed is None else parsed.timestamp()
+    return seconds if in_time_range(seconds, now) else None
 
 
 def iso(seconds: float | None) -> str | None:
+    """Epoch seconds as '2026-01-02T03:04:05Z' (None for None or a time no calendar date holds)."""
     if seconds is None:
         return None
-    return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (ValueError, OverflowError, OSError):
+        return None
 
 
-def label_events(tasks: Iterable[dict], config: LabelConfig) -> tuple[list[LabelEvent], int]:
+def label_events(tasks: Iterable[dict], config: LabelConfig, skipped: Skipped | None = None,
+                 now: float | None = None) -> tuple[list[LabelEvent], int]:
     """(one LabelEvent per task with a usable label, in time order; non-cancelled annotations).
 
     The annotations count is Label Studio's `total_annotations_number` (skips excluded). A task's
     time is the creation of its first annotation with a choice (updated_at if Label Studio sent
-    no created_at); a task with no readable time is left out of the events.
+    no created_at); times outside TIME_RANGE are ignored, and a task left with no time is left out
+    of the events (counted in `skipped` as "dates", with its id).
     """
     events, n_annotations = [], 0
     for task in tasks:
@@ -91,10 +122,13 @@ def label_events(tasks: Iterable[dict], config: LabelConfig) -> tuple[list[Label
             if label is None:
                 continue
             objects, usable = None, [a for a in annotations if annotation_choice(a, config) is not None]
-        times = [parse_time(a.get("created_at")) or parse_time(a.get("updated_at")) for a in usable]
+        times = [label_studio_time(a.get("created_at"), now) or label_studio_time(a.get("updated_at"), now)
+                 for a in usable]
         times = [t for t in times if t is not None]
         if times:
             events.append(LabelEvent(int(task["id"]), min(times), label, objects))
+        elif skipped is not None:
+            skipped.add("dates", int(task["id"]), f"no annotation time within {TIME_RANGE}: left out of the report")
     events.sort(key=lambda e: (e.at, e.task_id))
     return events, n_annotations
 
@@ -178,20 +212,46 @@ def class_counts(events: Iterable[LabelEvent], classes: Sequence[str]) -> dict[s
     return counts
 
 
+def class_steps(events: Sequence[LabelEvent], classes: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per class, the cumulative count as a step function: (event numbers 1..n where it changed, the count
+    from there on), starting at (0, 0) and ending at (n, final count). Its size is the number of labels,
+    not classes x events, so thousands of classes stay cheap to draw."""
+    index = {c: k for k, c in enumerate(classes)}
+    xs: list[list[int]] = [[0] for _ in classes]
+    ys: list[list[int]] = [[0] for _ in classes]
+    ordered = sorted(events, key=lambda e: (e.at, e.task_id))
+    for number, event in enumerate(ordered, start=1):
+        for name in event.classes:
+            k = index.get(name)
+            if k is None:
+                continue
+            if xs[k][-1] == number:
+                ys[k][-1] += 1
+            else:
+                xs[k].append(number)
+                ys[k].append(ys[k][-1] + 1)
+    for x, y in zip(xs, ys):
+        if x[-1] != len(ordered):
+            x.append(len(ordered))
+            y.append(y[-1])
+    return {c: (np.asarray(x, dtype=np.int64), np.asarray(y, dtype=np.int64)) for c, x, y in zip(classes, xs, ys)}
+
+
 def cumulative_per_class(events: Sequence[LabelEvent], classes: Sequence[str]) -> dict[str, np.ndarray]:
     """Per class, how many tasks of it were labeled after each label event (time order)."""
     ordered = sorted(events, key=lambda e: (e.at, e.task_id))
     return {c: np.cumsum([e.classes.count(c) for e in ordered]).astype(np.int64) for c in classes}
 
 
-def skewness(counts: Mapping[str, int], classes: Sequence[str]) -> tuple[dict[str, float], list[str]]:
-    """(per-class skewness ratio = count / mean count, the tail classes: ratio < 0.3), as in training."""
+def skewness(counts: Mapping[str, int], config: LabelConfig) -> tuple[dict[str, float], list[str]]:
+    """(per-class skewness ratio = count / mean count, the tail classes by the training rule,
+    LabelConfig.tail_set: declared ones plus those rare beyond chance)."""
+    classes = config.classes
     labels = np.repeat(np.arange(len(classes)), [int(counts.get(c, 0)) for c in classes])
+    tail = [classes[k] for k in config.tail_set(labels).classes]
     if len(labels) == 0:
-        return {c: 0.0 for c in classes}, []
-    ratios = skewness_ratios(labels, len(classes))
-    return ({c: round(float(r), 4) for c, r in zip(classes, ratios)},
-            [classes[k] for k in tail_classes(labels, len(classes))])
+        return {c: 0.0 for c in classes}, tail
+    return {c: round(float(r), 4) for c, r in zip(classes, skewness_ratios(labels, len(classes)))}, tail
 
 
 # ---------------------------------------------------------------------------------- held-out ranking

@@ -35,6 +35,9 @@ td:first-child,th:first-child{text-align:left}.tail{color:#c0392b;font-weight:60
 """
 
 
+MAX_CARD_CLASSES = 12  # tail classes named in the card; the class table lists them all
+
+
 def _e(value: object) -> str:
     return html.escape("" if value is None else str(value))
 
@@ -71,7 +74,10 @@ def _cards(s: dict) -> str:
     cards.append(("Likely tail tasks left", "–" if left is None else str(left),
                   f"of {pool.get('n_unlabeled')} unlabeled (held-out precision >= {report.PRECISION_TARGET:.0%})"
                   if left is not None else "needs the held-out evaluation"))
-    cards.append(("Tail classes", ", ".join(s["tail_classes"]) or "none", f"{len(s['classes'])} classes"))
+    tails = s["tail_classes"]
+    shown = ", ".join(tails[:MAX_CARD_CLASSES]) + (f" and {len(tails) - MAX_CARD_CLASSES} more (table below)"
+                                                    if len(tails) > MAX_CARD_CLASSES else "")
+    cards.append(("Tail classes", shown or "none", f"of {len(s['classes'])} classes; {s.get('tail_rule') or ''}"))
     cards.append(("Labeled", str(s["n_labeled_tasks"]), f"tasks; {s['n_annotations']} annotations"))
     return "".join(f'<div class="card"><div class="k">{_e(k)}</div><div class="v">{_e(v)}</div>'
                    f'<div class="s">{_e(sub)}</div></div>' for k, v, sub in cards)
@@ -84,7 +90,8 @@ CAPTIONS = {
                   "plus the tail tasks estimated to be left in the pool ({method}), over the tasks labeled since "
                   "then plus the pool.",
     "classes": "Tasks labeled per class as labeling went on. Thick lines: the tail classes of the current model "
-               "(skewness ratio r = count / mean count below 0.3).",
+               "(declared by the admin with mcm_tail=\"true\" in the label config, or counted: skewness ratio "
+               "r = count / mean count below 0.3 with a count improbable by chance, or never labeled).",
     "precision_recall": "Each labeled task scored by a model that never saw it ({folds}-fold stratified "
                         "cross-validation, seed {seed}; for simple-cnn each fold also retrains the CNN). Positives: "
                         "the tail classes. Baselines: {source}. AUC-PR is average precision; random order scores "
@@ -110,12 +117,18 @@ def _caption(name: str, s: dict) -> str:
     return _e(text)
 
 
+def _tail_kind(c: str, s: dict) -> str:
+    if c not in s["tail_classes"]:
+        return ""
+    return "tail (declared)" if c in (s.get("tail_declared") or ()) else "tail (counted)"
+
+
 def _class_table(s: dict) -> str:
     model_counts = (s.get("model") or {}).get("labeled_per_class") or {}
     rows = "".join(
         f'<tr><td{" class=tail" if c in s["tail_classes"] else ""}>{_e(c)}</td><td>{s["labeled_per_class"][c]}</td>'
         f'<td>{s["skewness_ratio"][c]:.2f}</td><td>{_e(model_counts.get(c, "–"))}</td>'
-        f'<td>{"tail" if c in s["tail_classes"] else ""}</td><td>{"tail" if c in s["tail_classes_now"] else ""}</td></tr>'
+        f'<td>{_tail_kind(c, s)}</td><td>{"tail" if c in s["tail_classes_now"] else ""}</td></tr>'
         for c in s["classes"])
     return ("<table><tr><th>class</th><th>labeled now</th><th>skewness ratio</th><th>in the current model</th>"
             f"<th>tail (model)</th><th>tail (labels now)</th></tr>{rows}</table>")

@@ -20,6 +20,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Callable
 
+import httpx
 import numpy as np
 
 from mcm_core.atomic import atomic_write_json
@@ -29,6 +30,8 @@ from .label_config import parse_label_config
 from .ledger import Ledger
 from .scoring import Ranking
 from .tabs import ENABLED_AT_KEY
+from .tabs import enabled_at as tab_enabled_at
+from .validation import Skipped
 from .versions import VERSION_RE, ModelStore
 
 if TYPE_CHECKING:
@@ -45,40 +48,87 @@ UNKNOWN_ORDERING = ("unknown: no Data Manager tab of the project carries the tim
 
 
 # ------------------------------------------------------------------------------ when ordering was enabled
+# The time the backend saw first, per project directory, when MODEL_DIR could not keep it (read-only):
+# this process still never adopts a later edit of the tab.
+_first_seen: dict[str, dict] = {}
+_memory_lock = threading.Lock()
+
+
 def read_enabled_at(project_dir: str) -> dict | None:
+    """The recorded first time ordering was enabled (ordering.json, else this process's memory)."""
     try:
         with open(os.path.join(project_dir, ORDERING_FILE)) as handle:
             data = json.load(handle)
     except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and report.parse_time(data.get("enabled_at")) else None
+        data = None
+    if isinstance(data, dict) and report.label_studio_time(data.get("enabled_at")) is not None:
+        return data
+    with _memory_lock:
+        return _first_seen.get(project_dir)
 
 
-def remember_enabled_at(client, project_id: int, project_dir: str) -> dict | None:
-    """When ordering was first enabled: remembered in MODEL_DIR, else read from the project's tabs
-    (the earliest ENABLED_AT_KEY) and remembered, because Label Studio's UI may drop the key later."""
-    known = read_enabled_at(project_dir)
-    if known:
-        return known
+def tab_times(client, project_id: int, skipped: Skipped) -> list[tuple[float, str]]:
+    """(ENABLED_AT_KEY as epoch seconds, the tab's title) of each tab that carries a usable one; one
+    that is no time, or a time outside report.TIME_RANGE, is left out and counted in `skipped`."""
     response = client._client_wrapper.httpx_client.request("api/dm/views/", method="GET",
                                                              params={"project": int(project_id)})
     if response.status_code >= 300:
         raise labelstudio.LabelStudioError(f"listing the Data Manager tabs of project {project_id} failed: HTTP "
                                            f"{response.status_code} {response.text[:200]}")
+    views = response.json()
     found = []
-    for view in response.json() or []:
-        data = view.get("data") if isinstance(view, dict) else None
-        at = report.parse_time((data or {}).get(ENABLED_AT_KEY))
-        if at is not None:
-            found.append((at, str(data.get("title") or "")[:200]))
+    for view in views if isinstance(views, list) else []:
+        record = tab_enabled_at(view, skipped)
+        if record is None:
+            continue
+        at, title = record[0].timestamp(), record[1]
+        if not report.in_time_range(at):
+            skipped.add("tabs", None, f"tab {title!r}: {ENABLED_AT_KEY} {report.iso(at)} is outside "
+                                      f"{report.TIME_RANGE}")
+            continue
+        found.append((at, title))
+    return found
+
+
+def _note_if_moved(project_dir: str, known: dict, found: list[tuple[float, str]], skipped: Skipped) -> None:
+    """When the tabs now say something else than what was recorded first: counted and logged (once per value)."""
+    if not found:
+        return
+    at, title = min(found)
+    if report.iso(at) != known.get("enabled_at"):
+        skipped.add("tabs", None, f"tab {title!r}: {ENABLED_AT_KEY} {report.iso(at)} ignored: the backend recorded "
+                                  f"{known.get('enabled_at')} first ({os.path.join(project_dir, ORDERING_FILE)}; "
+                                  "delete it to re-read the tabs)")
+
+
+def remember_enabled_at(client, project_id: int, project_dir: str, skipped: Skipped | None = None) -> dict | None:
+    """When ordering was first enabled: the earliest ENABLED_AT_KEY of the project's tabs the first time
+    the backend saw one, kept in MODEL_DIR/<project>/ordering.json (atomically written).
+
+    First seen wins: Label Studio's UI may drop the key when a tab is edited, and any Label Studio user
+    can write another date into a tab, which would move the report's before/after split. A later,
+    different value is ignored and logged. Unusable tab times are counted in `skipped`."""
+    skipped = skipped if skipped is not None else Skipped(project_id)
+    known = read_enabled_at(project_dir)
+    try:
+        found = tab_times(client, project_id, skipped)
+    except (labelstudio.LabelStudioError, httpx.HTTPError, ValueError):
+        if known:
+            return known
+        raise
+    if known:
+        _note_if_moved(project_dir, known, found, skipped)
+        return known
     if not found:
         return None
     at, title = min(found)
     record = {"enabled_at": report.iso(at), "tab": title, "read_at": report.iso(time.time())}
     try:
         atomic_write_json(os.path.join(project_dir, ORDERING_FILE), record)
-    except OSError as exc:  # read-only MODEL_DIR: the tab still has it
-        logger.warning("project %s: cannot remember when ordering was enabled: %s", project_id, exc)
+    except OSError as exc:  # read-only MODEL_DIR: this process remembers it
+        logger.warning("project %s: cannot record when ordering was enabled (%s); kept in memory", project_id, exc)
+        with _memory_lock:
+            record = _first_seen.setdefault(project_dir, record)
     return record
 
 
@@ -211,18 +261,19 @@ def build_report(context: "Context", heldout: "HeldOut", project_id: int, last_e
     config = parse_label_config(labelstudio.get_label_config(client, project_id))
     classes = list(config.classes)
     annotated = labelstudio.list_annotated_tasks(client, project_id)
-    events, n_annotations = report.label_events(annotated, config)
+    skipped = context.projects.get(project_id).skipped
+    events, n_annotations = report.label_events(annotated, config, skipped)
     counts = report.class_counts(events, classes)
-    ratios, tail_now = report.skewness(counts, classes)
+    ratios, tail_now = report.skewness(counts, config)
 
     model = context.projects.get(project_id).model
     meta = model.meta if model else {}
     tail = list(meta.get("tail_classes", tail_now)) if model else tail_now
     try:
-        ordering, ordering_note = remember_enabled_at(client, project_id, project_dir), UNKNOWN_ORDERING
+        ordering, ordering_note = remember_enabled_at(client, project_id, project_dir, skipped), UNKNOWN_ORDERING
     except labelstudio.LabelStudioError as exc:  # the tabs could not be read: the rest of the report still can
         ordering, ordering_note = None, f"unknown: {exc}"
-    enabled_at = report.parse_time((ordering or {}).get("enabled_at"))
+    enabled_at = report.label_studio_time((ordering or {}).get("enabled_at"))
     store = context.projects.store(project_id)
     ledger = Ledger(project_dir).read()
     published = ledger.get("current") or (model.version if model else None)
@@ -243,6 +294,10 @@ def build_report(context: "Context", heldout: "HeldOut", project_id: int, last_e
         "classes": classes,
         "n_annotations": n_annotations, "n_labeled_tasks": len(events),
         "labeled_per_class": counts, "skewness_ratio": ratios, "tail_classes": tail, "tail_classes_now": tail_now,
+        # declared by the admin (label config mcm_tail="true") vs counted; the rule of the model's version
+        "tail_declared": list(meta.get("tail_declared", config.declared_tail)) if model else list(config.declared_tail),
+        "tail_rule": meta.get("tail_rule") or ("declared by the admin and counted" if config.declared_tail
+                                               else "counted: rare beyond chance, or never labeled"),
         "model": {"n_labeled": meta.get("n_labeled"), "labeled_per_class": meta.get("labeled_per_class"),
                   "trained_at": meta.get("trained_at")} if model else None,
         "ordering": {"enabled_at": (ordering or {}).get("enabled_at"), "tab": (ordering or {}).get("tab"),

@@ -1,7 +1,8 @@
 """The routes Label Studio calls (and two of ours), each validating its input first.
 
-- POST /setup: validates the label config, records that Label Studio connected the
-  project, answers the current version from memory (Label Studio waits 3 s).
+- POST /setup: validates the label config, answers the current version from memory
+  (Label Studio waits 3 s); never asks Label Studio whether the project is connected
+  (backend/connections.py: the other routes act only on connected projects).
 - POST /predict: one entry per task from the already-loaded model ([] for a task
   that cannot be scored); never trains, never reads weights per request.
 - POST /webhook: START_TRAINING schedules a paced training (backend/pacing.py);
@@ -25,10 +26,11 @@ from werkzeug.exceptions import HTTPException
 from . import validation
 from .app_state import AppState, app_state
 from .label_config import LabelConfigError, parse_label_config
-from .labelstudio import LabelStudioError
+from .labelstudio import LabelStudioError, describe_error
+from .publishing import has_nothing_to_score
 from .report_source import FIGURES, Report
 from .scoring import predict_tasks, published_scores
-from .validation import HttpError
+from .validation import HttpError, Skipped
 
 logger = logging.getLogger(__name__)
 
@@ -97,10 +99,7 @@ def setup():
     state_ = app_state()
     if config.detection:
         state_.context.detection.check_configured()  # a clear 400 where the user connects
-    state_.connect(project_id, str(data.get("project")))
-    state = state_.context.projects.get(project_id)
-    state.config = config
-    return jsonify({"model_version": state.model.version if state.model else "INITIAL"})
+    return jsonify({"model_version": state_.setup(project_id, config)})
 
 
 @routes.post("/predict")
@@ -112,7 +111,10 @@ def predict():
     if label_config:
         parse_label_config(label_config)  # unsupported configs get a clear 400
     state_ = app_state()
-    model = state_.context.projects.get(project_id).model if state_.is_connected(project_id) else None
+    connection = state_.connection(project_id)
+    if connection.status == 503:  # cannot tell whether Label Studio connected it: say why
+        raise HttpError(503, connection.reason)
+    model = state_.context.projects.get(project_id).model if connection.connected else None
     if model is None or not tasks:  # nothing to serve (and no state kept for an unknown project)
         return jsonify({"results": [[] for _ in tasks], "model_version": model.version if model else "INITIAL"})
     started = time.monotonic()
@@ -171,8 +173,8 @@ def _current_version(state_: AppState, project_id: int) -> str:
 def versions():
     project_id = _project_from_request()
     state_ = app_state()
-    return jsonify({"versions": state_.context.projects.store(project_id).versions(),
-                    "model_version": _current_version(state_, project_id),
+    known = state_.context.projects.store(project_id).versions() if state_.is_connected(project_id) else []
+    return jsonify({"versions": known, "model_version": _current_version(state_, project_id),
                     "model_dir": state_.settings.model_dir})
 
 
@@ -192,14 +194,23 @@ def health():
                     "model_dir": settings.model_dir})
 
 
+NOTHING_TO_SCORE_MESSAGE = ("Nothing to score: every task of the project is labeled (or it has none yet). Model {} "
+                            "is kept and nothing is published (Label Studio's model_version stays as it is); new "
+                            "tasks are scored and published when they arrive.")
+
+
 @routes.get("/mcm/status")
 def status():
     project_id = _project_from_request()
     state_ = app_state()
     queue = state_.queue
-    if not state_.is_connected(project_id):  # answer without keeping any state for it
-        return jsonify({"project": project_id, "connected": False, "model_version": None, "trained_at": None,
+    connection = state_.connection(project_id)
+    if not connection.connected:  # answer why, without keeping any state for it
+        return jsonify({"project": project_id, "connected": False, "reason": connection.reason,
+                        "model_version": None, "trained_at": None,
                         "n_labeled": 0, "labeled_per_class": {}, "tail_classes": [], "n_scored": 0,
+                        "nothing_to_score": False, "nothing_to_score_message": None,
+                        "skipped_items": Skipped().as_dict(),
                         "training": False, "last_error": queue.last_error(project_id)})
     context = state_.context
     state = context.projects.get(project_id)
@@ -209,13 +220,20 @@ def status():
         scoring = context.projects.store(project_id).read_scoring()
         n_scored = scoring.get("n_scored", 0) if scoring.get("version") == state.model.version else 0
     wait = queue.next_start(project_id) if hasattr(queue, "next_start") else None
+    ledger = context.ledger(project_id)
+    idle = has_nothing_to_score(ledger, state.model.version if state.model else None)
     return jsonify({
         "project": project_id, "connected": True,
         "model_version": state.model.version if state.model else None,
         "trained_at": meta.get("trained_at"), "n_labeled": meta.get("n_labeled", 0),
         "labeled_per_class": meta.get("labeled_per_class", {}), "tail_classes": meta.get("tail_classes", []),
+        # which tail classes the admin declared (label config mcm_tail="true") and which rule chose them
+        "tail_declared": meta.get("tail_declared", []), "tail_rule": meta.get("tail_rule"),
         "n_scored": n_scored,
-        "published_version": context.ledger(project_id).get("current"),
+        "published_version": ledger.get("current"),
+        "nothing_to_score": idle,
+        "nothing_to_score_message": NOTHING_TO_SCORE_MESSAGE.format(state.model.version) if idle else None,
+        "skipped_items": state.skipped.as_dict(),  # items read from Label Studio and skipped (validation.Skipped)
         "label_studio_orders_by_other_version": state_.maintainer.foreign_version.get(project_id),
         "next_training_in_s": None if wait is None else round(wait, 1),
         "training": queue.is_training(project_id),
@@ -242,8 +260,8 @@ def _report(project_id: int) -> Report:
     try:
         return state_.reports.get(project_id)
     except (LabelStudioError, ApiError, httpx.HTTPError) as exc:
-        raise HttpError(502, f"cannot read project {project_id} from Label Studio: {exc.__class__.__name__}: "
-                             f"{str(exc)[:300]}") from None
+        # The status and body only: an ApiError's str() carries Label Studio's response headers.
+        raise HttpError(502, f"cannot read project {project_id} from Label Studio: {describe_error(exc)}") from None
 
 
 @routes.get("/mcm/report")

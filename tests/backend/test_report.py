@@ -2,12 +2,14 @@
 on hand-computed cases; no HTTP (the routes: test_report_routes.py)."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from backend import report
 from backend.heldout import cross_validate, too_little_data
-from backend.label_config import parse_label_config
+from backend.label_config import LabelConfig, parse_label_config
 from backend.report import LabelEvent
 
 CONFIG = parse_label_config("""<View><Image name="image" value="$image"/>
@@ -106,11 +108,14 @@ def test_counts_cumulative_series_and_skewness():
     assert counts == {"a": 5, "b": 4, "t": 1}
     series = report.cumulative_per_class(events, ["a", "b", "t"])
     assert series["b"].tolist() == [0, 0, 1, 1, 1, 1, 2, 3, 4, 4] and series["t"][-1] == 1
-    ratios, tail = report.skewness(counts, ["a", "b", "t"])  # mean 10/3
+    abt = LabelConfig("image", "image", "choice", ("a", "b", "t"))
+    ratios, tail = report.skewness(counts, abt)  # mean 10/3
     assert ratios == {"a": 1.5, "b": 1.2, "t": 0.3} and tail == []  # 0.3 is not below 0.3
-    ratios, tail = report.skewness({"a": 10, "b": 10, "t": 1}, ["a", "b", "t"])  # mean 7
+    ratios, tail = report.skewness({"a": 10, "b": 10, "t": 1}, abt)  # mean 7, and 1 of 21 is not chance
     assert ratios["t"] == round(1 / 7, 4) and tail == ["t"]
-    assert report.skewness({}, ["a", "b"]) == ({"a": 0.0, "b": 0.0}, [])
+    assert report.skewness({}, LabelConfig("image", "image", "choice", ("a", "b"))) == ({"a": 0.0, "b": 0.0}, [])
+    declared = dataclasses.replace(abt, declared_tail=("a",))  # declared: tail whatever its counts
+    assert report.skewness({"a": 10, "b": 10, "t": 1}, declared)[1] == ["a", "t"]
 
 
 def test_stratified_folds_spread_every_class_and_are_seeded():
