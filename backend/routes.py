@@ -26,7 +26,7 @@ from werkzeug.exceptions import HTTPException
 from . import validation
 from .app_state import AppState, app_state
 from .label_config import LabelConfigError, parse_label_config
-from .labelstudio import LabelStudioError, describe_error
+from .labelstudio import LabelStudioError, describe_error, traceback_is_safe
 from .publishing import has_nothing_to_score
 from .report_source import FIGURES, Report
 from .scoring import predict_tasks, published_scores
@@ -61,9 +61,10 @@ def _werkzeug_error(exc: HTTPException):
 
 
 @routes.errorhandler(Exception)
-def _unexpected(exc: Exception):  # answer clearly, keep serving
-    logger.exception("%s %s failed", request.method, request.path)
-    return jsonify({"status": "error", "error": f"{exc.__class__.__name__}: {exc}"}), 500
+def _unexpected(exc: Exception):  # answer clearly, keep serving; never Label Studio's headers (describe_error)
+    logger.error("%s %s failed: %s", request.method, request.path, describe_error(exc),
+                 exc_info=traceback_is_safe(exc))
+    return jsonify({"status": "error", "error": describe_error(exc)[:500]}), 500
 
 
 def _json_body() -> dict:

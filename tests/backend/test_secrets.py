@@ -111,6 +111,26 @@ def test_the_report_502_carries_the_status_not_label_studios_headers(make_settin
         app.config["MCM_STATE"].close()
 
 
+def test_an_unexpected_error_answers_and_logs_without_label_studios_headers(make_settings, fake_ls, monkeypatch,
+                                                                             caplog):
+    """Any route's unexpected ApiError (e.g. a token refresh refused) goes through the 500 handler."""
+    settings = make_settings(label_studio_url=fake_ls.url, label_studio_api_key=fake_ls.legacy_token)
+    app = create_app(settings, train_fn=lambda project_id: None)
+    try:
+        state = app.config["MCM_STATE"]
+
+        def failing(project_id):
+            raise _api_error(401, {"detail": "token expired"})
+
+        monkeypatch.setattr(state, "connection", failing)
+        response = app.test_client().get("/mcm/status?project=1")
+        assert response.status_code == 500 and "HTTP 401" in response.json["error"], response.json
+        _no_headers(response.json["error"])
+        _no_headers(caplog.text)
+    finally:
+        app.config["MCM_STATE"].close()
+
+
 # --- scripts: no secret in argv, secret files private from their creation -------------------------------
 # A secret expanded into an external command's arguments (readable by every local user in `ps`).
 ARGV_SECRET = [
