@@ -12,7 +12,10 @@ The miner is the classification one, trained and applied at box level (docs/dete
   score, plus uncertainty x novelty until a tail class has a labeled box) of its top-K most
   confident candidates (backend/candidates.py; mcm_core.detection.image_scores), 0 without
   candidates; its prediction: the candidates above MCM_DETECTION_REGION_MIN_CONFIDENCE as
-  RectangleLabels regions with the RC layer's class (backend/regions.py).
+  RectangleLabels regions (backend/regions.py), each with the class of the version's pre-fill
+  classifier (mcm_core.prefill) and only where that class's held-out precision allows it at the box's
+  confidence: a box whose class is not reliable (or is the background) is left out of the pre-fill,
+  while every candidate still counts for the image's score.
 """
 from __future__ import annotations
 
@@ -169,7 +172,7 @@ def miner_options(settings) -> dict:
 def score_detection_tasks(project_id: int, tasks: Sequence[dict], context: "Context", model, config: LabelConfig,
                           transform: str, refresh: bool = False):
     """(Ranking with regions, {skipped task id: reason}) of `tasks`: candidates -> box scores -> image scores."""
-    from .scoring import Ranking, map_scores
+    from .scoring import Ranking, map_scores, prefill_labels
 
     settings, detection, miner = context.settings, context.detection, model.miner
     skipped: dict[int, str] = {}
@@ -187,16 +190,18 @@ def score_detection_tasks(project_id: int, tasks: Sequence[dict], context: "Cont
         probs = miner.predict_proba(features)
         scores, bound = box_scores(miner, features, n_classes, probs=probs)
         box_labels = np.asarray(probs)[:, :n_classes].argmax(1)
+        prefilled = prefill_labels(model, features, settings)  # -1: not pre-filled (background, unreliable)
     else:
-        scores, bound, box_labels = np.zeros(0), 1.0, np.zeros(0, np.int64)
+        scores, bound, box_labels, prefilled = np.zeros(0), 1.0, np.zeros(0, np.int64), np.zeros(0, np.int32)
     offsets = np.concatenate([[0], np.cumsum([len(c) for _, c, _ in scored])]).astype(np.int64)
     confidences = np.concatenate([c.confidences for _, c, _ in scored] or [np.zeros(0)])
     scores = map_scores(image_scores(scores, confidences, offsets, settings.detection_top_k), bound, transform)
     regions, labels = {}, []
     for i, (key, cand, _) in enumerate(scored):
         rows = slice(offsets[i], offsets[i + 1])
-        shown = cand.confidences >= settings.detection_region_min_confidence
-        regions[key[0]] = Region(cand.boxes[shown], box_labels[rows][shown], cand.confidences[shown], cand.size)
+        classes = prefilled[rows]
+        shown = (cand.confidences >= settings.detection_region_min_confidence) & (classes >= 0) & (classes < n_classes)
+        regions[key[0]] = Region(cand.boxes[shown], classes[shown], cand.confidences[shown], cand.size)
         labels.append(int(box_labels[rows][0]))  # the most confident candidate's class
     empty = [k[0] for k, c in zip(keys, candidates) if not len(c)]  # no candidate: nothing to mine, last
     ranking = Ranking.build([k[0] for k, _, _ in scored] + empty, np.concatenate([scores, np.zeros(len(empty))]),

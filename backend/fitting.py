@@ -1,4 +1,5 @@
-"""Fitting a new version: labels from Label Studio -> features -> MinorityMiner -> a saved version.
+"""Fitting a new version: labels from Label Studio -> features -> MinorityMiner (and the checked pre-fill
+classifier, mcm_core.prefill) -> a saved version.
 
 `train_project(project_id, context)` reads everything it needs from Label Studio and
 MODEL_DIR and writes its result back, so it runs the same in a background thread of
@@ -20,7 +21,7 @@ from mcm_core.tails import TailSet
 from .label_config import LabelConfig
 from .labels import LabeledTasks, collect_labels
 from .settings import Settings
-from .versions import LoadedModel
+from .versions import PREFILL_FILE, LoadedModel
 
 if TYPE_CHECKING:
     from .context import Context
@@ -60,14 +61,18 @@ def train_project(project_id: int, context: "Context", rescore: bool = True) -> 
                 project_id, len(objects), what, dict(counts), len(labeled.annotated_ids), len(y),
                 context.settings.backbone)
     tail = project_tail(project_id, config, objects)
-    miner, trained_backbone = fit_miner(project_id, context, keys, y, n_classes, kind, options, tail.classes)
-    meta = version_meta(project_id, labeled, objects, counts, context.settings, tail)
+    miner, trained_backbone, features = fit_miner(project_id, context, keys, y, n_classes, kind, options,
+                                                  tail.classes)
+    learned = learned_fold_features(project_id, context, keys, y, n_classes) if trained_backbone is not None else None
+    prefill, checked = fit_prefill(project_id, context.settings, features, y, [k[0] for k in keys], config, counts,
+                                   learned)
+    meta = {**version_meta(project_id, labeled, objects, counts, context.settings, tail), **checked}
     if config.detection:  # no tail class has a labeled box yet: box scores add uncertainty x novelty
         from mcm_core.detection import cold_start_classes
 
         meta["cold_start_classes"] = [config.classes[k] for k in cold_start_classes(miner, len(config.classes))]
     previous_labels = int(state.model.meta.get("n_labeled", 0)) if state.model else 0
-    version = save_version(project_id, context, miner, trained_backbone, meta, started)
+    version = save_version(project_id, context, miner, trained_backbone, meta, started, prefill)
     context.pool(project_id, labeled.config.image_key).remove(labeled.annotated_ids)  # not in the queue any more
     logger.info("project %s: trained model %s on %d %s in %.1fs", project_id, version, len(objects), what,
                 time.monotonic() - started)
@@ -95,8 +100,8 @@ def project_tail(project_id: int, config: LabelConfig, objects: np.ndarray) -> T
 
 def fit_miner(project_id: int, context: "Context", keys, y: np.ndarray, num_classes: int, kind: str | None = None,
               options: dict | None = None, tail_classes: tuple[int, ...] | None = None):
-    """(fitted MinorityMiner, the trained simple-cnn or None) on the cached rows `keys` (of the cache
-    `kind`: None = the extractor's; a detector's box features are frozen)."""
+    """(fitted MinorityMiner, the trained simple-cnn or None, the feature rows) on the cached rows `keys`
+    (of the cache `kind`: None = the extractor's; a detector's box features are frozen)."""
     from mcm_core import MinorityMiner
 
     settings, trained_backbone = context.settings, None
@@ -112,7 +117,90 @@ def fit_miner(project_id: int, context: "Context", keys, y: np.ndarray, num_clas
     miner = MinorityMiner(num_classes=num_classes, seed=settings.seed, **options).fit(features, y, tail_classes)
     logger.info("project %s: fitted miner on %d x %d features in %.1fs", project_id, *features.shape,
                 time.monotonic() - t0)
-    return miner, trained_backbone
+    return miner, trained_backbone, features
+
+
+def learned_fold_features(project_id: int, context: "Context", keys, y: np.ndarray, num_classes: int):
+    """mcm_core.prefill's `fold_features` for a trainable backbone (simple-cnn): a CNN trained on the
+    fold's training rows only gives the features of both sides. The CNN of the version has seen every
+    labeled row, so cross-validating on its features measures memory, not accuracy: on images of pure
+    noise it found 100 % held-out precision and pre-filled coin flips. Bounded: mcm_core.prefill's
+    LEARNED_FOLDS CNNs on at most LEARNED_MAX_CV_ROWS rows (about 20 s on one core at most)."""
+    settings, extractor, cache = context.settings, context.extractor, context.ingest.cache(project_id)
+
+    def fold_features(train: np.ndarray, held_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        images = cache.get([keys[i] for i in train])
+        cnn = extractor.train(images, y[train], num_classes=num_classes, seed=settings.seed)
+        return extractor.features(images, cnn), extractor.features(cache.get([keys[i] for i in held_out]), cnn)
+    return fold_features
+
+
+def fit_prefill(project_id: int, settings: Settings, features: np.ndarray, y: np.ndarray, groups: list[int],
+                config: LabelConfig, counts: collections.Counter, fold_features=None):
+    """(PrefillClassifier, meta entries "prefill" and "reliability"): the classifier a prediction's
+    pre-ticked class comes from, which classes its held-out precision allows (mcm_core.prefill), and
+    whether the features separate the classes at all.
+
+    The classifier is fitted on the miner's features. `fold_features` (simple-cnn: learned_fold_features)
+    gives the cross-validation features learned without each fold. `groups`: each row's task id, so a
+    detection image's boxes share a fold (its jittered copies of a box would otherwise be "held out"
+    beside the original). Detection's background class is never pre-filled. `counts`: labeled tasks
+    (boxes) per class name."""
+    from mcm_core.prefill import fit_prefill as fit
+
+    t0 = time.monotonic()
+    names = list(config.classes)
+    n_outputs = len(names) + (1 if config.detection else 0)  # detection: + the background class
+    clf, assessment = fit(features, y, n_outputs, seed=settings.seed, groups=groups, eligible=range(len(names)),
+                          fold_features=fold_features)
+    verdicts = {name: {k: (round(v, 4) if isinstance(v, float) else v) for k, v in c.as_dict().items()}
+                for name, c in zip(names, assessment.classes)}
+    prefilled = [name for name, c in verdicts.items() if c["prefill"]]
+    reliability = reliability_meta(assessment, [int(counts.get(n, 0)) for n in names], names,
+                                   fold_features is not None, config.detection)
+    logger.info("project %s: pre-fill check (%d-fold cross-validation on %d labeled rows, %.1fs): pre-filled %s; "
+                "not pre-filled: %s", project_id, assessment.folds, assessment.n_rows, time.monotonic() - t0,
+                prefilled or "none", "; ".join(f"{n}: {c['reason']}" for n, c in verdicts.items()
+                                               if not c["prefill"]) or "none")
+    log = logger.info if reliability["verdict"] == "ok" else logger.warning
+    log("project %s: reliability %s: %s", project_id, reliability["verdict"], reliability["message"])
+    return clf, {"prefill": {"classes": verdicts, "prefilled": prefilled, "folds": assessment.folds,
+                             "n_rows": assessment.n_rows, "min_precision": assessment.min_precision,
+                             "min_support": assessment.min_support},
+                 "reliability": reliability}
+
+
+LABELS_PER_CLASS_HINT = 20  # "N more labels": what it takes to give every class this many
+
+
+def reliability_meta(assessment, counts: list[int], names: list[str], learned_features: bool,
+                     detection: bool) -> dict:
+    """meta "reliability": do the features separate the classes (held-out accuracy against the
+    majority-class rate), with one sentence saying what would help. `counts`: labeled tasks (boxes)
+    of each class; `learned_features`: the features come from a CNN trained on these labels only."""
+    sep = assessment.separation
+    what = "boxes" if detection else "labels"
+    n_labeled = int(sum(counts))
+    short = [(n, c) for n, c in zip(names, counts) if c < LABELS_PER_CLASS_HINT]
+    listed = ", ".join(n for n, _ in short[:8]) + (", ..." if len(short) > 8 else "")
+    more = (f"{sum(LABELS_PER_CLASS_HINT - c for _, c in short)} more {what} ({len(short)} class(es) have fewer "
+            f"than {LABELS_PER_CLASS_HINT}: {listed})" if short else f"more {what} of the classes it confuses")
+    helps = (f"a pretrained backbone (MCM_BACKBONE=resnet18; simple-cnn learns its features from these "
+             f"{n_labeled} {what} alone) and {more}") if learned_features else more
+    if sep.accuracy is None:
+        message = (f"Only {n_labeled} labeled {what}: too few to check whether the features separate the classes; "
+                   f"nothing is pre-filled. What would help: {helps}.")
+    elif sep.separated:
+        message = (f"The features separate the classes: held-out accuracy {sep.accuracy:.0%} against "
+                   f"{sep.majority_rate:.0%} for always answering the most common class.")
+    else:
+        message = (f"The features do not separate the classes well: held-out accuracy {sep.accuracy:.0%} against "
+                   f"{sep.majority_rate:.0%} for always answering the most common class, so few or no pre-fills are "
+                   f"shown and the mining scores are weak too. What would help: {helps}.")
+    return {"verdict": "ok" if sep.separated else "weak",
+            "heldout_accuracy": None if sep.accuracy is None else round(sep.accuracy, 4),
+            "majority_rate": None if sep.majority_rate is None else round(sep.majority_rate, 4),
+            "n_heldout": assessment.n_rows, "message": message}
 
 
 def version_meta(project_id: int, labeled: LabeledTasks, y: np.ndarray, counts: collections.Counter,
@@ -137,17 +225,21 @@ def version_meta(project_id: int, labeled: LabeledTasks, y: np.ndarray, counts: 
     }
 
 
-def save_version(project_id: int, context: "Context", miner, trained_backbone, meta: dict, started: float) -> str:
-    """Write the version atomically, make it this process's current model, prune old ones."""
+def save_version(project_id: int, context: "Context", miner, trained_backbone, meta: dict, started: float,
+                 prefill=None) -> str:
+    """Write the version atomically (miner, trained CNN, pre-fill classifier, meta), make it this
+    process's current model, prune old ones."""
     def write_files(directory: str) -> dict:
         miner.save(os.path.join(directory, "miner.pt"))
         if trained_backbone is not None:
             trained_backbone.save(os.path.join(directory, "backbone.pt"))
+        if prefill is not None:
+            prefill.save(os.path.join(directory, PREFILL_FILE))
         return {"train_seconds": round(time.monotonic() - started, 3), "trained_backbone": trained_backbone is not None}
 
     store = context.projects.store(project_id)
     version = store.save(write_files, meta)
     context.projects.install(project_id, LoadedModel(version=version, miner=miner, trained_backbone=trained_backbone,
-                                                     meta=store.read_meta(version)))
+                                                     meta=store.read_meta(version), prefill=prefill))
     store.prune(keep=5)
     return version

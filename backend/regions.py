@@ -1,7 +1,8 @@
 """Each task's pre-annotation regions of one version (detection projects): beside ranking.npz.
 
 A classification prediction is one class per task, kept in the ranking itself; a detection
-prediction is a set of boxes, each with the RC layer's class and the detector's confidence. They
+prediction is a set of boxes, each with the pre-fill classifier's class (only boxes whose class is
+reliable: backend/detection.py, mcm_core.prefill) and the detector's confidence. They
 are written to MODEL_DIR/<project>/<version>/regions.npz when the ranking is saved and read back
 when predictions are built (publish, fill, new tasks), so detection goes through the same
 publishing path as classification.

@@ -9,6 +9,13 @@ raw score S (0 <= S <= miner.score_upper_bound) is mapped monotonically:
     linear: s = clip(S / bound, 0, 1)
     sqrt:   s = sqrt(clip(S / bound, 0, 1))   (default; spreads the many small scores)
 Higher s = more likely a tail class: the "Tail classes first" tab sorts by s, descending.
+
+What a prediction pre-ticks is not the miner's class: the RC layer is built to lift the tail and
+over-predicts it. The version's PrefillClassifier (mcm_core.prefill: a plain softmax classifier,
+checked by cross-validation at training) names the class, and only for the classes whose held-out
+precision allows it, at the task's confidence; any other task's prediction carries the score and
+`result: []` (Label Studio 1.23.2 stores it, keeps its score for the tab's order, and the annotator
+starts blank). MCM_PREFILL=off: never a pre-ticked class or box.
 """
 from __future__ import annotations
 
@@ -57,6 +64,40 @@ def score_features(miner, features: np.ndarray, transform: str) -> tuple[np.ndar
     return scores, labels
 
 
+def prefill_labels(model, features: np.ndarray, settings) -> np.ndarray:
+    """(M,) int32: the class each row's prediction pre-ticks, -1 for none (MCM_PREFILL=off, a version
+    without a pre-fill classifier, or a class or confidence its held-out precision does not allow)."""
+    if settings.prefill == "off" or getattr(model, "prefill", None) is None or len(features) == 0:
+        return np.full(len(features), -1, np.int32)
+    return model.prefill.prefill_labels(features)
+
+
+def prefill_summary(model, mode: str) -> dict | None:
+    """/mcm/status "prefill": which classes a prediction may pre-tick, and why not the others
+    (from the version's meta.json "prefill", written at training; backend/fitting.fit_prefill)."""
+    if model is None:
+        return None
+    checked = model.meta.get("prefill")
+    verdicts = checked.get("classes", {}) if isinstance(checked, dict) else {}
+    names = [n for n in model.meta.get("classes", []) if n in verdicts]  # the label config's order
+    classes = [n for n in names if verdicts[n].get("prefill")] if model.prefill is not None else []
+    not_prefilled = {n: verdicts[n].get("reason") for n in names if n not in classes}
+    if mode == "off":
+        message = "MCM_PREFILL=off: no prediction pre-ticks a class or box; the scores still order the queue."
+    elif model.prefill is None:
+        message = ("This version has no pre-fill classifier (saved before pre-fills were checked, or its file is "
+                   "unreadable): nothing is pre-ticked until the next training.")
+    elif classes:
+        message = (f"Pre-ticked when the task's confidence is high enough: {', '.join(classes)}. The other classes "
+                   f"are never pre-ticked: their held-out precision in this project's labels is below "
+                   f"{checked.get('min_precision', 0.9):.0%} or rests on too few labels.")
+    else:
+        message = ("Nothing is pre-ticked: no class reaches a held-out precision of "
+                   f"{checked.get('min_precision', 0.9):.0%} in this project's labels; annotators start blank.")
+    return {"enabled": mode != "off" and model.prefill is not None, "classes": classes if mode != "off" else [],
+            "not_prefilled": not_prefilled, "message": message}
+
+
 def score_tasks(project_id: int, tasks: Sequence[dict], context, model,
                 refresh: bool = False) -> tuple["Ranking", dict[int, str]]:
     """(the ranking of the `tasks` that could be scored, {skipped task id: reason}) with `model`.
@@ -71,8 +112,10 @@ def score_tasks(project_id: int, tasks: Sequence[dict], context, model,
     _ok, keys, skipped = ingest.cached_arrays(project_id, tasks, config)
     if not keys:
         return Ranking.build([], [], []), skipped
-    scores, labels = score_features(model.miner, ingest.features(project_id, keys, model=model), transform)
-    return Ranking.build([k[0] for k in keys], scores, labels), skipped
+    features = ingest.features(project_id, keys, model=model)
+    scores, labels = score_features(model.miner, features, transform)
+    prefill = prefill_labels(model, features, context.settings)
+    return Ranking.build([k[0] for k in keys], scores, labels, prefill=prefill), skipped
 
 
 def queue_window(miner) -> int:
@@ -132,38 +175,45 @@ def queue_order(project_id: int, ranking: "Ranking", pool_urls: dict[int, str], 
 @dataclasses.dataclass
 class Ranking:
     """One version's scores of the pool, highest first (ties by task id), and what each task's
-    prediction shows: a class index (classification) or its regions (detection)."""
+    prediction shows: the class it pre-ticks (classification) or its regions (detection)."""
 
     task_ids: np.ndarray   # int64
     scores: np.ndarray     # float64 in [0, 1], the pushed prediction score
-    labels: np.ndarray     # int32 class of the pre-annotation (detection: most confident candidate's; -1: none)
+    labels: np.ndarray     # int32 the miner's (RC layer's) class (detection: most confident candidate's; -1: none)
     regions: TaskRegions | None = None  # detection projects: each task's RectangleLabels regions
+    prefill: np.ndarray | None = None   # int32 the class the prediction pre-ticks, -1: none (result [])
+
+    def __post_init__(self) -> None:
+        if self.prefill is None:  # e.g. a ranking saved before pre-fills were checked: nothing pre-ticked
+            self.prefill = np.full(len(self.task_ids), -1, np.int32)
 
     @classmethod
-    def build(cls, task_ids, scores, labels, regions: TaskRegions | None = None) -> "Ranking":
+    def build(cls, task_ids, scores, labels, regions: TaskRegions | None = None, prefill=None) -> "Ranking":
         ids = np.asarray(task_ids, dtype=np.int64)
         s = np.asarray(scores, dtype=np.float64)
         order = np.lexsort((ids, -s))
-        return cls(ids[order], s[order], np.asarray(labels, dtype=np.int32)[order], regions)
+        prefill = np.full(len(ids), -1, np.int32) if prefill is None else np.asarray(prefill, dtype=np.int32)
+        return cls(ids[order], s[order], np.asarray(labels, dtype=np.int32)[order], regions, prefill[order])
 
     def __len__(self) -> int:
         return len(self.task_ids)
 
     def rescored(self, scores) -> "Ranking":
         """The same tasks and predictions with new scores (re-sorted)."""
-        return Ranking.build(self.task_ids, scores, self.labels, self.regions)
+        return Ranking.build(self.task_ids, scores, self.labels, self.regions, self.prefill)
 
     def save(self, path: str) -> None:
         """ranking.npz (and regions.npz beside it first, so a ranking is never without its regions)."""
         if self.regions is not None:  # only this ranking's tasks (annotated ones left it)
             self.regions.subset(self.task_ids.tolist()).save(TaskRegions.path_beside(path))
-        atomic_savez(path, task_ids=self.task_ids, scores=self.scores, labels=self.labels,
+        atomic_savez(path, task_ids=self.task_ids, scores=self.scores, labels=self.labels, prefill=self.prefill,
                      has_regions=np.asarray(self.regions is not None))
 
     @classmethod
     def load(cls, path: str, regions: bool = True) -> "Ranking":
         with np.load(path, allow_pickle=False) as data:
-            ranking = cls(data["task_ids"], data["scores"], data["labels"])
+            prefill = data["prefill"] if "prefill" in data else None
+            ranking = cls(data["task_ids"], data["scores"], data["labels"], None, prefill)
             with_regions = bool(data["has_regions"]) if "has_regions" in data else False
         if regions and with_regions:
             ranking.regions = TaskRegions.load(TaskRegions.path_beside(path))
@@ -175,12 +225,12 @@ class Ranking:
             return [{"task": int(t), "score": float(s), "model_version": version, "result": regions.result(t, config)}
                     for t, s in zip(self.task_ids[start:stop], self.scores[start:stop])]
         return [{"task": int(t), "score": float(s), "model_version": version,
-                 "result": choice_result(config, config.classes[int(c)])}
-                for t, s, c in zip(self.task_ids[start:stop], self.scores[start:stop], self.labels[start:stop])]
+                 "result": choice_result(config, config.classes[int(c)]) if 0 <= c < len(config.classes) else []}
+                for t, s, c in zip(self.task_ids[start:stop], self.scores[start:stop], self.prefill[start:stop])]
 
     def select(self, keep: np.ndarray) -> "Ranking":
         """The rows where `keep` is true (the order is kept)."""
-        return Ranking(self.task_ids[keep], self.scores[keep], self.labels[keep], self.regions)
+        return Ranking(self.task_ids[keep], self.scores[keep], self.labels[keep], self.regions, self.prefill[keep])
 
     def without(self, task_ids) -> "Ranking":
         return self.select(~np.isin(self.task_ids, np.asarray(list(task_ids), dtype=np.int64)))
@@ -193,4 +243,5 @@ class Ranking:
             regions = (self.regions or TaskRegions()).merged(other.regions or TaskRegions())
         return Ranking.build(np.concatenate([mine.task_ids, other.task_ids]),
                              np.concatenate([mine.scores, other.scores]),
-                             np.concatenate([mine.labels, other.labels]), regions)
+                             np.concatenate([mine.labels, other.labels]), regions,
+                             np.concatenate([mine.prefill, other.prefill]))

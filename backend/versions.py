@@ -3,6 +3,8 @@
 Layout:
     MODEL_DIR/<project>/<version>/miner.pt      MinorityMiner.save
     MODEL_DIR/<project>/<version>/backbone.pt   the trained simple-cnn (trainable backbones only)
+    MODEL_DIR/<project>/<version>/prefill.npz   mcm_core.prefill.PrefillClassifier: what predictions pre-tick
+                                                (versions saved before it pre-fill nothing)
     MODEL_DIR/<project>/<version>/meta.json     classes, counts, timings
     MODEL_DIR/<project>/current.json            {"version": ...}: the pointer, replaced atomically
     MODEL_DIR/<project>/connected.json          the project's connection was verified (backend/connections.py)
@@ -26,17 +28,20 @@ from typing import Any, Callable
 from mcm_core.atomic import atomic_write_json
 
 VERSION_RE = re.compile(r"^mcm-v(\d+)-\d{8}T\d{6}$")
+PREFILL_FILE = "prefill.npz"
 logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
 class LoadedModel:
-    """One version in memory: the miner, the trained CNN (simple-cnn only) and its meta.json."""
+    """One version in memory: the miner, the trained CNN (simple-cnn only), its meta.json and the
+    pre-fill classifier (None: a version saved before pre-fills were checked, which pre-fills nothing)."""
 
     version: str
     miner: Any
     trained_backbone: Any | None
     meta: dict
+    prefill: Any | None = None
     # simple-cnn: features of this version's CNN for cached tasks, (task id, url) -> row
     feature_memo: dict = dataclasses.field(default_factory=dict)
     memo_values: list = dataclasses.field(default_factory=list)
@@ -167,5 +172,24 @@ def load_version(store: ModelStore, version: str, extractor) -> LoadedModel:
     # a detection version scored with a detector's box features has no trained CNN
     with_cnn = extractor.trainable and meta.get("trained_backbone", True)
     trained = extractor.load_trained(os.path.join(directory, "backbone.pt")) if with_cnn else None
+    prefill = load_prefill(directory, meta, version)
     logger.info("project %s: loaded model %s in %.2fs", meta.get("project"), version, time.monotonic() - started)
-    return LoadedModel(version=version, miner=miner, trained_backbone=trained, meta=meta)
+    return LoadedModel(version=version, miner=miner, trained_backbone=trained, meta=meta, prefill=prefill)
+
+
+def load_prefill(directory: str, meta: dict, version: str):
+    """The version's PrefillClassifier, or None: then its predictions pre-tick nothing. A missing file
+    (a version saved before pre-fills were checked) or an unreadable one never stops the version: the
+    scores do not depend on it, and no pre-fill is the safe answer."""
+    from mcm_core.prefill import PrefillClassifier
+
+    path = os.path.join(directory, PREFILL_FILE)
+    if not os.path.exists(path):
+        logger.info("project %s: model %s has no %s (saved before pre-fills were checked): its predictions "
+                    "pre-fill nothing until the next training", meta.get("project"), version, PREFILL_FILE)
+        return None
+    try:
+        return PrefillClassifier.load(path)
+    except ValueError as exc:
+        logger.warning("project %s: model %s: %s; its predictions pre-fill nothing", meta.get("project"), version, exc)
+        return None

@@ -132,8 +132,9 @@ def test_training_on_webhook_pushes_tail_first_scores(env):
     predictions = [p for p in fake.predictions if p["model_version"] == version]
     assert sorted(p["task"] for p in predictions) == sorted(truth)  # every unlabeled task, in chunks of 7
     assert all(0.0 <= p["score"] <= 1.0 for p in predictions)
-    assert all(p["result"][0]["from_name"] == "choice" and p["result"][0]["to_name"] == "image"
-               for p in predictions)
+    # a class is pre-ticked only where its held-out precision allows (tests/backend/test_prefill_projects.py), else []
+    assert all(r["from_name"] == "choice" and r["to_name"] == "image" for p in predictions for r in p["result"])
+    assert any(p["result"] for p in predictions)
     by_class = {c: statistics.mean(p["score"] for p in predictions if truth[p["task"]] == c)
                 for c in ("zero", "one", "seven")}
     assert by_class["seven"] > max(by_class["zero"], by_class["one"]), by_class
@@ -169,7 +170,7 @@ def test_setup_and_predict_after_training(env):
     for tid, result in zip(good, results[:2]):
         assert result["model_version"] == env["v1"]
         assert result["score"] == pytest.approx(env["v1_scores"][tid], abs=1e-6)
-        assert result["result"][0]["value"]["choices"][0] in ("zero", "one", "seven")
+        assert all(r["value"]["choices"][0] in ("zero", "one", "seven") for r in result["result"])
 
 
 def test_burst_of_annotations_retrains_at_most_twice_and_replaces_old_predictions(env):
@@ -343,10 +344,11 @@ def test_one_backend_serves_several_projects_each_with_its_own_config_and_model(
     assert len(results) == len(unlabeled)
     for item in results:
         assert item["model_version"] == status["model_version"]
-        assert item["result"][0]["from_name"] == "digit"
-        assert item["result"][0]["value"]["choices"][0] in {"round", "stick", "hook"}
+        assert all(r["from_name"] == "digit" and r["value"]["choices"][0] in {"round", "stick", "hook"}
+                   for r in item["result"])
+    assert any(item["result"] for item in results)
     # the first project keeps its own model, classes and control name
-    first = client.post("/predict", json={"tasks": _tasks(env, list(env["truth"])[:2]), "project": f"{PID}.1"}).json
+    first = client.post("/predict", json={"tasks": _tasks(env, list(env["truth"])), "project": f"{PID}.1"}).json
     assert first["results"][0]["model_version"] == env["v2"]
-    assert first["results"][0]["result"][0]["from_name"] == "choice"
+    assert {r["from_name"] for item in first["results"] for r in item["result"]} == {"choice"}
     assert os.path.isdir(os.path.join(env["settings"].model_dir, str(pid)))
