@@ -1,5 +1,6 @@
 """What the HTTP views share, one per app: the Context, the training queue, the TASKS_CREATED
-scorer, the background maintainer, and which projects are connected here (backend/connections.py)."""
+scorer, the background maintainer, which projects are connected here (backend/connections.py), and
+the first training of a project connected with labels already there (backend/onboarding.py)."""
 from __future__ import annotations
 
 import logging
@@ -13,6 +14,7 @@ from .label_config import LabelConfig
 from .labelstudio import describe_error, traceback_is_safe
 from .maintainer import Maintainer
 from .new_tasks import NewTaskScorer
+from .onboarding import FirstTraining
 from .pacing import TrainingQueue
 from .report_source import Reports
 from .settings import Settings
@@ -54,6 +56,9 @@ class AppState:
         self.heldout = HeldOut(context, is_busy=self.queue.is_training)
         self.reports = Reports(context, self.heldout, self.last_error)
         self.connections = Connections(settings, context.projects, context.client)
+        self.first_training = FirstTraining(self.connections.check, self.connections.forget_refusal,
+                                            self._has_model, self._count_labeled, self.queue.request,
+                                            is_busy=self.queue.is_training)
         self.maintainer = Maintainer(context, is_busy=self.queue.is_training,  # fill, retire, recover
                                      on_settled=self.heldout.request, is_connected=self.is_connected)
 
@@ -69,13 +74,32 @@ class AppState:
         disk and leaves nothing behind: Label Studio calls /setup before it saves the connection, and
         anyone can call it; the next action checks with Label Studio (backend/connections.py)."""
         verdict = self.connections.on_setup(project_id)
+        if verdict is not None and not verdict.connected:
+            raise HttpError(verdict.status, verdict.reason)
+        self.check_first_training(project_id)  # never waits: a check a few seconds later
         if verdict is None:
             return self.context.projects.store(project_id).current_version() or "INITIAL"
-        if not verdict.connected:
-            raise HttpError(verdict.status, verdict.reason)
         state = self.context.projects.get(project_id)
         state.config = config
         return state.model.version if state.model else "INITIAL"
+
+    def check_first_training(self, project_id: int, now: bool = False) -> str | None:
+        """Schedule the "connected, labeled, no model yet?" check (backend/onboarding.py); `now` for a
+        project known to be connected (/predict). None without Label Studio: training reads it."""
+        if not (self.settings.label_studio_url and self.settings.label_studio_api_key):
+            return None
+        return self.first_training.now(project_id) if now else self.first_training.on_setup(project_id)
+
+    def _has_model(self, project_id: int) -> bool:
+        """A trained version on disk (read without loading it or creating anything)."""
+        return self.context.projects.store(project_id).current_version() is not None
+
+    def _count_labeled(self, project_id: int) -> int | None:
+        """Tasks with annotations, as Label Studio counts them; None when its answer has no count."""
+        from .labelstudio import get_project
+
+        count = get_project(self.context.client(), project_id).get("num_tasks_with_annotations")
+        return count if isinstance(count, int) and not isinstance(count, bool) else None
 
     def last_error(self, project_id: int) -> str | None:
         return self.context.projects.get(project_id).last_error or self.queue.last_error(project_id)
@@ -98,6 +122,7 @@ class AppState:
             self.context.projects.get(project_id).last_error = f"scoring new tasks: {describe_error(exc)}"
 
     def close(self) -> None:
+        self.first_training.close()
         self.queue.close()
         self.maintainer.close()
         self.heldout.close()

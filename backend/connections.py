@@ -13,7 +13,8 @@ saves the ML backend (MLBackendSerializer.validate -> MLBackend.setup_), and GET
 and /setup of every listed backend before it answers (MLBackend.update_state). So /setup never asks
 Label Studio (it would wait on itself) and answers a project it cannot vouch for from memory; the check
 happens on the next action, and /setup forgets a cached "not connected" because Label Studio may be
-connecting the project right now.
+connecting the project right now. What /setup starts instead is a delayed check in the background
+(backend/onboarding.py: the first training of a project connected with labels already there).
 """
 from __future__ import annotations
 
@@ -85,6 +86,14 @@ class Connections:
         if verdict is not None and verdict.connected and verdict.source != RECORD:
             self._record(project_id, verdict.source)
         return verdict
+
+    def forget_refusal(self, project_id: int) -> None:
+        """Drop a cached "not connected" (Label Studio's or "cannot tell"), so that the next check asks
+        again: backend/onboarding.py retries while Label Studio may still be saving the connection."""
+        with self._lock:
+            entry = self._cache.get(project_id)
+            if entry is not None and not entry[1].connected:
+                del self._cache[project_id]
 
     # ------------------------------------------------------------------ the verdicts
     def _without_asking(self, project_id: int) -> Verdict | None:

@@ -62,7 +62,8 @@ class Context:
         """Pushes and retires the project's versions; tasks Label Studio no longer has leave the pool."""
         pool = self.pool(project_id, config.image_key)
         return Publisher(self.client(), project_id, self.settings.project_dir(project_id), config,
-                         chunk_size=self.settings.predict_chunk, on_missing_tasks=pool.remove)
+                         chunk_size=self.settings.predict_chunk, on_missing_tasks=pool.remove,
+                         auto_tab=self.settings.auto_tab)
 
     def ledger(self, project_id: int) -> dict:
         """What is published in Label Studio for the project (see backend/publishing.py)."""

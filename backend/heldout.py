@@ -62,11 +62,16 @@ def baseline_scores(probs: np.ndarray, class_proportions: np.ndarray) -> dict[st
 
 def too_little_data(y: np.ndarray, tail_idx: Sequence[int], folds: int) -> str | None:
     """Why a held-out evaluation is impossible or meaningless here, or None."""
-    n_tail = int(np.isin(y, list(tail_idx)).sum())
-    if not tail_idx:
+    return too_few_labels(len(y), int(np.isin(y, list(tail_idx)).sum()), bool(tail_idx), folds)
+
+
+def too_few_labels(n_labeled: int, n_tail: int, has_tail: bool, folds: int) -> str | None:
+    """`too_little_data` from counts: the report asks it before requesting an evaluation, so that its
+    card says "too little data" at once instead of "being computed" (docs/report.md)."""
+    if not has_tail:
         return "no tail class: every labeled class has at least 0.3 x the mean class count"
-    if len(y) < max(MIN_LABELED, 2 * folds):
-        return f"{len(y)} labeled tasks with images; the held-out evaluation needs at least " \
+    if n_labeled < max(MIN_LABELED, 2 * folds):
+        return f"{n_labeled} labeled tasks with images; the held-out evaluation needs at least " \
                f"{max(MIN_LABELED, 2 * folds)}"
     if n_tail < max(MIN_TAIL, folds):
         return f"{n_tail} labeled tail-class task(s); the held-out evaluation needs at least {max(MIN_TAIL, folds)}"

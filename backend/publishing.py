@@ -12,7 +12,8 @@ the score of the predictions whose model_version equals project.model_version
 - a task without a prediction of the current version sorts after every task with one.
 So a version's life is:
 1. publish: push the head of its ranking (the top tasks), then switch
-   project.model_version. Annotators see the new order within seconds.
+   project.model_version. Annotators see the new order within seconds. A project's first
+   publish also creates its "Tail classes first" tab (MCM_AUTO_TAB, backend/tabs.py).
    A version with nothing to push (every task labeled, or none yet) is recorded as such and
    model_version is left alone (Label Studio refuses a version without predictions); it is
    published when new tasks arrive.
@@ -87,7 +88,7 @@ class Publisher:
 
     def __init__(self, client, project_id: int, project_dir: str, config: LabelConfig, *,
                  chunk_size: int = 1000, clock: Callable[[], float] = time.time,
-                 on_missing_tasks: Callable[[list[int]], None] | None = None) -> None:
+                 on_missing_tasks: Callable[[list[int]], None] | None = None, auto_tab: bool = False) -> None:
         self.client = client
         self.project_id = int(project_id)
         self.project_dir = project_dir
@@ -96,6 +97,7 @@ class Publisher:
         self.clock = clock
         self.ledger = Ledger(project_dir)
         self.on_missing_tasks = on_missing_tasks
+        self.auto_tab = auto_tab  # MCM_AUTO_TAB: the first publish creates the tail-first tab
 
     def ranking_path(self, version: str) -> str:
         return ModelStore(self.project_dir).ranking_path(version)
@@ -121,10 +123,13 @@ class Publisher:
         with self.ledger.editing() as data:
             entry = data["versions"].setdefault(version, {})
             entry.pop(NOTHING_TO_SCORE, None)
-            entry.update(pushed=head, pool=len(ranking), head=head, first=not data.get("current"))
+            first = not data.get("current")
+            entry.update(pushed=head, pool=len(ranking), head=head, first=first)
         pushed_at = self.clock()
         previous = self.finish(version)
         switched_at = self.clock()
+        if first and self.auto_tab:
+            self.create_tab()
         timings = {"push_head_s": round(pushed_at - started, 3), "switch_s": round(switched_at - pushed_at, 3),
                    "head": head, "created": created, "pool": len(ranking)}
         with self.ledger.editing() as data:
@@ -134,6 +139,26 @@ class Publisher:
                     "%.2fs (previous %s)", self.project_id, version, head, len(ranking), timings["push_head_s"],
                     timings["switch_s"], previous)
         return timings
+
+    def create_tab(self) -> bool:
+        """The project's first publish: its "Tail classes first" tab, so that connecting on the Model page
+        is enough (backend/tabs.py). A failure is logged, never stops the publish: `admin enable-ordering`
+        creates it too."""
+        from .tabs import VIEW_TITLE, create_tail_tab
+
+        try:
+            created = create_tail_tab(self.client, self.project_id)
+        except Exception as exc:  # Label Studio refused or is down: the predictions are out already
+            logger.warning("project %s: cannot create the Data Manager tab %r (%s); `python -m backend.admin "
+                           "enable-ordering --project %s` creates it", self.project_id, VIEW_TITLE,
+                           labelstudio.describe_error(exc), self.project_id)
+            return False
+        if created:
+            logger.info("project %s: created the Data Manager tab %r (unlabeled tasks, highest score first): "
+                        "annotators open it and click 'Label Tasks As Displayed'", self.project_id, VIEW_TITLE)
+        else:
+            logger.info("project %s: a Data Manager tab %r exists already: left as it is", self.project_id, VIEW_TITLE)
+        return created
 
     def nothing_to_score(self, version: str, pool: int = 0, record: dict | None = None) -> dict:
         """Record that `version` has no prediction in Label Studio (every task is labeled, or the

@@ -11,9 +11,14 @@ Definitions (docs/report.md explains them for admins):
   tail class of the model version serving the queue then; detection: whose image held an object
   of such a class), per bucket of consecutive events; a bucket never spans the moment ordering
   was enabled;
-- the *base rate* is what random order would have yielded since ordering was enabled: the tail
-  labels found since then plus the tail tasks estimated to be left in the pool, over the tasks
-  labeled since then plus the pool.
+- the *base rate* is what random order would have yielded since ordering was enabled, an estimate
+  with a 95 % interval from one of two sources: the share of tail labels among the labels gathered
+  before ordering (their order had nothing to do with the mining score), or the tail labels found
+  since then plus the pool's expected tail count (the held-out evaluation's calibration: the tail
+  share of held-out rows per score bin, applied to the pool's scores), over the tasks labeled since
+  then plus the pool. The narrower one is shown when its interval lies within +-50 % of it
+  (MAX_RELATIVE_ERROR); otherwise it is "unknown". Never the share of tasks *predicted* as tail: a
+  model trained on few labels predicts its rare classes far more often than they occur.
 """
 from __future__ import annotations
 
@@ -306,7 +311,8 @@ def strategy_summary(is_tail: np.ndarray, scores: np.ndarray, folds: np.ndarray)
 
 def heldout_summary(is_tail: Sequence[bool], scores: Mapping[str, Sequence[float]], folds: Sequence[int],
                     miner: str = "miner") -> dict:
-    """Ranking quality of the miner and each baseline on held-out rows; the best baseline by AUC-PR."""
+    """Ranking quality of the miner and each baseline on held-out rows; the best baseline by AUC-PR;
+    the miner's calibration table (the pool's expected tail count, `calibrated_count`)."""
     y = np.asarray(is_tail, dtype=bool)
     f = np.asarray(folds, dtype=np.int64)
     if not y.any():
@@ -317,7 +323,19 @@ def heldout_summary(is_tail: Sequence[bool], scores: Mapping[str, Sequence[float
     best = max(baselines, key=lambda n: (baselines[n]["auc_pr"], n)) if baselines else None
     return {"prevalence": round(float(y.mean()), 5), "n_rows": int(len(y)), "n_tail": int(y.sum()),
             "miner": strategies[miner], "baselines": baselines, "best_baseline": best,
-            "threshold": score_at_precision(y, arrays[miner])}
+            "threshold": score_at_precision(y, arrays[miner]), "calibration": calibration_table(y, arrays[miner])}
+
+
+RANDOM_MARGIN = 0.05   # held-out AUC-PR must beat the prevalence by at least this much (and by 2 standard errors)
+
+
+def beats_random(auc: float, prevalence: float, fold_aucs: Sequence[float]) -> dict:
+    """Whether the held-out AUC-PR is above random order's (the prevalence) by a margin: the larger of
+    RANDOM_MARGIN and two standard errors of the per-fold AUC-PRs (few tail rows make them noisy)."""
+    folds = np.asarray(list(fold_aucs), dtype=np.float64)
+    se = float(folds.std(ddof=1) / np.sqrt(len(folds))) if len(folds) > 1 else 0.0
+    margin = max(RANDOM_MARGIN, 2.0 * se)
+    return {"better": bool(auc > prevalence + margin), "margin": round(margin, 4)}
 
 
 def confusion_rates(is_tail: Sequence[bool], predicted_tail: Sequence[bool]) -> tuple[float | None, float | None]:
@@ -330,21 +348,90 @@ def confusion_rates(is_tail: Sequence[bool], predicted_tail: Sequence[bool]) -> 
 
 
 # ---------------------------------------------------------------------------------- pool and base rate
-def pool_tail_estimate(likely_tail_left: int | None, n_predicted_tail: int) -> tuple[float, str]:
-    """Estimated tail tasks in the pool: the likely tail tasks left (held-out models, where their
-    precision was still PRECISION_TARGET) when the held-out evaluation exists, else the tasks the
-    current model predicts as a tail class. Both undercount or overcount for the same reason: the
-    labeled tail tasks were picked by the miner, so they are easier than the pool's (docs/report.md
-    has the measured errors)."""
-    if likely_tail_left is not None:
-        return float(likely_tail_left), "likely tail tasks left (held-out models)"
-    return float(n_predicted_tail), "tasks predicted as a tail class (no held-out evaluation yet)"
+Z95 = 1.959964                 # two-sided 95 % normal quantile
+MAX_RELATIVE_ERROR = 0.5       # a base rate is shown when its 95 % interval lies within +-50 % of it
+CALIBRATION_BINS = 5           # score bins of the calibration table (fewer with few held-out rows)
+MIN_ROWS_PER_BIN = 10
 
 
-def base_rate(n_tail_after: int, n_after: int, pool_tail: float, pool_size: int) -> float | None:
-    """Tail share random order would have given since ordering was enabled (see the module doc)."""
+def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion k / n (sensible at k = 0 and for small n)."""
+    if n <= 0:
+        raise ValueError(f"need at least one trial, got n={n}")
+    p = k / n
+    denominator = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / denominator
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return max(0.0, float(center - half)), min(1.0, float(center + half))
+
+
+def relative_error(estimate: Mapping) -> float:
+    """How far the 95 % interval reaches from the estimate, relative to it (inf for an estimate of 0)."""
+    value = float(estimate["value"])
+    if value <= 0:
+        return float("inf")
+    return max(float(estimate["high"]) - value, value - float(estimate["low"])) / value
+
+
+def rate_from_labels(n_tail: int, n: int) -> dict | None:
+    """The base rate as the tail share of the labels gathered before ordering, with its Wilson interval.
+    Assumes they were labeled in an order unrelated to their class (not imported folder by folder)."""
+    if n <= 0:
+        return None
+    low, high = wilson_interval(n_tail, n)
+    return {"value": n_tail / n, "low": low, "high": high, "source": "labels before ordering",
+            "method": f"{n_tail} tail of the {n} labels gathered before ordering (Wilson interval)"}
+
+
+def calibration_table(is_tail: np.ndarray, scores: np.ndarray, bins: int = CALIBRATION_BINS) -> dict:
+    """Held-out rows per score bin (quantile edges of their scores) and how many of them are tail."""
+    y, s = np.asarray(is_tail, dtype=bool), np.asarray(scores, dtype=np.float64)
+    k = max(1, min(bins, len(s) // MIN_ROWS_PER_BIN))
+    edges = np.unique(np.quantile(s, np.linspace(0, 1, k + 1)[1:-1])) if k > 1 else np.zeros(0)
+    which = np.searchsorted(edges, s, side="right")
+    n = np.bincount(which, minlength=len(edges) + 1)
+    n_tail = np.bincount(which, weights=y.astype(np.float64), minlength=len(edges) + 1)
+    return {"edges": [float(e) for e in edges], "n": n.astype(int).tolist(), "n_tail": n_tail.astype(int).tolist()}
+
+
+def calibrated_count(table: Mapping, pool_scores: np.ndarray) -> tuple[float, float]:
+    """(expected tail tasks among `pool_scores`, its variance): per score bin, the held-out tail share
+    times the pool tasks in the bin. The variance adds the uncertainty of each bin's share (with the
+    Jeffreys share (tail + 0.5) / (n + 1), so that a bin without a tail row is not certain) and the
+    pool's own binomial spread."""
+    edges = np.asarray(table["edges"], dtype=np.float64)
+    n, n_tail = np.asarray(table["n"], dtype=np.float64), np.asarray(table["n_tail"], dtype=np.float64)
+    if len(n) != len(edges) + 1 or len(n_tail) != len(n):
+        raise ValueError(f"calibration table: {len(edges)} edges need {len(edges) + 1} bins, got {len(n)}")
+    share = np.divide(n_tail, n, out=np.zeros_like(n), where=n > 0)
+    smooth = (n_tail + 0.5) / (n + 1.0)
+    m = np.bincount(np.searchsorted(edges, np.asarray(pool_scores, dtype=np.float64), side="right"),
+                    minlength=len(n)).astype(np.float64)
+    variance = m * m * smooth * (1 - smooth) / (n + 1.0) + m * smooth * (1 - smooth)
+    return float(np.sum(m * share)), float(np.sum(variance))
+
+
+def rate_from_calibration(n_tail_after: int, n_after: int, expected: float, variance: float,
+                          pool_size: int) -> dict | None:
+    """Tail labels found since ordering plus the pool's expected tail count, over the labeled and the pool."""
     total = n_after + pool_size
-    return None if total <= 0 else (n_tail_after + pool_tail) / total
+    if total <= 0:
+        return None
+    value = (n_tail_after + expected) / total
+    half = Z95 * float(np.sqrt(max(variance, 0.0))) / total
+    return {"value": value, "low": max(0.0, value - half), "high": min(1.0, value + half),
+            "source": "calibrated expected count",
+            "method": f"{n_tail_after} tail labels since ordering + {expected:.1f} expected among {pool_size} "
+                      "unlabeled tasks (held-out tail share per score bin)"}
+
+
+def choose_base_rate(candidates: Sequence[dict | None]) -> tuple[dict | None, dict | None]:
+    """(the estimate to show, or None for "unknown"; the most precise candidate, shown or not)."""
+    found = [c for c in candidates if c is not None]
+    if not found:
+        return None, None
+    best = min(found, key=relative_error)
+    return (best if relative_error(best) <= MAX_RELATIVE_ERROR else None), best
 
 
 def count_at_or_above(scores: np.ndarray, threshold: float | None) -> int | None:

@@ -32,6 +32,7 @@ table{border-collapse:collapse;background:#fff;font-size:13px;margin:8px 0 18px}
 td,th{border-bottom:1px solid #e3e3e3;padding:4px 10px;text-align:right}th{background:#eef1f5}
 td:first-child,th:first-child{text-align:left}.tail{color:#c0392b;font-weight:600}
 .note{font-size:13px;color:#444}.err{color:#b00020}h2{font-size:17px;margin:22px 0 6px}
+.card .warn{color:#b00020;font-weight:600;margin-top:6px}
 """
 
 
@@ -46,30 +47,52 @@ def _pct(value: float | None) -> str:
     return "–" if value is None else f"{value:.1%}"
 
 
+def no_better_than_random(held: dict) -> str | None:
+    """The first card's warning when the held-out ranking does not beat random order by a margin."""
+    if held.get("better_than_random") is not False:
+        return None
+    return (f"The ranking is no better than random on this project's own labels: held-out AUC-PR "
+            f"{held['auc_pr']:.3f} vs {held['prevalence']:.3f} at random (needs a margin of "
+            f"{held.get('random_margin', report.RANDOM_MARGIN):.2f}). Label more tasks (the tail-first tab still "
+            "finds what the model knows), or declare the tail classes (docs/report.md).")
+
+
+def _base_rate_card(y: dict) -> tuple[str, str, str]:
+    """"Expected at random": an estimate with its 95 % interval, or "unknown" with the reason."""
+    shown = y.get("base_rate_estimate")
+    if shown is None:
+        return "Expected at random (estimate)", "unknown", y.get("base_rate_method") or ""
+    sub = f"estimate, 95 % interval {_pct(shown['low'])}-{_pct(shown['high'])}: {shown['method']}"
+    if y.get("lift_after"):
+        sub += f"; yield / estimate: x{y['lift_after']:.1f}"
+    return "Expected at random (estimate)", _pct(shown["value"]), sub
+
+
 def _cards(s: dict) -> str:
     y, held, pool = s["tail_yield"], s["heldout"], s["pool"]
     after, before = y.get("after"), y.get("before")
     cards = []
+    warning = no_better_than_random(held)
     if after:
         sub = f"{after['n_tail']} of {after['n']} labeled since ordering"
         if before:
             sub += f"; before: {_pct(before['share'])} ({before['n_tail']} of {before['n']})"
-        cards.append(("Tail yield since ordering", _pct(after["share"]), sub))
+        cards.append(("Tail yield since ordering", _pct(after["share"]), sub, warning))
     else:
         whole = y.get("unknown") or before
         note = "ordering time unknown" if s["ordering"]["enabled_at"] is None else "nothing labeled since ordering"
-        cards.append(("Tail yield", _pct(whole["share"]) if whole else "–", note))
-    lift = f"yield / base rate: x{y['lift_after']:.1f}" if y.get("lift_after") else (y.get("base_rate_method") or "")
-    cards.append(("Expected at random", _pct(y.get("base_rate")), lift))
+        cards.append(("Tail yield", _pct(whole["share"]) if whole else "–", note, warning))
+    cards.append(_base_rate_card(y))
     if held.get("auc_pr") is not None:
         stale = "" if held.get("evaluated_version") == held.get("version") else \
             f" (from {held.get('evaluated_version')}; {held.get('version')} is being computed)"
         cards.append(("Held-out AUC-PR", f"{held['auc_pr']:.3f}",
                       f"best uncertainty baseline ({held.get('best_baseline')}): {held.get('best_baseline_auc_pr'):.3f}; "
                       f"random: {held.get('prevalence'):.3f}{stale}"))
-    else:
-        cards.append(("Held-out AUC-PR", "…" if held.get("status") in ("computing", "queued") else "–",
-                      heldout_message(held)[1]))
+    elif held.get("status") in ("computing", "queued", "not requested"):
+        cards.append(("Held-out AUC-PR", "…", heldout_message(held)[1]))
+    else:  # too little data, unsupported, disabled, failed: say which, never "being computed"
+        cards.append(("Held-out AUC-PR", "–", held.get("message") or heldout_message(held)[1]))
     left = pool.get("likely_tail_left")
     cards.append(("Likely tail tasks left", "–" if left is None else str(left),
                   f"of {pool.get('n_unlabeled')} unlabeled (held-out precision >= {report.PRECISION_TARGET:.0%})"
@@ -79,16 +102,18 @@ def _cards(s: dict) -> str:
                                                     if len(tails) > MAX_CARD_CLASSES else "")
     cards.append(("Tail classes", shown or "none", f"of {len(s['classes'])} classes; {s.get('tail_rule') or ''}"))
     cards.append(("Labeled", str(s["n_labeled_tasks"]), f"tasks; {s['n_annotations']} annotations"))
-    return "".join(f'<div class="card"><div class="k">{_e(k)}</div><div class="v">{_e(v)}</div>'
-                   f'<div class="s">{_e(sub)}</div></div>' for k, v, sub in cards)
+    return "".join(f'<div class="card"><div class="k">{_e(card[0])}</div><div class="v">{_e(card[1])}</div>'
+                   f'<div class="s">{_e(card[2])}</div>'
+                   + (f'<div class="s warn">{_e(card[3])}</div>' if len(card) > 3 and card[3] else "") + "</div>"
+                   for card in cards)
 
 
 CAPTIONS = {
     "tail_yield": "Each bar is a run of up to {size} consecutive labeled tasks (a run never spans the moment "
-                  "ordering was enabled); its height is the share labeled with a class that was a tail class then (of the model ordering the queue). The dashed line is "
-                  "what random order would have yielded since ordering was enabled: tail labels found since then "
-                  "plus the tail tasks estimated to be left in the pool ({method}), over the tasks labeled since "
-                  "then plus the pool.",
+                  "ordering was enabled); its height is the share labeled with a class that was a tail class then "
+                  "(of the model ordering the queue). The dashed line, when drawn, is an estimate of what random "
+                  "order would have yielded since ordering was enabled ({method}); it is left out when that is "
+                  "not known to within +-50 %.",
     "classes": "Tasks labeled per class as labeling went on. Thick lines: the tail classes of the current model "
                "(declared by the admin with mcm_tail=\"true\" in the label config, or counted: skewness ratio "
                "r = count / mean count below 0.3 with a count improbable by chance, or never labeled).",

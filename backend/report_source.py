@@ -26,6 +26,7 @@ import numpy as np
 from mcm_core.atomic import atomic_write_json
 
 from . import labelstudio, report
+from .heldout import too_few_labels
 from .label_config import parse_label_config
 from .ledger import Ledger
 from .scoring import Ranking
@@ -184,11 +185,18 @@ class Report:
             return self.figures[name]
 
 
-def _heldout_part(heldout: "HeldOut", project_id: int, version: str | None) -> tuple[dict, dict | None]:
-    """(the summary's "heldout" entry, the evaluation shown: the version's, or an older one meanwhile)."""
+def _heldout_part(heldout: "HeldOut", project_id: int, version: str | None,
+                  labels_now: tuple[int, int, bool] | None = None) -> tuple[dict, dict | None]:
+    """(the summary's "heldout" entry, the evaluation shown: the version's, or an older one meanwhile).
+    `labels_now`: (labeled tasks, of them tail, whether there is a tail class) as Label Studio has them:
+    when they are too few, the answer is "too little data" at once, not "being computed"."""
     if version is None:
         return {"status": "too_little_data", "message": "no trained model yet", "version": None}, None
     state, message = heldout.state(project_id, version)
+    problem = too_few_labels(*labels_now, heldout.folds) if labels_now and state != "ready" and heldout.folds >= 2 \
+        else None
+    if problem:
+        return {"status": "too_little_data", "message": problem, "version": version}, None
     if state in ("not requested", "failed"):  # a failure is retried after RETRY_FAILED_SECONDS
         heldout.request(project_id, version)
         state, message = heldout.state(project_id, version)
@@ -199,6 +207,8 @@ def _heldout_part(heldout: "HeldOut", project_id: int, version: str | None) -> t
     part = {"status": state, "message": message, "version": version}
     if shown:
         best = shown.get("best_baseline")
+        verdict = report.beats_random(shown["miner"]["auc_pr"], shown["prevalence"], shown["miner"]["fold_auc_pr"])
+        part.update(better_than_random=verdict["better"], random_margin=verdict["margin"])
         part.update(
             evaluated_version=shown.get("version"), folds=shown.get("folds"), seed=shown.get("seed"),
             n_labeled=shown.get("n_labeled"), n_tail=shown.get("n_tail"), prevalence=shown.get("prevalence"),
@@ -208,7 +218,8 @@ def _heldout_part(heldout: "HeldOut", project_id: int, version: str | None) -> t
             baselines_auc_pr={k: v["auc_pr"] for k, v in shown["baselines"].items()},
             baseline_source=shown.get("baseline_source"), threshold=shown.get("threshold"),
             tpr=shown.get("tpr"), fpr=shown.get("fpr"), pool_evaluated=shown.get("pool_evaluated"),
-            pool_sample_fraction=shown.get("pool_sample_fraction"), computed_at=shown.get("computed_at"),
+            pool_sample_fraction=shown.get("pool_sample_fraction"), calibration=shown.get("calibration"),
+            computed_at=shown.get("computed_at"),
             seconds=shown.get("seconds"))
     return part, shown
 
@@ -229,8 +240,53 @@ def _likely_tail(heldout: "HeldOut", project_id: int, shown: dict | None, rankin
             "histogram_likely": report.histogram(ranking.scores[:left])["counts"]}
 
 
+def _calibrated_rate(heldout: "HeldOut", project_id: int, shown: dict | None, ranking: Ranking,
+                     after: dict) -> dict | None:
+    """The base rate from the held-out calibration applied to the fold models' scores of the tasks still
+    unlabeled (same scale; a sampled pool is scaled up), or None without a usable evaluation."""
+    table = (shown or {}).get("calibration")
+    stored = heldout.read_pool(project_id, shown["version"]) if table else None
+    if stored is None:
+        return None
+    ids, scores = stored
+    still = np.isin(ids, ranking.task_ids)  # not labeled since the evaluation
+    if not still.any():
+        return None
+    try:
+        expected, variance = report.calibrated_count(table, scores[still])
+    except (ValueError, KeyError, TypeError) as exc:
+        logger.warning("project %s: unusable calibration table in the held-out evaluation: %s", project_id, exc)
+        return None
+    fraction = float(shown.get("pool_sample_fraction") or 1.0)
+    scale = len(ranking) / max(1, int(still.sum())) if fraction < 1.0 else 1.0
+    return report.rate_from_calibration(after["n_tail"], after["n"], expected * scale, variance * scale * scale,
+                                        len(ranking))
+
+
+def base_rate_part(before: dict | None, calibrated: dict | None) -> dict:
+    """The summary's base-rate fields: the estimate shown (None: "unknown") and the best candidate."""
+    from_labels = report.rate_from_labels(before["n_tail"], before["n"]) if before else None
+    shown, best = report.choose_base_rate([from_labels, calibrated])
+
+    def rounded(estimate: dict | None) -> dict | None:
+        return None if estimate is None else {**estimate, **{k: round(float(estimate[k]), 4)
+                                                               for k in ("value", "low", "high")}}
+    if shown is not None:
+        note = None
+    elif best is not None:
+        note = (f"unknown: best estimate {best['value']:.1%}, 95 % interval {best['low']:.1%}-{best['high']:.1%} "
+                f"({best['method']}): not known to within +-{report.MAX_RELATIVE_ERROR:.0%}")
+    else:
+        note = ("unknown: it needs labels gathered before ordering, or the held-out evaluation's calibration "
+                "(never the share of tasks predicted as tail)")
+    return {"base_rate": None if shown is None else round(float(shown["value"]), 4),
+            "base_rate_estimate": rounded(shown), "base_rate_best": rounded(best),
+            "base_rate_method": shown["method"] if shown else note}
+
+
 def _pool_part(heldout: "HeldOut", project_id: int, project_dir: str, published: str | None, annotated: list,
-               tail_idx: list[int], shown: str | None, after: dict) -> tuple[dict, np.ndarray | None, float | None, str | None]:
+               tail_idx: list[int], shown: dict | None, phases: dict
+               ) -> tuple[dict, np.ndarray | None, dict]:
     """The unlabeled pool as the published ranking saw it (minus tasks labeled since): its score
     histogram, how many tail tasks are likely left, and the base rate a random queue would have had."""
     pool_scores = pool_pred = ranking = None
@@ -242,15 +298,14 @@ def _pool_part(heldout: "HeldOut", project_id: int, project_dir: str, published:
         except (OSError, ValueError, KeyError):
             pass
     pool = {"version": published, "n_unlabeled": None if pool_scores is None else int(len(pool_scores))}
-    rate = method = None
+    calibrated = None
     if pool_scores is not None:
-        n_pred_tail = int(np.isin(pool_pred, tail_idx).sum())
         likely = _likely_tail(heldout, project_id, shown, ranking)
-        estimate, method = report.pool_tail_estimate(likely["likely_tail_left"], n_pred_tail)
-        pool.update(predicted_tail=n_pred_tail, tail_estimate=round(estimate, 1), tail_estimate_method=method,
+        # what the current model predicts, for comparison only: not an estimate of the pool's tail count
+        pool.update(predicted_tail=int(np.isin(pool_pred, tail_idx).sum()),
                     histogram=report.histogram(pool_scores), precision_target=report.PRECISION_TARGET, **likely)
-        rate = report.base_rate(after["n_tail"], after["n"], estimate, len(pool_scores))
-    return pool, pool_scores, rate, method
+        calibrated = _calibrated_rate(heldout, project_id, shown, ranking, phases.get("after", {"n": 0, "n_tail": 0}))
+    return pool, pool_scores, base_rate_part(phases.get("before"), calibrated)
 
 
 def build_report(context: "Context", heldout: "HeldOut", project_id: int, last_error: str | None = None) -> Report:
@@ -282,11 +337,15 @@ def build_report(context: "Context", heldout: "HeldOut", project_id: int, last_e
         [(report.parse_time(v["published_at"] or v["trained_at"]), v["tail_classes"]) for v in versions], fallback=tail)
     buckets = report.yield_buckets(events, tail_then, enabled_at)
     phases = report.phase_yield(events, tail_then, enabled_at)
-    heldout_part, shown = _heldout_part(heldout, project_id, model.version if model else None)
+    version_tail = [c for c in tail if c in classes]
+    labels_now = (len(events), sum(counts[c] for c in version_tail), bool(version_tail))
+    heldout_part, shown = _heldout_part(heldout, project_id, model.version if model else None,
+                                        None if config.detection else labels_now)
 
     after = phases.get("after", {"n": 0, "n_tail": 0})
-    pool, pool_scores, rate, method = _pool_part(heldout, project_id, project_dir, published, annotated,
-                                                 [classes.index(c) for c in tail if c in classes], shown, after)
+    pool, pool_scores, rate_part = _pool_part(heldout, project_id, project_dir, published, annotated,
+                                              [classes.index(c) for c in version_tail], shown, phases)
+    rate = rate_part["base_rate"]
     after_share = after.get("share")
     summary = {
         "project": project_id, "generated_at": report.iso(time.time()),
@@ -306,7 +365,7 @@ def build_report(context: "Context", heldout: "HeldOut", project_id: int, last_e
                        "bucket_size": report.BUCKET_SIZE,
                        "buckets": [{**b, "first_at": report.iso(b["first_at"]), "last_at": report.iso(b["last_at"]),
                                     "share": round(b["share"], 4)} for b in buckets],
-                       "base_rate": None if rate is None else round(rate, 4), "base_rate_method": method,
+                       **rate_part,  # base_rate (None: unknown), base_rate_estimate, _best, _method
                        "lift_after": round(after_share / rate, 2) if after_share is not None and rate else None},
         "heldout": heldout_part, "pool": pool, "versions": versions, "last_error": last_error,
     }

@@ -7,6 +7,10 @@ Manager queue), so two annotators on one tab label the same tasks. For a team, t
 unlabeled tasks are split into lanes: disjoint ranges of task ids of equal size,
 one tab per annotator, each still ordered by score. Tail tasks are spread over the
 ids, so each lane gets its share of them.
+
+Who creates the tab: the backend itself on a project's first publish (`create_tail_tab`, unless
+MCM_AUTO_TAB=false), so that connecting on the Model page is enough; `admin enable-ordering` creates
+or updates it too, and is the way to get lanes.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import time
 from datetime import datetime
 from typing import Any, Sequence
 
+from .labelstudio import LabelStudioError
 from .validation import Skipped, parse_timestamp, short
 
 VIEW_TITLE = "Tail classes first"
@@ -81,6 +86,31 @@ def enabled_at(view: Any, skipped: Skipped | None = None) -> tuple[datetime, str
     return at, tab_title(view) or ""
 
 
+def stamped(data: dict) -> dict:
+    """A new tab's data with the time it was created (ENABLED_AT_KEY: the report's "ordering enabled")."""
+    return {**data, ENABLED_AT_KEY: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def create_tail_tab(client, project_id: int, title: str = VIEW_TITLE) -> bool:
+    """Create the tail-first tab unless the project has a tab of that title (a person's edits of it
+    are left alone); True when it was created. `client`: the sdk's LabelStudio. Raises
+    LabelStudioError when Label Studio refuses."""
+    http = client._client_wrapper.httpx_client
+    response = http.request("api/dm/views/", method="GET", params={"project": int(project_id)})
+    if response.status_code >= 300:
+        raise LabelStudioError(f"listing the Data Manager tabs of project {project_id} failed: HTTP "
+                               f"{response.status_code} {response.text[:200]}")
+    views = response.json()
+    if any(tab_title(v) == title for v in (views if isinstance(views, list) else [])):
+        return False
+    response = http.request("api/dm/views/", method="POST",
+                            json={"project": int(project_id), "data": stamped(tab_data(title))})
+    if response.status_code >= 300:
+        raise LabelStudioError(f"creating the Data Manager tab {title!r} of project {project_id} failed: HTTP "
+                               f"{response.status_code} {response.text[:200]}")
+    return True
+
+
 def upsert_tabs(ls, project_id: int, tabs: list[dict], stale_prefix: str | None = None) -> list[tuple[Any, bool]]:
     """Create or update each tab by title (returns (view, created) per tab); delete tabs whose title
     starts with `stale_prefix` but are not in `tabs` (lanes of an earlier, different split).
@@ -91,7 +121,7 @@ def upsert_tabs(ls, project_id: int, tabs: list[dict], stale_prefix: str | None 
     for data in tabs:
         view = by_title.get(data["title"])
         if view is None:
-            data = {**data, ENABLED_AT_KEY: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            data = stamped(data)
             out.append((ls.call("creating the view", ls.client.views.create, project=project_id, data=data), True))
         else:
             merged = {**view_data(view), **data}

@@ -169,13 +169,20 @@ def test_thin_curve_keeps_the_ends():
     assert len(thin["recall"]) <= 51 and thin["recall"][0] == 0.0 and thin["recall"][-1] == 1.0
 
 
-def test_pool_estimate_and_base_rate_by_hand():
-    estimate, method = report.pool_tail_estimate(12, 30)
-    assert estimate == 12 and method.startswith("likely tail")
-    estimate, method = report.pool_tail_estimate(None, 30)  # no held-out evaluation yet
-    assert estimate == 30 and method.startswith("tasks predicted")
-    assert report.base_rate(20, 20, 28.0, 100) == pytest.approx(48 / 120)
-    assert report.base_rate(0, 0, 0.0, 0) is None
+def test_base_rate_estimates_by_hand():
+    low, high = report.wilson_interval(20, 200)  # Wilson 95 % of 20 / 200 (statsmodels: 0.06567, 0.14941)
+    assert (low, high) == (pytest.approx(0.06567, abs=1e-5), pytest.approx(0.14941, abs=1e-5))
+    assert report.wilson_interval(0, 12)[0] == 0.0
+    labels = report.rate_from_labels(20, 200)
+    assert labels["value"] == 0.1 and report.relative_error(labels) == pytest.approx(0.4941, abs=1e-4)
+    assert report.rate_from_labels(0, 0) is None
+    calibrated = report.rate_from_calibration(20, 20, 28.0, 25.0, 100)
+    assert calibrated["value"] == pytest.approx(48 / 120)
+    assert calibrated["high"] - calibrated["value"] == pytest.approx(1.959964 * 5 / 120)
+    assert report.rate_from_calibration(0, 0, 0.0, 0.0, 0) is None
+    assert report.choose_base_rate([labels, calibrated]) == (calibrated, calibrated)  # relatively narrower
+    assert report.choose_base_rate([report.rate_from_labels(1, 12)]) == (None, report.rate_from_labels(1, 12))
+    assert report.choose_base_rate([None, None]) == (None, None)
     assert report.confusion_rates([True, True, False, False], [True, False, True, False]) == (0.5, 0.5)
     assert report.confusion_rates([False], [True]) == (None, 1.0)
 

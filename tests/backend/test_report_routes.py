@@ -88,8 +88,11 @@ def test_report_numbers_agree_with_the_status_and_the_hand_computed_timeline(env
     pool = summary["pool"]
     assert pool["n_unlabeled"] == status["n_scored"] == len(env["truth"])
     assert sum(pool["histogram"]["counts"]) == len(env["truth"])
-    assert tail_yield["base_rate"] == pytest.approx((5 + pool["tail_estimate"]) / (10 + pool["n_unlabeled"]),
-                                                    abs=0.002)
+    # An estimate or "unknown" (0 tail labels of 55 before ordering say nothing precise), never the
+    # share of tasks the model predicts as tail.
+    shown = tail_yield["base_rate_estimate"]
+    assert tail_yield["base_rate"] == (shown["value"] if shown else None)
+    assert tail_yield["base_rate_best"] is not None and "predicted" not in tail_yield["base_rate_method"]
     [row] = summary["versions"]
     assert row["version"] == status["model_version"] and row["current"] and row["n_labeled"] == 65
     assert row["train_seconds"] > 0 and row["rescore_seconds"] > 0 and row["published_at"]
@@ -128,9 +131,13 @@ def test_heldout_evaluation_runs_in_the_background_and_sets_the_likely_tail_coun
     # figure marks as many tasks from the top of the published ranking.
     threshold = (held["threshold"] or {}).get("score")
     pool = summary["pool"]
+    # The base rate's best estimate is now the calibrated expected count: the held-out tail share per score
+    # bin times the unlabeled tasks the fold models put in that bin, plus the 5 tail labels since ordering.
+    best = summary["tail_yield"]["base_rate_best"]
+    assert best["source"] == "calibrated expected count" and best["low"] <= best["value"] <= best["high"]
+    assert sum(held["calibration"]["n"]) == 65 and sum(held["calibration"]["n_tail"]) == 5
     assert held["pool_evaluated"] == len(env["truth"]) and pool["threshold_score"] == threshold
     if threshold is not None:
-        assert pool["tail_estimate"] == pool["likely_tail_left"]  # the base rate's estimate of the pool's tail
         ids, scores = env["app"].config["MCM_STATE"].heldout.read_pool(PID, summary["model_version"])
         assert sorted(ids.tolist()) == sorted(env["truth"])
         assert pool["likely_tail_left"] == int((scores >= threshold).sum())
