@@ -79,7 +79,9 @@ def cmd_connect(ls: LabelStudioAdmin, args: argparse.Namespace) -> int:
               "annotation(s); the backend trains at most once per MCM_RETRAIN_MIN_INTERVAL)")
     else:
         print("training on annotation submission: OFF (train with the Start Training button or `retrain`)")
-    print(f"next: annotate, then `python -m backend.admin enable-ordering --project {project.id}`")
+    print("next: the backend trains on the labels already there (or on the first submissions) and creates the "
+          f"'{VIEW_TITLE}' tab with its first model (unless MCM_AUTO_TAB=false); `python -m backend.admin "
+          f"enable-ordering --project {project.id}` creates or re-points it (--lanes N: one tab per annotator)")
     return 0
 
 

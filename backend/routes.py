@@ -2,9 +2,11 @@
 
 - POST /setup: validates the label config, answers the current version from memory
   (Label Studio waits 3 s); never asks Label Studio whether the project is connected
-  (backend/connections.py: the other routes act only on connected projects).
+  (backend/connections.py: the other routes act only on connected projects); schedules the
+  background check that starts a labeled project's first training (backend/onboarding.py).
 - POST /predict: one entry per task from the already-loaded model ([] for a task
-  that cannot be scored); never trains, never reads weights per request.
+  that cannot be scored); never reads weights per request. A connected project without a
+  model gets [] per task, a "message", and its first training requested (backend/onboarding.py).
 - POST /webhook: START_TRAINING schedules a paced training (backend/pacing.py);
   TASKS_CREATED scores the named tasks, read back from Label Studio; other events
   are acknowledged and ignored. Answers at once (Label Studio waits 1 s).
@@ -116,6 +118,8 @@ def predict():
     if connection.status == 503:  # cannot tell whether Label Studio connected it: say why
         raise HttpError(503, connection.reason)
     model = state_.context.projects.get(project_id).model if connection.connected else None
+    if model is None and connection.connected and tasks:
+        return jsonify(_no_model_yet(state_, project_id, len(tasks)))
     if model is None or not tasks:  # nothing to serve (and no state kept for an unknown project)
         return jsonify({"results": [[] for _ in tasks], "model_version": model.version if model else "INITIAL"})
     started = time.monotonic()
@@ -129,6 +133,26 @@ def predict():
     logger.info("project %s: /predict %d tasks -> %d predictions in %.3fs", project_id, len(tasks), len(by_task),
                 time.monotonic() - started)
     return jsonify({"results": results, "model_version": model.version})
+
+
+NO_MODEL_MESSAGE = ("No model yet for project {project}: {what}. When it is trained the backend pushes its "
+                    "predictions to Label Studio itself and creates the 'Tail classes first' tab; reload the Data "
+                    "Manager in a minute. (Label Studio shows no message for 'Retrieve Predictions'.)")
+
+
+def _no_model_yet(state_: AppState, project_id: int, n_tasks: int) -> dict:
+    """/predict of a connected project without a model: train first (checked in the background: it
+    needs labels) and say so. Label Studio 1.23 shows nothing for an answer to 'Retrieve Predictions',
+    error or not (docs/backend.md), so the answer is a normal one with no prediction, and the log says why."""
+    if state_.queue.is_training(project_id):
+        what = "its first training is running"
+    else:
+        state_.check_first_training(project_id, now=True)
+        what = "a first training was requested (it needs labels of at least 2 classes)"
+    message = NO_MODEL_MESSAGE.format(project=project_id, what=what)
+    logger.info("project %s: /predict of %d task(s) without a model: %s", project_id, n_tasks, what)
+    return {"results": [[] for _ in range(n_tasks)], "model_version": "INITIAL", "status": "no_model",
+            "message": message}
 
 
 @routes.post("/webhook")
@@ -211,8 +235,10 @@ def status():
                         "model_version": None, "trained_at": None,
                         "n_labeled": 0, "labeled_per_class": {}, "tail_classes": [], "n_scored": 0,
                         "nothing_to_score": False, "nothing_to_score_message": None,
-                        "skipped_items": Skipped().as_dict(),
+                        "prefill": None, "reliability": None, "skipped_items": Skipped().as_dict(),
                         "training": False, "last_error": queue.last_error(project_id)})
+    from .scoring import prefill_summary
+
     context = state_.context
     state = context.projects.get(project_id)
     meta = state.model.meta if state.model else {}
@@ -234,6 +260,8 @@ def status():
         "published_version": ledger.get("current"),
         "nothing_to_score": idle,
         "nothing_to_score_message": NOTHING_TO_SCORE_MESSAGE.format(state.model.version) if idle else None,
+        # which classes a prediction pre-ticks and why not the others; do the features separate the classes
+        "prefill": prefill_summary(state.model, state_.settings.prefill), "reliability": meta.get("reliability"),
         "skipped_items": state.skipped.as_dict(),  # items read from Label Studio and skipped (validation.Skipped)
         "label_studio_orders_by_other_version": state_.maintainer.foreign_version.get(project_id),
         "next_training_in_s": None if wait is None else round(wait, 1),

@@ -63,6 +63,10 @@ TABLE: tuple[Setting, ...] = (
             "labels teach the model more (tail classes in turn, least like what is labeled first; "
             "mcm_core.queue), at some cost in tail share (docs/quality.md). Applies from the next training.",
             minimum=0, group="Publishing predictions"),
+    Setting("MCM_AUTO_TAB", "auto_tab", bool, True, "On a project's first publish, create its Data Manager tab "
+            "\"Tail classes first\" (unlabeled tasks, highest score first) unless a tab of that title exists; "
+            "annotators then use \"Label Tasks As Displayed\" on it. false: only `admin enable-ordering` creates it "
+            "(also the only way to get lanes).", group="Publishing predictions"),
     Setting("MCM_FILL_AFTER_SECONDS", "fill_after_seconds", float, 300.0, "Once a version has been current this "
             "long, push the rest of the pool too (a project's first version fills at once).", minimum=0,
             group="Publishing predictions"),
@@ -75,6 +79,11 @@ TABLE: tuple[Setting, ...] = (
     Setting("MCM_MAINTAIN_SECONDS", "maintain_seconds", float, 10.0, "How often the background upkeep fills, "
             "retires and keeps Label Studio's model_version on ours.", minimum=0.001,
             group="Publishing predictions"),
+    Setting("MCM_PREFILL", "prefill", str, "auto", "What a prediction pre-ticks. auto: the class of a plain "
+            "classifier (softmax, no tail boost) on the same features, only for the classes whose held-out "
+            "precision in the project's own labels is >= 90 % at the task's confidence (cross-validated at each "
+            "training; meta.json and /mcm/status say which and why); other tasks get the score and no choice. "
+            "off: no pre-filled choice or box at all, scores only.", group="Publishing predictions"),
     Setting("MCM_PREDICT_CHUNK", "predict_chunk", int, 500, "Predictions per import request (at most 500, Label "
             "Studio's import batch: a refused request then creates nothing).", minimum=1,
             group="Publishing predictions"),
@@ -143,6 +152,7 @@ TABLE: tuple[Setting, ...] = (
 )
 _BY_FIELD = {s.field: s for s in TABLE}
 SCORE_TRANSFORMS = ("linear", "sqrt")
+PREFILL_MODES = ("auto", "off")
 BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 # Values docker/.env.example ships for its secrets (and the like): a deployment that kept one is refused.
 PLACEHOLDER_PREFIXES = ("change-me", "changeme", "replace-with")
@@ -190,10 +200,12 @@ class Settings:
     retrain_max_wait: float = _default("retrain_max_wait")
     head_size: int = _default("head_size")
     queue_window: int = _default("queue_window")
+    auto_tab: bool = _default("auto_tab")
     fill_after_seconds: float = _default("fill_after_seconds")
     prediction_grace_seconds: float = _default("prediction_grace_seconds")
     pool_relist_seconds: float = _default("pool_relist_seconds")
     maintain_seconds: float = _default("maintain_seconds")
+    prefill: str = _default("prefill")
     predict_chunk: int = _default("predict_chunk")
     allowed_hosts: tuple[str, ...] = _default("allowed_hosts")
     image_max_bytes: int = _default("image_max_bytes")
@@ -223,6 +235,8 @@ class Settings:
             value = getattr(self, setting.field)
             if setting.minimum is not None and value < setting.minimum:
                 raise ValueError(f"{setting.env} must be >= {setting.minimum:g}, got {value}")
+        if self.prefill not in PREFILL_MODES:
+            raise ValueError(f"MCM_PREFILL must be one of {', '.join(PREFILL_MODES)}, got {self.prefill!r}")
         if self.score_transform not in SCORE_TRANSFORMS:
             raise ValueError(f"MCM_SCORE_TRANSFORM must be one of {SCORE_TRANSFORMS}, got {self.score_transform!r}")
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):

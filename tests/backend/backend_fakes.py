@@ -1,7 +1,7 @@
 """Local HTTP servers for backend tests: an image server and a small fake Label Studio API.
 
 The fake implements only the endpoints the backend calls (tasks list with the
-total_annotations filter, project get/patch, import/predictions with Label
+total_annotations filter, project get (with num_tasks_with_annotations)/patch, Data Manager tabs, import/predictions with Label
 Studio's silent dropping rules, model-versions delete, token refresh, uploads
 and presign, each project's ML backends), so unit tests exercise the real sdk
 client over real HTTP.
@@ -122,7 +122,8 @@ class FakeLabelStudio:
                 if refused:
                     return jsonify(refused), 400
                 fake.projects[pid].update(body)
-            return jsonify({"id": pid, **fake.projects[pid]})
+            labeled = sum(1 for t in fake.tasks.values() if t["project"] == pid and t["annotations"])
+            return jsonify({"id": pid, "num_tasks_with_annotations": labeled, **fake.projects[pid]})
 
         @app.route("/api/tasks/", methods=["GET"], strict_slashes=False)
         def tasks():
@@ -214,8 +215,14 @@ class FakeLabelStudio:
             title = fake.projects.get(pid, {}).get("backend_title", "Minority-class mining")
             return jsonify([{"title": title, "project": pid, **b} for b in fake.ml_backends.get(pid, [])])
 
-        @app.route("/api/dm/views/", methods=["GET"])
+        @app.route("/api/dm/views/", methods=["GET", "POST"])
         def views():
+            if request.method == "POST":  # Label Studio keeps `data` as given (title, filters, ordering, ...)
+                body = request.get_json() or {}
+                view = {"id": 1 + max([v["id"] for v in fake.views], default=0), "project": int(body["project"]),
+                        "data": body.get("data") or {}}
+                fake.views.append(view)
+                return jsonify(view), 201
             return jsonify([v for v in fake.views if v["project"] == int(request.args["project"])])
 
         @app.route("/api/tasks/<int:tid>/annotations/", methods=["POST"])

@@ -43,6 +43,15 @@ def make_settings(tmp_path):
 
 
 @pytest.fixture(autouse=True)
+def _no_delayed_first_training(monkeypatch):
+    """A /setup schedules a check a few seconds later (backend/onboarding.py); a test that does not ask
+    for it must not see it fire at a time that depends on the machine (test_onboarding.py asks)."""
+    import backend.onboarding
+
+    monkeypatch.setattr(backend.onboarding, "DELAYS", (86_400.0,))
+
+
+@pytest.fixture(autouse=True)
 def _quiet_logs(caplog):
     caplog.set_level(logging.INFO, logger="backend")
     yield

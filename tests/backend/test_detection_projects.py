@@ -235,6 +235,25 @@ def test_detection_project_trains_on_boxes_and_pushes_regions_tail_first(det_env
     det_env["version"], det_env["scores"] = version, {t: p["score"] for t, p in mine.items()}
 
 
+def test_detection_prefills_only_boxes_of_a_class_whose_held_out_precision_allows_it(det_env):
+    """Issue 21: a box whose class is not reliable is left out of the pre-fill; the image keeps its score."""
+    app, fake = det_env["app"], det_env["fake"]
+    client = app.test_client()
+    if client.get(f"/mcm/status?project={PID}").json["model_version"] is None:  # run alone: train first
+        assert client.post("/setup", json={"project": f"{PID}.1", "schema": LABEL_CONFIG}).status_code == 200
+        client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": PID}})
+        assert app.config["MCM_STATE"].queue.wait_idle(timeout=600)
+    status = client.get(f"/mcm/status?project={PID}").json
+    meta = json.loads((Path(det_env["settings"].project_dir(PID)) / status["model_version"] / "meta.json").read_text())
+    reliable = set(meta["prefill"]["prefilled"])
+    assert reliable and reliable != set(meta["classes"]), meta["prefill"]  # the tail digits have 5 boxes or so
+    assert set(status["prefill"]["classes"]) == reliable and "(background)" not in meta["prefill"]["classes"]
+    mine = {p["task"]: p for p in fake.predictions if p["model_version"] == status["model_version"]}
+    shown = {r["value"]["rectanglelabels"][0] for p in mine.values() for r in p["result"]}
+    assert shown and shown <= reliable
+    assert all(p["score"] > 0 for t, p in mine.items() if t != det_env["no_candidates"])  # scores unchanged
+
+
 def test_detection_predict_answers_the_published_regions_and_scores(det_env):
     client = det_env["app"].test_client()
     tids = list(det_env["truth"])[:3]
@@ -265,8 +284,10 @@ def test_detection_report_counts_objects_and_images_with_a_tail_object(det_env):
     assert summary["n_labeled_tasks"] == len(labeled)
     with_tail = sum(image.has_any(TAILS) for image in labeled)
     assert 0 < with_tail < len(labeled)
-    assert summary["tail_yield"]["unknown"] == {"n": len(labeled), "n_tail": with_tail,
-                                                "share": with_tail / len(labeled)}
+    # the backend created the "Tail classes first" tab at its first publish (MCM_AUTO_TAB), after every label
+    assert summary["ordering"]["tab"] == "Tail classes first"
+    assert summary["tail_yield"]["before"] == {"n": len(labeled), "n_tail": with_tail,
+                                               "share": with_tail / len(labeled)}
     # one class per labeled task is what the held-out evaluation ranks: it says so instead of failing
     assert summary["heldout"]["status"] == "unsupported", summary["heldout"]
     assert "object detection" in summary["heldout"]["message"]
@@ -377,12 +398,19 @@ def test_torchvision_detector_source_trains_on_box_head_features_and_scores_its_
         assert version and status["last_error"] is None, status
         assert status["labeled_per_class"]["2"] == 9
         mine = {p["task"]: p for p in fake.predictions if p["model_version"] == version}
-        assert set(mine) == set(pool) and all(p["result"] for p in mine.values())
+        # random box-head features separate no class: no box is pre-filled (issue 21: a box class is
+        # pre-filled only where its held-out precision allows); every image is scored from its detections
+        assert set(mine) == set(pool) and all(p["result"] == [] for p in mine.values())
+        meta = json.loads((Path(settings.project_dir(PID)) / version / "meta.json").read_text())
+        assert meta["prefill"]["prefilled"] == [] and meta["reliability"]["verdict"] == "weak"
         project_dir = Path(settings.project_dir(PID))
         kinds = sorted(p.name for p in (project_dir / "cache").iterdir())
         assert len(kinds) == 1 and kinds[0].startswith("detector-fasterrcnn_mobilenet_v3_large_320_fpn")
         assert not (project_dir / version / "backbone.pt").exists()  # no CNN trained: the detector's features
         assert sorted(p.name for p in (project_dir / "candidates").iterdir()) == [kinds[0] + ".npz"]
+        found = CandidateStore(str(project_dir / "candidates" / (kinds[0] + ".npz"))).get(
+            [(t, fake.tasks[t]["data"]["image"]) for t in pool])
+        assert all(c is not None and len(c) for c in found)  # its detections are the candidates
         # a restarted process loads the version (no trained CNN expected) and answers /predict the same
         app.config["MCM_STATE"].close()
         app = create_app(settings)
