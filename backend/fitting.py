@@ -65,7 +65,7 @@ def train_project(project_id: int, context: "Context", rescore: bool = True) -> 
                                                   tail.classes)
     learned = learned_fold_features(project_id, context, keys, y, n_classes) if trained_backbone is not None else None
     prefill, checked = fit_prefill(project_id, context.settings, features, y, [k[0] for k in keys], config, counts,
-                                   learned)
+                                   learned, previous=state.model)
     meta = {**version_meta(project_id, labeled, objects, counts, context.settings, tail), **checked}
     if config.detection:  # no tail class has a labeled box yet: box scores add uncertainty x novelty
         from mcm_core.detection import cold_start_classes
@@ -135,8 +135,30 @@ def learned_fold_features(project_id: int, context: "Context", keys, y: np.ndarr
     return fold_features
 
 
+# The pre-fill check (a cross-validation; with simple-cnn one CNN per fold: 10-25 s) reruns when the labels
+# grew by RECHECK_GROWTH since the last check or it is older than RECHECK_SECONDS; in between, a retraining
+# (every ~30 s while a team labels) refits the classifier and keeps the last check's thresholds.
+RECHECK_GROWTH = 1.1
+RECHECK_SECONDS = 600.0
+
+
+def reusable_check(previous: LoadedModel | None, names: list[str], n_labeled: int) -> dict | None:
+    """The previous version's pre-fill check when it still holds for `n_labeled` labels of `names`."""
+    meta = previous.meta if previous is not None else {}
+    check, reliability = meta.get("prefill"), meta.get("reliability")
+    if not isinstance(check, dict) or not isinstance(reliability, dict) or not isinstance(check.get("classes"), dict):
+        return None
+    checked_at, checked_labels = check.get("checked_at"), check.get("n_labeled_checked")
+    if list(check["classes"]) != names or not isinstance(checked_at, (int, float)) \
+            or not isinstance(checked_labels, int) or n_labeled > RECHECK_GROWTH * checked_labels \
+            or not 0 <= time.time() - checked_at <= RECHECK_SECONDS:
+        return None
+    return check
+
+
 def fit_prefill(project_id: int, settings: Settings, features: np.ndarray, y: np.ndarray, groups: list[int],
-                config: LabelConfig, counts: collections.Counter, fold_features=None):
+                config: LabelConfig, counts: collections.Counter, fold_features=None,
+                previous: LoadedModel | None = None):
     """(PrefillClassifier, meta entries "prefill" and "reliability"): the classifier a prediction's
     pre-ticked class comes from, which classes its held-out precision allows (mcm_core.prefill), and
     whether the features separate the classes at all.
@@ -146,11 +168,23 @@ def fit_prefill(project_id: int, settings: Settings, features: np.ndarray, y: np
     detection image's boxes share a fold (its jittered copies of a box would otherwise be "held out"
     beside the original). Detection's background class is never pre-filled. `counts`: labeled tasks
     (boxes) per class name."""
-    from mcm_core.prefill import fit_prefill as fit
+    from mcm_core.prefill import MAX_FIT_ROWS, PrefillClassifier, fit_prefill as fit, stratified_subsample
 
     t0 = time.monotonic()
     names = list(config.classes)
     n_outputs = len(names) + (1 if config.detection else 0)  # detection: + the background class
+    n_labeled = int(sum(counts.values()))
+    check = reusable_check(previous, names, n_labeled)
+    if check is not None:  # refit the classifier on this version's features, keep the checked thresholds
+        rows = stratified_subsample(y, MAX_FIT_ROWS, settings.seed, groups)
+        clf = PrefillClassifier(n_outputs, settings.seed).fit(features[rows], y[rows])
+        clf.thresholds_ = np.array([c["threshold"] if c.get("prefill") and c.get("threshold") is not None
+                                    else np.inf for c in check["classes"].values()] + [np.inf] * (n_outputs - len(names)))
+        logger.info("project %s: pre-fill check of version %s kept (%d labels then, %d now; rechecked at +%d%% or "
+                    "after %ds): pre-filled %s", project_id, previous.version, check["n_labeled_checked"], n_labeled,
+                    round(100 * (RECHECK_GROWTH - 1)), RECHECK_SECONDS, check.get("prefilled") or "none")
+        return clf, {"prefill": {**check, "kept_from": check.get("kept_from") or previous.version},
+                     "reliability": previous.meta["reliability"]}
     clf, assessment = fit(features, y, n_outputs, seed=settings.seed, groups=groups, eligible=range(len(names)),
                           fold_features=fold_features)
     verdicts = {name: {k: (round(v, 4) if isinstance(v, float) else v) for k, v in c.as_dict().items()}
@@ -166,7 +200,8 @@ def fit_prefill(project_id: int, settings: Settings, features: np.ndarray, y: np
     log("project %s: reliability %s: %s", project_id, reliability["verdict"], reliability["message"])
     return clf, {"prefill": {"classes": verdicts, "prefilled": prefilled, "folds": assessment.folds,
                              "n_rows": assessment.n_rows, "min_precision": assessment.min_precision,
-                             "min_support": assessment.min_support},
+                             "min_support": assessment.min_support, "checked_at": round(time.time(), 3),
+                             "n_labeled_checked": n_labeled},
                  "reliability": reliability}
 
 

@@ -2,15 +2,19 @@
 the project's own labels show it is right; otherwise it carries the score and `result: []`."""
 from __future__ import annotations
 
+import collections
 import os
+import time
 
 import numpy as np
 
+from backend import fitting
 from backend.app import create_app
 from backend.context import Context
 from backend.fitting import train_project
+from backend.label_config import LabelConfig
 from backend.scoring import predict_tasks
-from backend.versions import PREFILL_FILE
+from backend.versions import PREFILL_FILE, LoadedModel
 from backend_fakes import LABEL_CONFIG, populate_project, png_bytes
 
 PID = 4
@@ -106,3 +110,29 @@ def test_a_version_saved_before_prefill_checks_loads_and_prefills_nothing(fake_l
     status = _status(settings)
     assert status["model_version"] == version and status["last_error"] is None
     assert status["prefill"]["classes"] == [] and "no pre-fill classifier" in status["prefill"]["message"]
+
+
+
+def test_the_pre_fill_check_is_kept_between_close_retrainings_and_redone_when_labels_grow(make_settings):
+    """A retraining every ~30 s while a team labels must not pay for a cross-validation each time."""
+    check = {"classes": {"a": {"prefill": True, "threshold": 0.8}, "b": {"prefill": False, "threshold": None}},
+             "prefilled": ["a"], "checked_at": time.time(), "n_labeled_checked": 100}
+
+    def version(name, **prefill):
+        return LoadedModel(version=name, miner=None, trained_backbone=None,
+                           meta={"prefill": {**check, **prefill}, "reliability": {"verdict": "ok"}})
+    previous = version("v1")
+    assert fitting.reusable_check(previous, ["a", "b"], 110) == previous.meta["prefill"]  # +10 %: kept
+    assert fitting.reusable_check(previous, ["a", "b"], 111) is None                       # grew more
+    assert fitting.reusable_check(previous, ["a", "c"], 100) is None                       # other classes
+    assert fitting.reusable_check(None, ["a", "b"], 100) is None
+    assert fitting.reusable_check(version("v0", checked_at=time.time() - fitting.RECHECK_SECONDS - 1),
+                                  ["a", "b"], 100) is None                                  # too old
+    assert fitting.reusable_check(version("v0", checked_at=None), ["a", "b"], 100) is None  # never stamped
+
+    x = np.random.default_rng(0).normal(size=(60, 4)).astype(np.float32)
+    clf, meta = fitting.fit_prefill(1, make_settings(), x, np.repeat([0, 1], 30), list(range(60)),
+                                    LabelConfig("image", "image", "choice", ("a", "b")),
+                                    collections.Counter({"a": 30, "b": 30}), previous=previous)
+    assert meta["prefill"]["kept_from"] == "v1" and meta["reliability"] == {"verdict": "ok"}
+    assert clf.thresholds_.tolist() == [0.8, np.inf]
