@@ -11,12 +11,15 @@ from .connections import Connections, Verdict
 from .context import Context
 from .heldout import HeldOut
 from .label_config import LabelConfig
-from .labelstudio import describe_error, traceback_is_safe
+from .fitting import train_project
+from .labelstudio import describe_error, get_project, get_tasks, traceback_is_safe
 from .maintainer import Maintainer
 from .new_tasks import NewTaskScorer
 from .onboarding import FirstTraining
 from .pacing import TrainingQueue
+from .refresh import score_and_push_tasks
 from .report_source import Reports
+from .scaleout.queue import RQTrainingQueue  # with REDIS_URL: training and re-scoring run in `rq worker`s
 from .settings import Settings
 from .validation import HttpError
 
@@ -27,8 +30,6 @@ class AppState:
     """Everything the views need, one per app."""
 
     def __init__(self, settings: Settings, context: Context, train_fn=None) -> None:
-        from .fitting import train_project
-
         self.settings = settings
         self.context = context
         run = train_fn or (lambda pid: train_project(pid, context))
@@ -46,7 +47,6 @@ class AppState:
                 state.training = False
 
         if settings.redis_url and train_fn is None:
-            from .scaleout.queue import RQTrainingQueue  # training and re-scoring run in `rq worker`s
             self.queue = RQTrainingQueue(settings)
         else:
             self.queue = TrainingQueue(run_and_track, settings.debounce_seconds, on_error,
@@ -96,8 +96,6 @@ class AppState:
 
     def _count_labeled(self, project_id: int) -> int | None:
         """Tasks with annotations, as Label Studio counts them; None when its answer has no count."""
-        from .labelstudio import get_project
-
         count = get_project(self.context.client(), project_id).get("num_tasks_with_annotations")
         return count if isinstance(count, int) and not isinstance(count, bool) else None
 
@@ -111,9 +109,6 @@ class AppState:
             raise HttpError(verdict.status, verdict.reason)
 
     def _score_new_tasks(self, project_id: int, ids: list[int]) -> None:
-        from .labelstudio import get_tasks
-        from .refresh import score_and_push_tasks
-
         try:
             score_and_push_tasks(project_id, get_tasks(self.context.client(), project_id, ids), self.context)
         except Exception as exc:

@@ -1,4 +1,5 @@
-"""Candidate detections of unlabeled images: the d_j (box, confidence s_j) an image score is built from.
+"""Candidate detections of unlabeled images: the d_j (box, confidence s_j) an image score is built from,
+and the features of boxes (BoxSources: the process's source and featurizer, built by the Context).
 
 Two sources (MCM_DETECTION_CANDIDATES):
 - `label-studio:<model_version>` (LabelStudioCandidates): the RectangleLabels predictions that
@@ -26,9 +27,12 @@ from typing import Sequence
 import numpy as np
 
 from mcm_core.atomic import atomic_savez
+from mcm_core.detection import crop_box
+from mcm_core.detectors import TorchvisionDetector
 
 from . import labelstudio
 from .boxes import box_key, checked_image_size, rectangle
+from .label_config import LabelConfig, LabelConfigError
 from .validation import Skipped, finite_number, image_side, short
 
 logger = logging.getLogger(__name__)
@@ -217,3 +221,79 @@ class DetectorCandidates:
         store.update(found)
         logger.info("project %s: detected candidates in %d images (%d failed) in %.1fs", project_id, len(found),
                     len(missing) - len(found), time.monotonic() - started)
+
+
+class CropFeaturizer:
+    """Box rows from the configured backbone (MCM_BACKBONE) on each box's square crop."""
+
+    kind = None  # the extractor's own cache
+
+    def __init__(self, extractor) -> None:
+        self.extractor = extractor
+        self.cache_kind = extractor.cache_kind
+        self.trainable = extractor.trainable
+
+    def prepare_boxes(self, image, boxes) -> list[np.ndarray]:
+        return [self.extractor.prepare_one(crop_box(image, box)) for box in boxes]
+
+    def to_cache(self, rows: np.ndarray) -> np.ndarray:
+        return self.extractor.to_cache(rows)
+
+
+class DetectorFeaturizer:
+    """Box rows from a torchvision detector's box head (the features its classifier reads)."""
+
+    trainable = False
+
+    def __init__(self, detector) -> None:
+        self.detector = detector
+        self.cache_kind = self.kind = detector.cache_kind
+
+    def prepare_boxes(self, image, boxes) -> list[np.ndarray]:
+        return list(self.detector.box_features(image, np.asarray(boxes)))
+
+    def to_cache(self, rows: np.ndarray) -> np.ndarray:
+        return np.asarray(rows, np.float32)
+
+
+class BoxSources:
+    """The process's candidate source and box featurizer (from MCM_DETECTION_CANDIDATES), built once by
+    the Context (a torchvision detector is loaded here)."""
+
+    def __init__(self, settings, extractor) -> None:
+        self.settings = settings
+        self.source = None
+        self.featurizer = CropFeaturizer(extractor)
+        source = settings.candidate_source
+        if source and source[0] == "torchvision":
+            detector = TorchvisionDetector(source[1], settings.detector_weights, num_threads=settings.torch_threads)
+            self.source = DetectorCandidates(detector)
+            self.featurizer = DetectorFeaturizer(detector)
+        elif source:
+            self.source = LabelStudioCandidates(source[1], settings.pool_relist_seconds)
+        self._stores: dict[int, CandidateStore] = {}
+        self._lock = threading.Lock()
+
+    def check_configured(self) -> None:
+        """A detection project cannot be scored without candidates: say so when it connects."""
+        if self.source is None:
+            raise LabelConfigError("object detection (RectangleLabels) projects need a source of candidate "
+                                   "detections: set MCM_DETECTION_CANDIDATES=label-studio:<model_version> (the "
+                                   "predictions of your detector in Label Studio) or torchvision:<arch> on the "
+                                   "backend (docs/detection.md)")
+
+    def store(self, project_id: int) -> CandidateStore:
+        with self._lock:
+            store = self._stores.get(int(project_id))
+            if store is None:
+                path = f"{self.settings.project_dir(project_id)}/candidates/{self.source.name}.npz"
+                store = self._stores[int(project_id)] = CandidateStore(path)
+            return store
+
+    def candidates(self, context, project_id: int, keys: Sequence[tuple[int, str]], config: LabelConfig,
+                   refresh: bool = False) -> list[Candidates]:
+        """Each (task id, url)'s candidates, fetched where missing (see backend/candidates.py)."""
+        self.check_configured()
+        store = self.store(project_id)
+        self.source.fetch(context, project_id, store, keys, config, refresh=refresh)
+        return [c if c is not None else Candidates(np.zeros((0, 4)), np.zeros(0)) for c in store.get(keys)]

@@ -4,14 +4,19 @@ A `Context` is built once per process (web app, RQ worker) and passed to the ste
 of the data's path (backend/fitting.py, backend/refresh.py, ...). It holds no logic
 of its own: projects and their loaded models (backend/projects.py), image ingest
 (backend/ingest.py), each project's pool (backend/pool.py), the Label Studio client
-(backend/labelstudio.py) and a Publisher per project (backend/publishing.py).
+(backend/labelstudio.py), a Publisher per project (backend/publishing.py) and the candidate
+boxes and box features of detection projects (backend/candidates.py).
 """
 from __future__ import annotations
 
 import threading
 
+import torch
+
+from mcm_core import MinorityMiner
+
 from . import labelstudio
-from .detection import Detection
+from .candidates import BoxSources
 from .extractor import Extractor
 from .ingest import Ingest
 from .label_config import LabelConfig
@@ -26,15 +31,13 @@ class Context:
     """Settings plus the process's projects, ingest, pools and Label Studio client."""
 
     def __init__(self, settings: Settings, extractor: Extractor | None = None) -> None:
-        import torch
-
         torch.set_num_threads(settings.torch_threads)  # process-wide; see MCM_TORCH_THREADS
         check_miner_options(settings)
         self.settings = settings
         self.extractor = extractor or Extractor(settings.backbone, settings.backbone_weights,
                                                  cnn_epochs=settings.cnn_epochs, num_threads=settings.torch_threads)
         self.projects = Projects(settings.model_dir, self.extractor)
-        self.detection = Detection(settings, self.extractor)  # loads a torchvision detector now, if one is set
+        self.boxes = BoxSources(settings, self.extractor)  # detection: loads a torchvision detector now, if one is set
         auth = (lambda: labelstudio.auth_header(self.client())) \
             if settings.label_studio_url and settings.label_studio_api_key else None
         self.ingest = Ingest(settings, self.extractor, auth)
@@ -74,7 +77,6 @@ def check_miner_options(settings: Settings) -> None:
     """MCM_MINER_OPTIONS fails at start-up, not at the first training."""
     if not settings.miner_kwargs:
         return
-    from mcm_core import MinorityMiner
     try:
         MinorityMiner(num_classes=2, seed=settings.seed, **settings.miner_kwargs)
     except (TypeError, ValueError) as exc:

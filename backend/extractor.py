@@ -13,6 +13,8 @@ import re
 import numpy as np
 from PIL import Image
 
+from mcm_core.backbones import build_backbone
+
 logger = logging.getLogger(__name__)
 
 
@@ -21,8 +23,6 @@ class Extractor:
 
     def __init__(self, spec: str, weights: str | None = None, *, cnn_epochs: int = 8,
                  num_threads: int | None = None) -> None:
-        from mcm_core.backbones import build_backbone  # heavy import, done once at start
-
         self.spec = spec
         self.weights = weights
         options: dict = {"num_threads": num_threads}

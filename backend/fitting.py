@@ -4,7 +4,8 @@ classifier, mcm_core.prefill) -> a saved version.
 `train_project(project_id, context)` reads everything it needs from Label Studio and
 MODEL_DIR and writes its result back, so it runs the same in a background thread of
 the web process or as an RQ job. The previous model stays in place until the new
-one is completely saved (backend/versions.py); publishing it is backend/refresh.py's.
+one is completely saved (backend/versions.py); publishing it is backend/refresh.py's (the task kind's
+verbs, backend/task_kinds.py, give the training rows and the kind's part of the meta).
 """
 from __future__ import annotations
 
@@ -16,11 +17,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from mcm_core import MinorityMiner
+from mcm_core.prefill import MAX_FIT_ROWS, PrefillClassifier, fit_prefill as fit, stratified_subsample
 from mcm_core.tails import TailSet
 
+from .annotations import LabeledTasks, TrainingRows
 from .label_config import LabelConfig
-from .labels import LabeledTasks, collect_labels
+from .labels import collect_labels
+from .refresh import refresh_project
 from .settings import Settings
+from .task_kinds import kind_of
 from .versions import PREFILL_FILE, LoadedModel
 
 if TYPE_CHECKING:
@@ -39,50 +45,36 @@ def train_project(project_id: int, context: "Context", rescore: bool = True) -> 
     state = context.projects.get(project_id)
     labeled = collect_labels(context.client(), project_id, state.skipped)
     config = state.config = labeled.config
-    kind, options = None, None
-    if config.detection:  # box-level rows: annotated boxes, their imprecise copies, background (one more class)
-        from .detection import miner_options, training_rows
-
-        context.detection.check_configured()
-        keys, y, objects = training_rows(project_id, context, labeled)
-        kind, options = context.detection.featurizer.kind, miner_options(context.settings)
-        n_classes = len(config.classes) + 1
-    else:
-        _ok, keys, _skipped = context.ingest.cached_arrays(project_id, labeled.tasks, config)
-        y = objects = np.asarray([labeled.labels[i] for i in _ok], dtype=np.int64)
-        n_classes = len(config.classes)
-    counts = collections.Counter(config.classes[i] for i in objects.tolist())
-    what = "labeled boxes" if config.detection else "labeled tasks"
+    kind = kind_of(config)
+    kind.check_configured(context)
+    rows = kind.training_rows(project_id, context, labeled)
+    counts = collections.Counter(config.classes[i] for i in rows.objects.tolist())
     if len(counts) < MIN_CLASSES:
         logger.info("project %s: training skipped: %d usable %s in %d class(es) %s; need at least %d classes",
-                    project_id, len(objects), what, len(counts), dict(counts), MIN_CLASSES)
+                    project_id, len(rows.objects), kind.row_name, len(counts), dict(counts), MIN_CLASSES)
         return None
     logger.info("project %s: training on %d %s (%s) of %d annotated tasks (%d training rows), backbone %s",
-                project_id, len(objects), what, dict(counts), len(labeled.annotated_ids), len(y),
+                project_id, len(rows.objects), kind.row_name, dict(counts), len(labeled.annotated_ids), len(rows.y),
                 context.settings.backbone)
-    tail = project_tail(project_id, config, objects)
-    miner, trained_backbone, features = fit_miner(project_id, context, keys, y, n_classes, kind, options,
-                                                  tail.classes)
-    learned = learned_fold_features(project_id, context, keys, y, n_classes) if trained_backbone is not None else None
-    prefill, checked = fit_prefill(project_id, context.settings, features, y, [k[0] for k in keys], config, counts,
+    tail = project_tail(project_id, config, rows.objects)
+    miner, trained_backbone, features = fit_miner(project_id, context, rows.keys, rows.y, rows.n_classes,
+                                                  rows.cache_kind, rows.options, tail.classes)
+    learned = learned_fold_features(project_id, context, rows.keys, rows.y, rows.n_classes) \
+        if trained_backbone is not None else None
+    prefill, checked = fit_prefill(project_id, context.settings, features, rows, config, kind.label_name, counts,
                                    learned, previous=state.model)
-    meta = {**version_meta(project_id, labeled, objects, counts, context.settings, tail), **checked}
-    if config.detection:  # no tail class has a labeled box yet: box scores add uncertainty x novelty
-        from mcm_core.detection import cold_start_classes
-
-        meta["cold_start_classes"] = [config.classes[k] for k in cold_start_classes(miner, len(config.classes))]
+    meta = {**version_meta(project_id, labeled, rows, counts, context.settings, tail),
+            **kind.version_meta(context.settings, config, miner), **checked}
     previous_labels = int(state.model.meta.get("n_labeled", 0)) if state.model else 0
     version = save_version(project_id, context, miner, trained_backbone, meta, started, prefill)
     context.pool(project_id, labeled.config.image_key).remove(labeled.annotated_ids)  # not in the queue any more
-    logger.info("project %s: trained model %s on %d %s in %.1fs", project_id, version, len(objects), what,
-                time.monotonic() - started)
+    logger.info("project %s: trained model %s on %d %s in %.1fs", project_id, version, len(rows.objects),
+                kind.row_name, time.monotonic() - started)
     if meta.get("cold_start_classes"):
         logger.info("project %s: cold start: no labeled box of the tail classes %s yet; box scores add uncertainty "
                     "x novelty until one has (docs/detection.md)", project_id, meta["cold_start_classes"])
     if rescore:
-        from .refresh import refresh_project
-
-        refresh_project(project_id, context, new_labels=len(objects) - previous_labels)
+        refresh_project(project_id, context, new_labels=len(rows.objects) - previous_labels)
     return version
 
 
@@ -102,8 +94,6 @@ def fit_miner(project_id: int, context: "Context", keys, y: np.ndarray, num_clas
               options: dict | None = None, tail_classes: tuple[int, ...] | None = None):
     """(fitted MinorityMiner, the trained simple-cnn or None, the feature rows) on the cached rows `keys`
     (of the cache `kind`: None = the extractor's; a detector's box features are frozen)."""
-    from mcm_core import MinorityMiner
-
     settings, trained_backbone = context.settings, None
     if context.extractor.trainable and kind is None:
         t0 = time.monotonic()
@@ -156,28 +146,26 @@ def reusable_check(previous: LoadedModel | None, names: list[str], n_labeled: in
     return check
 
 
-def fit_prefill(project_id: int, settings: Settings, features: np.ndarray, y: np.ndarray, groups: list[int],
-                config: LabelConfig, counts: collections.Counter, fold_features=None,
-                previous: LoadedModel | None = None):
+def fit_prefill(project_id: int, settings: Settings, features: np.ndarray, rows: TrainingRows, config: LabelConfig,
+                label_name: str, counts: collections.Counter, fold_features=None, previous: LoadedModel | None = None):
     """(PrefillClassifier, meta entries "prefill" and "reliability"): the classifier a prediction's
     pre-ticked class comes from, which classes its held-out precision allows (mcm_core.prefill), and
     whether the features separate the classes at all.
 
-    The classifier is fitted on the miner's features. `fold_features` (simple-cnn: learned_fold_features)
-    gives the cross-validation features learned without each fold. `groups`: each row's task id, so a
-    detection image's boxes share a fold (its jittered copies of a box would otherwise be "held out"
-    beside the original). Detection's background class is never pre-filled. `counts`: labeled tasks
-    (boxes) per class name."""
-    from mcm_core.prefill import MAX_FIT_ROWS, PrefillClassifier, fit_prefill as fit, stratified_subsample
-
+    The classifier is fitted on the miner's features (one per training row of `rows`).
+    `fold_features` (simple-cnn: learned_fold_features) gives the cross-validation features learned
+    without each fold. Rows are grouped by task id, so a detection image's boxes share a fold (its
+    jittered copies of a box would otherwise be "held out" beside the original). Outputs beyond the
+    config's classes (detection's background) are never pre-filled. `counts`: labeled tasks (boxes)
+    per class name; `label_name`: what they are called ("labels", "boxes")."""
     t0 = time.monotonic()
     names = list(config.classes)
-    n_outputs = len(names) + (1 if config.detection else 0)  # detection: + the background class
+    y, groups, n_outputs = rows.y, [k[0] for k in rows.keys], rows.n_classes
     n_labeled = int(sum(counts.values()))
     check = reusable_check(previous, names, n_labeled)
     if check is not None:  # refit the classifier on this version's features, keep the checked thresholds
-        rows = stratified_subsample(y, MAX_FIT_ROWS, settings.seed, groups)
-        clf = PrefillClassifier(n_outputs, settings.seed).fit(features[rows], y[rows])
+        sample = stratified_subsample(y, MAX_FIT_ROWS, settings.seed, groups)
+        clf = PrefillClassifier(n_outputs, settings.seed).fit(features[sample], y[sample])
         clf.thresholds_ = np.array([c["threshold"] if c.get("prefill") and c.get("threshold") is not None
                                     else np.inf for c in check["classes"].values()] + [np.inf] * (n_outputs - len(names)))
         logger.info("project %s: pre-fill check of version %s kept (%d labels then, %d now; rechecked at +%d%% or "
@@ -191,7 +179,7 @@ def fit_prefill(project_id: int, settings: Settings, features: np.ndarray, y: np
                 for name, c in zip(names, assessment.classes)}
     prefilled = [name for name, c in verdicts.items() if c["prefill"]]
     reliability = reliability_meta(assessment, [int(counts.get(n, 0)) for n in names], names,
-                                   fold_features is not None, config.detection)
+                                   fold_features is not None, label_name)
     logger.info("project %s: pre-fill check (%d-fold cross-validation on %d labeled rows, %.1fs): pre-filled %s; "
                 "not pre-filled: %s", project_id, assessment.folds, assessment.n_rows, time.monotonic() - t0,
                 prefilled or "none", "; ".join(f"{n}: {c['reason']}" for n, c in verdicts.items()
@@ -209,12 +197,12 @@ LABELS_PER_CLASS_HINT = 20  # "N more labels": what it takes to give every class
 
 
 def reliability_meta(assessment, counts: list[int], names: list[str], learned_features: bool,
-                     detection: bool) -> dict:
+                     what: str = "labels") -> dict:
     """meta "reliability": do the features separate the classes (held-out accuracy against the
     majority-class rate), with one sentence saying what would help. `counts`: labeled tasks (boxes)
-    of each class; `learned_features`: the features come from a CNN trained on these labels only."""
+    of each class; `learned_features`: the features come from a CNN trained on these labels only;
+    `what`: what the labeled objects are called ("labels", "boxes")."""
     sep = assessment.separation
-    what = "boxes" if detection else "labels"
     n_labeled = int(sum(counts))
     short = [(n, c) for n, c in zip(names, counts) if c < LABELS_PER_CLASS_HINT]
     listed = ", ".join(n for n, _ in short[:8]) + (", ..." if len(short) > 8 else "")
@@ -238,20 +226,18 @@ def reliability_meta(assessment, counts: list[int], names: list[str], learned_fe
             "n_heldout": assessment.n_rows, "message": message}
 
 
-def version_meta(project_id: int, labeled: LabeledTasks, y: np.ndarray, counts: collections.Counter,
+def version_meta(project_id: int, labeled: LabeledTasks, rows: TrainingRows, counts: collections.Counter,
                  settings: Settings, tail: TailSet) -> dict:
-    """meta.json of a new version: what it was trained on and how to read tasks and write predictions.
-    `y`: the class of each labeled task, or of each annotated box (detection)."""
+    """meta.json of a new version: what it was trained on and how to read tasks and write predictions
+    (the task kind adds its part: backend/task_kinds.py)."""
     config = labeled.config
     names = config.classes
-    detection = {"candidates": settings.detection_candidates, "top_k": settings.detection_top_k,
-                 "background_class": len(config.classes)} if config.detection else {}
     return {
-        "project": project_id, "kind": config.kind, **detection,
+        "project": project_id, "kind": config.kind,
         "classes": list(config.classes), "image_key": config.image_key,
         "image_name": config.image_name, "control_name": config.control_name, "backbone": settings.backbone,
-        "n_labeled": int(len(y)), "n_annotated_tasks": len(labeled.annotated_ids),
-        "n_skipped": len(labeled.annotated_ids) - len(labeled.tasks if config.detection else y),
+        "n_labeled": int(len(rows.objects)), "n_annotated_tasks": len(labeled.annotated_ids),
+        "n_skipped": len(labeled.annotated_ids) - rows.n_tasks,
         "labeled_per_class": {c: int(counts.get(c, 0)) for c in config.classes},
         "tail_classes": [names[k] for k in tail.classes], "tail_declared": [names[k] for k in tail.declared],
         "tail_counted": [names[k] for k in tail.counted], "tail_rule": tail.describe(names),

@@ -25,13 +25,16 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
+from mcm_core import MinorityMiner
 from mcm_core.atomic import atomic_savez, atomic_write_json
+from mcm_core.baselines import EntropyStrategy, entropy, margin_uncertainty, max_score, weighted_entropy
 
 from . import report
 from .label_config import config_from_meta
 from .labels import collect_labels
 from .labelstudio import describe_error, traceback_is_safe
-from .scoring import map_scores
+from .ranking import map_scores
+from .task_kinds import kind_of
 
 if TYPE_CHECKING:
     from .context import Context
@@ -54,8 +57,6 @@ class Postponed(Exception):
 
 
 def baseline_scores(probs: np.ndarray, class_proportions: np.ndarray) -> dict[str, np.ndarray]:
-    from mcm_core.baselines import entropy, margin_uncertainty, max_score, weighted_entropy
-
     return {"entropy": entropy(probs), "maxscore": max_score(probs), "margin": margin_uncertainty(probs),
             "weighted_entropy": weighted_entropy(probs, class_proportions)}
 
@@ -90,8 +91,6 @@ def cross_validate(y: np.ndarray, num_classes: int, tail_idx: Sequence[int], fol
     mean over folds) are returned as "pool_scores": the held-out precision threshold applies to
     them, not to the scores of the model trained on every label, whose scale can differ.
     """
-    from mcm_core.baselines import EntropyStrategy
-
     y = np.asarray(y, dtype=np.int64)
     fold_of = report.stratified_folds(y, folds, seed)
     scores = {name: np.zeros(len(y)) for name in ("miner", "entropy", "maxscore", "margin", "weighted_entropy")}
@@ -251,11 +250,9 @@ class HeldOut:
             return None
 
     def compute(self, project_id: int, version: str, should_stop: Callable[[], bool] = lambda: False) -> dict:
-        from mcm_core import MinorityMiner
-
         context, settings = self.context, self.context.settings
         meta = context.projects.store(project_id).read_meta(version)
-        if config_from_meta(meta).detection:
+        if not kind_of(config_from_meta(meta)).heldout_supported:
             return {"status": "unsupported", "message": DETECTION_UNSUPPORTED, "folds": self.folds}
         labeled = collect_labels(context.client(), project_id)
         config = labeled.config

@@ -4,9 +4,8 @@ Two shapes are supported, each one Image object and one control pointing at it:
 - classification: one single-choice <Choices> (kind "choices");
 - object detection: one <RectangleLabels> (kind "rectangles").
 Anything else is refused with an error that says what is missing, because a
-silently half-understood config trains the wrong model. The rest of the backend
-branches on `LabelConfig.kind` only where boxes differ from whole images
-(labels.py, fitting.py, scoring.py; the box work is in backend/detection.py).
+silently half-understood config trains the wrong model. `LabelConfig.kind` chooses the project's
+task kind once (backend/task_kinds.py); no other module asks which kind it is.
 """
 from __future__ import annotations
 
@@ -43,10 +42,6 @@ class LabelConfig:
     # adds undeclared ones unless the control says mcm_count_tail="false" (mcm_core.tails, docs/backend.md).
     declared_tail: tuple[str, ...] = ()
     count_tail: bool = True
-
-    @property
-    def detection(self) -> bool:
-        return self.kind == "rectangles"
 
     def tail_set(self, labels) -> TailSet:
         """The tail classes for class indices `labels`: the declared ones plus, unless the config turns it

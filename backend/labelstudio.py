@@ -27,7 +27,11 @@ _ALL = {"conjunction": "and", "items": []}
 
 
 class LabelStudioError(RuntimeError):
-    """Label Studio answered, but not with what we needed (message says what)."""
+    """Label Studio answered, but not with what we needed (message says what; `status_code`: its HTTP status)."""
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
 
 
 ERROR_BODY_CHARS = 300
@@ -77,6 +81,28 @@ def post_json(client: LabelStudio, path: str, payload, timeout: float = 300.0):
     headers = {**wrapper.get_headers(), "Content-Type": "application/json"}
     url = wrapper.get_base_url().rstrip("/") + "/" + path.lstrip("/")
     return wrapper.httpx_client.httpx_client.post(url, content=json.dumps(payload), headers=headers, timeout=timeout)
+
+
+def request(client: LabelStudio, method: str, path: str, what: str, *, missing_ok: bool = False,
+            timeout: float | None = None, **kwargs) -> httpx.Response | None:
+    """One request through the sdk's authenticated HTTP client (for what the sdk has no typed call for,
+    or parses too slowly). A refusal raises LabelStudioError naming `what`, the status and the body
+    (never the headers); a 404 gives None when `missing_ok`."""
+    options = {"timeout_in_seconds": timeout} if timeout else None
+    response = client._client_wrapper.httpx_client.request(path, method=method, request_options=options, **kwargs)
+    if response.status_code == 404 and missing_ok:
+        return None
+    if response.status_code >= 300:
+        raise LabelStudioError(f"{what} failed: HTTP {response.status_code} {response.text[:200]}",
+                               response.status_code)
+    return response
+
+
+def get_json(client: LabelStudio, path: str, what: str, params: dict | None = None, *, missing_ok: bool = False,
+             timeout: float | None = None):
+    """GET `path` and its JSON body (None for a 404 when `missing_ok`, or an empty body)."""
+    response = request(client, "GET", path, what, params=params, missing_ok=missing_ok, timeout=timeout)
+    return response.json() if response is not None and response.content else None
 
 
 def _iter_tasks(client: LabelStudio, project_id: int, filters: dict, fields: str,
@@ -239,11 +265,10 @@ def get_project(client: LabelStudio, project_id: int) -> dict:
 
 def backend_titles(client: LabelStudio, project_id: int) -> list[str]:
     """Titles of the project's ML backends (Label Studio sets model_version to one of them on connect)."""
-    response = client._client_wrapper.httpx_client.request("api/ml", method="GET",
-                                                             params={"project": int(project_id)})
-    if response.status_code >= 300:
+    try:
+        return [b.get("title") or "" for b in list_ml_backends(client, project_id)]
+    except LabelStudioError:
         return []
-    return [b.get("title") or "" for b in response.json() or []]
 
 
 def list_ml_backends(client: LabelStudio, project_id: int, timeout: float = 20.0) -> list[dict]:
@@ -253,14 +278,10 @@ def list_ml_backends(client: LabelStudio, project_id: int, timeout: float = 20.0
     Label Studio calls /health and /setup of every listed backend before it answers (its
     `update_state`), so this backend must never call it from its own /setup.
     """
-    response = client._client_wrapper.httpx_client.request(
-        "api/ml", method="GET", params={"project": int(project_id)}, request_options={"timeout_in_seconds": timeout})
-    if response.status_code == 404:
+    body = get_json(client, "api/ml", f"listing the ML backends of project {project_id}",
+                    {"project": int(project_id)}, missing_ok=True, timeout=timeout)
+    if body is None:
         return []
-    if response.status_code >= 300:
-        raise LabelStudioError(f"listing the ML backends of project {project_id} failed: HTTP "
-                               f"{response.status_code} {response.text[:200]}")
-    body = response.json()
     if not isinstance(body, list):
         raise LabelStudioError(f"listing the ML backends of project {project_id}: expected a JSON list, got "
                                f"{type(body).__name__}")
@@ -276,16 +297,24 @@ def set_model_version(client: LabelStudio, project_id: int, version: str) -> Non
                                f"{describe_error(exc)}") from None
 
 
+def model_versions(client: LabelStudio, project_id: int) -> list[dict]:
+    """The project's prediction versions, newest first: [{model_version, count, latest}]."""
+    body = get_json(client, f"api/projects/{int(project_id)}/model-versions/",
+                    f"listing model versions of project {project_id}", {"extended": "true"})
+    rows = body.get("static", []) if isinstance(body, dict) else body
+    return [r for r in rows or [] if isinstance(r, dict) and r.get("model_version")]
+
+
 def model_version_counts(client: LabelStudio, project_id: int) -> dict[str, int]:
     """{model_version: number of predictions} of the project."""
-    response = client._client_wrapper.httpx_client.request(
-        f"api/projects/{int(project_id)}/model-versions/", method="GET", params={"extended": "true"})
-    if response.status_code >= 300:
-        raise LabelStudioError(f"listing model versions of project {project_id} failed: HTTP "
-                                   f"{response.status_code} {response.text[:200]}")
-    body = response.json()
-    rows = body.get("static", []) if isinstance(body, dict) else body
-    return {r["model_version"]: int(r.get("count") or 0) for r in rows or [] if r.get("model_version")}
+    return {r["model_version"]: int(r.get("count") or 0) for r in model_versions(client, project_id)}
+
+
+def list_views(client: LabelStudio, project_id: int) -> list:
+    """The project's Data Manager tabs (views) as Label Studio lists them."""
+    views = get_json(client, "api/dm/views/", f"listing the Data Manager tabs of project {project_id}",
+                     {"project": int(project_id)})
+    return views if isinstance(views, list) else []
 
 
 def version_prediction_ids(client: LabelStudio, project_id: int, version: str, limit: int = 100) -> list[int]:
@@ -296,18 +325,12 @@ def version_prediction_ids(client: LabelStudio, project_id: int, version: str, l
     never substrings of one another) narrows the tasks, and the exact version is
     checked on each prediction.
     """
-    filters = _has_version(version)
-    http = client._client_wrapper.httpx_client
-    response = http.request("api/tasks/", method="GET", params={
+    body = get_json(client, "api/tasks/", f"listing predictions of {version!r} in project {project_id}", {
         "project": int(project_id), "page": 1, "page_size": int(limit), "fields": "all",
-        "include": "id,predictions", "query": json.dumps({"filters": filters})},
-        request_options={"timeout_in_seconds": 120})
-    if response.status_code == 404:
+        "include": "id,predictions", "query": json.dumps({"filters": _has_version(version)})},
+        missing_ok=True, timeout=120)
+    if body is None:
         return []
-    if response.status_code >= 300:
-        raise LabelStudioError(f"listing predictions of {version!r} in project {project_id} failed: HTTP "
-                                   f"{response.status_code} {response.text[:200]}")
-    body = response.json()
     tasks = body.get("tasks", []) if isinstance(body, dict) else body
     return [int(p["id"]) for t in tasks for p in (t.get("predictions") or [])
             if isinstance(p, dict) and p.get("model_version") == version and "id" in p]
@@ -315,14 +338,8 @@ def version_prediction_ids(client: LabelStudio, project_id: int, version: str, l
 
 def delete_prediction(client: LabelStudio, prediction_id: int) -> bool:
     """Delete one prediction (one short transaction in Label Studio); False if it was already gone."""
-    response = client._client_wrapper.httpx_client.request(f"api/predictions/{int(prediction_id)}/",
-                                                             method="DELETE")
-    if response.status_code == 404:
-        return False
-    if response.status_code >= 300:
-        raise LabelStudioError(f"deleting prediction {prediction_id} failed: HTTP {response.status_code} "
-                                   f"{response.text[:200]}")
-    return True
+    return request(client, "DELETE", f"api/predictions/{int(prediction_id)}/",
+                   f"deleting prediction {prediction_id}", missing_ok=True) is not None
 
 
 # Webhook payloads are never trusted for task data: a TASKS_CREATED payload only names tasks, and

@@ -6,6 +6,9 @@ from typing import Any, Callable
 
 import httpx
 import requests
+from label_studio_sdk import LabelStudio
+
+from . import labelstudio
 
 # C0 controls (ESC starts terminal escape sequences), DEL, C1 controls (0x9b is a one-byte CSI), Unicode
 # line separators and bidirectional overrides: a value from Label Studio or the backend holding them could
@@ -43,8 +46,6 @@ class LabelStudioAdmin:
             raise AdminError("Label Studio URL missing: pass --ls-url or set LABEL_STUDIO_URL")
         if not api_key:
             raise AdminError("Label Studio API key missing: pass --api-key or set LABEL_STUDIO_API_KEY")
-        from label_studio_sdk import LabelStudio
-
         self.url = url.rstrip("/")
         try:
             self.client = LabelStudio(base_url=self.url, api_key=api_key, timeout=timeout)
@@ -118,10 +119,7 @@ class LabelStudioAdmin:
 
     def model_versions(self, project_id: int) -> list[dict]:
         """Prediction versions of the project, newest first: [{model_version, count, latest}]."""
-        data = self.raw("GET", f"api/projects/{project_id}/model-versions/", "listing model versions",
-                        params={"extended": "true"})
-        rows = data.get("static", []) if isinstance(data, dict) else data
-        return [r for r in (rows or []) if r.get("model_version")]
+        return self.call("listing model versions", labelstudio.model_versions, self.client, project_id)
 
 
 class _Status(Exception):

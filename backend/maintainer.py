@@ -28,7 +28,7 @@ from .ledger import project_lock
 from .publishing import has_nothing_to_score
 from .refresh import refresh_project
 from .report_source import remember_enabled_at
-from .scoring import outside_window, score_tasks
+from .scoring import score_new_tasks
 from .versions import VERSION_RE
 
 logger = logging.getLogger(__name__)
@@ -190,8 +190,7 @@ class Maintainer:
         if has_nothing_to_score(self.context.ledger(project_id), model.version):  # its first tasks: publish it
             refresh_project(project_id, self.context, lock=False)
             return len(new)
-        part, _skipped = score_tasks(project_id, new, self.context, model)
-        part = part.rescored(outside_window(part.scores, model.miner))
+        part, _skipped = score_new_tasks(project_id, new, self.context, model)
         pushed = self.context.publisher(project_id, config).add_tasks(part)
         logger.info("project %s: relisted the pool: %d new unlabeled tasks scored, %d pushed at once", project_id,
                     len(part), pushed)

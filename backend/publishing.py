@@ -42,7 +42,8 @@ import numpy as np
 from . import labelstudio
 from .label_config import LabelConfig
 from .ledger import Ledger
-from .scoring import Ranking
+from .ranking import Ranking
+from .tabs import VIEW_TITLE, create_tail_tab
 from .versions import ModelStore
 
 logger = logging.getLogger(__name__)
@@ -144,8 +145,6 @@ class Publisher:
         """The project's first publish: its "Tail classes first" tab, so that connecting on the Model page
         is enough (backend/tabs.py). A failure is logged, never stops the publish: `admin enable-ordering`
         creates it too."""
-        from .tabs import VIEW_TITLE, create_tail_tab
-
         try:
             created = create_tail_tab(self.client, self.project_id)
         except Exception as exc:  # Label Studio refused or is down: the predictions are out already

@@ -1,6 +1,6 @@
 """Each task's pre-annotation regions of one version (detection projects): beside ranking.npz.
 
-A classification prediction is one class per task, kept in the ranking itself; a detection
+A classification prediction is one class per task (ranking.ChoiceResults); a detection
 prediction is a set of boxes, each with the pre-fill classifier's class (only boxes whose class is
 reliable: backend/detection.py, mcm_core.prefill) and the detector's confidence. They
 are written to MODEL_DIR/<project>/<version>/regions.npz when the ranking is saved and read back
@@ -10,7 +10,6 @@ publishing path as classification.
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import numpy as np
 
@@ -37,15 +36,13 @@ class Region:
 class TaskRegions:
     """{task id: Region}; empty for a task without a region above the confidence threshold."""
 
+    file_name = "regions.npz"  # beside the version's ranking.npz (backend/ranking.py)
+
     def __init__(self, items: dict[int, Region] | None = None) -> None:
         self.items = dict(items or {})
 
     def __len__(self) -> int:
         return len(self.items)
-
-    @staticmethod
-    def path_beside(ranking_path: str) -> str:
-        return os.path.join(os.path.dirname(ranking_path), "regions.npz")
 
     def result(self, task_id: int, config, version_tag: str = "mcm") -> list[dict]:
         """The task's regions in Label Studio's result format (RectangleLabels)."""

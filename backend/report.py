@@ -34,7 +34,7 @@ import numpy as np
 from mcm_core.metrics import auc_pr, pr_curve, skewness_ratios
 
 from .label_config import LabelConfig
-from .labels import annotation_choice, task_boxes, task_label
+from .task_kinds import kind_of
 from .validation import Skipped, parse_timestamp
 
 logger = logging.getLogger(__name__)
@@ -112,21 +112,14 @@ def label_events(tasks: Iterable[dict], config: LabelConfig, skipped: Skipped | 
     no created_at); times outside TIME_RANGE are ignored, and a task left with no time is left out
     of the events (counted in `skipped` as "dates", with its id).
     """
-    events, n_annotations = [], 0
+    events, n_annotations, kind = [], 0, kind_of(config)
     for task in tasks:
         annotations = [a for a in task.get("annotations") or [] if isinstance(a, dict)]
         n_annotations += sum(1 for a in annotations if not a.get("was_cancelled"))
-        if config.detection:  # any non-cancelled annotation labels an image, one without boxes too
-            found, _reason = task_boxes(task, config)
-            if found is None:
-                continue
-            label, objects = "", tuple(config.classes[c] for c in found.classes.tolist() if c >= 0)
-            usable = [a for a in annotations if not a.get("was_cancelled")]
-        else:
-            label, _reason = task_label(task, config)
-            if label is None:
-                continue
-            objects, usable = None, [a for a in annotations if annotation_choice(a, config) is not None]
+        read = kind.label_event(task, annotations, config)
+        if read is None:
+            continue
+        label, objects, usable = read
         times = [label_studio_time(a.get("created_at"), now) or label_studio_time(a.get("updated_at"), now)
                  for a in usable]
         times = [t for t in times if t is not None]

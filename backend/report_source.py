@@ -29,7 +29,8 @@ from . import labelstudio, report
 from .heldout import too_few_labels
 from .label_config import parse_label_config
 from .ledger import Ledger
-from .scoring import Ranking
+from .ranking import Ranking
+from .task_kinds import kind_of
 from .tabs import ENABLED_AT_KEY
 from .tabs import enabled_at as tab_enabled_at
 from .validation import Skipped
@@ -71,14 +72,9 @@ def read_enabled_at(project_dir: str) -> dict | None:
 def tab_times(client, project_id: int, skipped: Skipped) -> list[tuple[float, str]]:
     """(ENABLED_AT_KEY as epoch seconds, the tab's title) of each tab that carries a usable one; one
     that is no time, or a time outside report.TIME_RANGE, is left out and counted in `skipped`."""
-    response = client._client_wrapper.httpx_client.request("api/dm/views/", method="GET",
-                                                             params={"project": int(project_id)})
-    if response.status_code >= 300:
-        raise labelstudio.LabelStudioError(f"listing the Data Manager tabs of project {project_id} failed: HTTP "
-                                           f"{response.status_code} {response.text[:200]}")
-    views = response.json()
+    views = labelstudio.list_views(client, project_id)
     found = []
-    for view in views if isinstance(views, list) else []:
+    for view in views:
         record = tab_enabled_at(view, skipped)
         if record is None:
             continue
@@ -340,7 +336,7 @@ def build_report(context: "Context", heldout: "HeldOut", project_id: int, last_e
     version_tail = [c for c in tail if c in classes]
     labels_now = (len(events), sum(counts[c] for c in version_tail), bool(version_tail))
     heldout_part, shown = _heldout_part(heldout, project_id, model.version if model else None,
-                                        None if config.detection else labels_now)
+                                        labels_now if kind_of(config).heldout_supported else None)
 
     after = phases.get("after", {"n": 0, "n_tail": 0})
     pool, pool_scores, rate_part = _pool_part(heldout, project_id, project_dir, published, annotated,

@@ -29,9 +29,13 @@ from . import validation
 from .app_state import AppState, app_state
 from .label_config import LabelConfigError, parse_label_config
 from .labelstudio import LabelStudioError, describe_error, traceback_is_safe
+from .prefill import prefill_summary
 from .publishing import has_nothing_to_score
+from .ranking import published_scores
+from .report_page import render_html
 from .report_source import FIGURES, Report
-from .scoring import predict_tasks, published_scores
+from .scoring import predict_tasks
+from .task_kinds import kind_of
 from .validation import HttpError, Skipped
 
 logger = logging.getLogger(__name__)
@@ -100,8 +104,7 @@ def setup():
     schema = validation.optional_text(data, "schema") or validation.optional_text(data, "label_config")
     config = parse_label_config(schema or "")
     state_ = app_state()
-    if config.detection:
-        state_.context.detection.check_configured()  # a clear 400 where the user connects
+    kind_of(config).check_configured(state_.context)  # a clear 400 where the user connects
     return jsonify({"model_version": state_.setup(project_id, config)})
 
 
@@ -237,8 +240,6 @@ def status():
                         "nothing_to_score": False, "nothing_to_score_message": None,
                         "prefill": None, "reliability": None, "skipped_items": Skipped().as_dict(),
                         "training": False, "last_error": queue.last_error(project_id)})
-    from .scoring import prefill_summary
-
     context = state_.context
     state = context.projects.get(project_id)
     meta = state.model.meta if state.model else {}
@@ -302,8 +303,6 @@ def mining_report():
         response = jsonify(built.summary)
         response.headers.update(REPORT_HEADERS)
         return response
-    from .report_page import render_html
-
     return Response(render_html(built), mimetype="text/html", headers=REPORT_HEADERS)
 
 

@@ -18,7 +18,7 @@ import time
 from datetime import datetime
 from typing import Any, Sequence
 
-from .labelstudio import LabelStudioError
+from . import labelstudio
 from .validation import Skipped, parse_timestamp, short
 
 VIEW_TITLE = "Tail classes first"
@@ -95,19 +95,10 @@ def create_tail_tab(client, project_id: int, title: str = VIEW_TITLE) -> bool:
     """Create the tail-first tab unless the project has a tab of that title (a person's edits of it
     are left alone); True when it was created. `client`: the sdk's LabelStudio. Raises
     LabelStudioError when Label Studio refuses."""
-    http = client._client_wrapper.httpx_client
-    response = http.request("api/dm/views/", method="GET", params={"project": int(project_id)})
-    if response.status_code >= 300:
-        raise LabelStudioError(f"listing the Data Manager tabs of project {project_id} failed: HTTP "
-                               f"{response.status_code} {response.text[:200]}")
-    views = response.json()
-    if any(tab_title(v) == title for v in (views if isinstance(views, list) else [])):
+    if any(tab_title(v) == title for v in labelstudio.list_views(client, project_id)):
         return False
-    response = http.request("api/dm/views/", method="POST",
-                            json={"project": int(project_id), "data": stamped(tab_data(title))})
-    if response.status_code >= 300:
-        raise LabelStudioError(f"creating the Data Manager tab {title!r} of project {project_id} failed: HTTP "
-                               f"{response.status_code} {response.text[:200]}")
+    labelstudio.request(client, "POST", "api/dm/views/", f"creating the Data Manager tab {title!r} of project "
+                        f"{project_id}", json={"project": int(project_id), "data": stamped(tab_data(title))})
     return True
 
 

@@ -25,7 +25,9 @@ import threading
 import time
 from typing import Any, Callable
 
+from mcm_core import MinorityMiner
 from mcm_core.atomic import atomic_write_json
+from mcm_core.prefill import PrefillClassifier
 
 VERSION_RE = re.compile(r"^mcm-v(\d+)-\d{8}T\d{6}$")
 PREFILL_FILE = "prefill.npz"
@@ -163,8 +165,6 @@ class ModelStore:
 
 def load_version(store: ModelStore, version: str, extractor) -> LoadedModel:
     """Read one stored version (raises if any of its files is missing or unreadable)."""
-    from mcm_core import MinorityMiner
-
     started = time.monotonic()
     directory = store.version_dir(version)
     meta = store.read_meta(version)
@@ -181,8 +181,6 @@ def load_prefill(directory: str, meta: dict, version: str):
     """The version's PrefillClassifier, or None: then its predictions pre-tick nothing. A missing file
     (a version saved before pre-fills were checked) or an unreadable one never stops the version: the
     scores do not depend on it, and no pre-fill is the safe answer."""
-    from mcm_core.prefill import PrefillClassifier
-
     path = os.path.join(directory, PREFILL_FILE)
     if not os.path.exists(path):
         logger.info("project %s: model %s has no %s (saved before pre-fills were checked): its predictions "

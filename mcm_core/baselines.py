@@ -1,5 +1,5 @@
 """Baseline mining strategies with the MinorityMiner interface: fit(features, labels) -> self,
-score(features) -> (M,), higher = mine first.
+score_samples(features) -> (M,), higher = mine first.
 
 Uncertainty baselines need probabilities. By default they train their own linear softmax head
 with plain cross-entropy on the features (what the biased model's last layer is); the benchmark
@@ -38,7 +38,7 @@ class RandomStrategy(_Strategy):
         self.in_dim_ = x.shape[1]
         return self
 
-    def score(self, features) -> np.ndarray:
+    def score_samples(self, features) -> np.ndarray:
         self._check_fitted()
         x = check_features(features, dim=self.in_dim_)
         return np.random.default_rng(self.seed).random(len(x))
@@ -76,7 +76,7 @@ class _ProbaStrategy(_Strategy):
         x = check_features(features, dim=self.in_dim_)
         return softmax(self.head_(torch.from_numpy(x)).numpy())
 
-    def score(self, features) -> np.ndarray:
+    def score_samples(self, features) -> np.ndarray:
         p = self.predict_proba(features)
         return self.score_proba(p, check_features(features))
 

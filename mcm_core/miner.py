@@ -1,11 +1,18 @@
 """MinorityMiner: a re-calibration (RC) layer trained with focal loss on frozen features, and a
 decision score that ranks unlabeled examples by how likely they belong to a tail class (or to no
-labeled class at all). scikit-learn conventions: __init__ stores the options, fit() learns the
-attributes that end in "_", per-sample scores come from score_samples().
+labeled class at all).
+
+Conventions, and where they differ from scikit-learn's: like an estimator, fit() returns self, the
+attributes it learns end in "_", and per-sample scores come from score_samples() (the mcm_core
+baselines use the same verb); numpy in, numpy out. Unlike scikit-learn, __init__ checks its options
+(a bad MCM_MINER_OPTIONS fails when the backend starts, not at the first training) and keeps them
+in one `config` dict, which save() writes with the weights; there is no score() (scikit-learn's
+returns one number for a labeled set) and no get_params/clone.
 
     miner = MinorityMiner(num_classes=C, seed=0).fit(features, labels)
-    miner.score_samples(features)  # (M,), higher = mine first; score() is the same (kept alias)
+    miner.score_samples(features)  # (M,), higher = mine first
     miner.queue_scores(pool)       # the order in which a labeling budget teaches the model most
+    miner.queue_size               # how many top examples queue_scores re-orders (0: none)
     miner.predict_proba(features)  # (M, C) re-calibrated probabilities
     miner.score_upper_bound        # 0 <= score <= bound
     miner.save(path); MinorityMiner.load(path)
@@ -230,11 +237,6 @@ class MinorityMiner:
         """Re-calibrated probabilities softmax(z) (M, C)."""
         return softmax(self.logits(features)).astype(np.float32)
 
-    def score(self, features) -> np.ndarray:
-        """The same as score_samples (kept for callers written before it; note that scikit-learn's
-        score() returns one number, which this does not)."""
-        return self.score_samples(features)
-
     def score_samples(self, features) -> np.ndarray:
         """(M,) float64 in [0, score_upper_bound], higher = mine first; each row's score depends
         only on that row (so chunks of a pool can be scored independently).
@@ -261,8 +263,8 @@ class MinorityMiner:
         Among the ``queue_window`` highest-scored examples: round-robin over the RC layer's
         predicted tail classes (plus a bucket for novel examples predicted as a head class), and
         within a bucket greedily the largest score x distance to the labeled and already-queued
-        examples of that class. Those get (0.5, 1]; the rest 0.5 * score(). Unlike score(), a
-        row's value depends on the rest of the pool: pass the whole pool in one call."""
+        examples of that class. Those get (0.5, 1]; the rest 0.5 * score_samples(). Unlike
+        score_samples(), a row's value depends on the rest of the pool: pass the whole pool in one call."""
         self._check_fitted()
         if self.config["strategy"] != "tail_novelty":
             raise ValueError(f"queue_scores needs strategy='tail_novelty', not {self.config['strategy']!r}")
@@ -284,6 +286,11 @@ class MinorityMiner:
             raise ValueError("this miner has no novelty reference (fewer than 2 labeled head rows, or a "
                              f"{self.config['strategy']!r} miner saved before every strategy kept one)")
         return self.novelty_.score(check_features(features, dim=self.in_dim_))
+
+    @property
+    def queue_size(self) -> int:
+        """How many of the highest-scored examples queue_scores re-orders (0: the strategy has no queue)."""
+        return self.config["queue_window"] if self.config["strategy"] == "tail_novelty" else 0
 
     @property
     def score_upper_bound(self) -> float:

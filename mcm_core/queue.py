@@ -22,6 +22,7 @@ import numpy as np
 from .novelty import l2_normalise
 
 NOVEL_BUCKET = -1
+QUEUE_FLOOR = 0.5  # queued examples score (QUEUE_FLOOR, 1]; the others QUEUE_FLOOR x score, below them
 
 
 def greedy_queue(scores: np.ndarray, buckets: np.ndarray, features: np.ndarray,
@@ -40,7 +41,7 @@ def greedy_queue(scores: np.ndarray, buckets: np.ndarray, features: np.ndarray,
         raise ValueError(f"scores {s.shape}, buckets {b.shape} and {len(features)} features must align")
     if window < 0:
         raise ValueError(f"window must be >= 0, got {window}")
-    out = 0.5 * np.clip(s, 0.0, 1.0)
+    out = QUEUE_FLOOR * np.clip(s, 0.0, 1.0)
     cand = np.argsort(-s, kind="stable")[:min(window, len(s))]
     if len(cand) == 0:
         return out
@@ -72,5 +73,5 @@ def greedy_queue(scores: np.ndarray, buckets: np.ndarray, features: np.ndarray,
     final = np.arange(len(cand))
     final[np.flatnonzero(~novel)] = order
     n = len(final)
-    out[cand[final]] = 0.5 + 0.5 * (n - np.arange(n)) / n
+    out[cand[final]] = QUEUE_FLOOR + (1.0 - QUEUE_FLOOR) * (n - np.arange(n)) / n
     return out

@@ -6,7 +6,8 @@
   `score_chunk_job` per chunk (extracts missing features into the shared feature cache, scores,
   writes MODEL_DIR/<project>/scores/<version>/chunk-NNNNNN.json atomically), and one
   `push_version_job` that depends on all of them and publishes the version once
-  (backend/publishing.py). Filling and retiring stay with the web process's maintainer.
+  (backend/refresh.publish_ranking, the same path as a training in the web process). Filling and
+  retiring stay with the web process's maintainer.
 """
 from __future__ import annotations
 
@@ -27,9 +28,9 @@ from .. import labelstudio
 from ..context import Context, get_context
 from ..fitting import train_project
 from ..label_config import config_from_meta
-from ..ledger import project_lock
-from ..publishing import head_size, version_record
-from ..scoring import Ranking, queue_order, queue_window, score_tasks
+from ..ranking import Ranking
+from ..refresh import pool_tasks, publish_ranking
+from ..scoring import score_tasks
 from ..settings import Settings
 from ..versions import VERSION_RE, load_version
 from .coordinator import RESULT_TTL, Coordinator, Heartbeat, acquire, lease_key, release
@@ -107,11 +108,7 @@ def train_job(project_id: int) -> str | None:
 def fan_out_rescoring(coord: Coordinator, context: Context, project_id: int, version: str,
                       new_labels: int = 0) -> list[str]:
     """Enqueue one scoring job per chunk of the pool and the push job that depends on them."""
-    config = config_from_meta(context.projects.store(project_id).read_meta(version))
-    pool = context.pool(project_id, config.image_key)
-    if not pool.known:
-        pool.replace(labelstudio.list_unlabeled_tasks(context.client(), project_id))
-    tasks = pool.tasks()
+    tasks = pool_tasks(project_id, context, config_from_meta(context.projects.store(project_id).read_meta(version)))
     size = context.settings.score_chunk_tasks
     chunks = [tasks[i:i + size] for i in range(0, len(tasks), size)]
     os.makedirs(_scores_dir(context, project_id, version), exist_ok=True)
@@ -198,16 +195,9 @@ def push_version_job(project_id: int, version: str, n_chunks: int, new_labels: i
                                f"failed (chunks {missing[:10]}); nothing pushed, Label Studio keeps the previous "
                                "version's scores")
         ranking, n_skipped = _gather(directory, n_chunks)
-        meta = store.read_meta(version)
-        config = config_from_meta(meta)
-        model = _model(context, project_id, version)
-        urls = {t["id"]: t["data"][config.image_key] for t in context.pool(project_id, config.image_key).tasks()}
-        ranking = queue_order(project_id, ranking, urls, context.ingest, model)
-        head = max(head_size(context.settings.head_size, int(new_labels), len(ranking)),
-                   min(queue_window(model.miner), len(ranking)))
-        with project_lock(context.settings.project_dir(project_id)):
-            context.publisher(project_id, config).publish(version, ranking, head, version_record(meta))
-        store.record_scoring(version, len(ranking))
+        published = publish_ranking(project_id, context, _model(context, project_id, version), ranking,
+                                    int(new_labels))
+        head = published["head"]
         atomic_write_json(marker, {"version": version, "ranked": len(ranking), "head": head, "skipped": n_skipped})
         _remove_older_scores(os.path.dirname(directory), version)
         coord.connection.hset(key, mapping={"n_scored": len(ranking), "last_pushed": version})

@@ -10,28 +10,26 @@ import logging
 import os
 import time
 
+import torch
 from rq import Worker
 
+from .. import context
 from ..settings import Settings
+from . import jobs  # noqa: F401  (imported here, in the worker's parent: every forked job finds it loaded)
 
 logger = logging.getLogger(__name__)
 
 
 
 def preload() -> None:
-    """Import torch, mcm_core and the backend's job modules, and warm torch up.
+    """Warm torch up and build the backbone (this module's imports already loaded torch, mcm_core and the
+    backend's job modules).
 
     Measured here: in a freshly forked process the first torch module construction took ~3 s
     (lazy one-time initialisation) unless the parent had already run one. The warm-up runs with
     one intra-op thread, so no OpenMP pool exists at fork time (forking after a pool started is
     unsafe); each job's Context then sets MCM_TORCH_THREADS in its own process.
     """
-    import torch
-    import mcm_core  # noqa: F401
-    from mcm_core import backbones  # noqa: F401
-    from .. import context, fitting, labelstudio, refresh  # noqa: F401
-    from . import jobs  # noqa: F401
-
     torch.set_num_threads(1)
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
                               torch.nn.Linear(4 * 6 * 6, 3))

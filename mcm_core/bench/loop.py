@@ -53,7 +53,7 @@ class RoundState:
 
 def _miner_scores(**kwargs) -> Callable[[RoundState], np.ndarray]:
     def run(s: RoundState) -> np.ndarray:
-        return MinorityMiner(s.num_classes, seed=s.seed, **kwargs).fit(s.f_lab, s.y_lab).score(s.f_pool)
+        return MinorityMiner(s.num_classes, seed=s.seed, **kwargs).fit(s.f_lab, s.y_lab).score_samples(s.f_pool)
     return run
 
 
@@ -75,7 +75,7 @@ STRATEGIES: dict[str, Callable[[RoundState], np.ndarray]] = {
     "weighted entropy (M)": _m_proba(lambda p, s: weighted_entropy(
         p, np.bincount(s.y_lab, minlength=s.num_classes) / len(s.y_lab))),
     "M tail mass": _m_proba(lambda p, s: tail_mass(p, tail_classes(s.y_lab, s.num_classes))),
-    "RC tail mass": lambda s: TailMassStrategy(s.num_classes, seed=s.seed).fit(s.f_lab, s.y_lab).score(s.f_pool),
+    "RC tail mass": lambda s: TailMassStrategy(s.num_classes, seed=s.seed).fit(s.f_lab, s.y_lab).score_samples(s.f_pool),
     "paper miner": _miner_scores(strategy="paper"),
     "reconstruction miner (previous default)": _miner_scores(strategy="reconstruction"),
     "default miner score": _miner_scores(),

@@ -95,15 +95,15 @@ def run_seed(dataset, setting, seed: int, cnn_epochs: int, variants: list[str], 
     scores: dict[str, np.ndarray] = {}
     t_fit = time.time()
     miner = MinorityMiner(C, seed=seed, **miner_kwargs).fit(f_tr, y_tr)
-    scores[DEFAULT_NAME] = miner.score(f_pool)
+    scores[DEFAULT_NAME] = miner.score_samples(f_pool)
     fit_time = time.time() - t_fit
     for v in variants:
-        scores[v] = MinorityMiner(C, seed=seed, **{**miner_kwargs, **VARIANTS[v]}).fit(f_tr, y_tr).score(f_pool)
+        scores[v] = MinorityMiner(C, seed=seed, **{**miner_kwargs, **VARIANTS[v]}).fit(f_tr, y_tr).score_samples(f_pool)
     for name, cls in BASELINES.items():
         strat = cls(C, seed=seed)
         if name == "tail_mass":
             strat.fit(f_tr, y_tr)  # its own focal-loss RC layer: "RC tail mass"
-            scores["RC tail mass"] = strat.score(f_pool)
+            scores["RC tail mass"] = strat.score_samples(f_pool)
             scores["M tail mass"] = tail_mass(p_pool, tails)
             continue
         if name == "random" or ce_head_baselines or name == "hal":
@@ -111,13 +111,13 @@ def run_seed(dataset, setting, seed: int, cnn_epochs: int, variants: list[str], 
         else:
             strat.fit_proportions(y_tr, f_tr.shape[1])
         if name == "random":
-            scores[name] = strat.score(f_pool)
+            scores[name] = strat.score_samples(f_pool)
             continue
         # Paper protocol: uncertainty of the biased model M itself ...
         scores[f"{name} (M outputs)"] = strat.score_proba(p_pool, f_pool)
         # ... and the same baseline through the library interface (CE linear head on the features).
         if ce_head_baselines:
-            scores[f"{name} (CE head)"] = strat.score(f_pool)
+            scores[f"{name} (CE head)"] = strat.score_samples(f_pool)
     scores.update(cleanlab_scores(f_tr, y_tr, softmax(z_tr), f_pool, p_pool))
     if miner.config["strategy"] == "tail_novelty":
         scores["ablation: novelty N only"] = miner.novelty_score(f_pool)

@@ -96,9 +96,9 @@ def time_miner(n: int, fit_cap: int | None, score_repeats: int, seed: int,
     start = time.perf_counter()
     miner.fit(feats[:n_fit], labels[:n_fit])
     fit_sec = time.perf_counter() - start
-    miner.score(feats[: min(n, 1000)])  # warm-up
-    score_sec = _median_seconds(lambda: miner.score(feats), score_repeats)
-    scores = miner.score(feats[: min(n, 1000)])
+    miner.score_samples(feats[: min(n, 1000)])  # warm-up
+    score_sec = _median_seconds(lambda: miner.score_samples(feats), score_repeats)
+    scores = miner.score_samples(feats[: min(n, 1000)])
     if not np.all(np.isfinite(scores)):
         raise RuntimeError("miner produced non-finite scores")
     return {

@@ -21,9 +21,9 @@ from backend.boxes import rectangle_result, region_box
 from backend.candidates import MAX_CANDIDATES, CandidateStore, Candidates, from_predictions
 from backend.detection import training_boxes
 from backend.label_config import LabelConfigError, parse_label_config
-from backend.labels import task_boxes
+from backend.annotations import task_boxes
 from backend.regions import Region, TaskRegions
-from backend.scoring import Ranking
+from backend.ranking import Ranking
 from backend.settings import Settings
 from backend_fakes import FakeLabelStudio, ImageServer, png_bytes
 from mcm_core.detection import box_iou
@@ -39,11 +39,11 @@ TAILS = (0, 1)
 # --- label config --------------------------------------------------------------------------------
 def test_rectangle_labels_config_is_a_detection_config():
     config = parse_label_config(LABEL_CONFIG)
-    assert config.detection and config.kind == "rectangles"
+    assert config.kind == "rectangles"
     assert (config.image_name, config.image_key, config.control_name) == ("image", "image", "label")
     assert config.classes == tuple(str(d) for d in range(10))
-    assert not parse_label_config('<View><Image name="i" value="$x"/><Choices name="c" toName="i">'
-                                  '<Choice value="a"/><Choice value="b"/></Choices></View>').detection
+    assert parse_label_config('<View><Image name="i" value="$x"/><Choices name="c" toName="i">'
+                              '<Choice value="a"/><Choice value="b"/></Choices></View>').kind == "choices"
 
 
 @pytest.mark.parametrize("xml, expected", [
@@ -140,7 +140,7 @@ def test_ranking_with_regions_saves_merges_and_builds_rectangle_predictions(tmp_
     path = str(tmp_path / "ranking.npz")
     ranking.save(path)
     back = Ranking.load(path)
-    assert back.task_ids.tolist() == [10, 11, 12] and set(back.regions.items) == {10, 11}
+    assert back.task_ids.tolist() == [10, 11, 12] and set(back.shown.items) == {10, 11}
     predictions = back.predictions(0, 3, config, "mcm-v1-x")
     assert [p["task"] for p in predictions] == [10, 11, 12]
     region = predictions[0]["result"][0]
@@ -150,10 +150,10 @@ def test_ranking_with_regions_saves_merges_and_builds_rectangle_predictions(tmp_
     new = Ranking.build([13], [0.5], [1], TaskRegions({13: Region(np.array([[0, 0, 1, 1.0]]), np.array([1]),
                                                                   np.array([0.6]))}))
     merged = back.without([11]).merged(new)
-    assert merged.task_ids.tolist() == [10, 13, 12] and merged.regions.result(13, config)[0]["value"]["width"] == 100
+    assert merged.task_ids.tolist() == [10, 13, 12] and merged.shown.result(13, config)[0]["value"]["width"] == 100
     merged.save(path)
-    assert set(Ranking.load(path).regions.items) == {10, 13}  # the annotated task's regions left the file
-    assert Ranking.load(path, regions=False).regions is None
+    assert set(Ranking.load(path).shown.items) == {10, 13}  # the annotated task's regions left the file
+    assert Ranking.load(path, shown=False).shown is None
 
 
 # --- one detection project, trained for real -----------------------------------------------------

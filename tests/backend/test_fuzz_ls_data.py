@@ -22,7 +22,7 @@ from backend.app import create_app
 from backend.boxes import rectangle_result
 from backend.fitting import train_project
 from backend.label_config import parse_label_config
-from backend.labels import task_boxes, task_label
+from backend.annotations import task_boxes, task_label
 from backend.maintainer import Maintainer
 from backend.refresh import score_and_push_tasks
 from backend.settings import Settings
@@ -158,11 +158,11 @@ def _app(settings):
 def test_one_bad_region_never_stops_a_detection_project(fake_ls, images, tmp_path, bad, monkeypatch):
     """Before: ZeroDivisionError (int(0.5) = 0) or OverflowError (1e300 in the candidate store) at every
     retraining: /predict 500, training failed, report 500, 0 tasks scored."""
-    import backend.scoring
+    import backend.detection
 
     # every box pre-filled, so that every region (the bad one too) is served: noise images make no box
     # class reliable, and which classes are is tests/backend/test_prefill_projects.py's subject, not this test's
-    monkeypatch.setattr(backend.scoring, "prefill_labels", lambda model, features, settings: np.full(
+    monkeypatch.setattr(backend.detection, "prefill_labels", lambda model, features, settings: np.full(
         len(features), 3, np.int32))
     pid = 41
     labeled, pool = _detection_project(fake_ls, images, pid)

@@ -13,7 +13,7 @@ from backend import labelstudio
 from backend.label_config import parse_label_config
 from backend.ledger import Ledger
 from backend.publishing import Publisher, head_size
-from backend.scoring import Ranking
+from backend.ranking import Ranking
 from backend.pacing import ready_at
 from backend_fakes import LABEL_CONFIG
 

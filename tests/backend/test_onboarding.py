@@ -20,7 +20,7 @@ from backend.app import create_app
 from backend.context import Context
 from backend.label_config import parse_label_config
 from backend.publishing import Publisher
-from backend.scoring import Ranking
+from backend.ranking import Ranking
 from backend.tabs import ENABLED_AT_KEY, VIEW_ORDERING, VIEW_TITLE
 from backend_fakes import LABEL_CONFIG
 

@@ -9,6 +9,7 @@ import time
 import numpy as np
 
 from backend import fitting
+from backend.annotations import TrainingRows
 from backend.app import create_app
 from backend.context import Context
 from backend.fitting import train_project
@@ -131,8 +132,9 @@ def test_the_pre_fill_check_is_kept_between_close_retrainings_and_redone_when_la
     assert fitting.reusable_check(version("v0", checked_at=None), ["a", "b"], 100) is None  # never stamped
 
     x = np.random.default_rng(0).normal(size=(60, 4)).astype(np.float32)
-    clf, meta = fitting.fit_prefill(1, make_settings(), x, np.repeat([0, 1], 30), list(range(60)),
-                                    LabelConfig("image", "image", "choice", ("a", "b")),
-                                    collections.Counter({"a": 30, "b": 30}), previous=previous)
+    y = np.repeat([0, 1], 30)
+    rows = TrainingRows([(t, f"u{t}") for t in range(60)], y, y, 2, n_tasks=60)
+    clf, meta = fitting.fit_prefill(1, make_settings(), x, rows, LabelConfig("image", "image", "choice", ("a", "b")),
+                                    "labels", collections.Counter({"a": 30, "b": 30}), previous=previous)
     assert meta["prefill"]["kept_from"] == "v1" and meta["reliability"] == {"verdict": "ok"}
     assert clf.thresholds_.tolist() == [0.8, np.inf]

@@ -8,12 +8,12 @@ import time
 import numpy as np
 import pytest
 
-from backend.labels import task_label
+from backend.annotations import task_label
 from backend.feature_cache import ArrayCache
 from backend.images import AddressPolicy, BlockedAddressError
 from backend.label_config import LabelConfigError, parse_label_config
 from backend.versions import ModelStore
-from backend.scoring import map_scores
+from backend.ranking import map_scores
 from backend.settings import Settings, settings_help_text
 from backend.pacing import TrainingQueue
 
@@ -311,7 +311,9 @@ def test_the_tab_follows_the_score_unless_a_queue_window_is_set(window):
     import types
 
     from mcm_core import MinorityMiner
-    from backend.scoring import Ranking, outside_window, queue_order, score_features
+    from backend.classification import score_features
+    from backend.ranking import Ranking
+    from backend.scoring import outside_window, queue_order
 
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(5, 16)).astype(np.float32)

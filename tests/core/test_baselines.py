@@ -44,10 +44,10 @@ def test_tail_mass_and_margin_strategies(blobs):
     tm = TailMassStrategy(4, seed=0).fit(x, y)
     assert tm.tail_ == [3]
     p = tm.predict_proba(x)
-    assert tm.score(x) == pytest.approx(p[:, 3])
-    assert tm.score(x[y == 3]).min() > np.median(tm.score(x[y == 0]))
+    assert tm.score_samples(x) == pytest.approx(p[:, 3])
+    assert tm.score_samples(x[y == 3]).min() > np.median(tm.score_samples(x[y == 0]))
     ce = TailMassStrategy(4, seed=0, focal=False).fit(x, y)
-    assert ce.score(x).shape == (len(x),)
+    assert ce.score_samples(x).shape == (len(x),)
     assert MarginStrategy(4).fit(x, y).score_proba(P[:, :3]) == pytest.approx(margin_uncertainty(P))
     assert {"margin", "tail_mass"} <= set(BASELINES)
 
@@ -85,13 +85,13 @@ def test_baseline_interface(blobs, name):
     x, y, _ = _data(blobs)
     strat = BASELINES[name](4, seed=0)
     with pytest.raises(ValueError, match="not fitted"):
-        strat.score(x)
+        strat.score_samples(x)
     assert strat.fit(x, y) is strat
-    s = strat.score(x[:50])
+    s = strat.score_samples(x[:50])
     assert s.shape == (50,) and np.isfinite(s).all()
-    assert np.array_equal(s, BASELINES[name](4, seed=0).fit(x, y).score(x[:50]))
+    assert np.array_equal(s, BASELINES[name](4, seed=0).fit(x, y).score_samples(x[:50]))
     with pytest.raises(ValueError):
-        strat.score(x[:, :3])
+        strat.score_samples(x[:, :3])
     with pytest.raises(ValueError):
         strat.fit(x, np.full(len(x), 4))
 
@@ -101,7 +101,7 @@ def test_uncertainty_baselines_rank_ambiguous_points_first(blobs):
     ambiguous = ((centers[0] + centers[1]) / 2)[None, :].astype(np.float32)
     clear = centers[2][None, :].astype(np.float32)
     for cls in (MaxScoreStrategy, EntropyStrategy, WeightedEntropyStrategy):
-        s = cls(4).fit(x, y).score(np.concatenate([ambiguous, clear]))
+        s = cls(4).fit(x, y).score_samples(np.concatenate([ambiguous, clear]))
         assert s[0] > s[1], cls.name
 
 
@@ -110,7 +110,7 @@ def test_hal_explore_prefers_novel_points(blobs):
     far = (centers[0] + 50.0)[None, :].astype(np.float32)
     near = x[:1]
     hal = HALStrategy(4, p_exploit=0.0).fit(x, y)
-    s = hal.score(np.concatenate([near, far]))
+    s = hal.score_samples(np.concatenate([near, far]))
     assert s[1] > s[0]
     with pytest.raises(ValueError):
         HALStrategy(4, p_exploit=1.5)
@@ -118,6 +118,6 @@ def test_hal_explore_prefers_novel_points(blobs):
 
 def test_random_is_seeded(blobs):
     x, y, _ = _data(blobs)
-    a = RandomStrategy(4, seed=1).fit(x, y).score(x)
-    b = RandomStrategy(4, seed=2).fit(x, y).score(x)
+    a = RandomStrategy(4, seed=1).fit(x, y).score_samples(x)
+    b = RandomStrategy(4, seed=2).fit(x, y).score_samples(x)
     assert not np.array_equal(a, b)

@@ -36,7 +36,7 @@ def fitted_rc(data):
 
 def test_fit_returns_self_and_shapes(data, fitted):
     x, _, _, _ = data
-    s = fitted.score(x[:17])
+    s = fitted.score_samples(x[:17])
     assert s.shape == (17,)
     p = fitted.predict_proba(x[:17])
     assert p.shape == (17, 5)
@@ -47,11 +47,11 @@ def test_fit_returns_self_and_shapes(data, fitted):
 def test_scores_within_upper_bound(data, fitted, fitted_rc):
     x, y, x_head, x_tail = data
     probe = np.concatenate([x, x_head, x_tail, x * 100])
-    s = fitted.score(probe)
+    s = fitted.score_samples(probe)
     assert fitted.score_upper_bound == 1.0  # tail_novelty: 1 - (1 - T)(1 - N), T and N in [0, 1]
     assert (s >= 0).all() and (s <= 1.0).all()
     fitted = fitted_rc
-    s = fitted.score(probe)
+    s = fitted.score_samples(probe)
     # reconstruction S_w with w = alpha (normalised inverse frequency): exact bound = two largest alphas
     inv = 1.0 / np.bincount(y, minlength=5)
     w = np.sort(inv / inv.sum())
@@ -65,16 +65,16 @@ def test_scores_within_upper_bound(data, fitted, fitted_rc):
 def test_tail_examples_rank_above_head_examples(data, strategy):
     x, y, x_head, x_tail = data
     m = MinorityMiner(5, seed=0, strategy=strategy, **FAST).fit(x, y)
-    s_head, s_tail = m.score(x_head), m.score(x_tail)
+    s_head, s_tail = m.score_samples(x_head), m.score_samples(x_tail)
     assert np.median(s_tail) > np.median(s_head)
 
 
 def test_determinism(data, fitted):
     x, y, x_head, _ = data
     again = MinorityMiner(5, seed=0, **FAST).fit(x, y)
-    assert np.array_equal(again.score(x_head), fitted.score(x_head))
+    assert np.array_equal(again.score_samples(x_head), fitted.score_samples(x_head))
     other = MinorityMiner(5, seed=1, **FAST).fit(x, y)
-    assert not np.array_equal(other.score(x_head), fitted.score(x_head))
+    assert not np.array_equal(other.score_samples(x_head), fitted.score_samples(x_head))
 
 
 def test_fit_does_not_touch_global_rng(data):
@@ -95,7 +95,7 @@ def test_save_load_round_trip(tmp_path, data, which, request):
     assert os.listdir(path.parent) == ["miner.pt"]  # no temp file left behind
     loaded = MinorityMiner.load(path)
     probe = np.concatenate([x_head, x_tail])
-    assert np.array_equal(loaded.score(probe), fitted.score(probe))
+    assert np.array_equal(loaded.score_samples(probe), fitted.score_samples(probe))
     assert np.array_equal(loaded.predict_proba(probe), fitted.predict_proba(probe))
     assert loaded.config == fitted.config
     assert loaded.score_upper_bound == fitted.score_upper_bound
@@ -123,7 +123,7 @@ def test_save_before_fit_raises(tmp_path):
 def test_score_before_fit_raises():
     m = MinorityMiner(3)
     with pytest.raises(ValueError, match="not fitted"):
-        m.score(np.zeros((2, 4), np.float32))
+        m.score_samples(np.zeros((2, 4), np.float32))
     with pytest.raises(ValueError, match="not fitted"):
         m.predict_proba(np.zeros((2, 4), np.float32))
 
@@ -159,13 +159,13 @@ def test_fit_rejects_bad_labels(data, labels_fn, match):
 def test_score_rejects_bad_features(data, fitted):
     x, _, _, _ = data
     with pytest.raises(ValueError, match="columns"):
-        fitted.score(x[:, :5])
+        fitted.score_samples(x[:, :5])
     with pytest.raises(ValueError, match="NaN or inf"):
-        fitted.score(np.full((2, x.shape[1]), np.nan, np.float32))
+        fitted.score_samples(np.full((2, x.shape[1]), np.nan, np.float32))
     with pytest.raises(ValueError, match="empty"):
-        fitted.score(x[:0])
+        fitted.score_samples(x[:0])
     with pytest.raises(ValueError, match="2-D"):
-        fitted.score(x[0])
+        fitted.score_samples(x[0])
 
 
 @pytest.mark.parametrize("kwargs", [dict(num_classes=1), dict(num_classes=2.5), dict(num_classes=3, gamma=-1),
@@ -187,7 +187,7 @@ def test_classes_with_zero_or_one_example_and_logit_space(data):
     keep = y != 4  # class 4 now has no example at all
     m = MinorityMiner(5, seed=0, strategy="reconstruction", input_space="logits", standardize=True, n_models=2,
                       gamma=1.0, alpha=0.5, **FAST).fit(x[keep], y[keep])
-    s = m.score(x_tail)
+    s = m.score_samples(x_tail)
     assert s.shape == (60,) and ((s >= 0) & (s <= m.score_upper_bound)).all()
     assert m.fit_info_["labeled_per_class"] == [80, 80, 80, 2, 0]
 
@@ -198,14 +198,14 @@ def test_weighted_score_matches_hand_computation_and_head_only_rows(data, fitted
     assert fitted.fit_info_["ae_rows"] == 240  # default: classes 3 (2 ex.) and 4 (1 ex.) are tail: head rows only
     every = MinorityMiner(5, seed=0, strategy="reconstruction", ae_train_on="all", **FAST).fit(x, y)
     assert every.fit_info_["ae_rows"] == len(y)
-    assert np.median(every.score(x_tail)) > np.median(every.score(x[:240]))
+    assert np.median(every.score_samples(x_tail)) > np.median(every.score_samples(x[:240]))
     assert fitted.fit_info_["rc_best_epoch"] >= 19  # the default 20-epoch RC warm-up
     p = fitted.ae_.reconstruct_probs(fitted.logits(x_tail))  # (n_models, M, C)
     q = softmax(fitted.logits(x_tail))
     inv = 1.0 / np.bincount(y, minlength=5)
     w = inv / inv.sum()
     expected = ((q[None] - p) ** 2 * w).sum(-1).mean(0)
-    assert fitted.score(x_tail) == pytest.approx(expected, rel=1e-6)
+    assert fitted.score_samples(x_tail) == pytest.approx(expected, rel=1e-6)
 
 
 def test_unweighted_all_rows_and_sqrt_alpha_options(data):
@@ -215,13 +215,13 @@ def test_unweighted_all_rows_and_sqrt_alpha_options(data):
     assert plain.fit_info_["ae_rows"] == len(y)
     assert plain.score_upper_bound == 2.0
     q = softmax(plain.logits(x_tail))
-    assert plain.score(x_tail) == pytest.approx(((q[None] - plain.ae_.reconstruct_probs(plain.logits(x_tail))) ** 2)
+    assert plain.score_samples(x_tail) == pytest.approx(((q[None] - plain.ae_.reconstruct_probs(plain.logits(x_tail))) ** 2)
                                                 .sum(-1).mean(0), rel=1e-6)
     sq = MinorityMiner(5, seed=0, strategy="reconstruction", score_weighting="sqrt_alpha", **FAST).fit(x, y)
     w = np.sqrt(1.0 / np.bincount(y, minlength=5))
     w /= w.sum()
     assert sq.score_upper_bound == pytest.approx(np.sort(w)[-2:].sum())
-    assert ((sq.score(x_tail) >= 0) & (sq.score(x_tail) <= sq.score_upper_bound)).all()
+    assert ((sq.score_samples(x_tail) >= 0) & (sq.score_samples(x_tail) <= sq.score_upper_bound)).all()
 
 
 def test_files_without_new_options_load_as_unweighted_all_rows(tmp_path, data):
@@ -242,7 +242,7 @@ def test_files_without_new_options_load_as_unweighted_all_rows(tmp_path, data):
     loaded = MinorityMiner.load(path)
     assert loaded.config == old.config
     probe = np.concatenate([x_head, x_tail])
-    assert np.array_equal(loaded.score(probe), old.score(probe))
+    assert np.array_equal(loaded.score_samples(probe), old.score_samples(probe))
     assert loaded.score_upper_bound == 2.0
     assert loaded.config["strategy"] == "reconstruction" and loaded.tail_ == [3, 4]  # from fit_info counts
 
@@ -256,16 +256,16 @@ def test_reconstruction_miners_keep_the_same_novelty_reference(tmp_path, data, f
     n = fitted_rc.novelty_score(probe)
     assert np.array_equal(n, fitted.novelty_score(probe))
     assert n[len(x_head):].mean() > n[:len(x_head)].mean() + 0.3  # tail blobs are far from the head rows
-    assert fitted_rc.score_upper_bound < 2.0 and fitted_rc.score(probe).max() > 0  # the AE's S_w, not 1-(1-T)(1-N)
+    assert fitted_rc.score_upper_bound < 2.0 and fitted_rc.score_samples(probe).max() > 0  # the AE's S_w, not 1-(1-T)(1-N)
     path = tmp_path / "rc.pt"
     fitted_rc.save(path)
     loaded = MinorityMiner.load(path)
-    assert np.array_equal(loaded.novelty_score(probe), n) and np.array_equal(loaded.score(probe), fitted_rc.score(probe))
+    assert np.array_equal(loaded.novelty_score(probe), n) and np.array_equal(loaded.score_samples(probe), fitted_rc.score_samples(probe))
     payload = torch.load(path, weights_only=True)
     del payload["novelty"]
     torch.save(payload, path)
     older = MinorityMiner.load(path)
-    assert older.novelty_ is None and np.array_equal(older.score(probe), fitted_rc.score(probe))
+    assert older.novelty_ is None and np.array_equal(older.score_samples(probe), fitted_rc.score_samples(probe))
     with pytest.raises(ValueError, match="no novelty reference"):
         older.novelty_score(probe)
 
@@ -283,7 +283,7 @@ def test_tail_novelty_score_is_tail_or_novel_by_hand(data, fitted):
     knn = np.sort(dist, 1)[:, :5].mean(1)
     assert knn_cosine_distance(ref, probe, 5) == pytest.approx(knn, abs=1e-6)
     n = calibrated_novelty(fitted.novelty_.reference_distances, knn)
-    assert fitted.score(probe) == pytest.approx(1 - (1 - t) * (1 - n), abs=1e-6)
+    assert fitted.score_samples(probe) == pytest.approx(1 - (1 - t) * (1 - n), abs=1e-6)
     assert fitted.tail_mass(probe) == pytest.approx(t)
     assert fitted.fit_info_["novelty_reference"] == 240 and fitted.ae_ is None  # no autoencoder trained
 
@@ -296,7 +296,7 @@ def test_tail_novelty_finds_a_class_with_no_label(blobs):
     x_head = np.concatenate([centers[k] + rng.normal(size=(40, 12)) for k in range(3)]).astype(np.float32)
     m = MinorityMiner(4, seed=0, **FAST).fit(x, y)
     assert m.tail_ == [3]
-    s_new, s_head = m.score(x_new), m.score(x_head)
+    s_new, s_head = m.score_samples(x_new), m.score_samples(x_head)
     assert s_new.min() > np.quantile(s_head, 0.9)
 
 

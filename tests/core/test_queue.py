@@ -56,7 +56,7 @@ def test_queue_of_the_top_window_alone_equals_the_whole_pool(blobs):
     rng = np.random.default_rng(9)
     pool = np.concatenate([centers[k] + rng.normal(size=(40, 8)) for k in range(4)]).astype(np.float32)
     m = MinorityMiner(4, seed=0, queue_window=30).fit(x, y)
-    s, q = m.score(pool), m.queue_scores(pool)
+    s, q = m.score_samples(pool), m.queue_scores(pool)
     top = np.argsort(-s, kind="stable")[:30]
     rest = np.setdiff1d(np.arange(len(pool)), top)
     assert q[rest] == pytest.approx(0.5 * s[rest])

@@ -1,0 +1,80 @@
+"""Classification projects (Choices): one class per task, one feature row per task image.
+
+The task kind's verbs (the same as backend/detection.py's; backend/task_kinds.py chooses one from
+the label config): read a task's label, build the training rows, name the version's extra meta,
+score tasks into a Ranking whose predictions pre-tick a class (backend/prefill.py) or nothing.
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from .annotations import LabeledTasks, TrainingRows, annotation_choice, task_label, usable_tasks
+from .label_config import LabelConfig
+from .prefill import prefill_labels
+from .ranking import ChoiceResults, Ranking, map_scores
+from .validation import Skipped
+
+if TYPE_CHECKING:
+    from .context import Context
+
+logger = logging.getLogger(__name__)
+
+
+def score_features(miner, features: np.ndarray, transform: str) -> tuple[np.ndarray, np.ndarray]:
+    """(scores in [0, 1], the miner's predicted class index) per feature row."""
+    if len(features) == 0:
+        return np.zeros(0), np.zeros(0, np.int32)
+    scores = map_scores(miner.score_samples(features), miner.score_upper_bound, transform)
+    labels = np.asarray(miner.predict_proba(features)).argmax(axis=1).astype(np.int32)
+    return scores, labels
+
+
+class Classification:
+    """The classification task kind."""
+
+    name = "classification"
+    row_name = "labeled tasks"   # what one labeled object is, in the logs
+    label_name = "labels"        # ... in the reliability message
+    heldout_supported = True     # the report's cross-validation (backend/heldout.py)
+
+    def check_configured(self, context: "Context") -> None:
+        """Nothing beyond the label config is needed."""
+
+    def collect(self, project_id: int, config: LabelConfig, annotated: list[dict], skipped: Skipped) -> LabeledTasks:
+        """Each annotated task's class (its most recent usable choice); unusable tasks are logged."""
+        tasks, labels = usable_tasks(project_id, annotated, lambda task: task_label(task, config, skipped))
+        return LabeledTasks(config, tasks, [config.class_index(label) for label in labels],
+                            [t["id"] for t in annotated])
+
+    def label_event(self, task: dict, annotations: list[dict], config: LabelConfig):
+        """(the task's class, None, the annotations that chose a class) for the report, or None."""
+        label, _reason = task_label(task, config)
+        if label is None:
+            return None
+        return label, None, [a for a in annotations if annotation_choice(a, config) is not None]
+
+    def training_rows(self, project_id: int, context: "Context", labeled: LabeledTasks) -> TrainingRows:
+        """One row per labeled task whose image could be read (in the extractor's feature cache)."""
+        ok, keys, _skipped = context.ingest.cached_arrays(project_id, labeled.tasks, labeled.config)
+        y = np.asarray([labeled.labels[i] for i in ok], dtype=np.int64)
+        return TrainingRows(keys, y, y, len(labeled.config.classes), n_tasks=len(y))
+
+    def version_meta(self, settings, config: LabelConfig, miner) -> dict:
+        """Nothing beyond what every version records."""
+        return {}
+
+    def score_tasks(self, project_id: int, tasks: Sequence[dict], context: "Context", model, config: LabelConfig,
+                    refresh: bool = False) -> tuple[Ranking, dict[int, str]]:
+        """(Ranking, {skipped task id: reason}): each task image's score, and the class it pre-ticks."""
+        ingest = context.ingest
+        _ok, keys, skipped = ingest.cached_arrays(project_id, tasks, config)
+        if not keys:
+            return Ranking.build([], [], []), skipped
+        ids = [k[0] for k in keys]
+        features = ingest.features(project_id, keys, model=model)
+        scores, labels = score_features(model.miner, features, context.settings.score_transform)
+        shown = ChoiceResults.of(ids, prefill_labels(model, features, context.settings))
+        return Ranking.build(ids, scores, labels, shown), skipped

@@ -1,0 +1,46 @@
+"""What a prediction pre-ticks: the class of the version's checked pre-fill classifier, or nothing.
+
+Not the miner's class: the RC layer is built to lift the tail and over-predicts it. The version's
+PrefillClassifier (mcm_core.prefill: a plain softmax classifier, checked by cross-validation at
+training, backend/fitting.py) names the class, and only for the classes whose held-out precision
+allows it, at the task's (box's) confidence; any other prediction carries the score and `result: []`
+(Label Studio 1.23.2 stores it, keeps its score for the tab's order, and the annotator starts
+blank). MCM_PREFILL=off: never a pre-ticked class or box.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def prefill_labels(model, features: np.ndarray, settings) -> np.ndarray:
+    """(M,) int32: the class each row's prediction pre-ticks, -1 for none (MCM_PREFILL=off, a version
+    without a pre-fill classifier, or a class or confidence its held-out precision does not allow)."""
+    if settings.prefill == "off" or getattr(model, "prefill", None) is None or len(features) == 0:
+        return np.full(len(features), -1, np.int32)
+    return model.prefill.prefill_labels(features)
+
+
+def prefill_summary(model, mode: str) -> dict | None:
+    """/mcm/status "prefill": which classes a prediction may pre-tick, and why not the others
+    (from the version's meta.json "prefill", written at training; backend/fitting.fit_prefill)."""
+    if model is None:
+        return None
+    checked = model.meta.get("prefill")
+    verdicts = checked.get("classes", {}) if isinstance(checked, dict) else {}
+    names = [n for n in model.meta.get("classes", []) if n in verdicts]  # the label config's order
+    classes = [n for n in names if verdicts[n].get("prefill")] if model.prefill is not None else []
+    not_prefilled = {n: verdicts[n].get("reason") for n in names if n not in classes}
+    if mode == "off":
+        message = "MCM_PREFILL=off: no prediction pre-ticks a class or box; the scores still order the queue."
+    elif model.prefill is None:
+        message = ("This version has no pre-fill classifier (saved before pre-fills were checked, or its file is "
+                   "unreadable): nothing is pre-ticked until the next training.")
+    elif classes:
+        message = (f"Pre-ticked when the task's confidence is high enough: {', '.join(classes)}. The other classes "
+                   f"are never pre-ticked: their held-out precision in this project's labels is below "
+                   f"{checked.get('min_precision', 0.9):.0%} or rests on too few labels.")
+    else:
+        message = ("Nothing is pre-ticked: no class reaches a held-out precision of "
+                   f"{checked.get('min_precision', 0.9):.0%} in this project's labels; annotators start blank.")
+    return {"enabled": mode != "off" and model.prefill is not None, "classes": classes if mode != "off" else [],
+            "not_prefilled": not_prefilled, "message": message}
