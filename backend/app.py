@@ -5,7 +5,7 @@ object on every /setup, starts a process per webhook, has no GET /versions, logs
 credentials at DEBUG, and pins Flask 1.1.2 / Werkzeug 2.0.2. We replaced all of its
 views anyway; owning the app removes that glue (docs/architecture.md).
 
-`create_app(settings)` builds the app and its AppState (backend/app_state.py).
+`create_app(settings)` builds the app and its Service (backend/service.py).
 Before every request: without basic auth, only loopback clients (unless
 MCM_ALLOW_UNAUTHENTICATED; gunicorn binds by itself, so the app checks); basic auth
 (when configured, on every route but / and /health) and a body-size limit; every view
@@ -20,10 +20,11 @@ import logging
 import socket
 
 from flask import Flask, jsonify, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
-from .app_state import AppState, app_state
 from .context import Context, register_context
 from .routes import routes
+from .service import SERVICE_KEY, Service, current_service
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ def _check_remote_address():
     client = request.remote_addr
     if not client:  # a Unix socket: only local processes can connect
         return None
-    reason = unauthenticated_refusal(app_state().settings, client)
+    reason = unauthenticated_refusal(current_service().settings, client)
     if reason is None:
         return None
     if client not in _REFUSED_LOGGED and len(_REFUSED_LOGGED) < 100:
@@ -89,7 +90,7 @@ def _check_remote_address():
 
 
 def _check_basic_auth():
-    settings = app_state().settings
+    settings = current_service().settings
     if not settings.basic_auth_user or request.path in PUBLIC_PATHS:
         return None
     header = request.headers.get("Authorization", "")
@@ -109,20 +110,11 @@ def _check_basic_auth():
     return response
 
 
-def _check_body_size():
-    """413 for a body over MCM_MAX_REQUEST_BYTES, before it is read (chunked bodies: read up to the limit)."""
-    limit = app_state().settings.max_request_bytes
-    if request.environ.get("wsgi.input_terminated"):  # chunked: Content-Length, if any, is not the body size
-        body = request.stream.read(limit + 1)
-        too_big = len(body) > limit
-        request._cached_data = body  # what get_json reads next
-    else:
-        too_big = request.content_length is not None and request.content_length > limit
-    if not too_big:
-        return None
-    response = jsonify({"status": "error", "error": f"request body larger than MCM_MAX_REQUEST_BYTES={limit}"})
-    response.status_code = 413
-    return response
+def _too_large(_exc: RequestEntityTooLarge):
+    """413 for a body over MCM_MAX_REQUEST_BYTES: werkzeug stops reading there (MAX_CONTENT_LENGTH), also for a
+    chunked body without Content-Length."""
+    limit = current_service().settings.max_request_bytes
+    return jsonify({"status": "error", "error": f"request body larger than MCM_MAX_REQUEST_BYTES={limit}"}), 413
 
 
 def _log_request():
@@ -137,10 +129,11 @@ def create_app(settings: Settings | None = None, context: Context | None = None,
     context = context or Context(settings)
     register_context(context)
     app = Flask("backend")
-    app.config["MCM_STATE"] = AppState(settings, context, train_fn)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.register_error_handler(RequestEntityTooLarge, _too_large)
+    app.config[SERVICE_KEY] = Service(settings, context, train_fn)
     app.before_request(_check_remote_address)
     app.before_request(_check_basic_auth)
-    app.before_request(_check_body_size)
     app.before_request(_log_request)
     app.register_blueprint(routes)
     if preload:
@@ -151,5 +144,10 @@ def create_app(settings: Settings | None = None, context: Context | None = None,
                 logger.exception("project %s: cannot load at start-up: %s", project_id, exc)
                 continue
             logger.info("project %s: model %s ready", project_id, state.model.version if state.model else None)
-    app.config["MCM_STATE"].maintainer.start()
+    service_of(app).maintainer.start()
     return app
+
+
+def service_of(app: Flask) -> Service:
+    """What the app's views share (backend/service.py): its Context, training scheduler, maintainer..."""
+    return app.config[SERVICE_KEY]

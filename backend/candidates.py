@@ -30,9 +30,9 @@ from mcm_core.atomic import atomic_savez
 from mcm_core.detection import crop_box
 from mcm_core.detectors import TorchvisionDetector
 
-from . import labelstudio
 from .boxes import box_key, checked_image_size, rectangle
 from .label_config import LabelConfig, LabelConfigError
+from .labelstudio import client as labelstudio
 from .validation import Skipped, finite_number, image_side, short
 
 logger = logging.getLogger(__name__)

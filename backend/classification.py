@@ -38,7 +38,7 @@ class Classification:
     name = "classification"
     row_name = "labeled tasks"   # what one labeled object is, in the logs
     label_name = "labels"        # ... in the reliability message
-    heldout_supported = True     # the report's cross-validation (backend/heldout.py)
+    heldout_supported = True     # the report's cross-validation (backend/report/heldout.py)
 
     def check_configured(self, context: "Context") -> None:
         """Nothing beyond the label config is needed."""

@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 from mcm_core.atomic import atomic_write_json
 
-from . import labelstudio
+from .labelstudio import client as labelstudio
 from .projects import Projects
 from .settings import Settings
 

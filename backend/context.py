@@ -3,8 +3,8 @@
 A `Context` is built once per process (web app, RQ worker) and passed to the steps
 of the data's path (backend/fitting.py, backend/refresh.py, ...). It holds no logic
 of its own: projects and their loaded models (backend/projects.py), image ingest
-(backend/ingest.py), each project's pool (backend/pool.py), the Label Studio client
-(backend/labelstudio.py), a Publisher per project (backend/publishing.py) and the candidate
+(backend/ingest/pipeline.py), each project's pool (backend/pool.py), the Label Studio client
+(backend/labelstudio/client.py), a Publisher per project (backend/publishing.py) and the candidate
 boxes and box features of detection projects (backend/candidates.py).
 """
 from __future__ import annotations
@@ -15,14 +15,14 @@ import torch
 
 from mcm_core import MinorityMiner
 
-from . import labelstudio
 from .candidates import BoxSources
-from .extractor import Extractor
-from .ingest import Ingest
+from .ingest.extractor import Extractor
+from .ingest.pipeline import Ingest
 from .label_config import LabelConfig
+from .labelstudio import client as labelstudio
+from .ledger import Ledger
 from .pool import Pool
 from .projects import Projects
-from .ledger import Ledger
 from .publishing import Publisher
 from .settings import Settings
 

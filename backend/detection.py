@@ -31,7 +31,7 @@ import numpy as np
 from mcm_core.detection import box_scores, cold_start_classes, image_scores, jittered_boxes, sample_background_boxes
 
 from .annotations import LabeledTasks, TrainingRows, task_boxes, usable_tasks
-from .ingest import image_keys
+from .ingest.pipeline import image_keys
 from .label_config import LabelConfig
 from .prefill import prefill_labels
 from .ranking import Ranking, map_scores
@@ -70,7 +70,7 @@ class Detection:
     name = "detection"
     row_name = "labeled boxes"
     label_name = "boxes"
-    heldout_supported = False  # the report's cross-validation is per task image (backend/heldout.py)
+    heldout_supported = False  # the report's cross-validation is per task image (backend/report/heldout.py)
 
     def check_configured(self, context: "Context") -> None:
         """A detection project needs a source of candidate boxes (MCM_DETECTION_CANDIDATES)."""

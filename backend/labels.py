@@ -2,9 +2,9 @@
 as its task kind reads it (backend/task_kinds.py): one class per task, or one image's boxes."""
 from __future__ import annotations
 
-from . import labelstudio
 from .annotations import LabeledTasks
 from .label_config import parse_label_config
+from .labelstudio import client as labelstudio
 from .task_kinds import kind_of
 from .validation import Skipped
 

@@ -22,12 +22,12 @@ import threading
 import time
 from typing import Callable
 
-from . import labelstudio
 from .label_config import config_from_meta
+from .labelstudio import client as labelstudio
 from .ledger import project_lock
 from .publishing import has_nothing_to_score
 from .refresh import refresh_project
-from .report_source import remember_enabled_at
+from .report.source import remember_enabled_at
 from .scoring import score_new_tasks
 from .versions import VERSION_RE
 
@@ -72,9 +72,6 @@ class Maintainer:
             self._thread = threading.Thread(target=self._loop, name="mcm-maintainer", daemon=True)
             self._thread.start()
         return self
-
-    def wake(self) -> None:
-        self._wake.set()
 
     def close(self) -> None:
         self._stop.set()

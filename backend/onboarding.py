@@ -23,7 +23,7 @@ import time
 from typing import Callable
 
 from .connections import ALLOW_LIST, Verdict
-from .labelstudio import describe_error
+from .labelstudio.client import describe_error
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class FirstTraining:
         self.forget_refusal = forget_refusal  # before a retry: the row may have been saved meanwhile
         self.has_model = has_model            # from MODEL_DIR, without creating anything
         self.count_labeled = count_labeled    # tasks with annotations in Label Studio; None = unknown
-        self.request = request                # TrainingQueue.request(project_id, reason)
+        self.request = request                # TrainingScheduler.request(project_id, reason)
         self.is_busy = is_busy                # a training of the project is pending or running
         self.delays = tuple(DELAYS if delays is None else delays)  # read now: tests may change DELAYS
         self.max_pending = int(max_pending)

@@ -19,7 +19,7 @@ import threading
 import time
 from typing import Callable
 
-from .labelstudio import describe_error, traceback_is_safe
+from .labelstudio.client import describe_error, traceback_is_safe
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class _ProjectSlot:
         return ready_at(self.pending_since, self.last_event, self.last_start, debounce, min_interval, max_wait)
 
 
-class TrainingQueue:
+class TrainingScheduler:
     """Schedules `run(project_id)` per the rules in the module docstring."""
 
     def __init__(self, run: Callable[[int], object], debounce_seconds: float = 2.0,

@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 
-from .extractor import Extractor
+from .ingest.extractor import Extractor
 from .label_config import LabelConfig
 from .validation import Skipped
 from .versions import LoadedModel, ModelStore, load_version

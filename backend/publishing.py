@@ -13,7 +13,7 @@ the score of the predictions whose model_version equals project.model_version
 So a version's life is:
 1. publish: push the head of its ranking (the top tasks), then switch
    project.model_version. Annotators see the new order within seconds. A project's first
-   publish also creates its "Tail classes first" tab (MCM_AUTO_TAB, backend/tabs.py).
+   publish also creates its "Tail classes first" tab (MCM_AUTO_TAB, backend/labelstudio/tabs.py).
    A version with nothing to push (every task labeled, or none yet) is recorded as such and
    model_version is left alone (Label Studio refuses a version without predictions); it is
    published when new tasks arrive.
@@ -39,11 +39,11 @@ from typing import Callable
 
 import numpy as np
 
-from . import labelstudio
 from .label_config import LabelConfig
+from .labelstudio import client as labelstudio
+from .labelstudio.tabs import VIEW_TITLE, create_tail_tab
 from .ledger import Ledger
 from .ranking import Ranking
-from .tabs import VIEW_TITLE, create_tail_tab
 from .versions import ModelStore
 
 logger = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ class Publisher:
 
     def create_tab(self) -> bool:
         """The project's first publish: its "Tail classes first" tab, so that connecting on the Model page
-        is enough (backend/tabs.py). A failure is logged, never stops the publish: `admin enable-ordering`
+        is enough (backend/labelstudio/tabs.py). A failure is logged, never stops the publish: `admin enable-ordering`
         creates it too."""
         try:
             created = create_tail_tab(self.client, self.project_id)

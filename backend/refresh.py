@@ -12,8 +12,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Sequence
 
-from . import labelstudio
 from .label_config import LabelConfig, config_from_meta
+from .labelstudio import client as labelstudio
 from .ledger import project_lock
 from .publishing import has_nothing_to_score, head_size, version_record
 from .ranking import Ranking

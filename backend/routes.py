@@ -13,7 +13,7 @@
 - POST /train, GET /is_training, GET|POST /versions, GET /health and /,
   GET /mcm/status (what the backend knows about a project).
 - GET /mcm/report (HTML page; ?format=json), GET /mcm/report/<figure>.png: the mining
-  report of a connected project (backend/report_source.py, docs/report.md).
+  report of a connected project (backend/report/source.py, docs/report.md).
 """
 from __future__ import annotations
 
@@ -26,15 +26,16 @@ from label_studio_sdk.core.api_error import ApiError
 from werkzeug.exceptions import HTTPException
 
 from . import validation
-from .app_state import AppState, app_state
 from .label_config import LabelConfigError, parse_label_config
-from .labelstudio import LabelStudioError, describe_error, traceback_is_safe
+from .labelstudio.client import LabelStudioError, describe_error, traceback_is_safe
 from .prefill import prefill_summary
 from .publishing import has_nothing_to_score
 from .ranking import published_scores
-from .report_page import render_html
-from .report_source import FIGURES, Report
+from .report.document import FIGURES, Report
+from .report.figures import png
+from .report.page import render_html
 from .scoring import predict_tasks
+from .service import Service, current_service
 from .task_kinds import kind_of
 from .validation import HttpError, Skipped
 
@@ -103,9 +104,9 @@ def setup():
     project_id = validation.project_id(data.get("project"))
     schema = validation.optional_text(data, "schema") or validation.optional_text(data, "label_config")
     config = parse_label_config(schema or "")
-    state_ = app_state()
-    kind_of(config).check_configured(state_.context)  # a clear 400 where the user connects
-    return jsonify({"model_version": state_.setup(project_id, config)})
+    service = current_service()
+    kind_of(config).check_configured(service.context)  # a clear 400 where the user connects
+    return jsonify({"model_version": service.setup(project_id, config)})
 
 
 @routes.post("/predict")
@@ -116,17 +117,17 @@ def predict():
     label_config = validation.optional_text(data, "label_config")
     if label_config:
         parse_label_config(label_config)  # unsupported configs get a clear 400
-    state_ = app_state()
-    connection = state_.connection(project_id)
+    service = current_service()
+    connection = service.connection(project_id)
     if connection.status == 503:  # cannot tell whether Label Studio connected it: say why
         raise HttpError(503, connection.reason)
-    model = state_.context.projects.get(project_id).model if connection.connected else None
+    model = service.context.projects.get(project_id).model if connection.connected else None
     if model is None and connection.connected and tasks:
-        return jsonify(_no_model_yet(state_, project_id, len(tasks)))
+        return jsonify(_no_model_yet(service, project_id, len(tasks)))
     if model is None or not tasks:  # nothing to serve (and no state kept for an unknown project)
         return jsonify({"results": [[] for _ in tasks], "model_version": model.version if model else "INITIAL"})
     started = time.monotonic()
-    context = state_.context
+    context = service.context
     published = published_scores(context.projects.store(project_id).ranking_path(model.version))
     predictions, _skipped = predict_tasks(project_id, tasks, context, model, published)
     by_task = {p.pop("task"): p for p in predictions}
@@ -143,14 +144,14 @@ NO_MODEL_MESSAGE = ("No model yet for project {project}: {what}. When it is trai
                     "Manager in a minute. (Label Studio shows no message for 'Retrieve Predictions'.)")
 
 
-def _no_model_yet(state_: AppState, project_id: int, n_tasks: int) -> dict:
+def _no_model_yet(service: Service, project_id: int, n_tasks: int) -> dict:
     """/predict of a connected project without a model: train first (checked in the background: it
     needs labels) and say so. Label Studio 1.23 shows nothing for an answer to 'Retrieve Predictions',
     error or not (docs/backend.md), so the answer is a normal one with no prediction, and the log says why."""
-    if state_.queue.is_training(project_id):
+    if service.scheduler.is_training(project_id):
         what = "its first training is running"
     else:
-        state_.check_first_training(project_id, now=True)
+        service.check_first_training(project_id, now=True)
         what = "a first training was requested (it needs labels of at least 2 classes)"
     message = NO_MODEL_MESSAGE.format(project=project_id, what=what)
     logger.info("project %s: /predict of %d task(s) without a model: %s", project_id, n_tasks, what)
@@ -166,58 +167,58 @@ def webhook():
         return jsonify({"status": "ignored", "action": action,
                         "reason": f"event {action} does not trigger training"}), 200
     project_id = validation.project_id(data.get("project"))
-    state_ = app_state()
-    state_.require_connected(project_id)
+    service = current_service()
+    service.require_connected(project_id)
     if action in SCORE_EVENTS:
         ids = validation.task_ids(data.get("tasks") if data.get("tasks") is not None else [])
-        return _schedule_scoring(state_, project_id, ids, action)
-    status = state_.queue.request(project_id, reason=action)
+        return _schedule_scoring(service, project_id, ids, action)
+    status = service.scheduler.request(project_id, reason=action)
     return jsonify({"status": status, "action": action, "project": project_id}), 201
 
 
-def _schedule_scoring(state_: AppState, project_id: int, ids: list[int], action: str):
+def _schedule_scoring(service: Service, project_id: int, ids: list[int], action: str):
     """Queue the named tasks; their data is read from Label Studio, never taken from the payload."""
-    if not ids or state_.context.projects.get(project_id).model is None:
+    if not ids or service.context.projects.get(project_id).model is None:
         return jsonify({"status": "ignored", "action": action,
                         "reason": "no trained model yet" if ids else "no tasks in payload"}), 200
-    state_.scorer.submit(project_id, ids)
+    service.scorer.submit(project_id, ids)
     return jsonify({"status": "scoring", "action": action, "project": project_id, "tasks": len(ids)}), 202
 
 
 @routes.post("/train")
 def train():
     project_id = validation.project_id(_json_body().get("project"))
-    state_ = app_state()
-    state_.require_connected(project_id)
-    return jsonify({"status": state_.queue.request(project_id, reason="/train"), "project": project_id}), 201
+    service = current_service()
+    service.require_connected(project_id)
+    return jsonify({"status": service.scheduler.request(project_id, reason="/train"), "project": project_id}), 201
 
 
-def _current_version(state_: AppState, project_id: int) -> str:
-    model = state_.context.projects.get(project_id).model if state_.is_connected(project_id) else None
+def _current_version(service: Service, project_id: int) -> str:
+    model = service.context.projects.get(project_id).model if service.is_connected(project_id) else None
     return model.version if model else "INITIAL"
 
 
 @routes.route("/versions", methods=["GET", "POST"])
 def versions():
     project_id = _project_from_request()
-    state_ = app_state()
-    known = state_.context.projects.store(project_id).versions() if state_.is_connected(project_id) else []
-    return jsonify({"versions": known, "model_version": _current_version(state_, project_id),
-                    "model_dir": state_.settings.model_dir})
+    service = current_service()
+    known = service.context.projects.store(project_id).versions() if service.is_connected(project_id) else []
+    return jsonify({"versions": known, "model_version": _current_version(service, project_id),
+                    "model_dir": service.settings.model_dir})
 
 
 @routes.get("/is_training")
 def is_training():
     project_id = _project_from_request()
-    state_ = app_state()
-    return jsonify({"is_training": state_.queue.is_training(project_id), "backend": "thread",
-                    "model_version": _current_version(state_, project_id)})
+    service = current_service()
+    return jsonify({"is_training": service.scheduler.is_training(project_id), "backend": "thread",
+                    "model_version": _current_version(service, project_id)})
 
 
 @routes.get("/")
 @routes.get("/health")
 def health():
-    settings = app_state().settings
+    settings = current_service().settings
     return jsonify({"status": "UP", "model_class": "MinorityMiner", "backbone": settings.backbone,
                     "model_dir": settings.model_dir})
 
@@ -230,9 +231,9 @@ NOTHING_TO_SCORE_MESSAGE = ("Nothing to score: every task of the project is labe
 @routes.get("/mcm/status")
 def status():
     project_id = _project_from_request()
-    state_ = app_state()
-    queue = state_.queue
-    connection = state_.connection(project_id)
+    service = current_service()
+    queue = service.scheduler
+    connection = service.connection(project_id)
     if not connection.connected:  # answer why, without keeping any state for it
         return jsonify({"project": project_id, "connected": False, "reason": connection.reason,
                         "model_version": None, "trained_at": None,
@@ -240,7 +241,7 @@ def status():
                         "nothing_to_score": False, "nothing_to_score_message": None,
                         "prefill": None, "reliability": None, "skipped_items": Skipped().as_dict(),
                         "training": False, "last_error": queue.last_error(project_id)})
-    context = state_.context
+    context = service.context
     state = context.projects.get(project_id)
     meta = state.model.meta if state.model else {}
     n_scored = state.n_scored
@@ -262,9 +263,9 @@ def status():
         "nothing_to_score": idle,
         "nothing_to_score_message": NOTHING_TO_SCORE_MESSAGE.format(state.model.version) if idle else None,
         # which classes a prediction pre-ticks and why not the others; do the features separate the classes
-        "prefill": prefill_summary(state.model, state_.settings.prefill), "reliability": meta.get("reliability"),
+        "prefill": prefill_summary(state.model, service.settings.prefill), "reliability": meta.get("reliability"),
         "skipped_items": state.skipped.as_dict(),  # items read from Label Studio and skipped (validation.Skipped)
-        "label_studio_orders_by_other_version": state_.maintainer.foreign_version.get(project_id),
+        "label_studio_orders_by_other_version": service.maintainer.foreign_version.get(project_id),
         "next_training_in_s": None if wait is None else round(wait, 1),
         "training": queue.is_training(project_id),
         "last_error": state.last_error or queue.last_error(project_id),
@@ -281,14 +282,14 @@ REPORT_HEADERS = {"Content-Security-Policy": "default-src 'none'; img-src data:;
 
 def _report(project_id: int) -> Report:
     """The project's built report; 404 for a project not connected here (no state kept for it)."""
-    state_ = app_state()
-    state_.require_connected(project_id)
-    settings = state_.settings
+    service = current_service()
+    service.require_connected(project_id)
+    settings = service.settings
     if not settings.label_studio_url or not settings.label_studio_api_key:
         raise HttpError(503, "the report reads the annotations from Label Studio: set LABEL_STUDIO_URL and "
                              "LABEL_STUDIO_API_KEY on the backend")
     try:
-        return state_.reports.get(project_id)
+        return service.reports.get(project_id)
     except (LabelStudioError, ApiError, httpx.HTTPError) as exc:
         # The status and body only: an ApiError's str() carries Label Studio's response headers.
         raise HttpError(502, f"cannot read project {project_id} from Label Studio: {describe_error(exc)}") from None
@@ -311,4 +312,4 @@ def mining_report_figure(name: str):
     project_id = _project_from_request()
     if name not in FIGURES:
         raise HttpError(404, f"unknown figure {name[:40]!r}; the report's figures are {', '.join(FIGURES)}")
-    return Response(_report(project_id).figure(name), mimetype="image/png", headers=REPORT_HEADERS)
+    return Response(png(_report(project_id), name), mimetype="image/png", headers=REPORT_HEADERS)

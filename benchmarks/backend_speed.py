@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     from backend.app import create_app
-    from backend.extractor import Extractor
+    from backend.ingest.extractor import Extractor
     from backend.context import Context
     from backend.fitting import train_project
     from backend.settings import Settings
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import_seconds = None
     if args.ls_url:
-        from backend.labelstudio import make_client
+        from backend.labelstudio.client import make_client
         client = make_client(args.ls_url, args.api_key)
         if args.ls_project:
             project_id = args.ls_project
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             r.raise_for_status()
         import_seconds = time.monotonic() - started
         # Real task ids are assigned by Label Studio: map them back by image URL.
-        from backend.labelstudio import _ALL, _iter_tasks
+        from backend.labelstudio.client import _ALL, _iter_tasks
         ids = {t["data"]["image"]: t["id"] for t in _iter_tasks(client, project_id, _ALL, "task_only", include="id,data")}
         for t in tasks:
             t["id"] = ids[t["data"]["image"]]
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         client.post("/setup", json={"project": f"{project_id}.1", "schema": config})
         setup_times.append(time.monotonic() - t0)
     figures["setup_seconds_median"] = round(float(np.median(setup_times)), 4)
-    app.config["MCM_STATE"].queue.close()
+    app.config["MCM_SERVICE"].scheduler.close()
     text = json.dumps(figures, indent=1)
     print(text)
     if args.out:

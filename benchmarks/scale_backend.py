@@ -13,8 +13,8 @@ import os
 
 import numpy as np
 
-from backend import labelstudio as STEP_MODULE  # noqa: F401  (re-exported: its calls are the timed steps)
-from backend.tabs import UNLABELED, VIEW_ORDERING, VIEW_TITLE  # noqa: F401  (the tail-first view)
+from backend.labelstudio import client as STEP_MODULE  # noqa: F401  (re-exported: its calls are the timed steps)
+from backend.labelstudio.tabs import UNLABELED, VIEW_ORDERING, VIEW_TITLE  # noqa: F401  (the tail-first view)
 from benchmarks.backend_speed import _label_config, _synthetic_features, synthetic_tasks
 
 VIEW_FILTERS = {"conjunction": "and", "items": [UNLABELED]}
@@ -78,7 +78,7 @@ def make_runtime(work: str, ls_url: str, api_key: str, miner_options: str = ""):
     import torch
     import torchvision
 
-    from backend.extractor import Extractor
+    from backend.ingest.extractor import Extractor
     from backend.settings import Settings
 
     weights_path = os.path.join(work, "resnet18-random.pt")

@@ -5,13 +5,13 @@
 
 Starts a private Label Studio (scripts/ls_server.sh, MCM_LS_DB=--db) unless --ls-url is given, builds a
 project of --tasks synthetic tasks (--annotated of them annotated) whose features are pre-filled in the
-backend's feature cache (the images do not exist), creates the tail-first view (backend/tabs.py's
+backend's feature cache (the images do not exist), creates the tail-first view (backend/labelstudio/tabs.py's
 ordering and filter), trains once and refreshes once (the state before a retrain).
 Then each run: annotates a few more tasks, trains and calls `refresh(runtime, project_id, previous_version)`
 (both in benchmarks/scale_backend.py, the only file that knows the backend's API): publish the head of
 the queue and switch model_version, fill the rest of the pool, retire the previous version (at once,
 grace period 0, so its cost is measured; --retire-seconds caps that phase and reports its rate) while
-  - every call into backend.labelstudio is timed by name (pushing, switching, listing, deleting, ...);
+  - every call into backend.labelstudio.client is timed by name (pushing, switching, listing, deleting, ...);
   - a watcher polls the view's first 50 tasks, to find when they are the new model's top 50 (in the
     queue order) with the new model's scores ("training finished -> view reflects the new model");
   - a probe makes an annotator's requests on the project every 0.25 s (next task, submit, delete the
@@ -42,7 +42,7 @@ from benchmarks.lsbench import (Http, LabelStudioServer, Probe, Project, build_p
 
 logger = logging.getLogger("scale_ls")
 
-# Calls into the step module (backend.labelstudio) that are plumbing, not refresh steps.
+# Calls into the step module (backend.labelstudio.client) that are plumbing, not refresh steps.
 NOT_STEPS = {"make_client", "auth_header", "post_json", "chunked", "get_label_config", "list_annotated_tasks"}
 STEP_LABELS = {"list_unlabeled_tasks": "list unlabeled", "get_tasks": "get tasks by id", "push_predictions": "push predictions",
                "set_model_version": "switch model_version", "delete_prediction": "retire (single deletes)"}

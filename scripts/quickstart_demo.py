@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from backend import admin  # noqa: E402
+from backend.admin import cli as admin  # noqa: E402
 from make_demo_data import make_demo_data  # noqa: E402
 
 SUBDIR = "mnist_demo"

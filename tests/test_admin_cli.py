@@ -1,4 +1,4 @@
-"""Unit tests of the admin command's failure messages (backend/admin.py).
+"""Unit tests of the admin command's failure messages (backend/admin/cli.py).
 
 Why a fake Label Studio here: the point is that each failure cause (unreachable server, bad
 token, unknown project, no backend connected) yields one clear line and exit code 1, never a
@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from backend import admin
+from backend.admin import cli as admin
 
 GOOD_TOKEN = "0123456789abcdef0123456789abcdef01234567"
 USER = {"id": 1, "email": "a@example.com", "username": "", "first_name": "", "last_name": "",

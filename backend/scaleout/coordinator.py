@@ -1,6 +1,6 @@
 """Scale-out coordination in Redis: which training of a project is queued or running, and when it may start.
 
-The web process (`RQTrainingQueue`, wired in by backend/app.py) only records events
+The web process (`RQTrainingScheduler`, wired in by backend/app.py) only records events
 here and enqueues a training job; workers run the jobs (backend/scaleout/jobs.py).
 
 Coalescing (per project, in one Redis hash guarded by a short Redis lock): at most one training job

@@ -24,10 +24,10 @@ from rq.job import Dependency, Job
 
 from mcm_core.atomic import atomic_write_json
 
-from .. import labelstudio
 from ..context import Context, get_context
 from ..fitting import train_project
 from ..label_config import config_from_meta
+from ..labelstudio import client as labelstudio
 from ..ranking import Ranking
 from ..refresh import pool_tasks, publish_ranking
 from ..scoring import score_tasks

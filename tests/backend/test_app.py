@@ -12,7 +12,7 @@ import statistics
 
 import pytest
 
-from backend.app import create_app
+from backend.app import create_app, service_of
 from backend.settings import Settings
 from backend_fakes import LABEL_CONFIG, FakeLabelStudio, ImageServer, mnist_by_digit, png_bytes, populate_project
 
@@ -33,7 +33,7 @@ def env(tmp_path_factory):
     app = create_app(settings)
     state = {"fake": fake, "images": images, "truth": truth, "settings": settings, "app": app}
     yield state
-    state["app"].config["MCM_STATE"].close()
+    service_of(state["app"]).close()
     fake.close()
     images.close()
 
@@ -43,7 +43,7 @@ def _client(env):
 
 
 def _queue(env):
-    return env["app"].config["MCM_STATE"].queue
+    return service_of(env["app"]).scheduler
 
 
 def _train(env, action="START_TRAINING", pid=PID, **extra):
@@ -240,7 +240,7 @@ def test_tasks_created_after_training_are_scored_at_once(env):
                "tasks": [{"id": tid, "data": fake.tasks[tid]["data"]} for tid in new_ids]}
     response = client.post("/webhook", json=payload)
     assert response.status_code == 202 and response.json["tasks"] == 2
-    env["app"].config["MCM_STATE"].scorer.flush(timeout=60)  # wait for the scorer
+    service_of(env["app"]).scorer.flush(timeout=60)  # wait for the scorer
     pushed = {p["task"]: p for p in fake.predictions if p["task"] in new_ids}
     assert set(pushed) == set(new_ids) and {p["model_version"] for p in pushed.values()} == {env["v2"]}
     for tid in new_ids:  # keep the rest of the module's bookkeeping unchanged
@@ -258,7 +258,7 @@ def test_restart_keeps_each_projects_model_and_version(env):
     tasks = _tasks(env, list(env["truth"])[:4])
     before = client.post("/predict", json={"tasks": tasks, "project": f"{PID}.1"}).json
     status_before = client.get(f"/mcm/status?project={PID}").json
-    env["app"].config["MCM_STATE"].close()
+    service_of(env["app"]).close()
     env["app"] = create_app(env["settings"])  # a new process would do exactly this
     client = _client(env)
     status_after = client.get(f"/mcm/status?project={PID}").json
@@ -280,20 +280,20 @@ def test_unreadable_current_version_falls_back_to_the_previous_one(env):
     miner_file = os.path.join(store_dir, env["v2"], "miner.pt")
     os.rename(miner_file, miner_file + ".bak")  # e.g. a disk problem or an incompatible library upgrade
     try:
-        env["app"].config["MCM_STATE"].close()
+        service_of(env["app"]).close()
         env["app"] = create_app(env["settings"])
         status = _client(env).get(f"/mcm/status?project={PID}").json
         assert status["model_version"] == env["v1"] and env["v2"] in status["last_error"]
     finally:
         os.rename(miner_file + ".bak", miner_file)
-    env["app"].config["MCM_STATE"].close()
+    service_of(env["app"]).close()
     env["app"] = create_app(env["settings"])
     assert _client(env).get(f"/mcm/status?project={PID}").json["model_version"] == env["v2"]
 
 
 def test_basic_auth_protects_everything_but_health(env):
     settings = Settings(**{**env["settings"].__dict__, "basic_auth_user": "ml", "basic_auth_pass": "s3cret"})
-    env["app"].config["MCM_STATE"].close()
+    service_of(env["app"]).close()
     env["app"] = create_app(settings)
     client = _client(env)
     good = {"Authorization": "Basic " + base64.b64encode(b"ml:s3cret").decode()}
@@ -316,7 +316,7 @@ def test_one_backend_serves_several_projects_each_with_its_own_config_and_model(
     """A second project with other classes and another control name trains its own model."""
     import os
 
-    env["app"].config["MCM_STATE"].close()
+    service_of(env["app"]).close()
     env["app"] = create_app(env["settings"])  # without the previous test's basic auth
     fake, images, client = env["fake"], env["images"], _client(env)
     pid, digits = 3, mnist_by_digit()

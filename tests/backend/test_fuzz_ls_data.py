@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings as hsettings, strategies as st
 
-from backend.app import create_app
+from backend.app import create_app, service_of
 from backend.boxes import rectangle_result
 from backend.fitting import train_project
 from backend.label_config import parse_label_config
@@ -150,7 +150,7 @@ def _detection_project(fake, images, pid: int, n_labeled: int = 8, n_pool: int =
 
 def _app(settings):
     app = create_app(settings)
-    app.config["MCM_STATE"].maintainer.close()  # the tests run its passes themselves
+    service_of(app).maintainer.close()  # the tests run its passes themselves
     return app
 
 
@@ -174,7 +174,7 @@ def test_one_bad_region_never_stops_a_detection_project(fake_ls, images, tmp_pat
     try:
         assert client.post("/setup", json={"project": f"{pid}.1", "schema": DETECTION_CONFIG}).status_code == 200
         assert client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": pid}}).status_code == 201
-        assert app.config["MCM_STATE"].queue.wait_idle(timeout=300)
+        assert service_of(app).scheduler.wait_idle(timeout=300)
         status = client.get(f"/mcm/status?project={pid}").json
         version = status["model_version"]
         assert version and status["last_error"] is None, status
@@ -193,7 +193,7 @@ def test_one_bad_region_never_stops_a_detection_project(fake_ls, images, tmp_pat
         assert report.status_code == 200, report.json
         assert report.json["n_labeled_tasks"] == len(labeled)
     finally:
-        app.config["MCM_STATE"].close()
+        service_of(app).close()
 
 
 # --- property-based: generated Label Studio data through training, scoring, publishing, the report ------
@@ -270,7 +270,7 @@ def test_generated_label_studio_data_never_stops_training_scoring_publishing_or_
     settings = _det_settings(tmp_path, fake_ls, pool_relist_seconds=0.0, fill_after_seconds=0.0,
                              prediction_grace_seconds=0.0)
     app = _app(settings)
-    state = app.config["MCM_STATE"]
+    state = service_of(app)
     client = app.test_client()
     maintainer = Maintainer(state.context, is_busy=lambda project_id: False)
     config = DETECTION_CONFIG if kind == "detection" else LABEL_CONFIG
@@ -327,7 +327,7 @@ def test_a_project_with_every_task_labeled_keeps_its_model_publishes_nothing_and
                              miner_options=MINER, pool_relist_seconds=0.0, fill_after_seconds=0.0,
                              prediction_grace_seconds=0.0)
     app = _app(settings)
-    state = app.config["MCM_STATE"]
+    state = service_of(app)
     client = app.test_client()
 
     def patches() -> int:

@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from backend.images import BlockedAddressError, ImageFetcher, ImageFetchError
-from backend.labelstudio import auth_header, make_client
+from backend.ingest.fetch import BlockedAddressError, ImageFetcher, ImageFetchError
+from backend.labelstudio.client import auth_header, make_client
 from backend_fakes import mnist_by_digit, png_bytes
 
 
@@ -380,7 +380,7 @@ def test_a_jpeg_over_the_pixel_budget_is_downscaled_while_decoding(images):
 def test_pixel_budget_bounds_the_pixels_decoded_at_once():
     import threading
 
-    from backend.images import PixelBudget
+    from backend.ingest.fetch import PixelBudget
 
     budget = PixelBudget(100)
     acquired = threading.Event()

@@ -1,9 +1,9 @@
-"""backend.labelstudio against the fake Label Studio over real HTTP (the e2e tests cover the real server)."""
+"""backend.labelstudio.client against the fake Label Studio over real HTTP (the e2e tests cover the real server)."""
 from __future__ import annotations
 
 import pytest
 
-from backend import labelstudio
+from backend.labelstudio import client as labelstudio
 from backend_fakes import LABEL_CONFIG
 
 

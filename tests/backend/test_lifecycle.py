@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import requests
 
-from backend import labelstudio
+from backend.labelstudio import client as labelstudio
 from backend.label_config import parse_label_config
 from backend.ledger import Ledger
 from backend.publishing import Publisher, head_size

@@ -15,13 +15,14 @@ import threading
 import numpy as np
 import pytest
 
-from backend import labelstudio, onboarding
-from backend.app import create_app
+from backend import onboarding
+from backend.labelstudio import client as labelstudio
+from backend.app import create_app, service_of
 from backend.context import Context
 from backend.label_config import parse_label_config
 from backend.publishing import Publisher
 from backend.ranking import Ranking
-from backend.tabs import ENABLED_AT_KEY, VIEW_ORDERING, VIEW_TITLE
+from backend.labelstudio.tabs import ENABLED_AT_KEY, VIEW_ORDERING, VIEW_TITLE
 from backend_fakes import LABEL_CONFIG
 
 PID = 4
@@ -60,7 +61,7 @@ def connect(make_settings, fake_ls):
         settings = make_settings(label_studio_url=fake_ls.url, label_studio_api_key=fake_ls.legacy_token,
                                  **overrides)
         app = create_app(settings, train_fn=calls.append)
-        state = app.config["MCM_STATE"]
+        state = service_of(app)
         clock = Clock()
         state.first_training.clock = clock
         state.first_training.delays = DELAYS
@@ -69,7 +70,7 @@ def connect(make_settings, fake_ls):
             clock.now += seconds
             state.first_training.wake()
             assert state.first_training.wait_settled(timeout=60)
-            assert state.queue.wait_idle(timeout=60)
+            assert state.scheduler.wait_idle(timeout=60)
 
         apps.append(state)
         return app.test_client(), state, calls, advance

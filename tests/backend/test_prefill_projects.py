@@ -10,7 +10,7 @@ import numpy as np
 
 from backend import fitting
 from backend.annotations import TrainingRows
-from backend.app import create_app
+from backend.app import create_app, service_of
 from backend.context import Context
 from backend.fitting import train_project
 from backend.label_config import LabelConfig
@@ -52,7 +52,7 @@ def _status(settings) -> dict:
     try:
         return app.test_client().get(f"/mcm/status?project={PID}").json
     finally:
-        app.config["MCM_STATE"].close()
+        service_of(app).close()
 
 
 def test_features_that_cannot_separate_the_classes_prefill_nothing_and_say_why(fake_ls, images, make_settings):

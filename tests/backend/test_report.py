@@ -1,4 +1,4 @@
-"""The mining report's numbers (backend/report.py) and its held-out evaluation (backend/heldout.py),
+"""The mining report's numbers (backend/report/stats.py) and its held-out evaluation (backend/report/heldout.py),
 on hand-computed cases; no HTTP (the routes: test_report_routes.py)."""
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import dataclasses
 import numpy as np
 import pytest
 
-from backend import report
-from backend.heldout import cross_validate, too_little_data
+from backend.report import stats as report
+from backend.report.heldout import cross_validate, too_little_data
 from backend.label_config import LabelConfig, parse_label_config
-from backend.report import LabelEvent
+from backend.report.stats import LabelEvent
+from backend.task_kinds import kind_of
 
 CONFIG = parse_label_config("""<View><Image name="image" value="$image"/>
   <Choices name="choice" toName="image"><Choice value="a"/><Choice value="b"/><Choice value="t"/></Choices></View>""")
@@ -46,7 +47,7 @@ def test_label_events_first_annotation_time_latest_label_and_annotation_count():
         {"id": 3, "annotations": [_annotation("b", "2026-01-01T00:00:05Z")]},
         {"id": 4, "annotations": [_annotation("zzz", "2026-01-01T00:00:06Z")]},  # not a class of the config
     ]
-    events, n_annotations = report.label_events(tasks, CONFIG)
+    events, n_annotations = report.label_events(tasks, CONFIG, kind_of(CONFIG).label_event)
     assert n_annotations == 4
     assert [(e.task_id, e.label) for e in events] == [(3, "b"), (1, "t")]
     assert events[1].at == report.parse_time("2026-01-01T00:00:10Z")
@@ -66,7 +67,7 @@ def test_detection_label_events_carry_every_box_class_and_count_images_with_a_ta
              {"id": 2, "annotations": [boxes([], "2026-01-01T00:00:02Z")]},  # an image without objects
              {"id": 3, "annotations": [boxes(["b", "zzz"], "2026-01-01T00:00:03Z")]},  # unknown label: no object
              {"id": 4, "annotations": [boxes(["t"], "2026-01-01T00:00:04Z", cancelled=True)]}]
-    events, n_annotations = report.label_events(tasks, config)
+    events, n_annotations = report.label_events(tasks, config, kind_of(config).label_event)
     assert n_annotations == 3
     assert [(e.task_id, e.classes) for e in events] == [(1, ("a", "a", "t")), (2, ()), (3, ("b",))]
     assert report.class_counts(events, ["a", "b", "t"]) == {"a": 2, "b": 1, "t": 1}
@@ -244,7 +245,7 @@ def test_cross_validation_never_scores_a_row_with_a_model_that_saw_it_and_is_det
 
 
 def test_cross_validation_stops_between_folds_when_asked():
-    from backend.heldout import Postponed
+    from backend.report.heldout import Postponed
 
     x, y = _blobs()
     calls = []
@@ -284,7 +285,7 @@ class _FakeViews:
 def test_enable_ordering_records_when_the_tab_was_created_and_keeps_it_on_updates():
     from types import SimpleNamespace
 
-    from backend.tabs import ENABLED_AT_KEY, tab_data, upsert_tabs
+    from backend.labelstudio.tabs import ENABLED_AT_KEY, tab_data, upsert_tabs
 
     views = _FakeViews()
     ls = SimpleNamespace(call=lambda what, fn, *a, **k: fn(*a, **k), client=SimpleNamespace(views=views))

@@ -14,10 +14,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from backend import report, report_figures
+from backend.report import figures as report_figures
+from backend.report import stats as report
 from backend.label_config import LabelConfig
-from backend.report import LabelEvent
-from backend.report_source import ORDERING_FILE, Report, read_enabled_at, remember_enabled_at
+from backend.report.stats import LabelEvent
+from backend.task_kinds import kind_of
+from backend.report.document import Report
+from backend.report.source import ORDERING_FILE, read_enabled_at, remember_enabled_at
 from backend.validation import Skipped
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -99,7 +102,7 @@ def test_one_project_rendering_does_not_hold_up_another(monkeypatch):
     done = threading.Event()
 
     def render(rep, finished=None):
-        results[rep.project_id] = rep.figure("classes")
+        results[rep.project_id] = report_figures.png(rep, "classes")
         if finished:
             finished.set()
 
@@ -139,21 +142,21 @@ def test_annotations_with_impossible_dates_are_left_out_and_counted():
 
     skipped = Skipped(1)
     events, n = report.label_events([task(1, "2026-01-01T00:00:00Z"), task(2, "0001-01-01T00:00:00+14:00")],
-                                    config, skipped, now=T0 + 3600)
+                                    config, kind_of(config).label_event, skipped, now=T0 + 3600)
     assert [e.task_id for e in events] == [1] and n == 2
     assert skipped.count("dates") == 1 and skipped.as_dict()["recent"][0]["task"] == 2
 
 
 class FakeViews:
-    """`client._client_wrapper.httpx_client.request("api/dm/views/")` as report_source calls it."""
+    """The sdk client's raw HTTP as `labelstudio.client.list_views` uses it for `api/dm/views/`."""
 
     def __init__(self, views: list[dict]):
         self.views = views
         self._client_wrapper = SimpleNamespace(httpx_client=self)
 
-    def request(self, path, method, params):
+    def request(self, path, method, params, request_options=None):
         body = json.dumps(self.views)
-        return SimpleNamespace(status_code=200, text=body, json=lambda: json.loads(body))
+        return SimpleNamespace(status_code=200, text=body, content=body.encode(), json=lambda: json.loads(body))
 
 
 def tab(enabled: str, title: str = "Tail classes first") -> dict:
@@ -173,7 +176,7 @@ def test_the_first_recorded_ordering_time_wins_over_later_edits_of_the_tab(tmp_p
 
 
 def test_the_first_ordering_time_wins_even_when_model_dir_is_read_only(tmp_path, monkeypatch):
-    from backend import report_source
+    from backend.report import source as report_source
 
     def refuse(path, data):
         raise OSError(30, "Read-only file system")
@@ -200,7 +203,7 @@ def test_a_tab_date_out_of_range_is_ignored_and_logged(tmp_path, caplog):
 @pytest.fixture
 def served(fake_ls, images, make_settings):
     """Project 3: classes zero, one and MATH, labeled, never trained; its tab dated year 1 (+14:00)."""
-    from backend.app import create_app
+    from backend.app import create_app, service_of
     from backend_fakes import LABEL_CONFIG, mnist_by_digit, png_bytes
 
     config = LABEL_CONFIG.replace('<Choice value="seven"/>', f'<Choice value="{MATH}"/>')
@@ -214,8 +217,8 @@ def served(fake_ls, images, make_settings):
     app = create_app(make_settings(label_studio_url=fake_ls.url, label_studio_api_key=fake_ls.legacy_token))
     client = app.test_client()
     assert client.post("/setup", json={"project": "3.1", "schema": config}).status_code == 200
-    yield client, app.config["MCM_STATE"]
-    app.config["MCM_STATE"].close()
+    yield client, service_of(app)
+    service_of(app).close()
 
 
 def test_report_answers_with_a_dollar_class_name_and_a_year_one_tab_date(served, caplog):

@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from backend import report
-from backend.report_page import _cards
-from backend.report_source import _heldout_part, base_rate_part
+from backend.report import stats as report
+from backend.report.page import _cards
+from backend.report.source import _heldout_part, base_rate_part
 
 
 def _summary(held: dict, tail_yield: dict | None = None) -> dict:

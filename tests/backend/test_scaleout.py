@@ -24,8 +24,8 @@ import pytest
 
 from backend.fitting import train_project
 from backend.refresh import refresh_project
-from backend.app import create_app
-from backend.feature_cache import ArrayCache
+from backend.app import create_app, service_of
+from backend.ingest.cache import ArrayCache
 from backend.versions import ModelStore
 from backend.context import Context
 from backend.settings import Settings
@@ -111,12 +111,12 @@ def cluster(tmp_path, images):
         connected = app.test_client().post("/setup", json={"project": f"{PID}.1", "schema": LABEL_CONFIG})
         assert connected.status_code == 200  # Label Studio calls /setup when it connects the project
         return {"fake": fake, "truth": truth, "settings": settings, "workers": workers, "app": app,
-                "client": app.test_client(), "queue": app.config["MCM_STATE"].queue}
+                "client": app.test_client(), "queue": service_of(app).scheduler}
 
     state: dict = {}
     yield build
     if "app" in state:
-        state["app"].config["MCM_STATE"].close()
+        service_of(state["app"]).close()
     if "workers" in state:
         state["workers"].close()
     for fake in fakes:

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 from backend.annotations import task_label
-from backend.feature_cache import ArrayCache
-from backend.images import AddressPolicy, BlockedAddressError
+from backend.ingest.cache import ArrayCache
+from backend.ingest.fetch import AddressPolicy, BlockedAddressError
 from backend.label_config import LabelConfigError, parse_label_config
 from backend.versions import ModelStore
 from backend.ranking import map_scores
 from backend.settings import Settings, settings_help_text
-from backend.pacing import TrainingQueue
+from backend.pacing import TrainingScheduler
 
 from backend_fakes import LABEL_CONFIG
 
@@ -199,7 +199,7 @@ def test_burst_of_events_causes_at_most_two_trainings():
         runs.append(project_id)
         gate.wait(2)
 
-    queue = TrainingQueue(train, debounce_seconds=0.05)
+    queue = TrainingScheduler(train, debounce_seconds=0.05)
     for _ in range(50):
         queue.request(1, "ANNOTATION_CREATED")
     time.sleep(0.2)  # first training is now running
@@ -219,7 +219,7 @@ def test_queue_runs_projects_independently_and_survives_errors():
         if project_id == 2:
             raise RuntimeError("label studio down")
 
-    queue = TrainingQueue(train, debounce_seconds=0.0)
+    queue = TrainingScheduler(train, debounce_seconds=0.0)
     queue.request(1)
     queue.request(2)
     assert queue.wait_idle(timeout=10)
@@ -238,7 +238,7 @@ def test_a_live_team_is_batched_by_the_minimum_interval():
         starts.append(time.monotonic())
         time.sleep(0.05)
 
-    queue = TrainingQueue(train, debounce_seconds=0.02, min_interval=0.5, max_wait=0.2)
+    queue = TrainingScheduler(train, debounce_seconds=0.02, min_interval=0.5, max_wait=0.2)
     for _ in range(24):
         queue.request(1, "START_TRAINING")
         time.sleep(0.05)
@@ -261,7 +261,7 @@ def test_one_training_at_a_time_across_projects():
         with lock:
             running.remove(project_id)
 
-    queue = TrainingQueue(train, debounce_seconds=0.0)
+    queue = TrainingScheduler(train, debounce_seconds=0.0)
     for project_id in range(1, 9):
         queue.request(project_id)
     assert queue.wait_idle(timeout=10)
@@ -283,7 +283,7 @@ def test_docs_settings_page_is_generated_from_the_table():
 
 # --- Data Manager tabs ----------------------------------------------------------------------------
 def test_lanes_split_the_unlabeled_tasks_into_disjoint_equal_id_ranges():
-    from backend.tabs import lane_filters
+    from backend.labelstudio.tabs import lane_filters
 
     ids = [3, 4, 10, 11, 12, 40, 41, 42, 90]
     items = lane_filters(ids, 3)

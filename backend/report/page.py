@@ -2,19 +2,15 @@
 
 One request shows everything, and the page works behind basic auth or saved to a file. Every
 value taken from Label Studio (class names, tab titles, errors) is HTML-escaped. The figures are
-backend/report_figures.py's.
+backend/report/figures.py's.
 """
 from __future__ import annotations
 
 import base64
 import html
-from typing import TYPE_CHECKING
-
-from . import report
-from .report_figures import TITLES, heldout_message
-
-if TYPE_CHECKING:
-    from .report_source import Report
+from . import stats
+from .document import Report
+from .figures import TITLES, heldout_message, png
 
 
 STYLE = """
@@ -53,8 +49,8 @@ def no_better_than_random(held: dict) -> str | None:
         return None
     return (f"The ranking is no better than random on this project's own labels: held-out AUC-PR "
             f"{held['auc_pr']:.3f} vs {held['prevalence']:.3f} at random (needs a margin of "
-            f"{held.get('random_margin', report.RANDOM_MARGIN):.2f}). Label more tasks (the tail-first tab still "
-            "finds what the model knows), or declare the tail classes (docs/report.md).")
+            f"{held.get('random_margin', stats.RANDOM_MARGIN):.2f}). Label more tasks (the tail-first tab still "
+            "finds what the model knows), or declare the tail classes (docs/stats.md).")
 
 
 def _base_rate_card(y: dict) -> tuple[str, str, str]:
@@ -95,7 +91,7 @@ def _cards(s: dict) -> str:
         cards.append(("Held-out AUC-PR", "–", held.get("message") or heldout_message(held)[1]))
     left = pool.get("likely_tail_left")
     cards.append(("Likely tail tasks left", "–" if left is None else str(left),
-                  f"of {pool.get('n_unlabeled')} unlabeled (held-out precision >= {report.PRECISION_TARGET:.0%})"
+                  f"of {pool.get('n_unlabeled')} unlabeled (held-out precision >= {stats.PRECISION_TARGET:.0%})"
                   if left is not None else "needs the held-out evaluation"))
     tails = s["tail_classes"]
     shown = ", ".join(tails[:MAX_CARD_CLASSES]) + (f" and {len(tails) - MAX_CARD_CLASSES} more (table below)"
@@ -135,10 +131,10 @@ CAPTIONS = {
 
 def _caption(name: str, s: dict) -> str:
     held = s["heldout"]
-    text = CAPTIONS[name].format(size=report.BUCKET_SIZE, method=s["tail_yield"].get("base_rate_method") or "n/a",
+    text = CAPTIONS[name].format(size=stats.BUCKET_SIZE, method=s["tail_yield"].get("base_rate_method") or "n/a",
                                  folds=held.get("folds", "k"), seed=held.get("seed", "-"),
                                  source=held.get("baseline_source") or "uncertainty scores of a softmax head",
-                                 target=report.PRECISION_TARGET)
+                                 target=stats.PRECISION_TARGET)
     return _e(text)
 
 
@@ -172,7 +168,7 @@ def _versions_table(s: dict, limit: int = 15) -> str:
             "<th>re-scoring s</th><th>published at (UTC)</th><th>tail classes</th></tr>" + rows + "</table>")
 
 
-def render_html(rep: "Report") -> str:
+def render_html(rep: Report) -> str:
     s = rep.summary
     pid = rep.project_id
     ordering = s["ordering"]
@@ -180,7 +176,7 @@ def render_html(rep: "Report") -> str:
             else f"ordering enabled: {ordering['note']}")
     figures = []
     for name, state in s["figures"].items():
-        data = base64.b64encode(rep.figure(name)).decode("ascii")
+        data = base64.b64encode(png(rep, name)).decode("ascii")
         alt = TITLES[name] + ("" if state["status"] == "ok" else f": {state['message']}")
         figures.append(f'<figure><img src="data:image/png;base64,{data}" alt="{_e(alt)}">'
                        f"<figcaption>{_caption(name, s)}</figcaption></figure>")
@@ -196,5 +192,5 @@ def render_html(rep: "Report") -> str:
         f"<h2>Classes</h2>{_class_table(s)}<h2>Model versions</h2>{error}{_versions_table(s)}"
         f'<p class="note">The same numbers as JSON: <a href="?project={pid}&amp;format=json">?format=json</a>; '
         f"each figure as PNG: /mcm/report/&lt;figure&gt;.png?project={pid} "
-        f"({', '.join(s['figures'])}). How every number is computed: docs/report.md.</p>"
+        f"({', '.join(s['figures'])}). How every number is computed: docs/stats.md.</p>"
         "</main></body></html>")

@@ -1,6 +1,6 @@
 """`python -m backend.admin report`: fetch the mining report from the backend and write it to disk.
 
-The backend computes the report (backend/report_source.py); this only waits for its held-out
+The backend computes the report (backend/report/source.py); this only waits for its held-out
 evaluation, saves the figures, the page and summary.json, and prints the headline figures.
 The JSON is not trusted to name files (only the report's fixed figure names are written) nor to
 reach the terminal unfiltered (backend_client strips control characters from its strings).
@@ -12,9 +12,9 @@ import json
 import time
 from pathlib import Path
 
+from ..labelstudio.admin import AdminError, LabelStudioAdmin
+from ..report.document import FIGURES
 from .backend_client import Backend, backend_fetch, backend_get, configured_backend_url, resolve_backend
-from .ls_admin import AdminError, LabelStudioAdmin
-
 
 REPORT_TIMEOUT = 300.0  # building a report reads the project's export from Label Studio
 PENDING = ("queued", "computing")
@@ -30,8 +30,6 @@ def report_backend(ls: LabelStudioAdmin | None, args: argparse.Namespace) -> Bac
 def figure_names(summary: dict) -> list[str]:
     """The figures to save: the report's fixed names only (a name from the JSON becomes a file name,
     so anything else, `../x` included, is skipped with a warning)."""
-    from .report_source import FIGURES
-
     listed = summary.get("figures")
     listed = listed if isinstance(listed, dict) else {}
     for name in listed:

@@ -19,13 +19,13 @@ import numpy as np
 
 from PIL import Image
 
-from .boxes import box_key
+from ..boxes import box_key
+from ..label_config import LabelConfig
+from ..labelstudio.client import describe_error
+from ..settings import Settings
+from .cache import ArrayCache
 from .extractor import Extractor
-from .feature_cache import ArrayCache
-from .images import ImageFetcher, ImageFetchError
-from .labelstudio import describe_error
-from .label_config import LabelConfig
-from .settings import Settings
+from .fetch import ImageFetcher, ImageFetchError
 
 logger = logging.getLogger(__name__)
 

@@ -9,24 +9,26 @@ from flask import current_app
 
 from .connections import Connections, Verdict
 from .context import Context
-from .heldout import HeldOut
-from .label_config import LabelConfig
 from .fitting import train_project
-from .labelstudio import describe_error, get_project, get_tasks, traceback_is_safe
+from .label_config import LabelConfig
+from .labelstudio.client import describe_error, get_project, get_tasks, traceback_is_safe
 from .maintainer import Maintainer
 from .new_tasks import NewTaskScorer
 from .onboarding import FirstTraining
-from .pacing import TrainingQueue
+from .pacing import TrainingScheduler
 from .refresh import score_and_push_tasks
-from .report_source import Reports
-from .scaleout.queue import RQTrainingQueue  # with REDIS_URL: training and re-scoring run in `rq worker`s
+from .report.heldout import HeldOut
+from .report.source import Reports
+from .scaleout.scheduler import RQTrainingScheduler  # with REDIS_URL: training and re-scoring run in `rq worker`s
 from .settings import Settings
 from .validation import HttpError
 
 logger = logging.getLogger(__name__)
 
+SERVICE_KEY = "MCM_SERVICE"  # the Flask app config entry that holds the app's Service
 
-class AppState:
+
+class Service:
     """Everything the views need, one per app."""
 
     def __init__(self, settings: Settings, context: Context, train_fn=None) -> None:
@@ -47,19 +49,19 @@ class AppState:
                 state.training = False
 
         if settings.redis_url and train_fn is None:
-            self.queue = RQTrainingQueue(settings)
+            self.scheduler = RQTrainingScheduler(settings)
         else:
-            self.queue = TrainingQueue(run_and_track, settings.debounce_seconds, on_error,
+            self.scheduler = TrainingScheduler(run_and_track, settings.debounce_seconds, on_error,
                                        min_interval=settings.retrain_min_interval, max_wait=settings.retrain_max_wait)
         self.scorer = NewTaskScorer(self._score_new_tasks)
         # The mining report (/mcm/report): each version's held-out evaluation runs in its own thread.
-        self.heldout = HeldOut(context, is_busy=self.queue.is_training)
+        self.heldout = HeldOut(context, is_busy=self.scheduler.is_training)
         self.reports = Reports(context, self.heldout, self.last_error)
         self.connections = Connections(settings, context.projects, context.client)
         self.first_training = FirstTraining(self.connections.check, self.connections.forget_refusal,
-                                            self._has_model, self._count_labeled, self.queue.request,
-                                            is_busy=self.queue.is_training)
-        self.maintainer = Maintainer(context, is_busy=self.queue.is_training,  # fill, retire, recover
+                                            self._has_model, self._count_labeled, self.scheduler.request,
+                                            is_busy=self.scheduler.is_training)
+        self.maintainer = Maintainer(context, is_busy=self.scheduler.is_training,  # fill, retire, recover
                                      on_settled=self.heldout.request, is_connected=self.is_connected)
 
     def connection(self, project_id: int) -> Verdict:
@@ -100,7 +102,7 @@ class AppState:
         return count if isinstance(count, int) and not isinstance(count, bool) else None
 
     def last_error(self, project_id: int) -> str | None:
-        return self.context.projects.get(project_id).last_error or self.queue.last_error(project_id)
+        return self.context.projects.get(project_id).last_error or self.scheduler.last_error(project_id)
 
     def require_connected(self, project_id: int) -> None:
         """404 for a project not connected here, 503 when that cannot be told; no state is kept for it."""
@@ -118,11 +120,11 @@ class AppState:
 
     def close(self) -> None:
         self.first_training.close()
-        self.queue.close()
+        self.scheduler.close()
         self.maintainer.close()
         self.heldout.close()
         self.scorer.close()
 
 
-def app_state() -> AppState:
-    return current_app.config["MCM_STATE"]
+def current_service() -> Service:
+    return current_app.config[SERVICE_KEY]

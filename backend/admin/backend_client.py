@@ -16,7 +16,7 @@ import os
 
 import requests
 
-from .ls_admin import AdminError, clean_json, clean_text
+from ..labelstudio.admin import AdminError, clean_json, clean_text
 
 BACKEND_URL_ENV = "MCM_BACKEND_URL"
 

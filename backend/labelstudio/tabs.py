@@ -18,12 +18,12 @@ import time
 from datetime import datetime
 from typing import Any, Sequence
 
-from . import labelstudio
-from .validation import Skipped, parse_timestamp, short
+from ..validation import Skipped, parse_timestamp, short
+from . import client as labelstudio
 
 VIEW_TITLE = "Tail classes first"
 VIEW_ORDERING = ["-tasks:predictions_score"]
-# When the tab was created: the mining report's "ordering enabled" moment (backend/report_source.py).
+# When the tab was created: the mining report's "ordering enabled" moment (backend/report/source.py).
 # Kept when enable-ordering updates the tab; Label Studio's UI may drop it when a person edits the
 # tab, so the backend remembers the first value it reads.
 ENABLED_AT_KEY = "mcm_enabled_at"

@@ -13,12 +13,12 @@ from .coordinator import Coordinator, _text
 logger = logging.getLogger(__name__)
 
 
-class RQTrainingQueue:
-    """Drop-in for trainer.TrainingQueue when REDIS_URL is set: enqueues, never trains in-process."""
+class RQTrainingScheduler:
+    """Drop-in for pacing.TrainingScheduler when REDIS_URL is set: enqueues, never trains in-process."""
 
     def __init__(self, settings: Settings, connection: redis.Redis | None = None) -> None:
         if not settings.redis_url and connection is None:
-            raise ValueError("RQTrainingQueue needs REDIS_URL")
+            raise ValueError("RQTrainingScheduler needs REDIS_URL")
         self.settings = settings
         self.pacing = (float(settings.debounce_seconds), float(settings.retrain_min_interval),
                        float(settings.retrain_max_wait))

@@ -19,14 +19,14 @@ import os
 import sys
 from typing import Any, Sequence
 
-from . import labelstudio
-from . import tabs as tabs_mod
-from .admin_report import cmd_report
+from ..label_config import LabelConfigError, declare_tail, parse_label_config
+from ..labelstudio import client as labelstudio
+from ..labelstudio import tabs as tabs_mod
+from ..labelstudio.admin import AdminError, LabelStudioAdmin, clean_json, clean_text
+from ..labelstudio.tabs import VIEW_TITLE
 from .backend_client import (Backend, backend_get, backend_status, basic_auth_from_env, configured_backend_url,
                              resolve_backend)
-from .label_config import LabelConfigError, declare_tail, parse_label_config
-from .ls_admin import AdminError, LabelStudioAdmin, clean_json, clean_text
-from .tabs import VIEW_TITLE
+from .report import cmd_report
 
 UNCERTAINTY_SAMPLING = "Uncertainty sampling"
 SEQUENTIAL_SAMPLING = "Sequential sampling"

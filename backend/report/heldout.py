@@ -29,15 +29,15 @@ from mcm_core import MinorityMiner
 from mcm_core.atomic import atomic_savez, atomic_write_json
 from mcm_core.baselines import EntropyStrategy, entropy, margin_uncertainty, max_score, weighted_entropy
 
-from . import report
-from .label_config import config_from_meta
-from .labels import collect_labels
-from .labelstudio import describe_error, traceback_is_safe
-from .ranking import map_scores
-from .task_kinds import kind_of
+from ..label_config import config_from_meta
+from ..labels import collect_labels
+from ..labelstudio.client import describe_error, traceback_is_safe
+from ..ranking import map_scores
+from ..task_kinds import kind_of
+from . import stats
 
 if TYPE_CHECKING:
-    from .context import Context
+    from ..context import Context
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def too_little_data(y: np.ndarray, tail_idx: Sequence[int], folds: int) -> str |
 
 def too_few_labels(n_labeled: int, n_tail: int, has_tail: bool, folds: int) -> str | None:
     """`too_little_data` from counts: the report asks it before requesting an evaluation, so that its
-    card says "too little data" at once instead of "being computed" (docs/report.md)."""
+    card says "too little data" at once instead of "being computed" (docs/stats.md)."""
     if not has_tail:
         return "no tail class: every labeled class has at least 0.3 x the mean class count"
     if n_labeled < max(MIN_LABELED, 2 * folds):
@@ -92,7 +92,7 @@ def cross_validate(y: np.ndarray, num_classes: int, tail_idx: Sequence[int], fol
     them, not to the scores of the model trained on every label, whose scale can differ.
     """
     y = np.asarray(y, dtype=np.int64)
-    fold_of = report.stratified_folds(y, folds, seed)
+    fold_of = stats.stratified_folds(y, folds, seed)
     scores = {name: np.zeros(len(y)) for name in ("miner", "entropy", "maxscore", "margin", "weighted_entropy")}
     predicted = np.zeros(len(y), dtype=np.int64)
     pool_scores = None
@@ -111,8 +111,8 @@ def cross_validate(y: np.ndarray, num_classes: int, tail_idx: Sequence[int], fol
         for name, values in baseline_scores(head.predict_proba(x[test]), head.class_proportions_).items():
             scores[name][test] = values
     is_tail = np.isin(y, list(tail_idx))
-    summary = report.heldout_summary(is_tail, scores, fold_of)
-    summary["tpr"], summary["fpr"] = report.confusion_rates(is_tail, np.isin(predicted, list(tail_idx)))
+    summary = stats.heldout_summary(is_tail, scores, fold_of)
+    summary["tpr"], summary["fpr"] = stats.confusion_rates(is_tail, np.isin(predicted, list(tail_idx)))
     summary["pool_scores"] = pool_scores
     return summary
 
@@ -231,7 +231,7 @@ class HeldOut:
         started = time.monotonic()
         result = self.compute(project_id, version, should_stop=lambda: self._stop.is_set() or self.is_busy(project_id)
                               or self._pending.get(project_id, version) != version)  # a newer version waits
-        result.update(version=version, computed_at=report.iso(self.clock()),
+        result.update(version=version, computed_at=stats.iso(self.clock()),
                       seconds=round(time.monotonic() - started, 1))
         atomic_write_json(self.path(project_id, version), result)
         logger.info("project %s: held-out evaluation of %s: %s in %.1fs", project_id, version,

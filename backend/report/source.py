@@ -1,11 +1,11 @@
 """What the mining report shows, gathered: annotations from Label Studio, the rest from MODEL_DIR.
 
 Inputs: the project's annotated tasks with their annotations' times (Label Studio's export,
-backend/labelstudio.py), the Data Manager tabs (when `enable-ordering` created them), the
-current model version's meta.json and held-out evaluation (backend/heldout.py), the published
+backend/labelstudio/client.py), the Data Manager tabs (when `enable-ordering` created them), the
+current model version's meta.json and held-out evaluation (backend/report/heldout.py), the published
 version's ranking of the pool (ranking.npz) and the publishing ledger (training and re-scoring
-times of each version). The numbers come from backend/report.py, the figures from
-backend/report_figures.py, the page from backend/report_page.py.
+times of each version). The numbers come from backend/report/stats.py, the figures from
+backend/report/figures.py, the page from backend/report/page.py.
 
 A report is built at most once per CACHE_SECONDS per project (the page, its JSON and its PNG
 figures are usually fetched together), and again as soon as the held-out evaluation changes state.
@@ -25,26 +25,27 @@ import numpy as np
 
 from mcm_core.atomic import atomic_write_json
 
-from . import labelstudio, report
-from .heldout import too_few_labels
-from .label_config import parse_label_config
-from .ledger import Ledger
-from .ranking import Ranking
-from .task_kinds import kind_of
-from .tabs import ENABLED_AT_KEY
-from .tabs import enabled_at as tab_enabled_at
-from .validation import Skipped
-from .versions import VERSION_RE, ModelStore
+from ..label_config import parse_label_config
+from ..labelstudio import client as labelstudio
+from ..labelstudio.tabs import ENABLED_AT_KEY
+from ..labelstudio.tabs import enabled_at as tab_enabled_at
+from ..ledger import Ledger
+from ..ranking import Ranking
+from ..task_kinds import kind_of
+from ..validation import Skipped
+from ..versions import VERSION_RE, ModelStore
+from . import stats
+from .document import Report
+from .figures import figure_states
+from .heldout import HeldOut, too_few_labels
 
 if TYPE_CHECKING:
-    from .context import Context
-    from .heldout import HeldOut
+    from ..context import Context
 
 logger = logging.getLogger(__name__)
 
 CACHE_SECONDS = 20.0
 ORDERING_FILE = "ordering.json"
-FIGURES = ("tail_yield", "classes", "precision_recall", "pool_scores", "versions")
 UNKNOWN_ORDERING = ("unknown: no Data Manager tab of the project carries the time `admin enable-ordering` records "
                     "(tabs made by hand, by an older backend, or edited in the UI before the backend read them)")
 
@@ -63,7 +64,7 @@ def read_enabled_at(project_dir: str) -> dict | None:
             data = json.load(handle)
     except (OSError, ValueError):
         data = None
-    if isinstance(data, dict) and report.label_studio_time(data.get("enabled_at")) is not None:
+    if isinstance(data, dict) and stats.label_studio_time(data.get("enabled_at")) is not None:
         return data
     with _memory_lock:
         return _first_seen.get(project_dir)
@@ -71,7 +72,7 @@ def read_enabled_at(project_dir: str) -> dict | None:
 
 def tab_times(client, project_id: int, skipped: Skipped) -> list[tuple[float, str]]:
     """(ENABLED_AT_KEY as epoch seconds, the tab's title) of each tab that carries a usable one; one
-    that is no time, or a time outside report.TIME_RANGE, is left out and counted in `skipped`."""
+    that is no time, or a time outside stats.TIME_RANGE, is left out and counted in `skipped`."""
     views = labelstudio.list_views(client, project_id)
     found = []
     for view in views:
@@ -79,9 +80,9 @@ def tab_times(client, project_id: int, skipped: Skipped) -> list[tuple[float, st
         if record is None:
             continue
         at, title = record[0].timestamp(), record[1]
-        if not report.in_time_range(at):
-            skipped.add("tabs", None, f"tab {title!r}: {ENABLED_AT_KEY} {report.iso(at)} is outside "
-                                      f"{report.TIME_RANGE}")
+        if not stats.in_time_range(at):
+            skipped.add("tabs", None, f"tab {title!r}: {ENABLED_AT_KEY} {stats.iso(at)} is outside "
+                                      f"{stats.TIME_RANGE}")
             continue
         found.append((at, title))
     return found
@@ -92,8 +93,8 @@ def _note_if_moved(project_dir: str, known: dict, found: list[tuple[float, str]]
     if not found:
         return
     at, title = min(found)
-    if report.iso(at) != known.get("enabled_at"):
-        skipped.add("tabs", None, f"tab {title!r}: {ENABLED_AT_KEY} {report.iso(at)} ignored: the backend recorded "
+    if stats.iso(at) != known.get("enabled_at"):
+        skipped.add("tabs", None, f"tab {title!r}: {ENABLED_AT_KEY} {stats.iso(at)} ignored: the backend recorded "
                                   f"{known.get('enabled_at')} first ({os.path.join(project_dir, ORDERING_FILE)}; "
                                   "delete it to re-read the tabs)")
 
@@ -119,7 +120,7 @@ def remember_enabled_at(client, project_id: int, project_dir: str, skipped: Skip
     if not found:
         return None
     at, title = min(found)
-    record = {"enabled_at": report.iso(at), "tab": title, "read_at": report.iso(time.time())}
+    record = {"enabled_at": stats.iso(at), "tab": title, "read_at": stats.iso(time.time())}
     try:
         atomic_write_json(os.path.join(project_dir, ORDERING_FILE), record)
     except OSError as exc:  # read-only MODEL_DIR: this process remembers it
@@ -148,40 +149,12 @@ def version_rows(store: ModelStore, ledger: dict, current: str | None) -> list[d
                      "trained_at": info.get("trained_at"), "n_labeled": info.get("n_labeled"),
                      "train_seconds": info.get("train_seconds"), "tail_classes": info.get("tail_classes"),
                      "rescore_seconds": round(sum(parts), 3) if parts else None,
-                     "published_at": report.iso(entry.get("published_at")),
+                     "published_at": stats.iso(entry.get("published_at")),
                      "retired": bool(entry.get("retired_at")), "current": version == current})
     return rows
 
 
-# ------------------------------------------------------------------------------ the report
-@dataclasses.dataclass
-class Report:
-    """One built report: the JSON summary and what the figures plot."""
-
-    project_id: int
-    summary: dict
-    classes: list[str]
-    tail: list[str]
-    events: list[report.LabelEvent]
-    enabled_at: float | None
-    buckets: list[dict]
-    pool_scores: np.ndarray | None
-    heldout: dict | None
-    versions: list[dict]
-    figures: dict[str, bytes] = dataclasses.field(default_factory=dict)
-    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
-
-    def figure(self, name: str) -> bytes:
-        """The PNG of one figure, rendered once per report."""
-        from .report_figures import render_figure
-
-        with self.lock:
-            if name not in self.figures:
-                self.figures[name] = render_figure(self, name)
-            return self.figures[name]
-
-
-def _heldout_part(heldout: "HeldOut", project_id: int, version: str | None,
+def _heldout_part(heldout: HeldOut, project_id: int, version: str | None,
                   labels_now: tuple[int, int, bool] | None = None) -> tuple[dict, dict | None]:
     """(the summary's "heldout" entry, the evaluation shown: the version's, or an older one meanwhile).
     `labels_now`: (labeled tasks, of them tail, whether there is a tail class) as Label Studio has them:
@@ -203,7 +176,7 @@ def _heldout_part(heldout: "HeldOut", project_id: int, version: str | None,
     part = {"status": state, "message": message, "version": version}
     if shown:
         best = shown.get("best_baseline")
-        verdict = report.beats_random(shown["miner"]["auc_pr"], shown["prevalence"], shown["miner"]["fold_auc_pr"])
+        verdict = stats.beats_random(shown["miner"]["auc_pr"], shown["prevalence"], shown["miner"]["fold_auc_pr"])
         part.update(better_than_random=verdict["better"], random_margin=verdict["margin"])
         part.update(
             evaluated_version=shown.get("version"), folds=shown.get("folds"), seed=shown.get("seed"),
@@ -220,7 +193,7 @@ def _heldout_part(heldout: "HeldOut", project_id: int, version: str | None,
     return part, shown
 
 
-def _likely_tail(heldout: "HeldOut", project_id: int, shown: dict | None, ranking: Ranking) -> dict:
+def _likely_tail(heldout: HeldOut, project_id: int, shown: dict | None, ranking: Ranking) -> dict:
     """How many unlabeled tasks the fold models score at or above the held-out precision threshold,
     and the score of the tab (current ranking) above which as many tasks sit."""
     threshold = ((shown or {}).get("threshold") or {}).get("score")
@@ -230,13 +203,13 @@ def _likely_tail(heldout: "HeldOut", project_id: int, shown: dict | None, rankin
     ids, scores = stored
     still = np.isin(ids, ranking.task_ids)  # not labeled since the evaluation
     fraction = float(shown.get("pool_sample_fraction") or 1.0)
-    left = min(len(ranking), int(round(report.count_at_or_above(scores[still], threshold) / fraction)))
+    left = min(len(ranking), int(round(stats.count_at_or_above(scores[still], threshold) / fraction)))
     return {"threshold_score": threshold, "likely_tail_left": left,
             "queue_score_at_likely": float(ranking.scores[left - 1]) if left else None,
-            "histogram_likely": report.histogram(ranking.scores[:left])["counts"]}
+            "histogram_likely": stats.histogram(ranking.scores[:left])["counts"]}
 
 
-def _calibrated_rate(heldout: "HeldOut", project_id: int, shown: dict | None, ranking: Ranking,
+def _calibrated_rate(heldout: HeldOut, project_id: int, shown: dict | None, ranking: Ranking,
                      after: dict) -> dict | None:
     """The base rate from the held-out calibration applied to the fold models' scores of the tasks still
     unlabeled (same scale; a sampled pool is scaled up), or None without a usable evaluation."""
@@ -249,20 +222,20 @@ def _calibrated_rate(heldout: "HeldOut", project_id: int, shown: dict | None, ra
     if not still.any():
         return None
     try:
-        expected, variance = report.calibrated_count(table, scores[still])
+        expected, variance = stats.calibrated_count(table, scores[still])
     except (ValueError, KeyError, TypeError) as exc:
         logger.warning("project %s: unusable calibration table in the held-out evaluation: %s", project_id, exc)
         return None
     fraction = float(shown.get("pool_sample_fraction") or 1.0)
     scale = len(ranking) / max(1, int(still.sum())) if fraction < 1.0 else 1.0
-    return report.rate_from_calibration(after["n_tail"], after["n"], expected * scale, variance * scale * scale,
+    return stats.rate_from_calibration(after["n_tail"], after["n"], expected * scale, variance * scale * scale,
                                         len(ranking))
 
 
 def base_rate_part(before: dict | None, calibrated: dict | None) -> dict:
     """The summary's base-rate fields: the estimate shown (None: "unknown") and the best candidate."""
-    from_labels = report.rate_from_labels(before["n_tail"], before["n"]) if before else None
-    shown, best = report.choose_base_rate([from_labels, calibrated])
+    from_labels = stats.rate_from_labels(before["n_tail"], before["n"]) if before else None
+    shown, best = stats.choose_base_rate([from_labels, calibrated])
 
     def rounded(estimate: dict | None) -> dict | None:
         return None if estimate is None else {**estimate, **{k: round(float(estimate[k]), 4)
@@ -271,7 +244,7 @@ def base_rate_part(before: dict | None, calibrated: dict | None) -> dict:
         note = None
     elif best is not None:
         note = (f"unknown: best estimate {best['value']:.1%}, 95 % interval {best['low']:.1%}-{best['high']:.1%} "
-                f"({best['method']}): not known to within +-{report.MAX_RELATIVE_ERROR:.0%}")
+                f"({best['method']}): not known to within +-{stats.MAX_RELATIVE_ERROR:.0%}")
     else:
         note = ("unknown: it needs labels gathered before ordering, or the held-out evaluation's calibration "
                 "(never the share of tasks predicted as tail)")
@@ -280,7 +253,7 @@ def base_rate_part(before: dict | None, calibrated: dict | None) -> dict:
             "base_rate_method": shown["method"] if shown else note}
 
 
-def _pool_part(heldout: "HeldOut", project_id: int, project_dir: str, published: str | None, annotated: list,
+def _pool_part(heldout: HeldOut, project_id: int, project_dir: str, published: str | None, annotated: list,
                tail_idx: list[int], shown: dict | None, phases: dict
                ) -> tuple[dict, np.ndarray | None, dict]:
     """The unlabeled pool as the published ranking saw it (minus tasks labeled since): its score
@@ -299,12 +272,12 @@ def _pool_part(heldout: "HeldOut", project_id: int, project_dir: str, published:
         likely = _likely_tail(heldout, project_id, shown, ranking)
         # what the current model predicts, for comparison only: not an estimate of the pool's tail count
         pool.update(predicted_tail=int(np.isin(pool_pred, tail_idx).sum()),
-                    histogram=report.histogram(pool_scores), precision_target=report.PRECISION_TARGET, **likely)
+                    histogram=stats.histogram(pool_scores), precision_target=stats.PRECISION_TARGET, **likely)
         calibrated = _calibrated_rate(heldout, project_id, shown, ranking, phases.get("after", {"n": 0, "n_tail": 0}))
     return pool, pool_scores, base_rate_part(phases.get("before"), calibrated)
 
 
-def build_report(context: "Context", heldout: "HeldOut", project_id: int, last_error: str | None = None) -> Report:
+def build_report(context: "Context", heldout: HeldOut, project_id: int, last_error: str | None = None) -> Report:
     """Read everything the report shows and compute its numbers (raises LabelStudioError if Label
     Studio cannot be read). Half its length is the summary's literal: the JSON schema in one place."""
     client = context.client()
@@ -313,9 +286,9 @@ def build_report(context: "Context", heldout: "HeldOut", project_id: int, last_e
     classes = list(config.classes)
     annotated = labelstudio.list_annotated_tasks(client, project_id)
     skipped = context.projects.get(project_id).skipped
-    events, n_annotations = report.label_events(annotated, config, skipped)
-    counts = report.class_counts(events, classes)
-    ratios, tail_now = report.skewness(counts, config)
+    events, n_annotations = stats.label_events(annotated, config, kind_of(config).label_event, skipped)
+    counts = stats.class_counts(events, classes)
+    ratios, tail_now = stats.skewness(counts, config)
 
     model = context.projects.get(project_id).model
     meta = model.meta if model else {}
@@ -324,15 +297,15 @@ def build_report(context: "Context", heldout: "HeldOut", project_id: int, last_e
         ordering, ordering_note = remember_enabled_at(client, project_id, project_dir, skipped), UNKNOWN_ORDERING
     except labelstudio.LabelStudioError as exc:  # the tabs could not be read: the rest of the report still can
         ordering, ordering_note = None, f"unknown: {exc}"
-    enabled_at = report.label_studio_time((ordering or {}).get("enabled_at"))
+    enabled_at = stats.label_studio_time((ordering or {}).get("enabled_at"))
     store = context.projects.store(project_id)
     ledger = Ledger(project_dir).read()
     published = ledger.get("current") or (model.version if model else None)
     versions = version_rows(store, ledger, published)
-    tail_then = report.tail_when_labeled(
-        [(report.parse_time(v["published_at"] or v["trained_at"]), v["tail_classes"]) for v in versions], fallback=tail)
-    buckets = report.yield_buckets(events, tail_then, enabled_at)
-    phases = report.phase_yield(events, tail_then, enabled_at)
+    tail_then = stats.tail_when_labeled(
+        [(stats.parse_time(v["published_at"] or v["trained_at"]), v["tail_classes"]) for v in versions], fallback=tail)
+    buckets = stats.yield_buckets(events, tail_then, enabled_at)
+    phases = stats.phase_yield(events, tail_then, enabled_at)
     version_tail = [c for c in tail if c in classes]
     labels_now = (len(events), sum(counts[c] for c in version_tail), bool(version_tail))
     heldout_part, shown = _heldout_part(heldout, project_id, model.version if model else None,
@@ -344,7 +317,7 @@ def build_report(context: "Context", heldout: "HeldOut", project_id: int, last_e
     rate = rate_part["base_rate"]
     after_share = after.get("share")
     summary = {
-        "project": project_id, "generated_at": report.iso(time.time()),
+        "project": project_id, "generated_at": stats.iso(time.time()),
         "model_version": model.version if model else None, "published_version": published,
         "classes": classes,
         "n_annotations": n_annotations, "n_labeled_tasks": len(events),
@@ -358,16 +331,14 @@ def build_report(context: "Context", heldout: "HeldOut", project_id: int, last_e
         "ordering": {"enabled_at": (ordering or {}).get("enabled_at"), "tab": (ordering or {}).get("tab"),
                      "note": None if ordering else ordering_note},
         "tail_yield": {**{k: phases.get(k) for k in ("before", "after", "unknown")},
-                       "bucket_size": report.BUCKET_SIZE,
-                       "buckets": [{**b, "first_at": report.iso(b["first_at"]), "last_at": report.iso(b["last_at"]),
+                       "bucket_size": stats.BUCKET_SIZE,
+                       "buckets": [{**b, "first_at": stats.iso(b["first_at"]), "last_at": stats.iso(b["last_at"]),
                                     "share": round(b["share"], 4)} for b in buckets],
                        **rate_part,  # base_rate (None: unknown), base_rate_estimate, _best, _method
                        "lift_after": round(after_share / rate, 2) if after_share is not None and rate else None},
         "heldout": heldout_part, "pool": pool, "versions": versions, "last_error": last_error,
     }
     built = Report(project_id, summary, classes, tail, events, enabled_at, buckets, pool_scores, shown, versions)
-    from .report_figures import figure_states
-
     summary["figures"] = {name: {**state, "path": f"/mcm/report/{name}.png?project={project_id}"}
                           for name, state in figure_states(built).items()}
     return built
@@ -376,7 +347,7 @@ def build_report(context: "Context", heldout: "HeldOut", project_id: int, last_e
 class Reports:
     """Built reports per project, reused for CACHE_SECONDS while the held-out evaluation's state is unchanged."""
 
-    def __init__(self, context: "Context", heldout: "HeldOut", last_error: Callable[[int], str | None],
+    def __init__(self, context: "Context", heldout: HeldOut, last_error: Callable[[int], str | None],
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.context = context
         self.heldout = heldout

@@ -10,22 +10,25 @@ has parse_math and usetex off (`_literal`), and no tick formatter here emits mat
 
 No lock: figures use matplotlib's object API (Figure + FigureCanvasAgg, no pyplot state), each
 render owns its figure and renderer, matplotlib keeps its font objects per thread, and mathtext (whose
-parser is shared) is never used; so projects render in parallel (backend/report_source.Report
-renders each figure of a report once).
+parser is shared) is never used; so projects render in parallel (`png` renders each figure of a
+report once).
 """
 from __future__ import annotations
 
 import io
 import logging
 import textwrap
-from typing import TYPE_CHECKING
 
 import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import LineCollection
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, PercentFormatter
 
-from . import report
-
-if TYPE_CHECKING:
-    from .report_source import Report
+from . import stats
+from .document import Report
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +49,7 @@ TITLES = {
 
 
 # ------------------------------------------------------------------------------ what each figure can show
-def figure_states(rep: "Report") -> dict[str, dict]:
+def figure_states(rep: Report) -> dict[str, dict]:
     """Per figure: {"status": "ok" | "too_little_data" | "computing" | ..., "message"}."""
     held = rep.summary["heldout"]
     states = {
@@ -73,7 +76,6 @@ def heldout_message(held: dict) -> tuple[str, str]:
 
 # ------------------------------------------------------------------------------ rendering
 def _new_figure():
-    from matplotlib.figure import Figure
 
     fig = Figure(figsize=SIZE, dpi=DPI)
     fig.set_layout_engine("constrained")
@@ -81,7 +83,6 @@ def _new_figure():
 
 
 def _png(fig) -> bytes:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
     buffer = io.BytesIO()
@@ -129,18 +130,17 @@ def _wrap(text: str, width: int) -> list[str]:
 
 
 def _percent(ax) -> None:
-    from matplotlib.ticker import PercentFormatter
 
     ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
 
 
-def _enabled_line(ax, x: float, rep: "Report") -> None:
+def _enabled_line(ax, x: float, rep: Report) -> None:
     """The moment ordering was enabled, as a dotted line with its own legend entry."""
-    when = report.iso(rep.enabled_at)[:16].replace("T", " ")
+    when = stats.iso(rep.enabled_at)[:16].replace("T", " ")
     ax.axvline(x, color="#333333", linestyle=":", linewidth=1.5, label=f"ordering enabled ({when} UTC)")
 
 
-def _fig_tail_yield(rep: "Report"):
+def _fig_tail_yield(rep: Report):
     """One bar per run of labeled tasks (equal widths, so a short run since ordering stays visible)."""
     fig = _new_figure()
     ax = fig.add_subplot()
@@ -167,7 +167,7 @@ def _fig_tail_yield(rep: "Report"):
     ax.set_ylim(0, min(1.12, top * 1.25 + 0.05))
     _percent(ax)
     ax.set_ylabel("tail-class share of the run")
-    ax.set_xlabel(f"runs of up to {report.BUCKET_SIZE} labeled tasks, oldest first (number of the run's first "
+    ax.set_xlabel(f"runs of up to {stats.BUCKET_SIZE} labeled tasks, oldest first (number of the run's first "
                   "labeled task)")
     parts = []
     for key, name in (("before", "before"), ("after", "since"), ("unknown", "all")):
@@ -183,7 +183,7 @@ def _fig_tail_yield(rep: "Report"):
 TAIL_LINE_COLORS = ("#d62728", "#8e44ad", "#e67e22", "#8c564b", "#c2185b", "#2e7d32")
 
 
-def named_classes(rep: "Report") -> list[str]:
+def named_classes(rep: Report) -> list[str]:
     """The classes drawn with their own line colour and legend entry: the tail classes, then the most
     labeled others, MAX_NAMED_CLASSES in all (all of them when only one more would be left over)."""
     counts = rep.summary["labeled_per_class"]
@@ -200,16 +200,13 @@ def _steps(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.column_stack([xs, ys])
 
 
-def _fig_classes(rep: "Report"):
+def _fig_classes(rep: Report):
     """Cumulative labels per class; beyond MAX_NAMED_CLASSES, the other classes are thin grey lines
     under one legend entry (2,000 legend entries took 13 s to lay out and could not be read)."""
-    from matplotlib import colormaps
-    from matplotlib.collections import LineCollection
-    from matplotlib.lines import Line2D
 
     fig = _new_figure()
     ax = fig.add_subplot()
-    steps = report.class_steps(rep.events, rep.classes)
+    steps = stats.class_steps(rep.events, rep.classes)
     counts, ratios = rep.summary["labeled_per_class"], rep.summary["skewness_ratio"]
     named = named_classes(rep)
     heads = [c for c in named if c not in rep.tail]
@@ -244,7 +241,7 @@ def _fig_classes(rep: "Report"):
     return fig
 
 
-def _fig_precision_recall(rep: "Report"):
+def _fig_precision_recall(rep: Report):
     held = rep.heldout
     fig = _new_figure()
     ax = fig.add_subplot()
@@ -267,7 +264,6 @@ def _fig_precision_recall(rep: "Report"):
     ax.set_xlabel("recall of held-out tail-class tasks")
     ax.set_ylabel("precision (share of tail among tasks above a score)")
     _percent(ax)
-    from matplotlib.ticker import PercentFormatter
 
     ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
     ax.set_title(f"{TITLES['precision_recall']} — {held.get('folds')}-fold CV, {held.get('n_tail')} tail of "
@@ -277,8 +273,7 @@ def _fig_precision_recall(rep: "Report"):
     return fig
 
 
-def _fig_pool_scores(rep: "Report"):
-    from matplotlib.ticker import FuncFormatter
+def _fig_pool_scores(rep: Report):
 
     fig = _new_figure()
     ax = fig.add_subplot()
@@ -317,7 +312,7 @@ def _fig_pool_scores(rep: "Report"):
     return fig
 
 
-def _fig_versions(rep: "Report"):
+def _fig_versions(rep: Report):
     fig = _new_figure()
     ax = fig.add_subplot()
     rows = rep.versions[-MAX_VERSIONS_PLOTTED:]
@@ -353,7 +348,7 @@ DRAW = {"tail_yield": _fig_tail_yield, "classes": _fig_classes, "precision_recal
         "pool_scores": _fig_pool_scores, "versions": _fig_versions}
 
 
-def draw_figure(rep: "Report", name: str):
+def draw_figure(rep: Report, name: str):
     """One figure (the too-little-data message when there is nothing to draw yet), all its text literal."""
     state = figure_states(rep)[name]
     fig = DRAW[name](rep) if state["status"] == "ok" else _message_figure(TITLES[name], state["status"],
@@ -362,7 +357,7 @@ def draw_figure(rep: "Report", name: str):
     return fig
 
 
-def render_figure(rep: "Report", name: str) -> bytes:
+def render_figure(rep: Report, name: str) -> bytes:
     """One figure as PNG bytes; a figure that fails to draw becomes a message naming the error (logged)."""
     try:
         return _png(draw_figure(rep, name))
@@ -372,3 +367,12 @@ def render_figure(rep: "Report", name: str) -> bytes:
                                                       "backend's log")
         _literal(fig)
         return _png(fig)
+
+
+def png(rep: Report, name: str) -> bytes:
+    """The PNG of one figure of `rep`, rendered once per report (figures render in parallel across
+    reports: each report has its own lock)."""
+    with rep.lock:
+        if name not in rep.figures:
+            rep.figures[name] = render_figure(rep, name)
+        return rep.figures[name]

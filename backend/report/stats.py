@@ -1,6 +1,6 @@
 """The mining report's numbers: pure functions over labels with times, scores and held-out results.
 
-Nothing here talks to Label Studio or reads MODEL_DIR (backend/report_source.py gathers the
+Nothing here talks to Label Studio or reads MODEL_DIR (backend/report/source.py gathers the
 inputs), so every figure the page shows can be checked by hand in a unit test.
 
 Definitions (docs/report.md explains them for admins):
@@ -33,9 +33,8 @@ import numpy as np
 
 from mcm_core.metrics import auc_pr, pr_curve, skewness_ratios
 
-from .label_config import LabelConfig
-from .task_kinds import kind_of
-from .validation import Skipped, parse_timestamp
+from ..label_config import LabelConfig
+from ..validation import Skipped, parse_timestamp
 
 logger = logging.getLogger(__name__)
 
@@ -103,23 +102,26 @@ def iso(seconds: float | None) -> str | None:
         return None
 
 
-def label_events(tasks: Iterable[dict], config: LabelConfig, skipped: Skipped | None = None,
+def label_events(tasks: Iterable[dict], config: LabelConfig, read: Callable, skipped: Skipped | None = None,
                  now: float | None = None) -> tuple[list[LabelEvent], int]:
     """(one LabelEvent per task with a usable label, in time order; non-cancelled annotations).
+
+    `read(task, annotations, config)`: the task kind's `label_event` (backend/task_kinds.py), which
+    says what the task is labeled (its class; an image's box classes) and by which annotations.
 
     The annotations count is Label Studio's `total_annotations_number` (skips excluded). A task's
     time is the creation of its first annotation with a choice (updated_at if Label Studio sent
     no created_at); times outside TIME_RANGE are ignored, and a task left with no time is left out
     of the events (counted in `skipped` as "dates", with its id).
     """
-    events, n_annotations, kind = [], 0, kind_of(config)
+    events, n_annotations = [], 0
     for task in tasks:
         annotations = [a for a in task.get("annotations") or [] if isinstance(a, dict)]
         n_annotations += sum(1 for a in annotations if not a.get("was_cancelled"))
-        read = kind.label_event(task, annotations, config)
-        if read is None:
+        found = read(task, annotations, config)
+        if found is None:
             continue
-        label, objects, usable = read
+        label, objects, usable = found
         times = [label_studio_time(a.get("created_at"), now) or label_studio_time(a.get("updated_at"), now)
                  for a in usable]
         times = [t for t in times if t is not None]

@@ -8,7 +8,7 @@ import httpx
 import requests
 from label_studio_sdk import LabelStudio
 
-from . import labelstudio
+from . import client as labelstudio
 
 # C0 controls (ESC starts terminal escape sequences), DEL, C1 controls (0x9b is a one-byte CSI), Unicode
 # line separators and bidirectional overrides: a value from Label Studio or the backend holding them could

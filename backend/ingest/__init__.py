@@ -1,0 +1,1 @@
+"""Image ingest: task image -> download -> decode -> prepared array -> cache -> features."""
