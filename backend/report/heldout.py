@@ -68,7 +68,7 @@ def too_little_data(y: np.ndarray, tail_idx: Sequence[int], folds: int) -> str |
 
 def too_few_labels(n_labeled: int, n_tail: int, has_tail: bool, folds: int) -> str | None:
     """`too_little_data` from counts: the report asks it before requesting an evaluation, so that its
-    card says "too little data" at once instead of "being computed" (docs/stats.md)."""
+    card says "too little data" at once instead of "being computed" (docs/report.md)."""
     if not has_tail:
         return "no tail class: every labeled class has at least 0.3 x the mean class count"
     if n_labeled < max(MIN_LABELED, 2 * folds):

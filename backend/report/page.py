@@ -50,7 +50,16 @@ def no_better_than_random(held: dict) -> str | None:
     return (f"The ranking is no better than random on this project's own labels: held-out AUC-PR "
             f"{held['auc_pr']:.3f} vs {held['prevalence']:.3f} at random (needs a margin of "
             f"{held.get('random_margin', stats.RANDOM_MARGIN):.2f}). Label more tasks (the tail-first tab still "
-            "finds what the model knows), or declare the tail classes (docs/stats.md).")
+            "finds what the model knows), or declare the tail classes (docs/report.md).")
+
+
+def weak_features(s: dict) -> str | None:
+    """The first card's warning when the model's features do not separate the classes (the version's
+    reliability verdict, backend/fitting.reliability_meta): its message says what would help."""
+    reliability = s.get("reliability")
+    if not isinstance(reliability, dict) or reliability.get("verdict") != "weak":
+        return None
+    return f"Weak model: {reliability.get('message') or 'the features do not separate the classes.'}"
 
 
 def _base_rate_card(y: dict) -> tuple[str, str, str]:
@@ -68,7 +77,7 @@ def _cards(s: dict) -> str:
     y, held, pool = s["tail_yield"], s["heldout"], s["pool"]
     after, before = y.get("after"), y.get("before")
     cards = []
-    warning = no_better_than_random(held)
+    warning = " ".join(w for w in (weak_features(s), no_better_than_random(held)) if w) or None
     if after:
         sub = f"{after['n_tail']} of {after['n']} labeled since ordering"
         if before:
@@ -192,5 +201,5 @@ def render_html(rep: Report) -> str:
         f"<h2>Classes</h2>{_class_table(s)}<h2>Model versions</h2>{error}{_versions_table(s)}"
         f'<p class="note">The same numbers as JSON: <a href="?project={pid}&amp;format=json">?format=json</a>; '
         f"each figure as PNG: /mcm/report/&lt;figure&gt;.png?project={pid} "
-        f"({', '.join(s['figures'])}). How every number is computed: docs/stats.md.</p>"
+        f"({', '.join(s['figures'])}). How every number is computed: docs/report.md.</p>"
         "</main></body></html>")

@@ -328,6 +328,8 @@ def build_report(context: "Context", heldout: HeldOut, project_id: int, last_err
                                                else "counted: rare beyond chance, or never labeled"),
         "model": {"n_labeled": meta.get("n_labeled"), "labeled_per_class": meta.get("labeled_per_class"),
                   "trained_at": meta.get("trained_at")} if model else None,
+        # do the features separate the classes (backend/fitting.reliability_meta): the first card says when not
+        "reliability": meta.get("reliability") if model and isinstance(meta.get("reliability"), dict) else None,
         "ordering": {"enabled_at": (ordering or {}).get("enabled_at"), "tab": (ordering or {}).get("tab"),
                      "note": None if ordering else ordering_note},
         "tail_yield": {**{k: phases.get(k) for k in ("before", "after", "unknown")},

@@ -72,6 +72,16 @@ def test_the_first_card_says_when_the_ranking_is_no_better_than_random():
     assert "no better than random" not in _cards(_summary({**held, "better_than_random": True}))
 
 
+def test_the_first_card_says_when_the_model_is_weak_and_what_would_help():
+    weak = {"verdict": "weak", "heldout_accuracy": 0.2, "majority_rate": 0.3,
+            "message": "The features do not separate the classes well: ... What would help: 80 more labels."}
+    page = _cards({**_summary({"status": "ready"}), "reliability": weak})
+    first = page.split('<div class="card">')[1]
+    assert "Weak model: The features do not separate the classes well" in first and "80 more labels" in first
+    for fine in ({**weak, "verdict": "ok"}, None, "not a dict"):
+        assert "Weak model" not in _cards({**_summary({"status": "ready"}), "reliability": fine})
+
+
 class FakeHeldOut:
     """The held-out evaluation's state as backend/heldout.HeldOut answers it, recording requests."""
 
