@@ -12,8 +12,12 @@ classifier is wrong, and a wrong pre-tick gets saved by an annotator who submits
 `fit_prefill` estimates by stratified cross-validation on the labeled rows, for each class k, the
 held-out precision of "predicted k with confidence >= t". Class k is pre-filled only at the lowest t
 of `THRESHOLDS` where that precision is >= `MIN_PRECISION` over >= `MIN_SUPPORT` held-out predictions,
-beyond chance (`PREFILL_CHANCE`); otherwise never. The same held-out predictions give the `separation`
-verdict: held-out accuracy against the rate of always answering the most common class. Features
+its one-sided 95 % lower confidence bound (Wilson) is >= `MIN_PRECISION_LOWER`, and so many right
+answers are beyond chance (`PREFILL_CHANCE`); otherwise never. The bound matters: 5 of 5 right is
+precision 100 % and happens with a true precision of 60 %; on newcomer images (docs/quality.md) the
+point rule pre-ticked pool tasks at 41-83 % accuracy. The same held-out predictions give the
+`separation` verdict: held-out accuracy against the rate of always answering the most common class;
+when the features do not separate the classes, nothing is pre-filled at all. Features
 learned from these very labels (a CNN trained on them) must be cross-validated with a featurizer
 trained without each fold (`fold_features`): otherwise memorised rows look separable.
 
@@ -47,6 +51,8 @@ THRESHOLDS = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)  # task confidences trie
 MIN_PRECISION = 0.9     # held-out precision a pre-filled class needs
 MIN_SUPPORT = 5         # held-out predictions of the class at that threshold
 PREFILL_CHANCE = 0.01   # ... and so many right must be improbable for chance hits at the class's share
+MIN_PRECISION_LOWER = 0.8  # ... and the precision's one-sided 95 % lower bound (Wilson) at least this
+LOWER_BOUND_Z = 1.645      # one-sided 95 %
 DEFAULT_FOLDS = 5
 MIN_ROWS = 10           # fewer labeled rows: nothing can be checked, nothing is pre-filled
 MAX_CV_ROWS = 3000      # cross-validation on a stratified subsample beyond this (cost bound)
@@ -303,14 +309,24 @@ class PrefillAssessment:
         return np.asarray([c.threshold if c.prefill else np.inf for c in self.classes], np.float64)
 
 
+def wilson_lower(right: int, n: int, z: float = LOWER_BOUND_Z) -> float:
+    """The Wilson score interval's lower end for `right` successes in `n` trials (0 for n = 0)."""
+    if n <= 0:
+        return 0.0
+    p, z2 = right / n, z * z
+    return float((p + z2 / (2 * n) - z * np.sqrt(p * (1 - p) / n + z2 / (4 * n * n))) / (1 + z2 / n))
+
+
 def class_reliability(labels, proba: np.ndarray, eligible: Iterable[int] | None = None,
                       thresholds: Sequence[float] = THRESHOLDS, min_precision: float = MIN_PRECISION,
-                      min_support: int = MIN_SUPPORT, alpha: float = PREFILL_CHANCE) -> tuple[ClassReliability, ...]:
+                      min_support: int = MIN_SUPPORT, alpha: float = PREFILL_CHANCE,
+                      min_lower: float = MIN_PRECISION_LOWER) -> tuple[ClassReliability, ...]:
     """One `ClassReliability` per column of the held-out `proba`. `eligible`: the classes that may be
     pre-filled (default all; e.g. not a detection project's background class).
 
     Class k is pre-filled at the lowest threshold t where the held-out predictions "k with confidence
-    >= t" number >= min_support, are right >= min_precision of the time, and so many right answers
+    >= t" number >= min_support, are right >= min_precision of the time with a lower confidence bound
+    >= min_lower (wilson_lower: 12 of 12 right gives 0.82, 5 of 5 only 0.65), and so many right answers
     are improbable (P < alpha) for guesses that hit k as often as k occurs in the labels: with several
     thresholds tried, 5 of 5 right happens by chance for a class of half the labels (P = 3 %)."""
     y = np.asarray(labels, np.int64)
@@ -336,7 +352,7 @@ def class_reliability(labels, proba: np.ndarray, eligible: Iterable[int] | None 
             chance = 1.0 - binomial_cdf(right - 1, support, share) if 0 < share < 1 else 1.0
             if best is None or precision > best[1]:
                 best = (float(t), precision, support, chance)
-            if precision >= min_precision and chance < alpha:
+            if precision >= min_precision and chance < alpha and wilson_lower(right, support) >= min_lower:
                 chosen = (float(t), precision, support)
                 break
         if chosen:
@@ -349,11 +365,17 @@ def class_reliability(labels, proba: np.ndarray, eligible: Iterable[int] | None 
             s = int((top == k).sum())
             out.append(ClassReliability(False, None, None, s, labeled, f"only {s} held-out prediction(s) of it "
                                                                        f"(needs {min_support})"))
-        elif best[1] >= min_precision:
+        elif best[1] >= min_precision and best[3] >= alpha:
             t, p, s, _ = best
             out.append(ClassReliability(False, None, p, s, labeled, f"held-out precision {p:.0%} on only {s} "
                                                                      f"predictions: not beyond chance for a class of "
                                                                      f"{share:.0%} of the labels"))
+        elif best[1] >= min_precision:
+            t, p, s, _ = best
+            out.append(ClassReliability(False, None, p, s, labeled, f"held-out precision {p:.0%} on only {s} "
+                                                                     f"predictions: its 95 % lower bound "
+                                                                     f"{wilson_lower(round(p * s), s):.0%} is below "
+                                                                     f"{min_lower:.0%} (needs more labels)"))
         else:
             t, p, s, _ = best
             out.append(ClassReliability(False, None, p, s, labeled, f"held-out precision {p:.0%} at best (on {s} "
@@ -407,6 +429,12 @@ def fit_prefill(features, labels, num_classes: int, *, seed: int = 0, folds: int
     verdicts = class_reliability(y[rows], proba, eligible, thresholds, min_precision, min_support)
     if len(rows) < len(y):  # the labeled count of each class, not of the subsample
         verdicts = tuple(dataclasses.replace(v, labeled=int((y == c).sum())) for c, v in enumerate(verdicts))
-    assessment = PrefillAssessment(verdicts, separation(y[rows], proba), k, len(rows), min_precision, min_support)
+    separated = separation(y[rows], proba)
+    if not separated.separated:  # a weak model pre-ticks nothing, whatever one class's few predictions say
+        why = (f"the features do not separate the classes (held-out accuracy {separated.accuracy:.0%} against "
+               f"{separated.majority_rate:.0%} for the most common class)")
+        verdicts = tuple(dataclasses.replace(v, prefill=False, threshold=None, reason=why) if v.prefill else v
+                         for v in verdicts)
+    assessment = PrefillAssessment(verdicts, separated, k, len(rows), min_precision, min_support)
     clf.thresholds_ = assessment.thresholds
     return clf, assessment

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mcm_core.prefill import (PrefillClassifier, class_reliability, cross_validated_proba, fit_prefill, separation,
-                              stratified_folds, stratified_subsample)
+                              stratified_folds, stratified_subsample, wilson_lower)
 
 
 def separable_and_not(n=(60, 40, 40), seed=0):
@@ -51,7 +51,7 @@ def test_a_separable_class_is_prefilled_and_classes_the_features_confuse_never_a
     assert assessment.folds == 5 and assessment.n_rows == len(y)
 
 
-def test_held_out_precision_needs_support_and_must_beat_chance():
+def test_held_out_precision_needs_support_a_lower_bound_and_must_beat_chance():
     # hand-made held-out probabilities: every prediction below is right
     def verdict(labels, predicted, k):
         proba = np.full((len(labels), 2), 0.1)
@@ -63,22 +63,47 @@ def test_held_out_precision_needs_support_and_must_beat_chance():
     assert not four.prefill and "only 4 held-out" in four.reason  # 4 of 4 right: too few
     five = verdict(half, half[:5] + [1] * 15, 0)
     assert not five.prefill and "not beyond chance" in five.reason  # 5 of 5 at a share of 50 %: P = 3 %
-    rare = [0] * 5 + [1] * 45
-    assert verdict(rare, rare, 0).prefill  # 5 of 5 for a class of 10 % of the labels: P = 1e-5
-    eight = verdict(half, half[:8] + [1] * 12, 0)
-    assert eight.prefill and eight.support == 8 and eight.precision == 1.0
-    assert not class_reliability(np.asarray(rare), np.eye(2)[rare], eligible=[1])[0].prefill  # not eligible
+    rare = [0] * 5 + [1] * 95
+    few = verdict(rare, rare, 0)  # 5 of 5 for a class of 5 %: beyond chance, but true precision may be 60 %
+    assert not few.prefill and "lower bound 65% is below 80%" in few.reason
+    many = [0] * 12 + [1] * 88
+    assert verdict(many, many, 0).prefill  # 12 of 12: lower bound 82 %
+    ten = [0] * 10 + [1] * 90
+    assert not verdict(ten, ten, 0).prefill  # 10 of 10: lower bound 78.7 %
+    assert not class_reliability(np.asarray(many), np.eye(2)[many], eligible=[1])[0].prefill  # not eligible
+
+
+def test_wilson_lower_bound_by_hand():
+    assert wilson_lower(0, 0) == 0.0
+    assert wilson_lower(5, 5) == pytest.approx(0.6488, abs=1e-4)
+    assert wilson_lower(12, 12) == pytest.approx(0.8160, abs=1e-4)
+    assert wilson_lower(45, 50) == pytest.approx(0.8085, abs=1e-4)
+    assert wilson_lower(9, 10) < wilson_lower(90, 100) < 0.9
+
+
+def test_a_weak_model_prefills_nothing_even_where_one_class_looks_precise():
+    """Features that do not separate the classes overall: no class is pre-filled, whatever a few of
+    its held-out predictions say (newcomer images: 29 pool tasks pre-ticked at 41 % accuracy)."""
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], 40)
+    x = rng.normal(size=(120, 8)).astype(np.float32)
+    x[:20, 0] += 12.0  # half of class 0 is unmistakable; everything else is noise
+    proba = cross_validated_proba(x, y, 3, folds=5, seed=0)
+    assert class_reliability(y, proba)[0].prefill and not separation(y, proba).separated
+    clf, assessment = fit_prefill(x, y, 3, seed=0)
+    assert not any(c.prefill for c in assessment.classes) and (clf.prefill_labels(x) == -1).all()
+    assert "do not separate the classes" in assessment.classes[0].reason
 
 
 def test_the_threshold_is_the_lowest_confidence_whose_predictions_are_precise():
-    y = np.array([0] * 20 + [1] * 20)
-    confidence = np.concatenate([np.full(10, 0.75), np.full(10, 0.85), np.full(20, 0.75)])
-    predicted = np.array([1] * 10 + [0] * 10 + [0] * 5 + [1] * 15)  # class 0: right only above 0.75
-    proba = np.zeros((40, 2))
-    proba[np.arange(40), predicted] = confidence
-    proba[np.arange(40), 1 - predicted] = 1 - confidence
+    y = np.array([0] * 30 + [1] * 30)
+    confidence = np.concatenate([np.full(15, 0.75), np.full(15, 0.85), np.full(30, 0.75)])
+    predicted = np.array([1] * 15 + [0] * 15 + [0] * 8 + [1] * 22)  # class 0: right only above 0.75
+    proba = np.zeros((60, 2))
+    proba[np.arange(60), predicted] = confidence
+    proba[np.arange(60), 1 - predicted] = 1 - confidence
     zero = class_reliability(y, proba)[0]
-    assert zero.prefill and zero.threshold == 0.8 and zero.support == 10 and zero.precision == 1.0
+    assert zero.prefill and zero.threshold == 0.8 and zero.support == 15 and zero.precision == 1.0
 
 
 def test_features_learned_from_the_labels_are_cross_validated_with_features_learned_without_the_fold():
