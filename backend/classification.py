@@ -16,6 +16,7 @@ from .label_config import LabelConfig
 from .prefill import prefill_labels
 from .ranking import ChoiceResults, Ranking, map_scores
 from .validation import Skipped
+from .weak_order import WEAK_ORDER_SENTENCES, fallback_scores, weak_order
 
 if TYPE_CHECKING:
     from .context import Context
@@ -66,6 +67,10 @@ class Classification:
         """Nothing beyond what every version records."""
         return {}
 
+    def weak_order_sentence(self, settings) -> str | None:
+        """What the tab follows while the model is weak (MCM_WEAK_ORDER), for the reliability message."""
+        return WEAK_ORDER_SENTENCES.get(settings.weak_order)
+
     def score_tasks(self, project_id: int, tasks: Sequence[dict], context: "Context", model, config: LabelConfig,
                     refresh: bool = False) -> tuple[Ranking, dict[int, str]]:
         """(Ranking, {skipped task id: reason}): each task image's score, and the class it pre-ticks."""
@@ -76,5 +81,9 @@ class Classification:
         ids = [k[0] for k in keys]
         features = ingest.features(project_id, keys, model=model)
         scores, labels = score_features(model.miner, features, context.settings.score_transform)
+        order = weak_order(model, context.settings.weak_order)
+        if order is not None:  # the model cannot tell the classes apart: an order that is no worse than random
+            raw = fallback_scores(order, model.miner, features, ids, context.settings.seed)
+            scores = map_scores(raw, 1.0, context.settings.score_transform)
         shown = ChoiceResults.of(ids, prefill_labels(model, features, context.settings))
         return Ranking.build(ids, scores, labels, shown), skipped

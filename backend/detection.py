@@ -120,6 +120,11 @@ class Detection:
         return TrainingRows(rows, cat(y), cat(gt), len(config.classes) + 1, context.boxes.featurizer.kind,
                             miner_options(context.settings), n_tasks=len(labeled.tasks))
 
+    def weak_order_sentence(self, settings) -> str | None:
+        """Detection keeps its box scores while weak (they add uncertainty x novelty until a tail class
+        has a labeled box: the cold start)."""
+        return None
+
     def version_meta(self, settings, config: LabelConfig, miner) -> dict:
         """The candidates and aggregation the version scores with; `cold_start_classes`: tail classes
         without a labeled box yet (box scores add uncertainty x novelty until one has)."""

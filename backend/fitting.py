@@ -62,7 +62,7 @@ def train_project(project_id: int, context: "Context", rescore: bool = True) -> 
     learned = learned_fold_features(project_id, context, rows.keys, rows.y, rows.n_classes) \
         if trained_backbone is not None else None
     prefill, checked = fit_prefill(project_id, context.settings, features, rows, config, kind.label_name, counts,
-                                   learned, previous=state.model)
+                                   learned, previous=state.model, weak_order=kind.weak_order_sentence(context.settings))
     meta = {**version_meta(project_id, labeled, rows, counts, context.settings, tail),
             **kind.version_meta(context.settings, config, miner), **checked}
     previous_labels = int(state.model.meta.get("n_labeled", 0)) if state.model else 0
@@ -147,7 +147,8 @@ def reusable_check(previous: LoadedModel | None, names: list[str], n_labeled: in
 
 
 def fit_prefill(project_id: int, settings: Settings, features: np.ndarray, rows: TrainingRows, config: LabelConfig,
-                label_name: str, counts: collections.Counter, fold_features=None, previous: LoadedModel | None = None):
+                label_name: str, counts: collections.Counter, fold_features=None, previous: LoadedModel | None = None,
+                weak_order: str | None = None):
     """(PrefillClassifier, meta entries "prefill" and "reliability"): the classifier a prediction's
     pre-ticked class comes from, which classes its held-out precision allows (mcm_core.prefill), and
     whether the features separate the classes at all.
@@ -157,7 +158,8 @@ def fit_prefill(project_id: int, settings: Settings, features: np.ndarray, rows:
     without each fold. Rows are grouped by task id, so a detection image's boxes share a fold (its
     jittered copies of a box would otherwise be "held out" beside the original). Outputs beyond the
     config's classes (detection's background) are never pre-filled. `counts`: labeled tasks (boxes)
-    per class name; `label_name`: what they are called ("labels", "boxes")."""
+    per class name; `label_name`: what they are called ("labels", "boxes"); `weak_order`: the sentence
+    saying what the tab follows while the model is weak (the task kind's)."""
     t0 = time.monotonic()
     names = list(config.classes)
     y, groups, n_outputs = rows.y, [k[0] for k in rows.keys], rows.n_classes
@@ -179,7 +181,7 @@ def fit_prefill(project_id: int, settings: Settings, features: np.ndarray, rows:
                 for name, c in zip(names, assessment.classes)}
     prefilled = [name for name, c in verdicts.items() if c["prefill"]]
     reliability = reliability_meta(assessment, [int(counts.get(n, 0)) for n in names], names,
-                                   fold_features is not None, label_name)
+                                   fold_features is not None, label_name, weak_order)
     logger.info("project %s: pre-fill check (%d-fold cross-validation on %d labeled rows, %.1fs): pre-filled %s; "
                 "not pre-filled: %s", project_id, assessment.folds, assessment.n_rows, time.monotonic() - t0,
                 prefilled or "none", "; ".join(f"{n}: {c['reason']}" for n, c in verdicts.items()
@@ -197,11 +199,12 @@ LABELS_PER_CLASS_HINT = 20  # "N more labels": what it takes to give every class
 
 
 def reliability_meta(assessment, counts: list[int], names: list[str], learned_features: bool,
-                     what: str = "labels") -> dict:
+                     what: str = "labels", weak_order: str | None = None) -> dict:
     """meta "reliability": do the features separate the classes (held-out accuracy against the
     majority-class rate), with one sentence saying what would help. `counts`: labeled tasks (boxes)
     of each class; `learned_features`: the features come from a CNN trained on these labels only;
-    `what`: what the labeled objects are called ("labels", "boxes")."""
+    `what`: what the labeled objects are called ("labels", "boxes"); `weak_order`: what the tab
+    follows while the verdict is weak (one sentence, appended to the message)."""
     sep = assessment.separation
     n_labeled = int(sum(counts))
     short = [(n, c) for n, c in zip(names, counts) if c < LABELS_PER_CLASS_HINT]
@@ -218,8 +221,10 @@ def reliability_meta(assessment, counts: list[int], names: list[str], learned_fe
                    f"{sep.majority_rate:.0%} for always answering the most common class.")
     else:
         message = (f"The features do not separate the classes well: held-out accuracy {sep.accuracy:.0%} against "
-                   f"{sep.majority_rate:.0%} for always answering the most common class, so few or no pre-fills are "
-                   f"shown and the mining scores are weak too. What would help: {helps}.")
+                   f"{sep.majority_rate:.0%} for always answering the most common class, so nothing is pre-filled "
+                   f"and the mining scores are weak too. What would help: {helps}.")
+    if not sep.separated and weak_order:
+        message += " " + weak_order
     return {"verdict": "ok" if sep.separated else "weak",
             "heldout_accuracy": None if sep.accuracy is None else round(sep.accuracy, 4),
             "majority_rate": None if sep.majority_rate is None else round(sep.majority_rate, 4),

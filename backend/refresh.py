@@ -74,7 +74,7 @@ def publish_ranking(project_id: int, context: "Context", model, ranking: Ranking
     web process (refresh_project) and in the RQ push job alike. `timings` go into the ledger's record."""
     config = config_from_meta(model.meta)
     urls = {t["id"]: t["data"][config.image_key] for t in context.pool(project_id, config.image_key).tasks()}
-    ranking = queue_order(project_id, ranking, urls, context.ingest, model)
+    ranking = queue_order(project_id, ranking, urls, context.ingest, model, context.settings.weak_order)
     head = max(head_size(context.settings.head_size, new_labels, len(ranking)),
                min(queue_window(model.miner), len(ranking)))  # the whole queue window at once
     held = project_lock(context.settings.project_dir(project_id)) if lock else contextlib.nullcontext()

@@ -38,6 +38,7 @@ from .scoring import predict_tasks
 from .service import Service, current_service
 from .task_kinds import kind_of
 from .validation import HttpError, Skipped
+from .weak_order import weak_order
 
 logger = logging.getLogger(__name__)
 
@@ -239,7 +240,7 @@ def status():
                         "model_version": None, "trained_at": None,
                         "n_labeled": 0, "labeled_per_class": {}, "tail_classes": [], "n_scored": 0,
                         "nothing_to_score": False, "nothing_to_score_message": None,
-                        "prefill": None, "reliability": None, "skipped_items": Skipped().as_dict(),
+                        "prefill": None, "reliability": None, "tab_order": None, "skipped_items": Skipped().as_dict(),
                         "training": False, "last_error": queue.last_error(project_id)})
     context = service.context
     state = context.projects.get(project_id)
@@ -264,6 +265,8 @@ def status():
         "nothing_to_score_message": NOTHING_TO_SCORE_MESSAGE.format(state.model.version) if idle else None,
         # which classes a prediction pre-ticks and why not the others; do the features separate the classes
         "prefill": prefill_summary(state.model, service.settings.prefill), "reliability": meta.get("reliability"),
+        # what the tab's scores follow: the miner's ("score"), or a weak model's fallback (backend/weak_order.py)
+        "tab_order": (weak_order(state.model, service.settings.weak_order) or "score") if state.model else None,
         "skipped_items": state.skipped.as_dict(),  # items read from Label Studio and skipped (validation.Skipped)
         "label_studio_orders_by_other_version": service.maintainer.foreign_version.get(project_id),
         "next_training_in_s": None if wait is None else round(wait, 1),

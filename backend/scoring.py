@@ -17,6 +17,7 @@ from mcm_core.queue import QUEUE_FLOOR
 from .label_config import config_from_meta
 from .ranking import Ranking
 from .task_kinds import kind_of
+from .weak_order import weak_order
 
 
 def score_tasks(project_id: int, tasks: Sequence[dict], context, model,
@@ -31,6 +32,8 @@ def score_new_tasks(project_id: int, tasks: Sequence[dict], context, model) -> t
     """Tasks that arrived after the version's ranking (TASKS_CREATED, a relisting), scored as they
     rank outside the queue window (the window re-forms at the next training)."""
     part, skipped = score_tasks(project_id, tasks, context, model)
+    if weak_order(model, context.settings.weak_order) is not None:  # no queue window: the weak order stands
+        return part, skipped
     return part.rescored(outside_window(part.scores, model.miner)), skipped
 
 
@@ -57,12 +60,14 @@ def predict_tasks(project_id: int, tasks: Sequence[dict], context, model,
     return ranking.predictions(0, len(ranking), config_from_meta(model.meta), model.version), skipped
 
 
-def queue_order(project_id: int, ranking: "Ranking", pool_urls: dict[int, str], ingest, model) -> "Ranking":
+def queue_order(project_id: int, ranking: "Ranking", pool_urls: dict[int, str], ingest, model,
+                weak_setting: str = "miner") -> "Ranking":
     """The ranking a labeling queue should follow (mcm_core.queue): the window of best-scored tasks
     re-ordered so that the labels it brings teach the model the most (tail classes in turn, unlike
-    what is labeled), scored (0.5, 1]; every other task 0.5 x its score, below them."""
+    what is labeled), scored (0.5, 1]; every other task 0.5 x its score, below them. A weak model's
+    order (`weak_setting`: MCM_WEAK_ORDER; backend/weak_order.py) is kept as it is."""
     window = min(queue_window(model.miner), len(ranking))
-    if window == 0:
+    if window == 0 or weak_order(model, weak_setting) is not None:
         return ranking
     top = ranking.task_ids[:window]
     keys = [(int(t), pool_urls[int(t)]) for t in top]

@@ -81,9 +81,15 @@ TABLE: tuple[Setting, ...] = (
             group="Publishing predictions"),
     Setting("MCM_PREFILL", "prefill", str, "auto", "What a prediction pre-ticks. auto: the class of a plain "
             "classifier (softmax, no tail boost) on the same features, only for the classes whose held-out "
-            "precision in the project's own labels is >= 90 % at the task's confidence (cross-validated at each "
-            "training; meta.json and /mcm/status say which and why); other tasks get the score and no choice. "
-            "off: no pre-filled choice or box at all, scores only.", group="Publishing predictions"),
+            "precision in the project's own labels is >= 90 % at the task's confidence (95 % lower bound >= 80 %; "
+            "cross-validated at each training; meta.json and /mcm/status say which and why), and never while the "
+            "model is weak; other tasks get the score and no choice. off: no pre-filled choice or box at all, "
+            "scores only.", group="Publishing predictions"),
+    Setting("MCM_WEAK_ORDER", "weak_order", str, "novelty", "Classification: the tab's order while the reliability "
+            "verdict is weak (the features do not separate the classes, checked at each training). novelty: "
+            "unlabeled tasks least like the labeled examples of the common classes first (the miner's kNN novelty); "
+            "random: a fixed pseudo-random order (the base rate in expectation); miner: the miner's score anyway. "
+            "/mcm/status and the report say which order the tab follows.", group="Publishing predictions"),
     Setting("MCM_PREDICT_CHUNK", "predict_chunk", int, 500, "Predictions per import request (at most 500, Label "
             "Studio's import batch: a refused request then creates nothing).", minimum=1,
             group="Publishing predictions"),
@@ -153,6 +159,7 @@ TABLE: tuple[Setting, ...] = (
 _BY_FIELD = {s.field: s for s in TABLE}
 SCORE_TRANSFORMS = ("linear", "sqrt")
 PREFILL_MODES = ("auto", "off")
+WEAK_ORDERS = ("novelty", "random", "miner")
 BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 # Values docker/.env.example ships for its secrets (and the like): a deployment that kept one is refused.
 PLACEHOLDER_PREFIXES = ("change-me", "changeme", "replace-with")
@@ -206,6 +213,7 @@ class Settings:
     pool_relist_seconds: float = _default("pool_relist_seconds")
     maintain_seconds: float = _default("maintain_seconds")
     prefill: str = _default("prefill")
+    weak_order: str = _default("weak_order")
     predict_chunk: int = _default("predict_chunk")
     allowed_hosts: tuple[str, ...] = _default("allowed_hosts")
     image_max_bytes: int = _default("image_max_bytes")
@@ -237,6 +245,8 @@ class Settings:
                 raise ValueError(f"{setting.env} must be >= {setting.minimum:g}, got {value}")
         if self.prefill not in PREFILL_MODES:
             raise ValueError(f"MCM_PREFILL must be one of {', '.join(PREFILL_MODES)}, got {self.prefill!r}")
+        if self.weak_order not in WEAK_ORDERS:
+            raise ValueError(f"MCM_WEAK_ORDER must be one of {', '.join(WEAK_ORDERS)}, got {self.weak_order!r}")
         if self.score_transform not in SCORE_TRANSFORMS:
             raise ValueError(f"MCM_SCORE_TRANSFORM must be one of {SCORE_TRANSFORMS}, got {self.score_transform!r}")
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):

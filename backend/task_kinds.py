@@ -6,6 +6,7 @@ module asks which kind a project is:
     label_event(task, annotations, config)          -> (label, objects, annotations) | None  (report)
     training_rows(project_id, context, labeled)     -> TrainingRows    what the miner trains on
     version_meta(settings, config, miner)           -> dict            the kind's part of meta.json
+    weak_order_sentence(settings)                   -> str | None      what the tab follows while the model is weak
     score_tasks(project_id, tasks, context, model, config, refresh) -> (Ranking, skipped)
     check_configured(context)                       raises LabelConfigError when the backend lacks what it needs
 and says how it is named (`row_name`, `label_name`) and whether the report's held-out evaluation

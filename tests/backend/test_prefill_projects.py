@@ -7,6 +7,7 @@ import os
 import time
 
 import numpy as np
+import pytest
 
 from backend import fitting
 from backend.annotations import TrainingRows
@@ -14,6 +15,7 @@ from backend.app import create_app, service_of
 from backend.context import Context
 from backend.fitting import train_project
 from backend.label_config import LabelConfig
+from backend.ranking import map_scores
 from backend.scoring import predict_tasks
 from backend.versions import PREFILL_FILE, LoadedModel
 from backend_fakes import LABEL_CONFIG, populate_project, png_bytes
@@ -70,6 +72,32 @@ def test_features_that_cannot_separate_the_classes_prefill_nothing_and_say_why(f
     assert status["model_version"] == version and status["reliability"] == reliability
     assert status["prefill"]["classes"] == [] and "Nothing is pre-ticked" in status["prefill"]["message"]
     assert set(status["prefill"]["not_prefilled"]) == {"zero", "one", "seven"}
+
+
+@pytest.mark.parametrize("order", ["novelty", "random", "miner"])
+def test_a_weak_model_orders_the_tab_by_novelty_or_at_random_instead_of_its_scores(fake_ls, images, make_settings,
+                                                                                   order):
+    """Issue 21: on features that cannot separate the classes the miner's scores ranked the rare images
+    worse than random; MCM_WEAK_ORDER says what the tab follows instead, and the status says so."""
+    truth = _noise_project(fake_ls, images)
+    settings, context, version, pushed = _train(fake_ls, make_settings, weak_order=order)
+    model = context.projects.get(PID).model
+    assert model.meta["reliability"]["verdict"] == "weak"
+    ids = sorted(truth)
+    keys = [(t, fake_ls.tasks[t]["data"]["image"]) for t in ids]
+    features = context.ingest.features(PID, keys, model=model)
+    if order == "novelty":
+        expected = np.sqrt(np.clip(model.miner.novelty_score(features), 0, 1))
+    elif order == "random":
+        expected = np.sqrt([np.random.default_rng([settings.seed, t]).random() for t in ids])
+    else:
+        expected = map_scores(model.miner.score_samples(features), model.miner.score_upper_bound)
+    assert np.allclose([pushed[t]["score"] for t in ids], expected)
+    served, _ = predict_tasks(PID, [{"id": t, "data": fake_ls.tasks[t]["data"]} for t in ids], context, model)
+    assert {p["task"]: p["score"] for p in served} == {t: pushed[t]["score"] for t in ids}  # alone = in the pool
+    status = _status(settings)
+    assert (f"MCM_WEAK_ORDER={order}" in status["reliability"]["message"]) == (order != "miner"), status
+    assert status["tab_order"] == (order if order != "miner" else "score")
 
 
 def test_features_that_separate_the_classes_prefill_right_answers(fake_ls, images, make_settings):

@@ -1,0 +1,43 @@
+"""What the tail-first tab follows while a model is weak: an order no worse than random, not the miner's score.
+
+A version's reliability verdict (backend/fitting.reliability_meta, checked at each training) is `weak`
+when a plain classifier's held-out accuracy on the project's own labels does not beat always answering
+the most common class by a margin. Then the miner's scores rank no better than chance, and on a
+newcomer's images they ranked worse (issue 21: 0 rare images in the first 20, the rare ones at positions
+40-219 of 236). Classification projects then follow MCM_WEAK_ORDER (docs/quality.md has the figures):
+- `novelty`: the miner's calibrated kNN novelty against the labeled examples of the common classes
+  (mcm_core.novelty): the tasks least like what is labeled first;
+- `random`: a fixed pseudo-random order from (MCM_SEED, task id): the base rate in expectation;
+- `miner`: the miner's score anyway.
+Both orders are row-wise, so a task gets the same score alone (/predict, new tasks) or in the pool.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+WEAK_ORDER_SENTENCES = {
+    "novelty": "Until they do, the tail-first tab shows the tasks least like the labeled examples of the common "
+               "classes first (MCM_WEAK_ORDER=novelty), not the model's scores.",
+    "random": "Until they do, the tail-first tab follows a fixed random order (MCM_WEAK_ORDER=random): it finds the "
+              "rare classes at their base rate, no slower.",
+}
+
+
+def weak_order(model, setting: str) -> str | None:
+    """The order the tab follows instead of the miner's score, or None: a version whose reliability
+    verdict is weak (backend/fitting.reliability_meta) follows MCM_WEAK_ORDER unless it is `miner`.
+    Novelty needs the miner's kNN reference (absent when fewer than 2 head rows were labeled)."""
+    reliability = model.meta.get("reliability")
+    if setting == "miner" or not isinstance(reliability, dict) or reliability.get("verdict") != "weak":
+        return None
+    if setting == "novelty" and getattr(model.miner, "novelty_", None) is None:
+        return None
+    return setting
+
+
+def fallback_scores(order: str, miner, features: np.ndarray, task_ids: list[int], seed: int) -> np.ndarray:
+    """Raw scores in [0, 1) of the weak-model order, row by row (a task scores the same alone or in a pool):
+    `novelty`: the miner's calibrated kNN novelty; `random`: a uniform number drawn from (seed, task id)."""
+    if order == "novelty":
+        return np.asarray(miner.novelty_score(features), np.float64)
+    return np.asarray([np.random.default_rng([int(seed), int(t)]).random() for t in task_ids], np.float64)
