@@ -18,6 +18,7 @@ import pytest
 from backend.app import create_app
 from backend.settings import Settings
 from backend_fakes import LABEL_CONFIG, populate_project
+from backend_helpers import app_state, projects_in_memory
 
 PID = 1
 TTL = 300.0
@@ -53,12 +54,12 @@ def recorded(make_settings, fake_ls):
     def build(**overrides):
         calls: list[int] = []
         app = create_app(_settings(make_settings, fake_ls, **overrides), train_fn=calls.append)
-        app.config["MCM_STATE"].connections.clock = Clock()
+        app_state(app).connections.clock = Clock()
         apps.append(app)
         return app, app.test_client(), calls
     yield build
     for app in apps:
-        app.config["MCM_STATE"].close()
+        app_state(app).close()
 
 
 def _project_dirs(settings: Settings) -> list[str]:
@@ -85,10 +86,10 @@ def test_a_project_without_our_ml_backend_gets_4xx_and_nothing_is_pushed(make_se
         status = client.get(f"/mcm/status?project={PID}").json
         assert status["connected"] is False and "no ML backend" in status["reason"]
         assert client.get(f"/versions?project={PID}").json["versions"] == []
-        assert not app.config["MCM_STATE"].maintainer.is_connected(PID)  # the background upkeep skips it too
-        assert app.config["MCM_STATE"].queue.wait_idle(timeout=60)
+        assert not app_state(app).maintainer.is_connected(PID)  # the background upkeep skips it too
+        assert app_state(app).queue.wait_idle(timeout=60)
     finally:
-        app.config["MCM_STATE"].close()
+        app_state(app).close()
     assert fake_ls.predictions == [] and fake_ls.projects[PID]["model_version"] == ""
     assert _project_dirs(settings) == []
 
@@ -98,8 +99,8 @@ def test_fifty_setups_with_made_up_ids_leave_nothing_on_disk_or_in_memory(record
     for pid in range(5000, 5050):
         response = _setup(client, pid)
         assert response.status_code == 200 and response.json["model_version"] == "INITIAL"
-    settings = app.config["MCM_STATE"].settings
-    assert _project_dirs(settings) == [] and app.config["MCM_STATE"].context.projects._projects == {}
+    settings = app_state(app).settings
+    assert _project_dirs(settings) == [] and projects_in_memory(app_state(app).context.projects) == []
     assert fake_ls.ml_queries == []  # /setup never asks Label Studio (Label Studio would wait on itself)
     assert _train(client, 5000).status_code == 404
     assert _project_dirs(settings) == [] and calls == []
@@ -114,15 +115,15 @@ def test_label_studio_connect_flow_setup_first_then_the_ml_backend_row(recorded,
     assert _setup(client, 3).status_code == 200  # Connect: /setup, then Label Studio saves the row
     fake_ls.register_backend(3, "http://127.0.0.1:9090")
     assert _train(client, 3).status_code == 201
-    assert app.config["MCM_STATE"].queue.wait_idle(timeout=10) and calls == [3]
-    record = json.loads(open(os.path.join(app.config["MCM_STATE"].settings.model_dir, "3",
+    assert app_state(app).queue.wait_idle(timeout=10) and calls == [3]
+    record = json.loads(open(os.path.join(app_state(app).settings.model_dir, "3",
                                           "connected.json")).read())
     assert record["verified_by"] == "label-studio"
 
 
 def test_label_studio_is_asked_once_per_ttl_per_project(recorded, fake_ls):
     app, client, calls = recorded()
-    clock = app.config["MCM_STATE"].connections.clock
+    clock = app_state(app).connections.clock
     fake_ls.add_project(PID, LABEL_CONFIG)
     for _ in range(5):
         assert _train(client, PID).status_code == 201
@@ -147,7 +148,7 @@ def test_backend_url_setting_names_which_ml_backend_is_this_one(recorded, fake_l
     refused = _train(client, PID)
     assert refused.status_code == 404 and "MCM_BACKEND_URL=http://mcm:9090" in refused.json["error"]
     assert _train(client, 2).status_code == 201  # the same URL but for the trailing slash
-    assert app.config["MCM_STATE"].queue.wait_idle(timeout=10) and calls == [2]
+    assert app_state(app).queue.wait_idle(timeout=10) and calls == [2]
 
 
 def test_allow_list_is_authoritative_and_label_studio_is_not_asked(recorded, fake_ls):
@@ -158,9 +159,9 @@ def test_allow_list_is_authoritative_and_label_studio_is_not_asked(recorded, fak
     assert _train(client, PID).status_code == 404
     assert _setup(client, 2).status_code == 200
     assert _train(client, 2).status_code == 201 and _train(client, 5).status_code == 201
-    assert app.config["MCM_STATE"].queue.wait_idle(timeout=10) and sorted(calls) == [2, 5]
+    assert app_state(app).queue.wait_idle(timeout=10) and sorted(calls) == [2, 5]
     assert fake_ls.ml_queries == []
-    assert sorted(_project_dirs(app.config["MCM_STATE"].settings)) == ["2", "5"]
+    assert sorted(_project_dirs(app_state(app).settings)) == ["2", "5"]
     with pytest.raises(ValueError, match="MCM_PROJECTS"):
         Settings.from_env({"MCM_PROJECTS": "1,two"})
 
@@ -170,7 +171,7 @@ def test_label_studio_unreachable_verified_projects_work_unverified_get_503(reco
     fake_ls.add_project(PID, LABEL_CONFIG)
     app, client, _ = recorded()
     assert _train(client, PID).status_code == 201  # verified now: recorded in MODEL_DIR/1/connected.json
-    model_dir = app.config["MCM_STATE"].settings.model_dir
+    model_dir = app_state(app).settings.model_dir
     os.makedirs(os.path.join(model_dir, "4"))
     with open(os.path.join(model_dir, "4", "connected.json"), "w") as handle:  # what the old /setup wrote
         json.dump({"project": 4, "label_studio_project": "4.1", "connected_at": "2026-01-01T00:00:00Z"}, handle)
@@ -189,7 +190,7 @@ def test_label_studio_unreachable_verified_projects_work_unverified_get_503(reco
             assert "never verified" in response.json["error"]
             predict = client.post("/predict", json={"project": pid, "tasks": [{"id": 1, "data": {}}]})
             assert predict.status_code == 503
-        assert restarted.config["MCM_STATE"].queue.wait_idle(timeout=10) and calls == [PID]
+        assert app_state(restarted).queue.wait_idle(timeout=10) and calls == [PID]
     assert not os.path.exists(os.path.join(model_dir, "6"))
 
 
@@ -197,10 +198,10 @@ def test_a_project_disconnected_in_label_studio_loses_its_record(recorded, fake_
     fake_ls.add_project(PID, LABEL_CONFIG)
     app, client, _ = recorded()
     assert _train(client, PID).status_code == 201
-    record = os.path.join(app.config["MCM_STATE"].settings.model_dir, str(PID), "connected.json")
+    record = os.path.join(app_state(app).settings.model_dir, str(PID), "connected.json")
     assert os.path.exists(record)
     fake_ls.ml_backends[PID] = []  # the admin removed the model in Settings > Model
-    app.config["MCM_STATE"].connections.clock.now += TTL + 1
+    app_state(app).connections.clock.now += TTL + 1
     assert _train(client, PID).status_code == 404
     assert not os.path.exists(record)  # so a later Label Studio outage does not revive it
 
@@ -222,20 +223,20 @@ def test_non_loopback_clients_without_basic_auth_get_403(make_settings):
             assert _setup(client, 2, environ_base={"REMOTE_ADDR": local}).status_code == 200, local
         assert _setup(client, 2, environ_base={"REMOTE_ADDR": "::ffff:10.1.2.3"}).status_code == 403
     finally:
-        app.config["MCM_STATE"].close()
+        app_state(app).close()
     for overrides, expected in (({"allow_unauthenticated": True}, 200),
                                 ({"basic_auth_user": "ml", "basic_auth_pass": "s3cret"}, 401)):
         app = create_app(make_settings(**overrides))
         try:
             assert _setup(app.test_client(), 2, environ_base=outside).status_code == expected
         finally:
-            app.config["MCM_STATE"].close()
+            app_state(app).close()
     app = create_app(make_settings(basic_auth_user="ml", basic_auth_pass="s3cret"))
     try:
         good = {"Authorization": "Basic " + base64.b64encode(b"ml:s3cret").decode()}
         assert _setup(app.test_client(), 2, environ_base=outside, headers=good).status_code == 200
     finally:
-        app.config["MCM_STATE"].close()
+        app_state(app).close()
 
 
 def test_wsgi_refuses_a_non_loopback_host_without_basic_auth(tmp_path, monkeypatch, caplog):

@@ -26,6 +26,7 @@ from backend.regions import Region, TaskRegions
 from backend.scoring import Ranking
 from backend.settings import Settings
 from backend_fakes import FakeLabelStudio, ImageServer, png_bytes
+from backend_helpers import app_state
 from mcm_core.detection import box_iou
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
@@ -200,7 +201,7 @@ def det_env(tmp_path_factory):
     app = create_app(settings)
     yield {"fake": fake, "images": images, "app": app, "truth": truth, "no_candidates": no_candidates,
            "settings": settings, "labeled": labeled, "pool": pool}
-    app.config["MCM_STATE"].close()
+    app_state(app).close()
     fake.close()
     images.close()
 
@@ -211,7 +212,7 @@ def test_detection_project_trains_on_boxes_and_pushes_regions_tail_first(det_env
     assert client.post("/setup", json={"project": f"{PID}.1", "schema": LABEL_CONFIG}).status_code == 200
     response = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": PID}})
     assert response.status_code == 201
-    assert app.config["MCM_STATE"].queue.wait_idle(timeout=600)
+    assert app_state(app).queue.wait_idle(timeout=600)
     status = client.get(f"/mcm/status?project={PID}").json
     version = status["model_version"]
     assert version and status["last_error"] is None, status
@@ -242,7 +243,7 @@ def test_detection_prefills_only_boxes_of_a_class_whose_held_out_precision_allow
     if client.get(f"/mcm/status?project={PID}").json["model_version"] is None:  # run alone: train first
         assert client.post("/setup", json={"project": f"{PID}.1", "schema": LABEL_CONFIG}).status_code == 200
         client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": PID}})
-        assert app.config["MCM_STATE"].queue.wait_idle(timeout=600)
+        assert app_state(app).queue.wait_idle(timeout=600)
     status = client.get(f"/mcm/status?project={PID}").json
     meta = json.loads((Path(det_env["settings"].project_dir(PID)) / status["model_version"] / "meta.json").read_text())
     reliable = set(meta["prefill"]["prefilled"])
@@ -332,7 +333,7 @@ def test_a_class_without_a_labeled_box_starts_the_cold_start_score(det_env, monk
     client = app.test_client()
     assert client.post("/setup", json={"project": f"{pid}.1", "schema": LABEL_CONFIG}).status_code == 200
     assert client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": pid}}).status_code == 201
-    assert app.config["MCM_STATE"].queue.wait_idle(timeout=600)
+    assert app_state(app).queue.wait_idle(timeout=600)
     status = client.get(f"/mcm/status?project={pid}").json
     assert status["last_error"] is None and status["labeled_per_class"]["0"] == status["labeled_per_class"]["1"] == 0
     meta = json.loads((Path(det_env["settings"].project_dir(pid)) / status["model_version"] / "meta.json").read_text())
@@ -352,7 +353,7 @@ def test_detection_project_needs_a_candidate_source(make_settings):
         assert response.status_code == 400
         assert "MCM_DETECTION_CANDIDATES=label-studio:<model_version>" in response.json["error"]
     finally:
-        app.config["MCM_STATE"].close()
+        app_state(app).close()
     with pytest.raises(ValueError, match="MCM_DETECTION_CANDIDATES must be"):
         make_settings(detection_candidates="yolo")
 
@@ -392,7 +393,7 @@ def test_torchvision_detector_source_trains_on_box_head_features_and_scores_its_
         client = app.test_client()
         assert client.post("/setup", json={"project": f"{PID}.1", "schema": LABEL_CONFIG}).status_code == 200
         assert client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": PID}}).status_code == 201
-        assert app.config["MCM_STATE"].queue.wait_idle(timeout=600)
+        assert app_state(app).queue.wait_idle(timeout=600)
         status = client.get(f"/mcm/status?project={PID}").json
         version = status["model_version"]
         assert version and status["last_error"] is None, status
@@ -412,12 +413,12 @@ def test_torchvision_detector_source_trains_on_box_head_features_and_scores_its_
             [(t, fake.tasks[t]["data"]["image"]) for t in pool])
         assert all(c is not None and len(c) for c in found)  # its detections are the candidates
         # a restarted process loads the version (no trained CNN expected) and answers /predict the same
-        app.config["MCM_STATE"].close()
+        app_state(app).close()
         app = create_app(settings)
         tasks = [{"id": t, "data": fake.tasks[t]["data"]} for t in pool[:2]]
         again = app.test_client().post("/predict", json={"tasks": tasks, "project": f"{PID}.1"}).json["results"]
         assert [r["score"] for r in again] == pytest.approx([mine[t]["score"] for t in pool[:2]], abs=1e-6)
     finally:
-        app.config["MCM_STATE"].close()
+        app_state(app).close()
         fake.close()
         images.close()

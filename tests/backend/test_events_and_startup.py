@@ -10,6 +10,7 @@ import pytest
 from backend.app import create_app
 from backend.context import Context
 from backend_fakes import LABEL_CONFIG
+from backend_helpers import app_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PYTHON = sys.executable
@@ -23,7 +24,7 @@ def recorded(make_settings):
     connected = app.test_client().post("/setup", json={"project": "42.1700000000", "schema": LABEL_CONFIG})
     assert connected.status_code == 200  # Label Studio calls /setup when it connects a project
     yield app, calls
-    app.config["MCM_STATE"].close()
+    app_state(app).close()
 
 
 def test_start_training_schedules_one_training(recorded):
@@ -32,7 +33,7 @@ def test_start_training_schedules_one_training(recorded):
     for _ in range(5):
         response = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 42, "title": "p"}})
         assert response.status_code == 201 and response.json["project"] == 42
-    assert app.config["MCM_STATE"].queue.wait_idle(timeout=10)
+    assert app_state(app).queue.wait_idle(timeout=10)
     assert calls == [42]
 
 
@@ -44,7 +45,7 @@ def test_other_events_are_acknowledged_and_ignored(recorded, action):
     app, calls = recorded
     response = app.test_client().post("/webhook", json={"action": action, "project": {"id": 42}})
     assert response.status_code == 200 and response.json["status"] == "ignored"
-    assert app.config["MCM_STATE"].queue.wait_idle(timeout=5) and calls == []
+    assert app_state(app).queue.wait_idle(timeout=5) and calls == []
 
 
 def test_training_without_label_studio_settings_reports_the_missing_setting(make_settings):
@@ -52,10 +53,10 @@ def test_training_without_label_studio_settings_reports_the_missing_setting(make
     client = app.test_client()
     assert client.post("/setup", json={"project": "3.1", "schema": LABEL_CONFIG}).status_code == 200
     assert client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 3}}).status_code == 201
-    assert app.config["MCM_STATE"].queue.wait_idle(timeout=30)
+    assert app_state(app).queue.wait_idle(timeout=30)
     status = client.get("/mcm/status?project=3").json
     assert "LABEL_STUDIO_URL" in status["last_error"] and status["model_version"] is None
-    app.config["MCM_STATE"].close()
+    app_state(app).close()
 
 
 def test_missing_backbone_weights_stop_start_up_naming_the_file(make_settings, tmp_path):

@@ -19,6 +19,7 @@ from PIL import Image
 from backend.app import create_app
 from backend.versions import ModelStore
 from backend_fakes import LABEL_CONFIG, ImageServer, mnist_by_digit, png_bytes
+from backend_helpers import app_state, projects_in_memory
 
 AUTH = {"Authorization": "Basic " + base64.b64encode(b"ml:s3cret").decode()}
 PID = 1
@@ -68,7 +69,7 @@ def guarded(make_settings):
     settings = make_settings(basic_auth_user="ml", basic_auth_pass="s3cret")
     app = create_app(settings, train_fn=calls.append)
     yield app, calls, settings
-    app.config["MCM_STATE"].close()
+    app_state(app).close()
 
 
 def _connect(client, pid=PID, headers=AUTH):
@@ -85,7 +86,7 @@ def test_webhook_requires_basic_auth_when_it_is_configured(guarded):
     response = client.post("/webhook", json=hook)
     assert response.status_code == 401 and "basic auth" in response.json["error"]
     assert client.post("/webhook", json=hook, headers=AUTH).status_code == 201
-    assert app.config["MCM_STATE"].queue.wait_idle(timeout=10) and calls == [PID]
+    assert app_state(app).queue.wait_idle(timeout=10) and calls == [PID]
 
 
 def test_events_for_projects_never_connected_get_404_and_leave_no_state(guarded):
@@ -108,7 +109,7 @@ def test_events_for_projects_never_connected_get_404_and_leave_no_state(guarded)
     assert calls == []
     assert [t.name for t in threading.enumerate() if t.name not in threads_before and "train" in t.name] == []
     assert not os.path.isdir(settings.model_dir) or os.listdir(settings.model_dir) == []
-    assert app.config["MCM_STATE"].context.projects._projects == {}
+    assert projects_in_memory(app_state(app).context.projects) == []
 
 
 def test_setup_connects_a_project_durably_and_a_bad_config_does_not(guarded, make_settings):
@@ -118,14 +119,14 @@ def test_setup_connects_a_project_durably_and_a_bad_config_does_not(guarded, mak
     assert bad.status_code == 400
     _connect(client, pid=8)
     assert os.path.exists(os.path.join(settings.model_dir, "8", "connected.json"))
-    app.config["MCM_STATE"].close()
+    app_state(app).close()
     restarted = create_app(settings, train_fn=calls.append)  # a new process reads the record from MODEL_DIR
     client = restarted.test_client()
     assert client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 8}},
                        headers=AUTH).status_code == 201
     assert client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 7}},
                        headers=AUTH).status_code == 404
-    assert restarted.config["MCM_STATE"].queue.wait_idle(timeout=10) and calls == [8]
+    assert app_state(restarted).queue.wait_idle(timeout=10) and calls == [8]
 
 
 def test_a_project_with_a_trained_model_counts_as_connected(make_settings, trained_template):
@@ -136,9 +137,9 @@ def test_a_project_with_a_trained_model_counts_as_connected(make_settings, train
     try:
         response = app.test_client().post("/webhook", json={"action": "START_TRAINING", "project": {"id": PID}})
         assert response.status_code == 201
-        assert app.config["MCM_STATE"].queue.wait_idle(timeout=10) and calls == [PID]
+        assert app_state(app).queue.wait_idle(timeout=10) and calls == [PID]
     finally:
-        app.config["MCM_STATE"].close()
+        app_state(app).close()
 
 
 def test_tasks_created_scores_the_tasks_label_studio_has_not_the_payloads_urls(make_settings, fake_ls, images,
@@ -153,7 +154,7 @@ def test_tasks_created_scores_the_tasks_label_studio_has_not_the_payloads_urls(m
         fake_ls.add_task(PID, 10, f"{images.url}/img/11.png")
         app = create_app(settings)
         from backend.refresh import refresh_project
-        refresh_project(PID, app.config["MCM_STATE"].context)  # the model is live, task 10 scored
+        refresh_project(PID, app_state(app).context)  # the model is live, task 10 scored
         fake_ls.add_task(PID, 11, f"{images.url}/img/11.png")
         fake_ls.add_task(2, 21, f"{images.url}/img/11.png")  # another project's task
         trap = f"http://127.0.0.1:{evil.port}\\@127.0.0.1:{fake_ls.port}/data/upload/x.png"
@@ -161,8 +162,8 @@ def test_tasks_created_scores_the_tasks_label_studio_has_not_the_payloads_urls(m
                    "tasks": [{"id": tid, "data": {"image": trap}} for tid in (11, 21, 99)]}
         response = app.test_client().post("/webhook", json=payload)
         assert response.status_code == 202
-        app.config["MCM_STATE"].scorer.flush(timeout=60)
-        app.config["MCM_STATE"].close()
+        app_state(app).scorer.flush(timeout=60)
+        app_state(app).close()
         assert evil.requests == []
         assert {p["task"] for p in fake_ls.predictions} == {10, 11}
         assert ("GET", "/api/tasks/") in fake_ls.calls
@@ -206,7 +207,7 @@ def test_request_bodies_over_the_limit_get_413(make_settings):
     assert chunked.status_code == 413
     small = client.post("/webhook", json={"action": "PROJECT_UPDATED", "project": {"id": 1}})
     assert small.status_code == 200
-    app.config["MCM_STATE"].close()
+    app_state(app).close()
 
 
 MALFORMED = [
@@ -277,7 +278,7 @@ def test_a_bad_pointer_file_falls_back_to_the_newest_loadable_version(make_setti
         assert status["model_version"] == trained_template["versions"][-1]
         assert "current.json" in status["last_error"]
     finally:
-        app.config["MCM_STATE"].close()
+        app_state(app).close()
 
 
 def test_a_pointer_broken_while_running_keeps_predictions_coming(make_settings, trained_template, images):
@@ -296,7 +297,7 @@ def test_a_pointer_broken_while_running_keeps_predictions_coming(make_settings, 
         assert response.json["results"][0]["model_version"] == trained_template["versions"][-1]
         assert "current.json" in client.get(f"/mcm/status?project={PID}").json["last_error"]
     finally:
-        app.config["MCM_STATE"].close()
+        app_state(app).close()
 
 
 def test_a_full_disk_costs_the_feature_cache_not_the_predictions(make_settings, trained_template, images,
@@ -325,7 +326,7 @@ def test_a_full_disk_costs_the_feature_cache_not_the_predictions(make_settings, 
         assert all(r and r["model_version"] for r in results)  # the uncached task too, and the cached ones
         assert [r["score"] for r in results[:2]] == pytest.approx([r["score"] for r in first], abs=1e-6)
     finally:
-        app.config["MCM_STATE"].close()
+        app_state(app).close()
 
 
 # --- property-based fuzzing of the HTTP boundary ----------------------------------------------------------
@@ -382,4 +383,4 @@ def test_fuzzed_requests_never_get_a_5xx_and_the_server_stays_healthy(make_setti
         predict = client.post("/predict", json={"project": "1.1", "tasks": []}, headers=AUTH)
         assert predict.status_code == 200 and predict.json["model_version"] == trained_template["versions"][-1]
     finally:
-        app.config["MCM_STATE"].close()
+        app_state(app).close()

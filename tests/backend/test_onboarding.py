@@ -23,6 +23,7 @@ from backend.publishing import Publisher
 from backend.scoring import Ranking
 from backend.tabs import ENABLED_AT_KEY, VIEW_ORDERING, VIEW_TITLE
 from backend_fakes import LABEL_CONFIG
+from backend_helpers import app_state, projects_in_memory
 
 PID = 4
 CONFIG = parse_label_config(LABEL_CONFIG)
@@ -60,7 +61,7 @@ def connect(make_settings, fake_ls):
         settings = make_settings(label_studio_url=fake_ls.url, label_studio_api_key=fake_ls.legacy_token,
                                  **overrides)
         app = create_app(settings, train_fn=calls.append)
-        state = app.config["MCM_STATE"]
+        state = app_state(app)
         clock = Clock()
         state.first_training.clock = clock
         state.first_training.delays = DELAYS
@@ -129,7 +130,7 @@ def test_made_up_ids_start_nothing_leave_nothing_and_stay_bounded(connect, fake_
     assert len(fake_ls.ml_queries) <= onboarding.MAX_PENDING * len(DELAYS)
     model_dir = state.settings.model_dir
     assert not os.path.isdir(model_dir) or os.listdir(model_dir) == []
-    assert state.context.projects._projects == {}
+    assert projects_in_memory(state.context.projects) == []
 
 
 def test_predict_without_a_model_trains_first_and_says_so(connect, fake_ls):

@@ -16,6 +16,7 @@ from backend.label_config import LabelConfig
 from backend.scoring import predict_tasks
 from backend.versions import PREFILL_FILE, LoadedModel
 from backend_fakes import LABEL_CONFIG, populate_project, png_bytes
+from backend_helpers import app_state
 
 PID = 4
 
@@ -51,7 +52,7 @@ def _status(settings) -> dict:
     try:
         return app.test_client().get(f"/mcm/status?project={PID}").json
     finally:
-        app.config["MCM_STATE"].close()
+        app_state(app).close()
 
 
 def test_features_that_cannot_separate_the_classes_prefill_nothing_and_say_why(fake_ls, images, make_settings):

@@ -19,6 +19,7 @@ from backend.label_config import LabelConfig
 from backend.report import LabelEvent
 from backend.report_source import ORDERING_FILE, Report, read_enabled_at, remember_enabled_at
 from backend.validation import Skipped
+from backend_helpers import app_state
 
 PNG = b"\x89PNG\r\n\x1a\n"
 MATH = r"rare $\frac{1}{$"  # an unbalanced mathtext expression: matplotlib raised on it
@@ -214,8 +215,8 @@ def served(fake_ls, images, make_settings):
     app = create_app(make_settings(label_studio_url=fake_ls.url, label_studio_api_key=fake_ls.legacy_token))
     client = app.test_client()
     assert client.post("/setup", json={"project": "3.1", "schema": config}).status_code == 200
-    yield client, app.config["MCM_STATE"]
-    app.config["MCM_STATE"].close()
+    yield client, app_state(app)
+    app_state(app).close()
 
 
 def test_report_answers_with_a_dollar_class_name_and_a_year_one_tab_date(served, caplog):

@@ -18,6 +18,7 @@ from backend import report
 from backend.app import create_app
 from backend.settings import Settings
 from backend_fakes import LABEL_CONFIG, FakeLabelStudio, ImageServer, mnist_by_digit, png_bytes, populate_project
+from backend_helpers import app_state
 
 PID = 1
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
@@ -43,11 +44,11 @@ def env(tmp_path_factory):
     client = app.test_client()
     assert client.post("/setup", json={"project": f"{PID}.1", "schema": LABEL_CONFIG}).status_code == 200
     assert client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": PID}}).status_code == 201
-    assert app.config["MCM_STATE"].queue.wait_idle(timeout=300)
+    assert app_state(app).queue.wait_idle(timeout=300)
     state = {"fake": fake, "images": images, "truth": truth, "settings": settings, "app": app, "enabled": enabled,
              "labeled": labeled}
     yield state
-    state["app"].config["MCM_STATE"].close()
+    app_state(state["app"]).close()
     fake.close()
     images.close()
 
@@ -107,7 +108,7 @@ def test_the_backend_remembers_when_ordering_was_enabled(env):
     assert read_enabled_at(project_dir)["enabled_at"] == env["enabled"]
     views, env["fake"].views = env["fake"].views, []  # a person edited the tab in the UI: the key is gone
     try:
-        client = env["app"].config["MCM_STATE"].context.client()
+        client = app_state(env["app"]).context.client()
         assert remember_enabled_at(client, PID, project_dir)["enabled_at"] == env["enabled"]
         os.remove(os.path.join(project_dir, "ordering.json"))
         assert remember_enabled_at(client, PID, project_dir) is None
@@ -138,7 +139,7 @@ def test_heldout_evaluation_runs_in_the_background_and_sets_the_likely_tail_coun
     assert sum(held["calibration"]["n"]) == 65 and sum(held["calibration"]["n_tail"]) == 5
     assert held["pool_evaluated"] == len(env["truth"]) and pool["threshold_score"] == threshold
     if threshold is not None:
-        ids, scores = env["app"].config["MCM_STATE"].heldout.read_pool(PID, summary["model_version"])
+        ids, scores = app_state(env["app"]).heldout.read_pool(PID, summary["model_version"])
         assert sorted(ids.tolist()) == sorted(env["truth"])
         assert pool["likely_tail_left"] == int((scores >= threshold).sum())
         pushed = sorted((p["score"] for p in env["fake"].predictions
@@ -215,14 +216,14 @@ def test_basic_auth_and_label_studio_down(env, tmp_path):
         good = {"Authorization": "Basic " + base64.b64encode(b"ml:s3cret").decode()}
         assert client.get(f"/mcm/report?project={PID}&format=json", headers=good).status_code == 200
     finally:
-        app.config["MCM_STATE"].close()
+        app_state(app).close()
     with socket_port() as dead:
         app = create_app(Settings(**{**env["settings"].__dict__, "label_studio_url": dead}))
         try:
             down = app.test_client().get(f"/mcm/report?project={PID}")
             assert down.status_code == 502 and "cannot read project 1 from Label Studio" in down.json["error"]
         finally:
-            app.config["MCM_STATE"].close()
+            app_state(app).close()
 
 
 def test_admin_report_writes_the_figures_and_summary_from_the_backend(env, tmp_path, capsys, monkeypatch):

@@ -30,6 +30,7 @@ from backend.versions import ModelStore
 from backend.context import Context
 from backend.settings import Settings
 from backend_fakes import LABEL_CONFIG, FakeLabelStudio, populate_project
+from backend_helpers import app_state
 
 REDIS_URL = os.environ.get("MCM_TEST_REDIS_URL")
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,12 +112,12 @@ def cluster(tmp_path, images):
         connected = app.test_client().post("/setup", json={"project": f"{PID}.1", "schema": LABEL_CONFIG})
         assert connected.status_code == 200  # Label Studio calls /setup when it connects the project
         return {"fake": fake, "truth": truth, "settings": settings, "workers": workers, "app": app,
-                "client": app.test_client(), "queue": app.config["MCM_STATE"].queue}
+                "client": app.test_client(), "queue": app_state(app).queue}
 
     state: dict = {}
     yield build
     if "app" in state:
-        state["app"].config["MCM_STATE"].close()
+        app_state(state["app"]).close()
     if "workers" in state:
         state["workers"].close()
     for fake in fakes:

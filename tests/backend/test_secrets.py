@@ -21,6 +21,7 @@ from backend import labelstudio
 from backend.app import create_app
 from backend.labelstudio import LabelStudioError, describe_error, traceback_is_safe
 from backend.pacing import TrainingQueue
+from backend_helpers import app_state
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = sorted((ROOT / "scripts").glob("*.sh"))
@@ -94,7 +95,7 @@ def test_the_report_502_carries_the_status_not_label_studios_headers(make_settin
     settings = make_settings(label_studio_url=fake_ls.url, label_studio_api_key=fake_ls.legacy_token)
     app = create_app(settings, train_fn=lambda project_id: None)
     try:
-        state = app.config["MCM_STATE"]
+        state = app_state(app)
         monkeypatch.setattr(state, "require_connected", lambda project_id: None)  # connection: tested elsewhere
 
         def failing(project_id):
@@ -108,7 +109,7 @@ def test_the_report_502_carries_the_status_not_label_studios_headers(make_settin
         _no_headers(error)
         assert "headers" not in error and "content-type" not in error
     finally:
-        app.config["MCM_STATE"].close()
+        app_state(app).close()
 
 
 def test_an_unexpected_error_answers_and_logs_without_label_studios_headers(make_settings, fake_ls, monkeypatch,
@@ -117,7 +118,7 @@ def test_an_unexpected_error_answers_and_logs_without_label_studios_headers(make
     settings = make_settings(label_studio_url=fake_ls.url, label_studio_api_key=fake_ls.legacy_token)
     app = create_app(settings, train_fn=lambda project_id: None)
     try:
-        state = app.config["MCM_STATE"]
+        state = app_state(app)
 
         def failing(project_id):
             raise _api_error(401, {"detail": "token expired"})
@@ -128,7 +129,7 @@ def test_an_unexpected_error_answers_and_logs_without_label_studios_headers(make
         _no_headers(response.json["error"])
         _no_headers(caplog.text)
     finally:
-        app.config["MCM_STATE"].close()
+        app_state(app).close()
 
 
 # --- scripts: no secret in argv, secret files private from their creation -------------------------------
