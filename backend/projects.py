@@ -65,7 +65,13 @@ class Projects:
                     self._load(state, store, mtime)
         return state
 
+    def in_memory(self) -> list[int]:
+        """The projects this process keeps state for (a project never acted on has none: security.md)."""
+        with self._lock:
+            return sorted(self._projects)
+
     def known(self) -> list[int]:
+        """The projects with a trained version on disk."""
         if not os.path.isdir(self.model_dir):
             return []
         return sorted(int(d) for d in os.listdir(self.model_dir)

@@ -4,7 +4,8 @@
 # log in, open the "Tail classes first" tab, "Label Tasks As Displayed" and label at a person's
 # pace while the backend retrains; every submission must be saved (issue 9). An object detection
 # project's tab is worked the same way, its pre-filled boxes accepted (test_detection_session.py).
-# Servers, state dir and clean-up are scripts/e2e.sh's (run with MCM_STAGE=browser); screenshots
+# Servers, state dir, clean-up and the test order (file order: -p no:randomly) are scripts/e2e.sh's
+# (run with MCM_STAGE=browser); screenshots
 # and page HTML go to <state dir>/browser/, the figures to <state dir>/browser_metrics.json.
 #
 # Usage: bash scripts/browser.sh [extra pytest args]

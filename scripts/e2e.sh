@@ -62,7 +62,8 @@ export MCM_E2E_LS_URL="$LABEL_STUDIO_URL" MCM_E2E_LS_API_KEY="$LABEL_STUDIO_API_
   MCM_E2E_LS_USER="$MCM_LS_USER_SAVED" MCM_E2E_LS_PASSWORD="$MCM_LS_PASSWORD_SAVED"
 
 set +e
-"$PY" -m pytest "tests/$STAGE" -m "$STAGE" -p no:cacheprovider -q "$@"
+# -p no:randomly: the e2e and browser flows are ordered (each test continues the previous one's project).
+"$PY" -m pytest "tests/$STAGE" -m "$STAGE" -p no:cacheprovider -p no:randomly -q "$@"
 rc=$?
 set -e
 exit "$rc"

@@ -36,8 +36,12 @@ trap cleanup EXIT
 for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
 export MCM_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
 
-echo "[test] stage 1: unit, backend and scale-out tests"
-"$PY" -m pytest -m "not e2e and not browser" -q
+# Stage 1 runs in a random order (pytest-randomly): every test must pass alone and after any other.
+# The seed is printed (-q hides pytest-randomly's own header line); MCM_TEST_SEED=N repeats an order.
+SEED="${MCM_TEST_SEED:-$RANDOM}"
+echo "[test] stage 1: unit, backend and scale-out tests in random order, seed $SEED" \
+  "(this order again: MCM_TEST_SEED=$SEED bash scripts/test.sh, or pytest -p randomly --randomly-seed=$SEED)"
+"$PY" -m pytest -m "not e2e and not browser" -q -p randomly --randomly-seed="$SEED"
 
 # The e2e flow runs on PostgreSQL, the deployment's database (docker/docker-compose.yml); the browser
 # stage on SQLite, the quickstart's. MCM_TEST_E2E_DBS="sqlite postgresql" runs the e2e flow on both

@@ -77,8 +77,10 @@ class FakeLabelStudio(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def fake_ls():
-    FakeLabelStudio.ml_backends, FakeLabelStudio.versions, FakeLabelStudio.project = [], [], {}
+def fake_ls(monkeypatch):
+    """The fake's class-level answers start empty and are restored after the test (they are class attributes)."""
+    for name, empty in (("ml_backends", []), ("versions", []), ("project", {})):
+        monkeypatch.setattr(FakeLabelStudio, name, empty)
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeLabelStudio)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

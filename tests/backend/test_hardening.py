@@ -108,7 +108,7 @@ def test_events_for_projects_never_connected_get_404_and_leave_no_state(guarded)
     assert calls == []
     assert [t.name for t in threading.enumerate() if t.name not in threads_before and "train" in t.name] == []
     assert not os.path.isdir(settings.model_dir) or os.listdir(settings.model_dir) == []
-    assert service_of(app).context.projects._projects == {}
+    assert service_of(app).context.projects.in_memory() == []
 
 
 def test_setup_connects_a_project_durably_and_a_bad_config_does_not(guarded, make_settings):

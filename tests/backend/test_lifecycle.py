@@ -16,6 +16,7 @@ from backend.publishing import Publisher, head_size
 from backend.ranking import Ranking
 from backend.pacing import ready_at
 from backend_fakes import LABEL_CONFIG
+from backend_helpers import ShiftedClock
 
 PID = 5
 CONFIG = parse_label_config(LABEL_CONFIG)
@@ -98,7 +99,7 @@ def test_an_open_task_survives_retrains_within_the_grace_period_and_old_versions
     assert all(publisher.ledger.read()["versions"][version(n)].get("retired_at") for n in range(1, 6))
 
 
-def test_retirement_works_in_budgets_and_resumes(world):
+def test_retirement_works_in_budgets_and_resumes(world, monkeypatch):
     fake, publisher, clock = world
     publisher.publish(version(1), ranking(1), head=30)
     publisher.publish(version(2), ranking(2), head=5)
@@ -113,12 +114,9 @@ def test_retirement_works_in_budgets_and_resumes(world):
         return slow
 
     import backend.publishing as publishing
-    real = publishing.labelstudio.delete_prediction
-    publishing.labelstudio.delete_prediction = ticking_clock_budget()
-    try:
+    with monkeypatch.context() as patched:  # restored before the unbudgeted retire below
+        patched.setattr(publishing.labelstudio, "delete_prediction", ticking_clock_budget())
         first = publisher.retire(GRACE, max_seconds=10)
-    finally:
-        publishing.labelstudio.delete_prediction = real
     assert 0 < first < 30 and len(rows(fake, version(1))) == 30 - first
     assert not publisher.ledger.read()["versions"][version(1)].get("retired_at")
     assert publisher.retire(GRACE) == 30 - first
@@ -238,7 +236,7 @@ def test_pacing_rules(pending, last_event, last_start, expected):
 def test_maintainer_publishes_a_model_the_crash_left_unpublished_and_keeps_label_studio_in_line(
         fake_ls, images, make_settings):
     from backend.fitting import train_project
-    from backend.maintainer import Maintainer
+    from backend.maintainer import CHECK_LABEL_STUDIO_SECONDS, Maintainer
     from backend.context import Context
     from backend_fakes import populate_project
 
@@ -249,20 +247,21 @@ def test_maintainer_publishes_a_model_the_crash_left_unpublished_and_keeps_label
     assert fake_ls.projects[PID]["model_version"] == "" and not fake_ls.predictions
 
     restarted = Context(settings)  # a new process finds the saved model...
-    maintainer = Maintainer(restarted, is_busy=lambda project_id: False)
+    clock = ShiftedClock()
+    maintainer = Maintainer(restarted, is_busy=lambda project_id: False, clock=clock)
     maintainer.maintain(PID)       # ...and its first upkeep pass publishes it
     assert fake_ls.projects[PID]["model_version"] == version
     assert {p["task"] for p in fake_ls.predictions if p["model_version"] == version} == set(truth)
 
     # Label Studio reset model_version to the backend's title (it does so on connect): switched back.
     fake_ls.projects[PID]["model_version"] = "Minority-class mining"
-    maintainer._checked_at.clear()
+    clock.advance(CHECK_LABEL_STUDIO_SECONDS)  # Label Studio is asked again
     maintainer.maintain(PID)
     assert fake_ls.projects[PID]["model_version"] == version
 
     # Another model's version chosen by the team is left alone, and reported.
     fake_ls.projects[PID]["model_version"] = "yolo-v8"
-    maintainer._checked_at.clear()
+    clock.advance(CHECK_LABEL_STUDIO_SECONDS)  # Label Studio is asked again
     maintainer.maintain(PID)
     assert fake_ls.projects[PID]["model_version"] == "yolo-v8" and maintainer.foreign_version[PID] == "yolo-v8"
 

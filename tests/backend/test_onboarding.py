@@ -130,7 +130,7 @@ def test_made_up_ids_start_nothing_leave_nothing_and_stay_bounded(connect, fake_
     assert len(fake_ls.ml_queries) <= onboarding.MAX_PENDING * len(DELAYS)
     model_dir = state.settings.model_dir
     assert not os.path.isdir(model_dir) or os.listdir(model_dir) == []
-    assert state.context.projects._projects == {}
+    assert state.context.projects.in_memory() == []
 
 
 def test_predict_without_a_model_trains_first_and_says_so(connect, fake_ls):

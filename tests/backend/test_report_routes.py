@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import os
 import re
-import time
 
 import pytest
 
@@ -18,6 +17,7 @@ from backend.report import stats as report
 from backend.app import create_app, service_of
 from backend.settings import Settings
 from backend_fakes import LABEL_CONFIG, FakeLabelStudio, ImageServer, mnist_by_digit, png_bytes, populate_project
+from backend_helpers import wait_until
 
 PID = 1
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
@@ -63,13 +63,10 @@ def _report_json(env, pid=PID) -> dict:
 
 
 def _wait_heldout(env, timeout: float = 420.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def finished() -> dict | None:
         summary = _report_json(env)
-        if summary["heldout"]["status"] not in ("queued", "computing"):
-            return summary
-        time.sleep(2)
-    pytest.fail(f"the held-out evaluation did not finish within {timeout}s: {summary['heldout']}")
+        return None if summary["heldout"]["status"] in ("queued", "computing") else summary
+    return wait_until(finished, timeout, "the held-out evaluation finishing", interval=2)
 
 
 def test_report_numbers_agree_with_the_status_and_the_hand_computed_timeline(env):
@@ -104,6 +101,7 @@ def test_the_backend_remembers_when_ordering_was_enabled(env):
     from backend.report.source import read_enabled_at, remember_enabled_at
 
     project_dir = env["settings"].project_dir(PID)
+    _report_json(env)  # the report reads the Data Manager tabs: the backend sees the tab's key once
     assert read_enabled_at(project_dir)["enabled_at"] == env["enabled"]
     views, env["fake"].views = env["fake"].views, []  # a person edited the tab in the UI: the key is gone
     try:
@@ -146,10 +144,11 @@ def test_heldout_evaluation_runs_in_the_background_and_sets_the_likely_tail_coun
         if pool["likely_tail_left"]:
             assert pool["queue_score_at_likely"] == pytest.approx(pushed[pool["likely_tail_left"] - 1])
     assert {name: v["status"] for name, v in summary["figures"].items()} == {name: "ok" for name in FIGURES}
-    env["summary"] = summary
 
 
 def test_page_inlines_every_figure_without_scripts(env):
+    summary = _wait_heldout(env)  # the page shows the held-out AUC-PR once it is ready
+    assert summary["heldout"]["status"] == "ready", summary["heldout"]
     response = _get(env, f"/mcm/report?project={PID}")
     assert response.status_code == 200 and response.mimetype == "text/html"
     assert "default-src 'none'" in response.headers["Content-Security-Policy"]
@@ -159,7 +158,7 @@ def test_page_inlines_every_figure_without_scripts(env):
     assert all(base64.b64decode(data).startswith(PNG) for data in images)
     assert "<script" not in page.lower()
     assert f"project {PID}" in page and "seven" in page and "Held-out AUC-PR" in page
-    assert f"{env['summary']['heldout']['auc_pr']:.3f}" in page
+    assert f"{summary['heldout']['auc_pr']:.3f}" in page
 
 
 @pytest.mark.parametrize("name", FIGURES)
@@ -181,28 +180,35 @@ def test_bad_requests_get_clear_errors_and_keep_no_state(env):
     assert not os.path.exists(os.path.join(env["settings"].model_dir, "77"))
 
 
-def test_too_little_data_draws_messages_and_escapes_label_studio_text(env):
-    fake, client = env["fake"], env["app"].test_client()
-    config = LABEL_CONFIG.replace('<Choice value="zero"/><Choice value="one"/><Choice value="seven"/>',
-                                  '<Choice value="&lt;b&gt;bold&lt;/b&gt;"/><Choice value="plain"/>')
-    fake.add_project(2, config)
-    for i, label in enumerate(("<b>bold</b>", "<b>bold</b>", "plain")):
-        fake.uploads[f"2/{i}.png"] = png_bytes(mnist_by_digit()[1][i])
-        fake.add_task(2, 20000 + i, f"/data/upload/2/{i}.png", label=label)
-    assert client.post("/setup", json={"project": "2.5", "schema": config}).status_code == 200
-    summary = _report_json(env, pid=2)
-    assert summary["model_version"] is None and summary["labeled_per_class"] == {"<b>bold</b>": 2, "plain": 1}
-    assert summary["ordering"]["enabled_at"] is None and "unknown" in summary["ordering"]["note"]
-    assert summary["tail_yield"]["unknown"] == {"n": 3, "n_tail": 0, "share": 0.0}
-    states = {name: v["status"] for name, v in summary["figures"].items()}
-    assert states == {"tail_yield": "too_little_data", "classes": "ok", "precision_recall": "too_little_data",
-                      "pool_scores": "too_little_data", "versions": "too_little_data"}
-    assert "no trained model yet" in summary["figures"]["precision_recall"]["message"]
-    for name in FIGURES:
-        png = client.get(f"/mcm/report/{name}.png?project=2")
-        assert png.status_code == 200 and png.data.startswith(PNG)
-    page = client.get("/mcm/report?project=2").get_data(as_text=True)
-    assert "&lt;b&gt;bold&lt;/b&gt;" in page and "<b>bold</b>" not in page
+def test_too_little_data_draws_messages_and_escapes_label_studio_text(env, fake_ls, tmp_path):
+    # its own Label Studio and app (the module's settings): the module's project stays as it was
+    fake = fake_ls
+    app = create_app(Settings(**{**env["settings"].__dict__, "model_dir": str(tmp_path / "models"),
+                                 "label_studio_url": fake.url, "label_studio_api_key": fake.legacy_token}))
+    try:
+        client, own = app.test_client(), {"app": app}
+        config = LABEL_CONFIG.replace('<Choice value="zero"/><Choice value="one"/><Choice value="seven"/>',
+                                      '<Choice value="&lt;b&gt;bold&lt;/b&gt;"/><Choice value="plain"/>')
+        fake.add_project(2, config)
+        for i, label in enumerate(("<b>bold</b>", "<b>bold</b>", "plain")):
+            fake.uploads[f"2/{i}.png"] = png_bytes(mnist_by_digit()[1][i])
+            fake.add_task(2, 20000 + i, f"/data/upload/2/{i}.png", label=label)
+        assert client.post("/setup", json={"project": "2.5", "schema": config}).status_code == 200
+        summary = _report_json(own, pid=2)
+        assert summary["model_version"] is None and summary["labeled_per_class"] == {"<b>bold</b>": 2, "plain": 1}
+        assert summary["ordering"]["enabled_at"] is None and "unknown" in summary["ordering"]["note"]
+        assert summary["tail_yield"]["unknown"] == {"n": 3, "n_tail": 0, "share": 0.0}
+        states = {name: v["status"] for name, v in summary["figures"].items()}
+        assert states == {"tail_yield": "too_little_data", "classes": "ok", "precision_recall": "too_little_data",
+                          "pool_scores": "too_little_data", "versions": "too_little_data"}
+        assert "no trained model yet" in summary["figures"]["precision_recall"]["message"]
+        for name in FIGURES:
+            png = client.get(f"/mcm/report/{name}.png?project=2")
+            assert png.status_code == 200 and png.data.startswith(PNG)
+        page = client.get("/mcm/report?project=2").get_data(as_text=True)
+        assert "&lt;b&gt;bold&lt;/b&gt;" in page and "<b>bold</b>" not in page
+    finally:
+        service_of(app).close()
 
 
 def test_basic_auth_and_label_studio_down(env, tmp_path):

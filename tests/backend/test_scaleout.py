@@ -15,7 +15,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from backend.versions import ModelStore
 from backend.context import Context
 from backend.settings import Settings
 from backend_fakes import LABEL_CONFIG, FakeLabelStudio, populate_project
+from backend_helpers import wait_until
 
 REDIS_URL = os.environ.get("MCM_TEST_REDIS_URL")
 ROOT = Path(__file__).resolve().parents[2]
@@ -274,10 +274,8 @@ def test_worker_killed_mid_training_leaves_previous_model_and_a_failed_job(clust
     hook = str(Path(__file__).parent / "pause_hook")  # its sitecustomize pauses ModelStore.save
     workers.start("slow", MCM_TEST_PAUSE_BEFORE_COMMIT="120", PYTHONPATH=f"{hook}{os.pathsep}{ROOT}")
     assert env["client"].post("/train", json={"project": PID}).json["status"] == "scheduled"
-    deadline = time.monotonic() + 120
-    while not glob.glob(os.path.join(store.project_dir, ".saving-*", "miner.pt")):
-        assert time.monotonic() < deadline, "the training never reached the pause:\n" + workers.logs()
-        time.sleep(0.2)
+    wait_until(lambda: glob.glob(os.path.join(store.project_dir, ".saving-*", "miner.pt")), 120,
+               "the training reaching the pause before its commit", interval=0.2, detail=workers.logs)
     assert _status(env)["training_state"] == "running"
     job_id = env["queue"].state(PID)["running"]
     workers.kill("slow", signal.SIGKILL)
@@ -292,10 +290,8 @@ def test_worker_killed_mid_training_leaves_previous_model_and_a_failed_job(clust
 
     # Once its lease expires the job is reaped: visibly failed in RQ, explained in /mcm/status,
     # and one new training queued in its place.
-    deadline = time.monotonic() + 60
-    while env["queue"].state(PID).get("running") == job_id:
-        assert time.monotonic() < deadline, "the killed job was never reaped"
-        time.sleep(0.5)
+    wait_until(lambda: env["queue"].state(PID).get("running") != job_id, 60, "the killed job being reaped",
+               interval=0.5, detail=workers.logs)
     status = _status(env)
     assert status["model_version"] == v1 and "abandoned" in status["last_error"] and job_id in status["last_error"]
     assert status["training_state"] == "queued"

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import os
+import queue as stdlib_queue
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -193,22 +193,27 @@ def test_model_store_versions_and_pointer(tmp_path):
 # --- training queue -----------------------------------------------------------------------------
 def test_burst_of_events_causes_at_most_two_trainings():
     runs = []
-    gate = threading.Event()
+    started, gate = threading.Event(), threading.Event()
 
     def train(project_id):
         runs.append(project_id)
-        gate.wait(2)
+        started.set()
+        assert gate.wait(60), "the test never let the training finish"
 
-    queue = TrainingScheduler(train, debounce_seconds=0.05)
-    for _ in range(50):
-        queue.request(1, "ANNOTATION_CREATED")
-    time.sleep(0.2)  # first training is now running
-    statuses = [queue.request(1, "ANNOTATION_CREATED") for _ in range(50)]
-    assert statuses[0] == "queued-after-running" and set(statuses[1:]) == {"coalesced"}
-    gate.set()
-    assert queue.wait_idle(timeout=10)
-    assert runs == [1, 1]
-    queue.close()
+    # The debounce only has to outlast the gaps inside one loop of 50 requests (microseconds).
+    queue = TrainingScheduler(train, debounce_seconds=0.5)
+    try:
+        first = [queue.request(1, "ANNOTATION_CREATED") for _ in range(50)]
+        assert first == ["scheduled"] + ["coalesced"] * 49
+        assert started.wait(60), "the first training never started"
+        statuses = [queue.request(1, "ANNOTATION_CREATED") for _ in range(50)]  # while it runs
+        assert statuses[0] == "queued-after-running" and set(statuses[1:]) == {"coalesced"}
+        gate.set()
+        assert queue.wait_idle(timeout=60)
+        assert runs == [1, 1]
+    finally:
+        gate.set()
+        queue.close()
 
 
 def test_queue_runs_projects_independently_and_survives_errors():
@@ -220,54 +225,78 @@ def test_queue_runs_projects_independently_and_survives_errors():
             raise RuntimeError("label studio down")
 
     queue = TrainingScheduler(train, debounce_seconds=0.0)
-    queue.request(1)
-    queue.request(2)
-    assert queue.wait_idle(timeout=10)
-    assert sorted(runs) == [1, 2]
-    assert "label studio down" in queue.last_error(2) and queue.last_error(1) is None
-    queue.request(1)
-    assert queue.wait_idle(timeout=10) and runs.count(1) == 2
-    queue.close()
+    try:
+        queue.request(1)
+        queue.request(2)
+        assert queue.wait_idle(timeout=10)
+        assert sorted(runs) == [1, 2]
+        assert "label studio down" in queue.last_error(2) and queue.last_error(1) is None
+        queue.request(1)
+        assert queue.wait_idle(timeout=10) and runs.count(1) == 2
+    finally:
+        queue.close()
 
 
 def test_a_live_team_is_batched_by_the_minimum_interval():
-    """Events every 50 ms for 1.2 s with a 0.5 s interval: a handful of trainings, never one per event."""
+    """A steady stream of events (always closer together than the debounce) still trains (max_wait), and
+    every event within the minimum interval of that training's start waits for one follow-up, not one each."""
     starts = []
+    started, finish = threading.Event(), threading.Event()
 
     def train(project_id):
-        starts.append(time.monotonic())
-        time.sleep(0.05)
+        starts.append(project_id)
+        started.set()
+        assert finish.wait(60), "the test never let the training finish"
 
-    queue = TrainingScheduler(train, debounce_seconds=0.02, min_interval=0.5, max_wait=0.2)
-    for _ in range(24):
-        queue.request(1, "START_TRAINING")
-        time.sleep(0.05)
-    assert queue.wait_idle(timeout=10)
-    queue.close()
-    assert 2 <= len(starts) <= 4, len(starts)  # 24 events; the interval allows one per 0.5 s
-    assert queue.runs(1) == len(starts)
+    queue = TrainingScheduler(train, debounce_seconds=3600.0, min_interval=3600.0, max_wait=0.0)
+    try:
+        assert queue.request(1, "START_TRAINING") == "scheduled"
+        assert started.wait(60), "a stream that never pauses for the debounce must still train (max_wait)"
+        finish.set()
+        assert queue.wait_idle(1, timeout=60)
+        statuses = [queue.request(1, "START_TRAINING") for _ in range(24)]  # the team keeps submitting
+        assert statuses == ["scheduled"] + ["coalesced"] * 23  # one pending training covers them all
+        assert queue.is_training(1) and queue.next_start(1) > 3000  # held until the interval has passed
+        assert queue.runs(1) == len(starts) == 1
+    finally:
+        finish.set()
+        queue.close()
 
 
 def test_one_training_at_a_time_across_projects():
     running, overlaps = [], []
     lock = threading.Lock()
+    started = stdlib_queue.Queue()
+    release = {project_id: threading.Event() for project_id in range(1, 9)}
 
     def train(project_id):
         with lock:
             running.append(project_id)
             if len(running) > 1:
                 overlaps.append(tuple(running))
-        time.sleep(0.05)
+        started.put(project_id)
+        assert release[project_id].wait(60), "the test never let the training finish"
         with lock:
             running.remove(project_id)
 
+    threads_before = set(threading.enumerate())
     queue = TrainingScheduler(train, debounce_seconds=0.0)
-    for project_id in range(1, 9):
-        queue.request(project_id)
-    assert queue.wait_idle(timeout=10)
-    queue.close()
+    try:
+        for project_id in range(1, 9):
+            queue.request(project_id)
+        for _ in range(8):  # each training holds until released: a second one started meanwhile would overlap
+            project_id = started.get(timeout=60)
+            with lock:
+                assert running == [project_id], running
+            release[project_id].set()
+        assert queue.wait_idle(timeout=10)
+    finally:
+        for event in release.values():
+            event.set()
+        queue.close()
     assert overlaps == [] and sum(queue.runs(p) for p in range(1, 9)) == 8
-    assert len([t for t in threading.enumerate() if t.name.startswith("mcm-train")]) <= 2
+    # this queue's threads only: other tests' queues may still be winding down
+    assert len([t for t in set(threading.enumerate()) - threads_before if t.name.startswith("mcm-train")]) <= 2
 
 
 def test_docs_settings_page_is_generated_from_the_table():
