@@ -97,9 +97,13 @@ class Service:
         return self.context.projects.store(project_id).current_version() is not None
 
     def _count_labeled(self, project_id: int) -> int | None:
-        """Tasks with annotations, as Label Studio counts them; None when its answer has no count."""
-        count = get_project(self.context.client(), project_id).get("num_tasks_with_annotations")
-        return count if isinstance(count, int) and not isinstance(count, bool) else None
+        """Labeled tasks as Label Studio counts them; None when its answer has no count. Label Studio 1.23's
+        `num_tasks_with_annotations` leaves out annotations imported with the tasks, `finished_task_number`
+        counts them: a project imported with its labels and connected on the Model page must train too."""
+        project = get_project(self.context.client(), project_id)
+        counts = [project.get(k) for k in ("num_tasks_with_annotations", "finished_task_number")]
+        counts = [c for c in counts if isinstance(c, int) and not isinstance(c, bool)]
+        return max(counts) if counts else None
 
     def last_error(self, project_id: int) -> str | None:
         return self.context.projects.get(project_id).last_error or self.scheduler.last_error(project_id)

@@ -27,8 +27,10 @@ def weak_order(model, setting: str) -> str | None:
     """The order the tab follows instead of the miner's score, or None: a version whose reliability
     verdict is weak (backend/fitting.reliability_meta) follows MCM_WEAK_ORDER unless it is `miner`.
     Novelty needs the miner's kNN reference (absent when fewer than 2 head rows were labeled)."""
+    if setting == "miner":
+        return None
     reliability = model.meta.get("reliability")
-    if setting == "miner" or not isinstance(reliability, dict) or reliability.get("verdict") != "weak":
+    if not isinstance(reliability, dict) or reliability.get("verdict") != "weak":
         return None
     if setting == "novelty" and getattr(model.miner, "novelty_", None) is None:
         return None

@@ -107,6 +107,18 @@ def test_the_check_retries_until_label_studio_lists_the_backend(connect, fake_ls
     assert calls == [PID] and fake_ls.ml_queries == [PID, PID]
 
 
+def test_annotations_imported_with_the_tasks_count_as_labels(connect, fake_ls):
+    """Label Studio 1.23's num_tasks_with_annotations leaves out imported annotations (found in the browser
+    stage: a project imported with its labels never trained); finished_task_number counts them."""
+    client, state, calls, advance = connect()
+    _labeled_project(fake_ls)
+    fake_ls.projects[PID].update(num_tasks_with_annotations=0, finished_task_number=6)
+    fake_ls.register_backend(PID, "http://127.0.0.1:9090")
+    _setup(client, PID)
+    advance(DELAYS[0])
+    assert calls == [PID] and state.first_training.outcomes[PID] == onboarding.REQUESTED
+
+
 def test_a_connected_project_without_labels_trains_nothing(connect, fake_ls):
     client, state, calls, advance = connect()
     _labeled_project(fake_ls, labeled=0)
