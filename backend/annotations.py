@@ -163,6 +163,7 @@ class TrainingRows:
     cache_kind: str | None = None   # the feature cache the rows are in (None: the extractor's)
     options: dict | None = None     # the miner's options (None: MCM_MINER_OPTIONS)
     n_tasks: int = 0        # labeled tasks the rows come from
+    unlabeled_keys: list = dataclasses.field(default_factory=list)  # pool images a backbone may learn from
 
 
 def usable_tasks(project_id: int, annotated: list[dict], read) -> tuple[list[dict], list]:

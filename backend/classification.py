@@ -13,6 +13,7 @@ import numpy as np
 
 from .annotations import LabeledTasks, TrainingRows, annotation_choice, task_label, usable_tasks
 from .label_config import LabelConfig
+from .labelstudio import client as labelstudio
 from .prefill import prefill_labels
 from .ranking import ChoiceResults, Ranking, map_scores
 from .validation import Skipped
@@ -31,6 +32,25 @@ def score_features(miner, features: np.ndarray, transform: str) -> tuple[np.ndar
     scores = map_scores(miner.score_samples(features), miner.score_upper_bound, transform)
     labels = np.asarray(miner.predict_proba(features)).argmax(axis=1).astype(np.int32)
     return scores, labels
+
+
+MAX_UNLABELED = 5000  # pool images a backbone learns from at one training (a seeded sample beyond)
+
+
+def unlabeled_keys(project_id: int, context: "Context", labeled: LabeledTasks) -> list[tuple[int, str]]:
+    """Cache keys of a seeded sample of the project's unlabeled tasks (listed from Label Studio at the
+    first training; their images are downloaded now, as scoring would right after)."""
+    config = labeled.config
+    pool = context.pool(project_id, config.image_key)
+    if not pool.known:
+        pool.replace(labelstudio.list_unlabeled_tasks(context.client(), project_id))
+    annotated = set(labeled.annotated_ids)
+    tasks = sorted((t for t in pool.tasks() if t["id"] not in annotated), key=lambda t: t["id"])
+    if len(tasks) > MAX_UNLABELED:
+        rng = np.random.default_rng([int(context.settings.seed), int(project_id)])
+        tasks = [tasks[i] for i in sorted(rng.choice(len(tasks), MAX_UNLABELED, replace=False))]
+    _ok, keys, _skipped = context.ingest.cached_arrays(project_id, tasks, config)
+    return keys
 
 
 class Classification:
@@ -58,10 +78,12 @@ class Classification:
         return label, None, [a for a in annotations if annotation_choice(a, config) is not None]
 
     def training_rows(self, project_id: int, context: "Context", labeled: LabeledTasks) -> TrainingRows:
-        """One row per labeled task whose image could be read (in the extractor's feature cache)."""
+        """One row per labeled task whose image could be read (in the extractor's feature cache), and, for
+        a backbone that learns from unlabeled images too (pool-cnn), up to MAX_UNLABELED pool images."""
         ok, keys, _skipped = context.ingest.cached_arrays(project_id, labeled.tasks, labeled.config)
         y = np.asarray([labeled.labels[i] for i in ok], dtype=np.int64)
-        return TrainingRows(keys, y, y, len(labeled.config.classes), n_tasks=len(y))
+        unlabeled = unlabeled_keys(project_id, context, labeled) if context.extractor.learns_from_unlabeled else []
+        return TrainingRows(keys, y, y, len(labeled.config.classes), n_tasks=len(y), unlabeled_keys=unlabeled)
 
     def version_meta(self, settings, config: LabelConfig, miner) -> dict:
         """Nothing beyond what every version records."""

@@ -57,9 +57,10 @@ def train_project(project_id: int, context: "Context", rescore: bool = True) -> 
                 project_id, len(rows.objects), kind.row_name, dict(counts), len(labeled.annotated_ids), len(rows.y),
                 context.settings.backbone)
     tail = project_tail(project_id, config, rows.objects)
+    unlabeled = context.ingest.cache(project_id).get(rows.unlabeled_keys) if rows.unlabeled_keys else None
     miner, trained_backbone, features = fit_miner(project_id, context, rows.keys, rows.y, rows.n_classes,
-                                                  rows.cache_kind, rows.options, tail.classes)
-    learned = learned_fold_features(project_id, context, rows.keys, rows.y, rows.n_classes) \
+                                                  rows.cache_kind, rows.options, tail.classes, unlabeled)
+    learned = learned_fold_features(project_id, context, rows.keys, rows.y, rows.n_classes, unlabeled) \
         if trained_backbone is not None else None
     prefill, checked = fit_prefill(project_id, context.settings, features, rows, config, kind.label_name, counts,
                                    learned, previous=state.model, weak_order=kind.weak_order_sentence(context.settings))
@@ -91,16 +92,20 @@ def project_tail(project_id: int, config: LabelConfig, objects: np.ndarray) -> T
 
 
 def fit_miner(project_id: int, context: "Context", keys, y: np.ndarray, num_classes: int, kind: str | None = None,
-              options: dict | None = None, tail_classes: tuple[int, ...] | None = None):
+              options: dict | None = None, tail_classes: tuple[int, ...] | None = None,
+              unlabeled: np.ndarray | None = None):
     """(fitted MinorityMiner, the trained simple-cnn or None, the feature rows) on the cached rows `keys`
-    (of the cache `kind`: None = the extractor's; a detector's box features are frozen)."""
+    (of the cache `kind`: None = the extractor's; a detector's box features are frozen). `unlabeled`:
+    prepared pool images for a backbone that learns from them too (pool-cnn)."""
     settings, trained_backbone = context.settings, None
     if context.extractor.trainable and kind is None:
         t0 = time.monotonic()
         images = context.ingest.cache(project_id).get(keys)
-        trained_backbone = context.extractor.train(images, y, num_classes=num_classes, seed=settings.seed)
-        logger.info("project %s: trained %s on %d images in %.1fs", project_id, settings.backbone, len(y),
-                    time.monotonic() - t0)
+        trained_backbone = context.extractor.train(images, y, num_classes=num_classes, seed=settings.seed,
+                                                   unlabeled=unlabeled)
+        logger.info("project %s: trained %s on %d images (+%d unlabeled) in %.1fs", project_id, settings.backbone,
+                    len(y), len(unlabeled) if unlabeled is not None and context.extractor.learns_from_unlabeled
+                    else 0, time.monotonic() - t0)
     features = context.ingest.features(project_id, keys, trained_backbone=trained_backbone, kind=kind)
     t0 = time.monotonic()
     options = settings.miner_kwargs if options is None else options
@@ -110,7 +115,8 @@ def fit_miner(project_id: int, context: "Context", keys, y: np.ndarray, num_clas
     return miner, trained_backbone, features
 
 
-def learned_fold_features(project_id: int, context: "Context", keys, y: np.ndarray, num_classes: int):
+def learned_fold_features(project_id: int, context: "Context", keys, y: np.ndarray, num_classes: int,
+                          unlabeled: np.ndarray | None = None):
     """mcm_core.prefill's `fold_features` for a trainable backbone (simple-cnn): a CNN trained on the
     fold's training rows only gives the features of both sides. The CNN of the version has seen every
     labeled row, so cross-validating on its features measures memory, not accuracy: on images of pure
@@ -119,9 +125,11 @@ def learned_fold_features(project_id: int, context: "Context", keys, y: np.ndarr
     settings, extractor, cache = context.settings, context.extractor, context.ingest.cache(project_id)
 
     def fold_features(train: np.ndarray, held_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        images = cache.get([keys[i] for i in train])
-        cnn = extractor.train(images, y[train], num_classes=num_classes, seed=settings.seed)
-        return extractor.features(images, cnn), extractor.features(cache.get([keys[i] for i in held_out]), cnn)
+        images, held = cache.get([keys[i] for i in train]), cache.get([keys[i] for i in held_out])
+        # a backbone that learns from unlabeled images sees the held-out fold's too, never its labels
+        pool = None if unlabeled is None else np.concatenate([unlabeled, held])
+        cnn = extractor.train(images, y[train], num_classes=num_classes, seed=settings.seed, unlabeled=pool)
+        return extractor.features(images, cnn), extractor.features(held, cnn)
     return fold_features
 
 

@@ -35,7 +35,9 @@ TABLE: tuple[Setting, ...] = (
     Setting("MODEL_DIR", "model_dir", str, "./models", "Where models, versions, feature caches and the "
             "publishing ledger live: MODEL_DIR/<project_id>/."),
     Setting("MCM_BACKBONE", "backbone", str, "resnet18", "Feature extractor: resnet18 | resnet50 | "
-            "torchscript:<path> | simple-cnn."),
+            "torchscript:<path> (photos: pretrained) | pool-cnn (glyphs, icons, shapes in any colours, no weights: "
+            "trained on the labels and the unlabeled pool at each training) | simple-cnn (small grayscale digits). "
+            "docs/backend.md says which to choose."),
     Setting("MCM_BACKBONE_WEIGHTS", "backbone_weights", str, None, "Local weights file for resnet18/resnet50 "
             "(else torchvision's cache or download)."),
     Setting("MCM_SEED", "seed", int, 0, "Seed for every random choice (training is deterministic given the data)."),

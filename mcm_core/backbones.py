@@ -31,6 +31,11 @@ Specs understood by :func:`build_backbone`:
     ``resize`` (default ``round(input_size * 256 / 224)``), center crop ``input_size``
     (default 224), ``channels`` 3 (RGB) or 1 (grayscale), normalise with ``mean``/``std``
     (default ImageNet; for 1 channel the average of the three ImageNet values).
+``pool-cnn``
+    A small CNN for images that are not grayscale digits (:class:`PoolCNNBackbone`): input that
+    does not depend on colours or polarity (:func:`robust_channels`, 32x32x2), trained on the
+    labels with augmentation and on the unlabeled pool (``fit_prepared(..., unlabeled=)``) with a
+    consistency loss. ``weights`` = a file written by :meth:`PoolCNNBackbone.save`.
 ``simple-cnn``
     The paper's small CNN (:mod:`mcm_core.small_cnn`), trained on the labeled images with
     :meth:`SimpleCNNBackbone.fit`. Images: grayscale, resized (bilinear) to ``image_size``
@@ -66,6 +71,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 WEIGHTS_SETTING = "MCM_BACKBONE_WEIGHTS"
 SPEC_SETTING = "MCM_BACKBONE"
 _SIMPLE_CNN_FORMAT = "mcm-simple-cnn-v1"
+_POOL_CNN_FORMAT = "mcm-pool-cnn-v1"
 _STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
 
 
@@ -183,6 +189,7 @@ class Backbone:
 
     spec: str = ""
     trainable: bool = False
+    learns_from_unlabeled: bool = False  # fit_prepared(..., unlabeled=pool images) is used
 
     def __init__(
         self,
@@ -541,21 +548,10 @@ class SimpleCNNBackbone(Backbone):
         """Like :meth:`fit` on images already run through :meth:`prepare`."""
         from mcm_core.small_cnn import train_small_cnn
 
-        self._check_prepared(arr)
-        y = np.asarray(labels)
-        if y.ndim != 1 or len(y) != len(arr):
-            raise ValueError(f"labels must be 1-D with one entry per image ({len(arr)}), "
-                             f"got shape {y.shape}")
-        if int(num_classes) < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-        if len(y) == 0:
-            raise ValueError("cannot fit simple-cnn on zero images")
-        if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= num_classes:
-            raise ValueError(f"labels must be integers in [0, {num_classes}), got "
-                             f"{y.dtype} in [{y.min()}, {y.max()}]")
+        y = _check_fit_args(self, arr, labels, num_classes)
         images = arr[..., 0].astype(np.float32) / 255.0  # (N, H, W) in [0, 1]
         with _torch_threads(self.num_threads):
-            model = train_small_cnn(images, y.astype(np.int64), int(num_classes), seed=int(seed),
+            model = train_small_cnn(images, y, int(num_classes), seed=int(seed),
                                     **self.train_options)
         self._set_model(model.eval(), int(num_classes))
         log.info("simple-cnn trained on %d images, %d classes, seed %d (%d-d features)",
@@ -565,11 +561,7 @@ class SimpleCNNBackbone(Backbone):
     def _set_model(self, model: nn.Module, num_classes: int) -> None:
         self.model = model
         self.num_classes = num_classes
-        digest = hashlib.sha256()
-        for key, value in sorted(model.state_dict().items()):
-            digest.update(key.encode())
-            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
-        self._state_sha = digest.hexdigest()
+        self._state_sha = _state_sha256(model)
         with _torch_threads(self.num_threads), torch.no_grad():
             probe = self._forward(torch.zeros(1, 1, self.image_size, self.image_size))
         self.feature_dim = int(probe.shape[1])
@@ -590,15 +582,7 @@ class SimpleCNNBackbone(Backbone):
         """Load weights written by :meth:`save`; BackboneError naming the file otherwise."""
         from mcm_core.small_cnn import SmallCNN
 
-        if not os.path.isfile(path):
-            raise BackboneError(f"simple-cnn weights file {path!r} ({WEIGHTS_SETTING}) does not exist")
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise BackboneError(f"cannot read simple-cnn weights file {path!r}: {exc}") from exc
-        if not isinstance(obj, dict) or obj.get("format") != _SIMPLE_CNN_FORMAT:
-            raise BackboneError(
-                f"{path!r} is not a simple-cnn weights file written by SimpleCNNBackbone.save()")
+        obj = _read_trained_file(path, "simple-cnn", _SIMPLE_CNN_FORMAT, "SimpleCNNBackbone.save()")
         if obj.get("image_size") != self.image_size:
             raise BackboneError(
                 f"simple-cnn weights {path!r} were trained on {obj['image_size']}px images, "
@@ -618,19 +602,209 @@ class SimpleCNNBackbone(Backbone):
         return f"simple-cnn|size={self.image_size}|state-sha256={state}"
 
 
+# ----------------------------------------------------------------------------- pool-cnn
+
+
+def robust_channels(img: Image.Image, size: int) -> np.ndarray:
+    """``uint8 (size, size, 2)``: the image resized to a square, as two channels that do not depend on
+    its colours or its polarity (dark on light or light on dark):
+
+    0. each pixel's RGB distance to the background colour (the median of the border ring), and
+    1. luma, inverted when the border is brighter than the image's mean (so the background is dark),
+
+    each stretched from its 1st to its 99th percentile to [0, 255]. A two-colour image (a glyph in
+    any colour on any plain background) and its inverse give the same channels up to rounding."""
+    rgb = _to_8bit_mode(img, "RGB")
+    if rgb.size != (size, size):
+        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)  # antialiased when shrinking
+    a = np.asarray(rgb, dtype=np.float64)
+    ring = np.zeros((size, size), dtype=bool)
+    b = max(1, size // 16)
+    ring[:b], ring[-b:], ring[:, :b], ring[:, -b:] = True, True, True, True
+    background = np.median(a[ring], axis=0)
+    distance = np.sqrt(((a - background) ** 2).sum(axis=2))
+    luma = a @ np.array([0.299, 0.587, 0.114])
+    if np.median(luma[ring]) > luma.mean():
+        luma = 255.0 - luma
+    return np.stack([_stretch(distance), _stretch(luma)], axis=2)
+
+
+def _stretch(v: np.ndarray) -> np.ndarray:
+    """[1st, 99th percentile] -> [0, 255]: the contrast of any colour pair becomes the same."""
+    lo, hi = np.percentile(v, (1.0, 99.0))
+    if hi - lo < 1e-6:
+        return np.zeros(v.shape, dtype=np.uint8)
+    return np.rint(np.clip((v - lo) / (hi - lo), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+class PoolCNNBackbone(Backbone):
+    """A small CNN for images that are not grayscale digits (``trainable = True`` like simple-cnn):
+    colour- and polarity-robust input (:func:`robust_channels`), trained on the labeled images with
+    augmentation and on the ``unlabeled`` ones with a consistency loss (``mcm_core.small_cnn.
+    train_pool_cnn``). ``train_options``: ``steps`` (300), ``batch_size`` (64), ``pool_batch`` (32),
+    ``lr`` (1e-3), ``pool_weight`` (1.0), ``max_pool`` (5000: a seeded sample of a bigger pool),
+    ``rotation`` (30 degrees), ``flip`` (False), ``width`` (16), ``feature_dim`` (128)."""
+
+    spec = "pool-cnn"
+    trainable = True
+    learns_from_unlabeled = True
+    DEFAULT_TRAIN: dict[str, Any] = {"steps": 300, "batch_size": 64, "pool_batch": 32, "lr": 1e-3,
+                                     "pool_weight": 1.0, "max_pool": 5000, "rotation": 30.0, "flip": False,
+                                     "width": 16, "feature_dim": 128}
+
+    def __init__(self, weights: str | None = None, *, image_size: int = 32, batch_size: int = 256,
+                 num_threads: int | None = None, train_options: dict[str, Any] | None = None) -> None:
+        if int(image_size) < 8:
+            raise ValueError(f"image_size must be >= 8, got {image_size}")
+        unknown = set(train_options or {}) - set(self.DEFAULT_TRAIN)
+        if unknown:
+            raise ValueError(f"unknown pool-cnn train_options {sorted(unknown)}; "
+                             f"expected some of {sorted(self.DEFAULT_TRAIN)}")
+        self.image_size = int(image_size)
+        super().__init__(input_shape=(self.image_size, self.image_size, 2), mean=(0.0, 0.0),
+                         std=(1.0, 1.0), batch_size=batch_size, num_threads=num_threads)
+        self.train_options = {**self.DEFAULT_TRAIN, **(train_options or {})}
+        self.model: nn.Module | None = None
+        self.num_classes: int | None = None
+        self._state_sha: str | None = None
+        if weights:
+            self.load(weights)
+
+    def _prepare_one(self, img: Image.Image) -> np.ndarray:
+        return robust_channels(img, self.image_size)
+
+    def _check_ready(self) -> None:
+        if self.model is None:
+            raise BackboneError("pool-cnn is not trained yet: call fit() on labeled images, or load "
+                                f"weights saved by save() ({WEIGHTS_SETTING})")
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert self.model is not None
+        return self.model.features(x)
+
+    def fit(self, images: Sequence[Image.Image], labels: Sequence[int], num_classes: int, seed: int = 0, *,
+            unlabeled: Sequence[Image.Image] | None = None) -> PoolCNNBackbone:
+        """Train on labeled PIL images, and on the ``unlabeled`` ones too; returns self."""
+        pool = self.prepare(unlabeled) if unlabeled is not None else None
+        return self.fit_prepared(self.prepare(images), labels, num_classes, seed, unlabeled=pool)
+
+    def fit_prepared(self, arr: np.ndarray, labels: Sequence[int], num_classes: int, seed: int = 0, *,
+                     unlabeled: np.ndarray | None = None) -> PoolCNNBackbone:
+        """Like :meth:`fit` on arrays from :meth:`prepare`. ``unlabeled``: prepared images of the pool
+        (the project's unlabeled tasks); without them the consistency loss uses the labeled images."""
+        from mcm_core.small_cnn import PoolCNN, train_pool_cnn
+
+        y = _check_fit_args(self, arr, labels, num_classes)
+        opts = self.train_options
+        pool = arr
+        if unlabeled is not None:
+            self._check_prepared(unlabeled)
+            if len(unlabeled) > int(opts["max_pool"]):
+                keep = np.random.default_rng(int(seed)).choice(len(unlabeled), int(opts["max_pool"]), replace=False)
+                unlabeled = unlabeled[np.sort(keep)]
+            pool = np.concatenate([arr, unlabeled])
+        with _torch_threads(self.num_threads), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            model = PoolCNN(int(num_classes), in_channels=2, width=int(opts["width"]),
+                            feature_dim=int(opts["feature_dim"]))
+            train_pool_cnn(model, arr, y, pool, torch.Generator().manual_seed(int(seed)),
+                           steps=int(opts["steps"]), batch_size=int(opts["batch_size"]),
+                           pool_batch=int(opts["pool_batch"]), lr=float(opts["lr"]),
+                           pool_weight=float(opts["pool_weight"]),
+                           augment_options={"rotation": float(opts["rotation"]), "flip": bool(opts["flip"])})
+        self._set_model(model.eval(), int(num_classes))
+        log.info("pool-cnn trained on %d labeled + %d unlabeled images, %d classes, seed %d (%d-d features)",
+                 len(y), 0 if unlabeled is None else len(unlabeled), num_classes, seed, self.feature_dim)
+        return self
+
+    def _set_model(self, model: nn.Module, num_classes: int) -> None:
+        self.model, self.num_classes = model, num_classes
+        self._state_sha = _state_sha256(model)
+        with _torch_threads(self.num_threads), torch.no_grad():
+            probe = self._forward(torch.zeros(1, 2, self.image_size, self.image_size))
+        self.feature_dim = int(probe.shape[1])
+
+    def save(self, path: str) -> None:
+        """Atomically write the trained network and its architecture."""
+        self._check_ready()
+        assert self.model is not None
+        atomic_torch_save(
+            {"format": _POOL_CNN_FORMAT, "num_classes": self.num_classes, "image_size": self.image_size,
+             "width": int(self.model.width), "feature_dim": int(self.model.feature_dim),
+             "state_dict": self.model.state_dict()}, path)
+
+    def load(self, path: str) -> PoolCNNBackbone:
+        """Load a file written by :meth:`save`; BackboneError naming the file otherwise."""
+        from mcm_core.small_cnn import PoolCNN
+
+        obj = _read_trained_file(path, "pool-cnn", _POOL_CNN_FORMAT, "PoolCNNBackbone.save()")
+        if obj.get("image_size") != self.image_size:
+            raise BackboneError(f"pool-cnn weights {path!r} were trained on {obj['image_size']}px images, "
+                                f"this backbone is configured for {self.image_size}px")
+        try:
+            model = PoolCNN(int(obj["num_classes"]), in_channels=2, width=int(obj["width"]),
+                            feature_dim=int(obj["feature_dim"]))
+            model.load_state_dict(obj["state_dict"], strict=True)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise BackboneError(f"pool-cnn weights {path!r} do not match PoolCNN: {exc}") from exc
+        self._set_model(model.eval(), int(obj["num_classes"]))
+        return self
+
+    @property
+    def fingerprint(self) -> str:
+        return f"pool-cnn|size={self.image_size}|state-sha256={self._state_sha or 'untrained'}"
+
+
+def _state_sha256(model: nn.Module) -> str:
+    """Hash of the weights: the trained backbone's part of the feature cache key."""
+    digest = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _check_fit_args(backbone: Backbone, arr: np.ndarray, labels: Sequence[int], num_classes: int) -> np.ndarray:
+    """The labels as an int array, after checking them against the prepared images."""
+    backbone._check_prepared(arr)
+    y = np.asarray(labels)
+    if y.ndim != 1 or len(y) != len(arr):
+        raise ValueError(f"labels must be 1-D with one entry per image ({len(arr)}), got shape {y.shape}")
+    if int(num_classes) < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    if len(y) == 0:
+        raise ValueError(f"cannot fit {backbone.spec} on zero images")
+    if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= num_classes:
+        raise ValueError(f"labels must be integers in [0, {num_classes}), got {y.dtype} in [{y.min()}, {y.max()}]")
+    return y.astype(np.int64)
+
+
+def _read_trained_file(path: str, what: str, fmt: str, writer: str) -> dict:
+    """The dict a trainable backbone's save() wrote (tensors and numbers only: weights_only load)."""
+    if not os.path.isfile(path):
+        raise BackboneError(f"{what} weights file {path!r} ({WEIGHTS_SETTING}) does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise BackboneError(f"cannot read {what} weights file {path!r}: {exc}") from exc
+    if not isinstance(obj, dict) or obj.get("format") != fmt:
+        raise BackboneError(f"{path!r} is not a {what} weights file written by {writer}")
+    return obj
+
+
 # ----------------------------------------------------------------------------- factory
 
 
 def build_backbone(spec: str, weights: str | None = None, **options: Any) -> Backbone:
     """Build the backbone named by ``spec`` (the MCM_BACKBONE setting).
 
-    ``weights`` is a local file (MCM_BACKBONE_WEIGHTS) for ``resnet*`` and ``simple-cnn``;
+    ``weights`` is a local file (MCM_BACKBONE_WEIGHTS) for ``resnet*``, ``pool-cnn`` and ``simple-cnn``;
     ``options`` are keyword arguments of the backbone class (``batch_size``, ``num_threads``;
     ``input_size``/``resize``/``channels``/``mean``/``std`` for TorchScript; ``image_size``/
-    ``train_options`` for simple-cnn)."""
+    ``train_options`` for pool-cnn and simple-cnn)."""
     if not isinstance(spec, str) or not spec.strip():
         raise BackboneError(f"{SPEC_SETTING} is empty; use resnet18, resnet50, "
-                            "torchscript:<path> or simple-cnn")
+                            "torchscript:<path>, pool-cnn or simple-cnn")
     spec = spec.strip()
     weights = weights or None
     if spec.lower().startswith("torchscript:"):
@@ -643,5 +817,7 @@ def build_backbone(spec: str, weights: str | None = None, **options: Any) -> Bac
         return TorchvisionResNetBackbone(name, weights, **options)
     if name == "simple-cnn":
         return SimpleCNNBackbone(weights, **options)
+    if name == "pool-cnn":
+        return PoolCNNBackbone(weights, **options)
     raise BackboneError(f"unknown {SPEC_SETTING}={spec!r}; use resnet18, resnet50, "
-                        "torchscript:<path> or simple-cnn")
+                        "torchscript:<path>, pool-cnn or simple-cnn")

@@ -10,7 +10,9 @@
 # servers that are down. State: $MCM_QUICKSTART_DIR (default ~/.cache/mcm/quickstart): Label Studio's
 # database and log under ls/, backend.log, backend.pid, models/, files/ (the demo PNGs).
 # Ports: MCM_LS_PORT (default 8080), MCM_BACKEND_PORT (default 9090). Backbone: MCM_BACKBONE
-# (default simple-cnn, which needs no downloaded weights). Needs no internet beyond the package index.
+# (default simple-cnn, which needs no downloaded weights and suits the demo's grayscale digits; it is the
+# wrong choice for colour images, photos or a few dozen labels: use resnet18 for photos, pool-cnn for
+# glyphs, icons, shapes or textures without weights: docs/backend.md). Needs no internet beyond the package index.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -113,6 +115,9 @@ cat <<EOF
  digits come first. (Not "Label All Tasks": it ignores the tab's order.)
  Every annotation you submit is sent to the backend, which retrains (a burst counts once),
  re-scores the unlabeled images and re-points the project's model version.
+ Your own images: simple-cnn suits grayscale digits like these. For photos start the backend with
+ MCM_BACKBONE=resnet18 (ImageNet weights, downloaded once), for colour glyphs, icons, shapes or
+ textures without weights MCM_BACKBONE=pool-cnn (which backbone for which images: docs/backend.md).
  Status:  LABEL_STUDIO_URL=$LABEL_STUDIO_URL LABEL_STUDIO_API_KEY=<see $STATE/ls/ls.env> \\
           $PY -m backend.admin status --project $PID
  Stop:    bash scripts/quickstart.sh stop

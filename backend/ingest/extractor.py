@@ -31,6 +31,8 @@ class Extractor:
         self._build = lambda: build_backbone(spec, weights, **options)
         self.backbone = self._build()
         self.trainable = bool(getattr(self.backbone, "trainable", False))
+        # pool-cnn: its training also learns from unlabeled images (a consistency loss on the pool)
+        self.learns_from_unlabeled = bool(getattr(self.backbone, "learns_from_unlabeled", False))
 
     @property
     def cache_kind(self) -> str:
@@ -63,10 +65,15 @@ class Extractor:
             raise RuntimeError("simple-cnn features need a trained CNN")
         return np.asarray(trained.extract_prepared(cached), dtype=np.float32)
 
-    def train(self, cached: np.ndarray, labels: np.ndarray, num_classes: int, seed: int):
-        """A fresh trainable backbone fitted on the prepared images (simple-cnn only)."""
+    def train(self, cached: np.ndarray, labels: np.ndarray, num_classes: int, seed: int,
+              unlabeled: np.ndarray | None = None):
+        """A fresh trainable backbone (simple-cnn, pool-cnn) fitted on the prepared images; `unlabeled`:
+        prepared images without labels, for a backbone that learns from them too (others ignore it)."""
         model = self._build()
-        model.fit_prepared(cached, labels, num_classes=num_classes, seed=seed)
+        if self.learns_from_unlabeled and unlabeled is not None and len(unlabeled):
+            model.fit_prepared(cached, labels, num_classes=num_classes, seed=seed, unlabeled=unlabeled)
+        else:
+            model.fit_prepared(cached, labels, num_classes=num_classes, seed=seed)
         return model
 
     def load_trained(self, path: str):

@@ -166,3 +166,32 @@ def test_the_pre_fill_check_is_kept_between_close_retrainings_and_redone_when_la
                                     "labels", collections.Counter({"a": 30, "b": 30}), previous=previous)
     assert meta["prefill"]["kept_from"] == "v1" and meta["reliability"] == {"verdict": "ok"}
     assert clf.thresholds_.tolist() == [0.8, np.inf]
+
+
+def test_a_backbone_that_learns_from_unlabeled_images_gets_the_pool_never_its_labels(fake_ls, images, make_settings,
+                                                                                       monkeypatch):
+    """pool-cnn (mcm_core.backbones) learns from the unlabeled pool too: the backend hands it the pool's
+    prepared images at the version's training and at every pre-fill fold (plus that fold's held-out
+    images, without their labels). A recording simple-cnn stands in for it: pool-cnn trains ~20 s a call."""
+    truth = populate_project(fake_ls, images, pid=PID, head=12, tail=4, unlabeled_per_class=3)
+    settings = make_settings(label_studio_url=fake_ls.url, label_studio_api_key=fake_ls.legacy_token)
+    context = Context(settings)
+    extractor, seen = context.extractor, []
+    build = extractor._build
+
+    def recording_build():
+        model = build()
+        fit = model.fit_prepared
+
+        def fit_prepared(arr, labels, num_classes, seed=0, unlabeled=None):
+            seen.append((len(arr), None if unlabeled is None else len(unlabeled)))
+            return fit(arr, labels, num_classes=num_classes, seed=seed)
+        model.fit_prepared = fit_prepared
+        return model
+    monkeypatch.setattr(extractor, "_build", recording_build)
+    monkeypatch.setattr(extractor, "learns_from_unlabeled", True)
+    version = train_project(PID, context)
+    n_labeled = context.projects.get(PID).model.meta["n_labeled"]
+    assert version and seen[0] == (n_labeled, len(truth))  # the version's backbone: every pool image
+    folds = seen[1:]  # the pre-fill check's CNNs: the pool plus the held-out fold's images, not their labels
+    assert len(folds) >= 2 and all(pool - len(truth) == n_labeled - n_train > 0 for n_train, pool in folds)

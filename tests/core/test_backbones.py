@@ -131,6 +131,32 @@ def test_failed_default_download_says_to_set_local_weights(monkeypatch):
         build_backbone("resnet18")
 
 
+def test_default_weights_are_downloaded_with_their_hash_checked(resnet18_file, monkeypatch):
+    """Without MCM_BACKBONE_WEIGHTS, torchvision's DEFAULT (ImageNet) weights are fetched once through
+    torchvision's own download (here a fake returning a random resnet18's state_dict, fc included)."""
+    import torchvision.models._api as api
+
+    path, model = resnet18_file
+    calls = []
+
+    def fake_download(url, *args, **kwargs):
+        calls.append((url, kwargs))
+        return torch.load(path, weights_only=True)
+
+    monkeypatch.setattr(api, "load_state_dict_from_url", fake_download)
+    backbone = build_backbone("resnet18")
+    assert [url for url, _ in calls] == [torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url]
+    assert calls[0][1].get("check_hash") is True
+    assert "torchvision-default" in backbone.fingerprint
+    images = _photos()[:2]
+    np.testing.assert_allclose(backbone.extract(images), _penultimate(model, _reference_imagenet(images)),
+                               rtol=1e-4, atol=1e-4)
+    # the same weights from a local file (MCM_BACKBONE_WEIGHTS): same features, another cache key
+    local = build_backbone("resnet18", weights=path)
+    np.testing.assert_array_equal(local.extract(images), backbone.extract(images))
+    assert local.fingerprint != backbone.fingerprint
+
+
 def test_unknown_spec_is_rejected():
     with pytest.raises(BackboneError, match="MCM_BACKBONE"):
         build_backbone("vgg16")
@@ -337,3 +363,136 @@ def test_exif_orientation_is_applied_before_resizing():
     expected = backbone.prepare([upright.transpose(Image.Transpose.ROTATE_270)])
     np.testing.assert_array_equal(backbone.prepare([tagged]), expected)
     assert not np.array_equal(expected, backbone.prepare([upright]))
+
+
+# --------------------------------------------------------------------------- pool-cnn
+
+
+def _glyph(text: str, fg, bg, size=(56, 48), angle=0.0) -> Image.Image:
+    """`text` in colour `fg` on a plain `bg`, rotated by `angle` degrees."""
+    from PIL import ImageDraw, ImageFont
+
+    mask = Image.new("L", size, 0)
+    ImageDraw.Draw(mask).text((size[0] / 2, size[1] / 2), text, fill=255, anchor="mm",
+                              font=ImageFont.load_default(size=34))
+    mask = mask.rotate(angle, resample=Image.Resampling.BICUBIC)
+    return Image.composite(Image.new("RGB", size, fg), Image.new("RGB", size, bg), mask)
+
+
+@pytest.fixture(scope="module")
+def glyphs():
+    """Letters in random colour pairs, sizes and small rotations: 3 labeled classes + unlabeled ones."""
+    rng = np.random.RandomState(0)
+    images, labels = [], []
+    for i in range(48):
+        k = i % 4
+        fg, bg = (tuple(int(v) for v in rng.randint(0, 256, 3)) for _ in range(2))
+        size = tuple(int(v) for v in rng.randint(40, 80, 2))
+        images.append(_glyph("AEHK"[k], fg, bg, size, float(rng.uniform(-20, 20))))
+        labels.append(k)
+    return images, np.asarray(labels)
+
+
+_FAST = {"steps": 10, "batch_size": 16, "pool_batch": 8}
+
+
+def _pool_cnn(**train):
+    return build_backbone("pool-cnn", num_threads=1, train_options={**_FAST, **train})
+
+
+def test_robust_channels_ignore_polarity_and_colours():
+    from PIL import ImageOps
+
+    from mcm_core.backbones import robust_channels
+
+    red_on_green = _glyph("R", (220, 30, 30), (40, 200, 60))
+    a = robust_channels(red_on_green, 32).astype(int)
+    assert a.shape == (32, 32, 2) and a.max() == 255 and a.min() == 0
+    for other in (ImageOps.invert(red_on_green), _glyph("R", (250, 250, 120), (10, 10, 90)),
+                  _glyph("R", (0, 0, 0), (255, 255, 255))):
+        diff = np.abs(robust_channels(other, 32).astype(int) - a)  # uint8 rounding, stretched
+        assert diff.max() <= 8 and diff.mean() < 1
+    # the glyph is bright on a dark background in both channels, whatever its own polarity
+    centre, corner = a[12:20, 12:20].mean(axis=(0, 1)), a[:3, :3].mean(axis=(0, 1))
+    assert np.all(centre > corner + 50)
+    assert np.abs(robust_channels(_glyph("O", (220, 30, 30), (40, 200, 60)), 32).astype(int) - a).mean() > 10
+
+
+def test_pool_cnn_features_ignore_polarity_and_colours(glyphs):
+    from PIL import ImageOps
+
+    images, labels = glyphs
+    backbone = _pool_cnn().fit(images[:24], labels[:24], num_classes=4, seed=0, unlabeled=images[24:])
+    base = _glyph("K", (220, 30, 30), (40, 200, 60), (64, 64))
+    same = [ImageOps.invert(base), _glyph("K", (255, 255, 255), (0, 0, 80), (64, 64))]
+    other = _glyph("O", (220, 30, 30), (40, 200, 60), (64, 64))
+    f = backbone.extract([base, *same, other])
+    for g in f[1:3]:
+        assert np.linalg.norm(g - f[0]) < 0.05 * np.linalg.norm(f[0])
+        assert np.linalg.norm(g - f[0]) < 0.2 * np.linalg.norm(f[3] - f[0])
+
+
+def test_pool_cnn_fit_is_deterministic_and_learns_from_the_pool(glyphs):
+    images, labels = glyphs
+    arr = _pool_cnn().prepare(images)
+    assert arr.shape == (len(images), 32, 32, 2) and arr.dtype == np.uint8
+    lab, pool = arr[:20], arr[20:]
+    one = _pool_cnn().fit_prepared(lab, labels[:20], 4, seed=1, unlabeled=pool)
+    feats = one.extract_prepared(arr)
+    assert feats.shape == (len(images), 128) and np.isfinite(feats).all() and feats.std() > 0
+    again = _pool_cnn().fit_prepared(lab, labels[:20], 4, seed=1, unlabeled=pool)
+    np.testing.assert_array_equal(again.extract_prepared(arr), feats)
+    assert again.fingerprint == one.fingerprint
+    assert _pool_cnn().fit_prepared(lab, labels[:20], 4, seed=2, unlabeled=pool).fingerprint != one.fingerprint
+    # the unlabeled images change the model (consistency loss and batch statistics); without them it still fits
+    alone = _pool_cnn().fit_prepared(lab, labels[:20], 4, seed=1)
+    assert alone.fingerprint != one.fingerprint
+
+
+def test_pool_cnn_save_load_round_trip(glyphs, tmp_path):
+    """Atomic save; a reload gives the same features and cache key."""
+    images, labels = glyphs
+    one = _pool_cnn().fit(images[:20], labels[:20], 4, seed=1, unlabeled=images[20:])
+    arr = one.prepare(images)
+    feats = one.extract_prepared(arr)
+    path = tmp_path / "models" / "pool.pt"
+    one.save(str(path))
+    assert os.listdir(path.parent) == ["pool.pt"]
+    loaded = build_backbone("pool-cnn", weights=str(path))
+    np.testing.assert_array_equal(loaded.extract_prepared(arr), feats)
+    assert loaded.fingerprint == one.fingerprint and loaded.trainable
+
+
+def test_pool_cnn_errors_name_the_problem(glyphs, tmp_path):
+    images, labels = glyphs
+    with pytest.raises(BackboneError, match="not trained"):
+        _pool_cnn().extract(images[:2])
+    with pytest.raises(ValueError, match="unknown pool-cnn train_options"):
+        build_backbone("pool-cnn", train_options={"epochs": 3})
+    with pytest.raises(ValueError, match="labels must be integers"):
+        _pool_cnn().fit(images[:4], [0, 1, 2, 9], num_classes=4)
+    with pytest.raises(ValueError, match="shape"):
+        _pool_cnn().fit_prepared(_pool_cnn().prepare(images[:4]), labels[:4], 4,
+                                 unlabeled=np.zeros((3, 28, 28, 1), np.uint8))
+    cnn = tmp_path / "simple.pt"
+    build_backbone("simple-cnn", train_options={"epochs": 1}).fit(images[:8], labels[:8], 4).save(str(cnn))
+    with pytest.raises(BackboneError, match="not a pool-cnn weights file"):
+        build_backbone("pool-cnn", weights=str(cnn))
+    pool = tmp_path / "pool.pt"
+    _pool_cnn().fit(images[:8], labels[:8], 4).save(str(pool))
+    with pytest.raises(BackboneError, match="48px"):
+        build_backbone("pool-cnn", weights=str(pool), image_size=48)
+
+
+def test_augment_is_seeded_and_keeps_shape():
+    from mcm_core.small_cnn import augment
+
+    x = torch.rand(5, 2, 16, 16)
+    a = augment(x, torch.Generator().manual_seed(0))
+    assert a.shape == x.shape and not torch.allclose(a, x)
+    torch.testing.assert_close(augment(x, torch.Generator().manual_seed(0)), a)
+    assert not torch.allclose(augment(x, torch.Generator().manual_seed(1)), a)
+    still = augment(x, torch.Generator().manual_seed(0), rotation=0.0, scale=(1.0, 1.0), shift=0.0,
+                    contrast=0.0, noise=0.0)
+    # no warp, gain 1, bias 0: only the random gamma remains, which keeps 0 and 1 and the order of values
+    assert torch.equal(still.argsort(dim=-1), x.clamp(0, 1).argsort(dim=-1))
