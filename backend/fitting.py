@@ -219,8 +219,9 @@ def reliability_meta(assessment, counts: list[int], names: list[str], learned_fe
     listed = ", ".join(n for n, _ in short[:8]) + (", ..." if len(short) > 8 else "")
     more = (f"{sum(LABELS_PER_CLASS_HINT - c for _, c in short)} more {what} ({len(short)} class(es) have fewer "
             f"than {LABELS_PER_CLASS_HINT}: {listed})" if short else f"more {what} of the classes it confuses")
-    helps = (f"a pretrained backbone (MCM_BACKBONE=resnet18; simple-cnn learns its features from these "
-             f"{n_labeled} {what} alone) and {more}") if learned_features else more
+    helps = (f"a backbone that fits your images (MCM_BACKBONE=resnet18 for photos, pool-cnn for glyphs, icons, "
+             f"shapes or textures in any colours; the current one learns its features from these {n_labeled} "
+             f"{what} alone) and {more}") if learned_features else more
     if sep.accuracy is None:
         message = (f"Only {n_labeled} labeled {what}: too few to check whether the features separate the classes; "
                    f"nothing is pre-filled. What would help: {helps}.")

@@ -5,8 +5,8 @@ common classes and two rare ones, so nothing in an image tells its class (the "t
 one this test gave it). 77 tasks are imported and 37 of them labeled through the API (the rare classes
 with 2 labels each); 40 are not (4 of them rare, 10 %). `python -m backend.admin connect` as an operator would; the
 backend's first training starts on its own and its first publish creates the "Tail classes first"
-tab (MCM_AUTO_TAB). Its /mcm/status must say the reliability verdict is "weak" and that the tab
-follows the fallback order (`tab_order` "novelty", MCM_WEAK_ORDER's default).
+tab (MCM_AUTO_TAB). Its /mcm/status must say the reliability verdict is "weak" and which order the tab
+follows (`tab_order` "score": MCM_WEAK_ORDER's default, the miner's scores).
 
 Then Label Studio's own web UI in Chromium: log in, open the tab, "Label Tasks As Displayed", and for
 N_TASKS served tasks look at each for PAUSE seconds, read which classes are ticked (when the task
@@ -118,9 +118,10 @@ def read_ticks(ui: AnnotatorUI) -> list[str]:
 
 def test_weak_model_prefills_nothing_for_the_annotator(weak_project, open_ui, backend, ls_env, metrics):
     ls, pid, truth, status = weak_project["ls"], weak_project["pid"], weak_project["truth"], weak_project["status"]
-    # The model is weak by construction: the backend must say so and fall back to novelty order.
+    # The model is weak by construction: the backend must say so; the tab follows MCM_WEAK_ORDER's default
+    # (the miner's scores: measured best on newcomer images, backend/weak_order.py).
     assert (status.get("reliability") or {}).get("verdict") == "weak", status.get("reliability")
-    assert status.get("tab_order") == "novelty", status.get("tab_order")
+    assert status.get("tab_order") == "score", status.get("tab_order")
     assert status["prefill"]["classes"] == [], status["prefill"]
 
     ui = open_ui("weak-model-annotator")
