@@ -133,7 +133,8 @@ def box_scores(miner, features, n_object_classes: int, cold_start: bool = True,
     caller already has it (the backend also labels the boxes with it)."""
     s = np.asarray(miner.score_samples(features), np.float64)
     bound = float(miner.score_upper_bound)
-    if not cold_start or not cold_start_classes(miner, n_object_classes) or not len(s):
+    has_own = miner.config.get("strategy") == "reconstruction_cold"  # its score holds the cold-start term already
+    if has_own or not cold_start or not cold_start_classes(miner, n_object_classes) or not len(s):
         return s, bound
     p = np.asarray(miner.predict_proba(features) if probs is None else probs, np.float64)
     unsure = entropy(p) / np.log(p.shape[1]) if p.shape[1] > 1 else np.zeros(len(p))

@@ -29,6 +29,7 @@ import torch
 
 from .atomic import atomic_torch_save
 from .autoencoder import INPUT_SPACES, AutoencoderScorer, default_hidden
+from .baselines import entropy
 from .rowwise import apply_rowwise
 from .recalibration import RecalibrationLayer, fit_recalibration, inverse_frequency_alpha
 from .metrics import tail_classes as skewness_tail
@@ -44,9 +45,10 @@ FORMAT_VERSION = 1  # unchanged: new config keys, the optional "score_weights" t
 # reference of the reconstruction strategies have old-file defaults
 SCORE_WEIGHTINGS = ("alpha", "sqrt_alpha", "none")
 AE_TRAIN_ON = ("head", "all")
-STRATEGIES = ("tail_novelty", "reconstruction", "paper")
+STRATEGIES = ("tail_novelty", "reconstruction", "paper", "reconstruction_cold")
 # strategy="paper": the paper's configuration of the reconstruction score (these options are forced).
 TAIL_REFERENCE_PER_CLASS = 256  # labeled rows kept per tail class for the queue's distance term
+COLD_STARTS = ("all", "any")  # reconstruction_cold: cold while all / any of the tail classes have no label
 PAPER_PRESET = dict(input_space="logits", score_weighting="none", ae_train_on="all", rc_min_epochs=0, n_models=1)
 
 
@@ -63,6 +65,12 @@ class MinorityMiner:
       S_w = sum_k alpha_k (p_k - p_hat_k)^2 (score_weighting="alpha"; "none" gives the plain S).
     - "paper": the paper's configuration of the same (one AE on standardised-free logits, plain
       S = ||softmax(z) - softmax(z_hat)||^2, trained on all rows, no RC warm-up): PAPER_PRESET.
+    - "reconstruction_cold": the reconstruction score, plus the detection cold start
+      (mcm_core.detection.box_scores) while no tail class has a labeled example (cold_start="all",
+      detection's rule; "any": while one of them has none, measured worse: docs/method.md):
+      1 - (1 - S_w / bound)(1 - H N), H = entropy of the RC probabilities / log C, N = the kNN
+      novelty (H alone without a novelty reference). A class with no label has no tail pattern
+      for S_w to find; an uncertain AND novel example is the best guess at one.
 
     RC layer: focal loss (gamma, alpha = normalised inverse class frequency by default), Adam,
     early stopping on a stratified hold-out with a warm-up of rc_min_epochs (the hold-out holds
@@ -77,7 +85,8 @@ class MinorityMiner:
                  score_weighting: str = "alpha", ae_train_on: str = "head", rc_min_epochs: int = 20,
                  rc_max_steps_per_epoch: int | None = 8, ae_max_steps_per_epoch: int | None = 32,
                  strategy: str = "tail_novelty", novelty_k: int = DEFAULT_K,
-                 novelty_max_reference: int = DEFAULT_MAX_REFERENCE, queue_window: int = 200):
+                 novelty_max_reference: int = DEFAULT_MAX_REFERENCE, queue_window: int = 200,
+                 cold_start: str = "all"):
         self.num_classes = check_num_classes(num_classes)
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
@@ -85,6 +94,8 @@ class MinorityMiner:
             input_space, score_weighting, ae_train_on, rc_min_epochs, n_models = (
                 PAPER_PRESET[k] for k in ("input_space", "score_weighting", "ae_train_on", "rc_min_epochs",
                                           "n_models"))
+        if cold_start not in COLD_STARTS:
+            raise ValueError(f"cold_start must be one of {COLD_STARTS}, got {cold_start!r}")
         if int(queue_window) < 0:
             raise ValueError(f"queue_window must be >= 0, got {queue_window}")
         if int(novelty_k) < 1 or int(novelty_max_reference) < 2:
@@ -123,7 +134,7 @@ class MinorityMiner:
             rc_max_steps_per_epoch=None if rc_max_steps_per_epoch is None else int(rc_max_steps_per_epoch),
             ae_max_steps_per_epoch=None if ae_max_steps_per_epoch is None else int(ae_max_steps_per_epoch),
             strategy=strategy, novelty_k=int(novelty_k), novelty_max_reference=int(novelty_max_reference),
-            queue_window=int(queue_window))
+            queue_window=int(queue_window), cold_start=cold_start)
         self.seed = int(seed)
         self.in_dim_: int | None = None
         self.rc_: RecalibrationLayer | None = None
@@ -249,7 +260,27 @@ class MinorityMiner:
         x = check_features(features, dim=self.in_dim_)
         if self.config["strategy"] == "tail_novelty":
             return tail_or_novel(self.tail_mass(x), self.novelty_.score(x))
-        return self.ae_.score(self._logits(x, self.rc_))
+        z = self._logits(x, self.rc_)
+        s = self.ae_.score(z)
+        if not self.cold_start:
+            return s
+        p = softmax(z)
+        unsure = entropy(p) / np.log(self.num_classes) if self.num_classes > 1 else np.zeros(len(p))
+        if self.novelty_ is not None:
+            unsure = unsure * self.novelty_.score(x)
+        return tail_or_novel(s / float(self.ae_.upper_bound), unsure)
+
+    @property
+    def cold_start(self) -> bool:
+        """True for a fitted "reconstruction_cold" miner with a tail class without any labeled
+        example (cold_start="any"), or with no tail class with one ("all"). Fixed at fit(), so a
+        row's score never depends on its batch."""
+        if self.config["strategy"] != "reconstruction_cold" or self.rc_ is None or not self.tail_:
+            return False
+        counts = list(self.fit_info_.get("labeled_per_class", []))
+        counts += [0] * (self.num_classes - len(counts))
+        unlabeled = [counts[k] == 0 for k in self.tail_]
+        return any(unlabeled) if self.config["cold_start"] == "any" else all(unlabeled)
 
     def tail_mass(self, features) -> np.ndarray:
         """T = sum of the re-calibrated probabilities over the labeled set's tail classes (M,)."""
@@ -294,11 +325,11 @@ class MinorityMiner:
 
     @property
     def score_upper_bound(self) -> float:
-        """Exact max of the score: 1 for tail_novelty; 2 for S; w_(1) + w_(2) (two largest
+        """Exact max of the score: 1 for tail_novelty and a cold-start reconstruction_cold; 2 for S; w_(1) + w_(2) (two largest
         weights, <= 1) for S_w. Before fit(): 2, a true bound for every strategy."""
         if not self.is_fitted:
             return float(RECONSTRUCTION_SCORE_BOUND)
-        if self.config["strategy"] == "tail_novelty":
+        if self.config["strategy"] == "tail_novelty" or self.cold_start:
             return 1.0
         return float(self.ae_.upper_bound)
 
@@ -345,6 +376,7 @@ class MinorityMiner:
         cfg.setdefault("ae_max_steps_per_epoch", None)
         cfg.setdefault("rc_min_epochs", 0)
         cfg.setdefault("strategy", "reconstruction")
+        cfg.setdefault("cold_start", "all")
         num_classes, seed = cfg.pop("num_classes"), cfg.pop("seed")
         miner = cls(num_classes, seed, **cfg)
         miner.in_dim_ = int(payload["in_dim"])

@@ -37,6 +37,7 @@ QUICK_SETTINGS = ("mnist-paper", "mnist-zero", "mnist-novel")
 VARIANTS: dict[str, dict] = {
     "reconstruction (RC + AE S_w; previous default)": {"strategy": "reconstruction"},
     "paper (RC + AE on logits; plain S)": {"strategy": "paper"},
+    "reconstruction + cold start (H x N until a tail label)": {"strategy": "reconstruction_cold"},
     "novelty k=10": {"novelty_k": 10},
     "novelty k=20": {"novelty_k": 20},
     "novelty ref cap 500": {"novelty_max_reference": 500},

@@ -106,6 +106,17 @@ def test_simulated_detector_finds_objects_with_lower_confidence_on_the_tail():
     assert np.mean([len(b) for b, _ in with_fp]) > 3.5
 
 
+def test_a_miner_with_its_own_cold_start_term_gets_it_once(blobs):
+    """strategy="reconstruction_cold" already adds uncertainty x novelty in cold start: box_scores must
+    not add it a second time (1 - (1 - S)(1 - HN)^2)."""
+    x, y, _ = blobs([60, 60, 60, 60], num_classes=4, dim=10, seed=1)
+    own = MinorityMiner(4, seed=0, ae_min_steps=200, ae_max_steps=600, n_models=1,
+                        strategy="reconstruction_cold").fit(x[y != 2], y[y != 2])
+    assert cold_start_classes(own, 3) == [2]
+    s, bound = box_scores(own, x, 3)
+    assert np.array_equal(s, own.score_samples(x)) and bound == own.score_upper_bound
+
+
 def test_box_scores_add_uncertainty_times_novelty_until_a_tail_class_has_a_labeled_box(blobs):
     """Classes 0-2 are objects, 3 is the background class. With class 2 never labeled and no other
     tail class, the box score is 1 - (1 - S/bound)(1 - H N) by hand, in [0, 1], and ranks the unseen

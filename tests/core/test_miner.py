@@ -308,3 +308,69 @@ def test_paper_strategy_forces_the_paper_configuration():
         MinorityMiner(5, strategy="magic")
     with pytest.raises(ValueError, match="novelty_k"):
         MinorityMiner(5, novelty_k=0)
+
+
+@pytest.fixture(scope="module")
+def cold_data(blobs):
+    """Class 3 in the config with 0 labels, class 4 with 2: a cold start for cold_start="any" only
+    (the default "all" needs every tail class unlabeled)."""
+    x, y, centers = blobs([80, 80, 80, 0, 2], num_classes=5, dim=12, seed=3)
+    x_new, _, _ = blobs([0, 0, 0, 30, 30], num_classes=5, dim=12, seed=3)
+    rng = np.random.default_rng(11)
+    x_head = np.concatenate([centers[k] + rng.normal(size=(30, 12)) for k in range(3)]).astype(np.float32)
+    return x, y, np.concatenate([x_head, x_new])
+
+
+@pytest.fixture(scope="module")
+def fitted_cold(cold_data):
+    x, y, _ = cold_data
+    return MinorityMiner(5, seed=0, strategy="reconstruction_cold", cold_start="any", **FAST).fit(x, y)
+
+
+def test_reconstruction_cold_score_by_hand(cold_data, fitted_cold):
+    """Cold start: 1 - (1 - S_w / bound)(1 - H N), H = entropy(p) / log C, N the kNN novelty."""
+    _, _, probe = cold_data
+    m = fitted_cold
+    assert m.tail_ == [3, 4] and m.cold_start and m.score_upper_bound == 1.0
+    s_w = m.ae_.score(m.logits(probe))
+    p = m.predict_proba(probe).astype(np.float64)
+    h = -(p * np.log(np.clip(p, 1e-300, None))).sum(1) / np.log(5)
+    expected = 1 - (1 - s_w / m.ae_.upper_bound) * (1 - h * m.novelty_score(probe))
+    scores = m.score_samples(probe)
+    assert scores == pytest.approx(expected, abs=1e-6)
+    assert not np.allclose(scores, s_w / m.ae_.upper_bound)  # the cold-start term changed the score
+    assert 0 <= scores.min() and scores.max() <= m.score_upper_bound
+
+
+def test_reconstruction_cold_is_the_reconstruction_score_once_warm(data, cold_data, fitted_rc):
+    """No cold start (every tail class labeled; or cold_start="all" with one labeled): exactly
+    the reconstruction strategy's score and bound."""
+    x, _, x_head, x_tail = data
+    warm = MinorityMiner(5, seed=0, strategy="reconstruction_cold", **FAST).fit(x, data[1])
+    probe = np.concatenate([x_head, x_tail])
+    assert not warm.cold_start
+    assert np.array_equal(warm.score_samples(probe), fitted_rc.score_samples(probe))
+    assert warm.score_upper_bound == fitted_rc.score_upper_bound < 1.0
+    xc, yc, probe_c = cold_data
+    every = MinorityMiner(5, seed=0, strategy="reconstruction_cold", **FAST).fit(xc, yc)  # cold_start="all"
+    plain = MinorityMiner(5, seed=0, strategy="reconstruction", **FAST).fit(xc, yc)
+    assert not every.cold_start and np.array_equal(every.score_samples(probe_c), plain.score_samples(probe_c))
+    none = MinorityMiner(5, seed=0, strategy="reconstruction_cold", **FAST).fit(xc[yc < 3], yc[yc < 3])
+    assert none.tail_ == [3, 4] and none.cold_start and none.score_upper_bound == 1.0  # no tail class labeled
+    with pytest.raises(ValueError, match="cold_start"):
+        MinorityMiner(5, strategy="reconstruction_cold", cold_start="sometimes")
+
+
+def test_reconstruction_cold_save_load_and_batch_independence(tmp_path, cold_data, fitted_cold):
+    _, _, probe = cold_data
+    path = tmp_path / "cold.pt"
+    fitted_cold.save(path)
+    loaded = MinorityMiner.load(path)
+    full = fitted_cold.score_samples(probe)
+    assert loaded.config == fitted_cold.config and loaded.cold_start
+    assert np.array_equal(loaded.score_samples(probe), full) and loaded.score_upper_bound == 1.0
+    order = np.random.default_rng(0).permutation(len(probe))
+    parts = np.concatenate([fitted_cold.score_samples(probe[order][i:i + 7]) for i in range(0, len(probe), 7)])
+    assert np.array_equal(parts, full[order])  # a row's score never depends on its batch
+    again = MinorityMiner(5, seed=0, strategy="reconstruction_cold", cold_start="any", **FAST).fit(*cold_data[:2])
+    assert np.array_equal(again.score_samples(probe), full)  # deterministic
