@@ -157,6 +157,25 @@ def test_ranking_with_regions_saves_merges_and_builds_rectangle_predictions(tmp_
     assert Ranking.load(path, shown=False).shown is None
 
 
+def test_rankings_saved_before_shown_was_recorded_still_load(tmp_path):
+    """A version published by the previous backend keeps serving: its ranking.npz held the pre-ticked
+    class inline (`prefill`) or flagged regions beside it (`has_regions`)."""
+    from mcm_core.atomic import atomic_savez
+
+    config = parse_label_config(LABEL_CONFIG)
+    path = str(tmp_path / "ranking.npz")
+    atomic_savez(path, task_ids=np.array([10, 11]), scores=np.array([0.9, 0.2]), labels=np.array([1, 0], np.int32),
+                 prefill=np.array([3, -1], np.int32), has_regions=np.asarray(False))
+    old = Ranking.load(path)
+    assert old.shown.items == {10: 3} and old.predictions(0, 2, config, "v")[1]["result"] == []
+    assert old.predictions(0, 1, config, "v")[0]["result"][0]["value"] == {"choices": ["3"]}
+    regions = TaskRegions({10: Region(np.array([[0.1, 0.1, 0.3, 0.3]]), np.array([7]), np.array([0.8]), (96, 96))})
+    regions.save(str(tmp_path / TaskRegions.file_name))
+    atomic_savez(path, task_ids=np.array([10, 11]), scores=np.array([0.9, 0.2]), labels=np.array([1, 0], np.int32),
+                 prefill=np.array([-1, -1], np.int32), has_regions=np.asarray(True))
+    assert set(Ranking.load(path).shown.items) == {10} and Ranking.load(path, shown=False).shown is None
+
+
 # --- one detection project, trained for real -----------------------------------------------------
 @pytest.fixture(scope="module")
 def det_env(tmp_path_factory):
