@@ -266,7 +266,8 @@ def _shape_mask(name: str, w: int, h: int, rng) -> np.ndarray:
         arm = r * rng.uniform(0.25, 0.4)
         for a in (angle, angle + np.pi / 2):
             ca, sa = np.cos(a), np.sin(a)
-            pts = [(cx + ca * x - sa * y, cy + sa * x + ca * y) for x, y in ((-r, -arm), (r, -arm), (r, arm), (-r, arm))]
+            corners = ((-r, -arm), (r, -arm), (r, arm), (-r, arm))
+            pts = [(cx + ca * x - sa * y, cy + sa * x + ca * y) for x, y in corners]
             d.polygon(pts, fill=255)
     elif name == "star":
         d.polygon(_polygon(cx, cy, r, 5, angle, inner=rng.uniform(0.38, 0.5)), fill=fill, outline=line, width=width)
@@ -322,8 +323,8 @@ def _icon(name: str, d: ImageDraw.ImageDraw, s: float, rng) -> None:
         d.ellipse(box(0.25 + j(), 0.18 + j(), 0.75, 0.62), fill=255)
     elif name == "car":
         d.rounded_rectangle(box(0.15, 0.48 + j(), 0.85, 0.66), radius=0.05 * s, fill=255)
-        d.polygon([(0.3 * s, 0.49 * s), ((0.38 + j()) * s, 0.34 * s), ((0.62 + j()) * s, 0.34 * s), (0.72 * s, 0.49 * s)],
-                  fill=255)
+        cabin = [(0.3, 0.49), (0.38 + j(), 0.34), (0.62 + j(), 0.34), (0.72, 0.49)]
+        d.polygon([(x * s, y * s) for x, y in cabin], fill=255)
         for x in (0.3, 0.7):
             d.ellipse(box(x - 0.08, 0.6, x + 0.08, 0.76), fill=255)
             d.ellipse(box(x - 0.035, 0.645, x + 0.035, 0.715), fill=0)
