@@ -14,7 +14,7 @@ import numpy as np
 from .annotations import LabeledTasks, TrainingRows, annotation_choice, task_label, usable_tasks
 from .label_config import LabelConfig
 from .labelstudio import client as labelstudio
-from .prefill import prefill_labels
+from .prefill import prefill_labels, spare_likely_tail
 from .ranking import ChoiceResults, Ranking, map_scores
 from .validation import Skipped
 from .weak_order import WEAK_ORDER_SENTENCES, fallback_scores, weak_order
@@ -107,5 +107,6 @@ class Classification:
         if order is not None:  # the model cannot tell the classes apart: an order that is no worse than random
             raw = fallback_scores(order, model.miner, features, ids, context.settings.seed)
             scores = map_scores(raw, 1.0, context.settings.score_transform)
-        shown = ChoiceResults.of(ids, prefill_labels(model, features, context.settings))
+        prefill = spare_likely_tail(prefill_labels(model, features, context.settings), model.miner, features)
+        shown = ChoiceResults.of(ids, prefill)
         return Ranking.build(ids, scores, labels, shown), skipped

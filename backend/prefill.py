@@ -20,6 +20,25 @@ def prefill_labels(model, features: np.ndarray, settings) -> np.ndarray:
     return model.prefill.prefill_labels(features)
 
 
+TAIL_MASS_LIMIT = 0.5  # a task whose RC tail mass reaches this is likely tail: no common class pre-ticked on it
+
+
+def spare_likely_tail(prefill: np.ndarray, miner, features: np.ndarray, limit: float = TAIL_MASS_LIMIT) -> np.ndarray:
+    """`prefill` with -1 where a common (head) class would be pre-ticked on a task the miner finds likely
+    tail (its re-calibrated tail mass >= `limit`). The pre-fill check measures precision on the labels'
+    class mix, but the tail-first tab serves the rare-rich head of the pool, where the plain classifier
+    calls rare images common: on the newcomer benchmark's MNIST (40 labels) the pool's pre-fills were
+    right 85 % of the time, those among the first 20 served 64 %. A rare image saved as a common class is
+    the loss this product exists to prevent, so those tasks start blank. Row-wise, like the rest."""
+    prefill = np.asarray(prefill, np.int32)
+    tail = list(getattr(miner, "tail_", []) or [])
+    head_ticked = (prefill >= 0) & ~np.isin(prefill, tail)
+    if not tail or not head_ticked.any():
+        return prefill
+    likely_tail = np.asarray(miner.tail_mass(features)) >= limit
+    return np.where(head_ticked & likely_tail, -1, prefill).astype(np.int32)
+
+
 def prefill_summary(model, mode: str) -> dict | None:
     """/mcm/status "prefill": which classes a prediction may pre-tick, and why not the others
     (from the version's meta.json "prefill", written at training; backend/fitting.fit_prefill)."""

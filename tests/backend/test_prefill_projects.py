@@ -195,3 +195,20 @@ def test_a_backbone_that_learns_from_unlabeled_images_gets_the_pool_never_its_la
     assert version and seen[0] == (n_labeled, len(truth))  # the version's backbone: every pool image
     folds = seen[1:]  # the pre-fill check's CNNs: the pool plus the held-out fold's images, not their labels
     assert len(folds) >= 2 and all(pool - len(truth) == n_labeled - n_train > 0 for n_train, pool in folds)
+
+
+def test_a_task_the_miner_finds_likely_tail_never_gets_a_common_class_pre_ticked():
+    """The tail-first tab serves rare-rich tasks, where a plain classifier calls rare images common (the
+    newcomer benchmark: 64 % right among the first 20 served against 85 % over the pool): such tasks
+    start blank; a rare class the check allows stays, and so do common tasks."""
+    import types
+
+    from backend.prefill import spare_likely_tail
+
+    mass = {0: 0.9, 1: 0.2, 2: 0.7, 3: 0.1}
+    miner = types.SimpleNamespace(tail_=[2], tail_mass=lambda x: np.array([mass[int(r)] for r in x[:, 0]]))
+    features = np.arange(4, dtype=np.float32).reshape(4, 1)
+    #              task:  likely tail, head class | head | likely tail, rare class | nothing to pre-tick
+    prefill = np.array([0, 1, 2, -1], np.int32)
+    assert spare_likely_tail(prefill, miner, features).tolist() == [-1, 1, 2, -1]
+    assert spare_likely_tail(prefill, types.SimpleNamespace(tail_=[]), features).tolist() == [0, 1, 2, -1]
