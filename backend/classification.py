@@ -13,7 +13,6 @@ import numpy as np
 
 from .annotations import LabeledTasks, TrainingRows, annotation_choice, task_label, usable_tasks
 from .label_config import LabelConfig
-from .labelstudio import client as labelstudio
 from .prefill import prefill_labels, spare_likely_tail
 from .ranking import ChoiceResults, Ranking, map_scores
 from .validation import Skipped
@@ -41,11 +40,9 @@ def unlabeled_keys(project_id: int, context: "Context", labeled: LabeledTasks) -
     """Cache keys of a seeded sample of the project's unlabeled tasks (listed from Label Studio at the
     first training; their images are downloaded now, as scoring would right after)."""
     config = labeled.config
-    pool = context.pool(project_id, config.image_key)
-    if not pool.known:
-        pool.replace(labelstudio.list_unlabeled_tasks(context.client(), project_id))
     annotated = set(labeled.annotated_ids)
-    tasks = sorted((t for t in pool.tasks() if t["id"] not in annotated), key=lambda t: t["id"])
+    tasks = sorted((t for t in context.pool_tasks(project_id, config.image_key) if t["id"] not in annotated),
+                   key=lambda t: t["id"])
     if len(tasks) > MAX_UNLABELED:
         rng = np.random.default_rng([int(context.settings.seed), int(project_id)])
         tasks = [tasks[i] for i in sorted(rng.choice(len(tasks), MAX_UNLABELED, replace=False))]

@@ -61,6 +61,13 @@ class Context:
                 pool = self._pools[int(project_id)] = Pool(self.settings.project_dir(project_id), image_key)
             return pool
 
+    def pool_tasks(self, project_id: int, image_key: str) -> list[dict]:
+        """The project's unlabeled tasks as last listed; listed from Label Studio the first time."""
+        pool = self.pool(project_id, image_key)
+        if not pool.known:
+            pool.replace(labelstudio.list_unlabeled_tasks(self.client(), project_id))
+        return pool.tasks()
+
     def publisher(self, project_id: int, config: LabelConfig) -> Publisher:
         """Pushes and retires the project's versions; tasks Label Studio no longer has leave the pool."""
         pool = self.pool(project_id, config.image_key)

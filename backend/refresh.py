@@ -12,8 +12,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Sequence
 
-from .label_config import LabelConfig, config_from_meta
-from .labelstudio import client as labelstudio
+from .label_config import config_from_meta
 from .ledger import project_lock
 from .publishing import has_nothing_to_score, head_size, version_record
 from .ranking import Ranking
@@ -40,7 +39,7 @@ def refresh_project(project_id: int, context: "Context", *, new_labels: int = 0,
         logger.info("project %s: nothing to publish: no trained model yet", project_id)
         return {}
     started = time.monotonic()
-    tasks = pool_tasks(project_id, context, config_from_meta(model.meta))
+    tasks = context.pool_tasks(project_id, config_from_meta(model.meta).image_key)
     listed = time.monotonic()
     ranking, skipped = score_tasks(project_id, tasks, context, model, refresh=True)
     scored = time.monotonic()
@@ -57,14 +56,6 @@ def refresh_project(project_id: int, context: "Context", *, new_labels: int = 0,
                 "(pool %.1fs, scoring %.1fs)", project_id, model.version, len(ranking), len(skipped), timings["head"],
                 timings["total_s"], timings["pool_s"], timings["score_s"])
     return timings
-
-
-def pool_tasks(project_id: int, context: "Context", config: LabelConfig) -> list[dict]:
-    """The project's unlabeled tasks as last listed; listed from Label Studio the first time."""
-    pool = context.pool(project_id, config.image_key)
-    if not pool.known:
-        pool.replace(labelstudio.list_unlabeled_tasks(context.client(), project_id))
-    return pool.tasks()
 
 
 def publish_ranking(project_id: int, context: "Context", model, ranking: Ranking, new_labels: int = 0, *,

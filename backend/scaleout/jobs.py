@@ -29,7 +29,7 @@ from ..fitting import train_project
 from ..label_config import config_from_meta
 from ..labelstudio import client as labelstudio
 from ..ranking import Ranking
-from ..refresh import pool_tasks, publish_ranking
+from ..refresh import publish_ranking
 from ..scoring import score_tasks
 from ..settings import Settings
 from ..versions import VERSION_RE, load_version
@@ -108,7 +108,8 @@ def train_job(project_id: int) -> str | None:
 def fan_out_rescoring(coord: Coordinator, context: Context, project_id: int, version: str,
                       new_labels: int = 0) -> list[str]:
     """Enqueue one scoring job per chunk of the pool and the push job that depends on them."""
-    tasks = pool_tasks(project_id, context, config_from_meta(context.projects.store(project_id).read_meta(version)))
+    config = config_from_meta(context.projects.store(project_id).read_meta(version))
+    tasks = context.pool_tasks(project_id, config.image_key)
     size = context.settings.score_chunk_tasks
     chunks = [tasks[i:i + size] for i in range(0, len(tasks), size)]
     os.makedirs(_scores_dir(context, project_id, version), exist_ok=True)
