@@ -63,6 +63,7 @@ from PIL import Image, ImageOps
 from torch import nn
 
 from .atomic import atomic_torch_save
+from .small_cnn import PoolCNN, SmallCNN, small_cnn_features, train_pool_cnn, train_small_cnn
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +71,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 WEIGHTS_SETTING = "MCM_BACKBONE_WEIGHTS"
 SPEC_SETTING = "MCM_BACKBONE"
-_SIMPLE_CNN_FORMAT = "mcm-simple-cnn-v1"
-_POOL_CNN_FORMAT = "mcm-pool-cnn-v1"
 _STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
 
 
@@ -494,30 +493,92 @@ class TorchScriptBackbone(_CenterCropBackbone):
 # ----------------------------------------------------------------------------- simple-cnn
 
 
-class SimpleCNNBackbone(Backbone):
-    """The paper's small CNN, trained on the labeled images (``trainable = True``).
+class _TrainedCNNBackbone(Backbone):
+    """What simple-cnn and pool-cnn share: a small CNN trained on the project's labeled images
+    (``trainable = True``), its weights hash in the fingerprint (the feature cache key), and a file
+    written atomically by :meth:`save` with the architecture needed to rebuild it. A subclass names its
+    ``FORMAT`` and ``IN_CHANNELS`` and says how to describe (:meth:`_architecture`) and rebuild
+    (:meth:`_build_model`) its network."""
+
+    trainable = True
+    FORMAT = ""
+    IN_CHANNELS = 1
+
+    def __init__(self, weights: str | None, *, image_size: int, batch_size: int, num_threads: int | None,
+                 train_options: dict[str, Any]) -> None:
+        self.image_size = int(image_size)
+        super().__init__(input_shape=(self.image_size, self.image_size, self.IN_CHANNELS),
+                         mean=(0.0,) * self.IN_CHANNELS, std=(1.0,) * self.IN_CHANNELS,
+                         batch_size=batch_size, num_threads=num_threads)
+        self.train_options = train_options
+        self.model: nn.Module | None = None
+        self.num_classes: int | None = None
+        self._state_sha: str | None = None
+        if weights:
+            self.load(weights)
+
+    def _check_ready(self) -> None:
+        if self.model is None:
+            raise BackboneError(f"{self.spec} is not trained yet: call fit() on labeled images, or load "
+                                f"weights saved by save() ({WEIGHTS_SETTING})")
+
+    def _set_model(self, model: nn.Module, num_classes: int) -> None:
+        self.model, self.num_classes = model, num_classes
+        self._state_sha = _state_sha256(model)
+        with _torch_threads(self.num_threads), torch.no_grad():
+            probe = self._forward(torch.zeros(1, self.IN_CHANNELS, self.image_size, self.image_size))
+        self.feature_dim = int(probe.shape[1])
+
+    def _architecture(self) -> dict[str, int]:
+        raise NotImplementedError
+
+    def _build_model(self, saved: dict) -> nn.Module:
+        raise NotImplementedError
+
+    def save(self, path: str) -> None:
+        """Atomically write the trained network and its architecture (temp file + os.replace)."""
+        self._check_ready()
+        atomic_torch_save({"format": self.FORMAT, "num_classes": self.num_classes, "image_size": self.image_size,
+                           **self._architecture(), "state_dict": self.model.state_dict()}, path)
+
+    def load(self, path: str) -> _TrainedCNNBackbone:
+        """Load a file written by :meth:`save`; BackboneError naming the file otherwise."""
+        what = self.spec
+        obj = _read_trained_file(path, what, self.FORMAT, f"{type(self).__name__}.save()")
+        if obj.get("image_size") != self.image_size:
+            raise BackboneError(f"{what} weights {path!r} were trained on {obj['image_size']}px images, "
+                                f"this backbone is configured for {self.image_size}px")
+        try:
+            model = self._build_model(obj)
+            model.load_state_dict(obj["state_dict"], strict=True)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise BackboneError(f"{what} weights {path!r} do not match its network: {exc}") from exc
+        self._set_model(model.eval(), int(obj["num_classes"]))
+        return self
+
+    @property
+    def fingerprint(self) -> str:
+        return f"{self.spec}|size={self.image_size}|state-sha256={self._state_sha or 'untrained'}"
+
+
+class SimpleCNNBackbone(_TrainedCNNBackbone):
+    """The paper's small CNN, trained on the labeled images.
 
     Images are converted to grayscale, resized to ``image_size`` x ``image_size`` (bilinear,
     aspect ratio not kept: the paper's inputs are small square digits/sprites) and scaled to
     [0, 1]. ``train_options`` are passed to ``mcm_core.small_cnn.train_small_cnn``."""
 
     spec = "simple-cnn"
-    trainable = True
+    FORMAT = "mcm-simple-cnn-v1"
+    IN_CHANNELS = 1
 
     def __init__(self, weights: str | None = None, *, image_size: int = 28,
                  batch_size: int = 256, num_threads: int | None = None,
                  train_options: dict[str, Any] | None = None) -> None:
         if int(image_size) < 4:
             raise ValueError(f"image_size must be >= 4, got {image_size}")
-        self.image_size = int(image_size)
-        super().__init__(input_shape=(self.image_size, self.image_size, 1), mean=(0.0,),
-                         std=(1.0,), batch_size=batch_size, num_threads=num_threads)
-        self.train_options = dict(train_options or {})
-        self.model: nn.Module | None = None
-        self.num_classes: int | None = None
-        self._state_sha: str | None = None
-        if weights:
-            self.load(weights)
+        super().__init__(weights, image_size=image_size, batch_size=batch_size, num_threads=num_threads,
+                         train_options=dict(train_options or {}))
 
     def _prepare_one(self, img: Image.Image) -> np.ndarray:
         img = _to_8bit_mode(img, "L")
@@ -525,16 +586,7 @@ class SimpleCNNBackbone(Backbone):
             img = img.resize((self.image_size, self.image_size), Image.Resampling.BILINEAR)
         return np.asarray(img, dtype=np.uint8)[:, :, None]
 
-    def _check_ready(self) -> None:
-        if self.model is None:
-            raise BackboneError(
-                "simple-cnn is not trained yet: call fit() on labeled images, or load weights "
-                f"saved by save() ({WEIGHTS_SETTING})"
-            )
-
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        from mcm_core.small_cnn import small_cnn_features
-
         feats = small_cnn_features(self.model, x.numpy(), batch_size=max(1, x.shape[0]))
         return torch.from_numpy(np.asarray(feats, dtype=np.float32))
 
@@ -546,8 +598,6 @@ class SimpleCNNBackbone(Backbone):
     def fit_prepared(self, arr: np.ndarray, labels: Sequence[int], num_classes: int,
                      seed: int = 0) -> SimpleCNNBackbone:
         """Like :meth:`fit` on images already run through :meth:`prepare`."""
-        from mcm_core.small_cnn import train_small_cnn
-
         y = _check_fit_args(self, arr, labels, num_classes)
         images = arr[..., 0].astype(np.float32) / 255.0  # (N, H, W) in [0, 1]
         with _torch_threads(self.num_threads):
@@ -558,48 +608,12 @@ class SimpleCNNBackbone(Backbone):
                  len(y), num_classes, seed, self.feature_dim)
         return self
 
-    def _set_model(self, model: nn.Module, num_classes: int) -> None:
-        self.model = model
-        self.num_classes = num_classes
-        self._state_sha = _state_sha256(model)
-        with _torch_threads(self.num_threads), torch.no_grad():
-            probe = self._forward(torch.zeros(1, 1, self.image_size, self.image_size))
-        self.feature_dim = int(probe.shape[1])
+    def _architecture(self) -> dict[str, int]:
+        return {"in_channels": 1, "feature_dim": int(getattr(self.model, "feature_dim", self.feature_dim))}
 
-    def save(self, path: str) -> None:
-        """Atomically write the trained weights (temp file + os.replace)."""
-        self._check_ready()
-        assert self.model is not None
-        atomic_torch_save(
-            {"format": _SIMPLE_CNN_FORMAT, "num_classes": self.num_classes,
-             "image_size": self.image_size, "in_channels": 1,
-             "feature_dim": int(getattr(self.model, "feature_dim", self.feature_dim)),
-             "state_dict": self.model.state_dict()},
-            path,
-        )
-
-    def load(self, path: str) -> SimpleCNNBackbone:
-        """Load weights written by :meth:`save`; BackboneError naming the file otherwise."""
-        from mcm_core.small_cnn import SmallCNN
-
-        obj = _read_trained_file(path, "simple-cnn", _SIMPLE_CNN_FORMAT, "SimpleCNNBackbone.save()")
-        if obj.get("image_size") != self.image_size:
-            raise BackboneError(
-                f"simple-cnn weights {path!r} were trained on {obj['image_size']}px images, "
-                f"this backbone is configured for {self.image_size}px")
-        try:
-            model = SmallCNN(int(obj["num_classes"]), in_channels=int(obj.get("in_channels", 1)),
-                             feature_dim=int(obj.get("feature_dim", 128)))
-            model.load_state_dict(obj["state_dict"], strict=True)
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise BackboneError(f"simple-cnn weights {path!r} do not match SmallCNN: {exc}") from exc
-        self._set_model(model.eval(), int(obj["num_classes"]))
-        return self
-
-    @property
-    def fingerprint(self) -> str:
-        state = self._state_sha or "untrained"
-        return f"simple-cnn|size={self.image_size}|state-sha256={state}"
+    def _build_model(self, saved: dict) -> nn.Module:
+        return SmallCNN(int(saved["num_classes"]), in_channels=int(saved.get("in_channels", 1)),
+                        feature_dim=int(saved.get("feature_dim", 128)))
 
 
 # ----------------------------------------------------------------------------- pool-cnn
@@ -637,16 +651,17 @@ def _stretch(v: np.ndarray) -> np.ndarray:
     return np.rint(np.clip((v - lo) / (hi - lo), 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-class PoolCNNBackbone(Backbone):
-    """A small CNN for images that are not grayscale digits (``trainable = True`` like simple-cnn):
-    colour- and polarity-robust input (:func:`robust_channels`), trained on the labeled images with
-    augmentation and on the ``unlabeled`` ones with a consistency loss (``mcm_core.small_cnn.
-    train_pool_cnn``). ``train_options``: ``steps`` (300), ``batch_size`` (64), ``pool_batch`` (32),
-    ``lr`` (1e-3), ``pool_weight`` (1.0), ``max_pool`` (5000: a seeded sample of a bigger pool),
-    ``rotation`` (30 degrees), ``flip`` (False), ``width`` (16), ``feature_dim`` (128)."""
+class PoolCNNBackbone(_TrainedCNNBackbone):
+    """A small CNN for images that are not grayscale digits: colour- and polarity-robust input
+    (:func:`robust_channels`), trained on the labeled images with augmentation and on the
+    ``unlabeled`` ones with a consistency loss (``mcm_core.small_cnn.train_pool_cnn``).
+    ``train_options``: ``steps`` (300), ``batch_size`` (64), ``pool_batch`` (32), ``lr`` (1e-3),
+    ``pool_weight`` (1.0), ``max_pool`` (5000: a seeded sample of a bigger pool), ``rotation`` (30
+    degrees), ``flip`` (False), ``width`` (16), ``feature_dim`` (128)."""
 
     spec = "pool-cnn"
-    trainable = True
+    FORMAT = "mcm-pool-cnn-v1"
+    IN_CHANNELS = 2
     learns_from_unlabeled = True
     DEFAULT_TRAIN: dict[str, Any] = {"steps": 300, "batch_size": 64, "pool_batch": 32, "lr": 1e-3,
                                      "pool_weight": 1.0, "max_pool": 5000, "rotation": 30.0, "flip": False,
@@ -660,26 +675,13 @@ class PoolCNNBackbone(Backbone):
         if unknown:
             raise ValueError(f"unknown pool-cnn train_options {sorted(unknown)}; "
                              f"expected some of {sorted(self.DEFAULT_TRAIN)}")
-        self.image_size = int(image_size)
-        super().__init__(input_shape=(self.image_size, self.image_size, 2), mean=(0.0, 0.0),
-                         std=(1.0, 1.0), batch_size=batch_size, num_threads=num_threads)
-        self.train_options = {**self.DEFAULT_TRAIN, **(train_options or {})}
-        self.model: nn.Module | None = None
-        self.num_classes: int | None = None
-        self._state_sha: str | None = None
-        if weights:
-            self.load(weights)
+        super().__init__(weights, image_size=image_size, batch_size=batch_size, num_threads=num_threads,
+                         train_options={**self.DEFAULT_TRAIN, **(train_options or {})})
 
     def _prepare_one(self, img: Image.Image) -> np.ndarray:
         return robust_channels(img, self.image_size)
 
-    def _check_ready(self) -> None:
-        if self.model is None:
-            raise BackboneError("pool-cnn is not trained yet: call fit() on labeled images, or load "
-                                f"weights saved by save() ({WEIGHTS_SETTING})")
-
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        assert self.model is not None
         return self.model.features(x)
 
     def fit(self, images: Sequence[Image.Image], labels: Sequence[int], num_classes: int, seed: int = 0, *,
@@ -692,8 +694,6 @@ class PoolCNNBackbone(Backbone):
                      unlabeled: np.ndarray | None = None) -> PoolCNNBackbone:
         """Like :meth:`fit` on arrays from :meth:`prepare`. ``unlabeled``: prepared images of the pool
         (the project's unlabeled tasks); without them the consistency loss uses the labeled images."""
-        from mcm_core.small_cnn import PoolCNN, train_pool_cnn
-
         y = _check_fit_args(self, arr, labels, num_classes)
         opts = self.train_options
         pool = arr
@@ -717,42 +717,12 @@ class PoolCNNBackbone(Backbone):
                  len(y), 0 if unlabeled is None else len(unlabeled), num_classes, seed, self.feature_dim)
         return self
 
-    def _set_model(self, model: nn.Module, num_classes: int) -> None:
-        self.model, self.num_classes = model, num_classes
-        self._state_sha = _state_sha256(model)
-        with _torch_threads(self.num_threads), torch.no_grad():
-            probe = self._forward(torch.zeros(1, 2, self.image_size, self.image_size))
-        self.feature_dim = int(probe.shape[1])
+    def _architecture(self) -> dict[str, int]:
+        return {"width": int(self.model.width), "feature_dim": int(self.model.feature_dim)}
 
-    def save(self, path: str) -> None:
-        """Atomically write the trained network and its architecture."""
-        self._check_ready()
-        assert self.model is not None
-        atomic_torch_save(
-            {"format": _POOL_CNN_FORMAT, "num_classes": self.num_classes, "image_size": self.image_size,
-             "width": int(self.model.width), "feature_dim": int(self.model.feature_dim),
-             "state_dict": self.model.state_dict()}, path)
-
-    def load(self, path: str) -> PoolCNNBackbone:
-        """Load a file written by :meth:`save`; BackboneError naming the file otherwise."""
-        from mcm_core.small_cnn import PoolCNN
-
-        obj = _read_trained_file(path, "pool-cnn", _POOL_CNN_FORMAT, "PoolCNNBackbone.save()")
-        if obj.get("image_size") != self.image_size:
-            raise BackboneError(f"pool-cnn weights {path!r} were trained on {obj['image_size']}px images, "
-                                f"this backbone is configured for {self.image_size}px")
-        try:
-            model = PoolCNN(int(obj["num_classes"]), in_channels=2, width=int(obj["width"]),
-                            feature_dim=int(obj["feature_dim"]))
-            model.load_state_dict(obj["state_dict"], strict=True)
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise BackboneError(f"pool-cnn weights {path!r} do not match PoolCNN: {exc}") from exc
-        self._set_model(model.eval(), int(obj["num_classes"]))
-        return self
-
-    @property
-    def fingerprint(self) -> str:
-        return f"pool-cnn|size={self.image_size}|state-sha256={self._state_sha or 'untrained'}"
+    def _build_model(self, saved: dict) -> nn.Module:
+        return PoolCNN(int(saved["num_classes"]), in_channels=2, width=int(saved["width"]),
+                       feature_dim=int(saved["feature_dim"]))
 
 
 def _state_sha256(model: nn.Module) -> str:
