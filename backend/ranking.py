@@ -23,6 +23,7 @@ from mcm_core.atomic import atomic_savez
 
 from .label_config import LabelConfig
 from .regions import TaskRegions
+from .shown import TaskItems
 
 
 def map_scores(raw: np.ndarray, upper_bound: float, transform: str = "sqrt") -> np.ndarray:
@@ -46,31 +47,22 @@ def choice_result(config: LabelConfig, label: str) -> list[dict]:
     }]
 
 
-class ChoiceResults:
+class ChoiceResults(TaskItems):
     """{task id: the class index its prediction pre-ticks}; a task not in it starts blank (result [])."""
 
     file_name = "choices.npz"
 
     def __init__(self, items: dict[int, int] | None = None) -> None:
-        self.items = {int(t): int(c) for t, c in (items or {}).items() if int(c) >= 0}
+        super().__init__({int(t): int(c) for t, c in (items or {}).items() if int(c) >= 0})
 
     @classmethod
     def of(cls, task_ids, classes) -> "ChoiceResults":
         """From aligned arrays (class -1: nothing pre-ticked)."""
         return cls(dict(zip(np.asarray(task_ids).tolist(), np.asarray(classes).tolist())))
 
-    def __len__(self) -> int:
-        return len(self.items)
-
     def result(self, task_id: int, config: LabelConfig, version_tag: str = "mcm") -> list[dict]:
         c = self.items.get(int(task_id), -1)
         return choice_result(config, config.classes[c]) if 0 <= c < len(config.classes) else []
-
-    def merged(self, other: "ChoiceResults") -> "ChoiceResults":
-        return ChoiceResults({**self.items, **other.items})
-
-    def subset(self, task_ids) -> "ChoiceResults":
-        return ChoiceResults({int(t): self.items[int(t)] for t in task_ids if int(t) in self.items})
 
     def save(self, path: str) -> None:
         ids = list(self.items)

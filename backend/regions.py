@@ -16,6 +16,7 @@ import numpy as np
 from mcm_core.atomic import atomic_savez
 
 from .boxes import rectangle_result
+from .shown import TaskItems
 from .validation import image_side
 
 
@@ -33,16 +34,10 @@ class Region:
     size: tuple[int, int] = (0, 0)  # the image's original width, height (0: unknown)
 
 
-class TaskRegions:
+class TaskRegions(TaskItems):
     """{task id: Region}; empty for a task without a region above the confidence threshold."""
 
     file_name = "regions.npz"  # beside the version's ranking.npz (backend/ranking.py)
-
-    def __init__(self, items: dict[int, Region] | None = None) -> None:
-        self.items = dict(items or {})
-
-    def __len__(self) -> int:
-        return len(self.items)
 
     def result(self, task_id: int, config, version_tag: str = "mcm") -> list[dict]:
         """The task's regions in Label Studio's result format (RectangleLabels)."""
@@ -52,12 +47,6 @@ class TaskRegions:
         return [rectangle_result(config.control_name, config.image_name, box, config.classes[int(label)],
                                  float(conf), region.size, f"{version_tag}-{int(task_id)}-{j}")
                 for j, (box, label, conf) in enumerate(zip(region.boxes, region.labels, region.confidences))]
-
-    def merged(self, other: "TaskRegions") -> "TaskRegions":
-        return TaskRegions({**self.items, **other.items})
-
-    def subset(self, task_ids) -> "TaskRegions":
-        return TaskRegions({int(t): self.items[int(t)] for t in task_ids if int(t) in self.items})
 
     def save(self, path: str) -> None:
         ids = list(self.items)
