@@ -275,7 +275,12 @@ class HeldOut:
                 return np.asarray(cached, dtype=np.float32), pool_cached
             if should_stop():
                 raise Postponed("a training started")
-            cnn = extractor.train(cached[train], y[train], num_classes=num_classes, seed=settings.seed)
+            # as the version's own pre-fill folds (backend/fitting.py): a backbone that learns from unlabeled
+            # images sees the pool and the held-out fold's images, never the held-out labels
+            held = cached[~np.asarray(train, bool)]  # train: a mask over the labeled rows
+            unlabeled = held if pool_cached is None else np.concatenate([pool_cached, held])
+            cnn = extractor.train(cached[train], y[train], num_classes=num_classes, seed=settings.seed,
+                                  unlabeled=unlabeled)
             pool = extractor.features(pool_cached, cnn) if pool_cached is not None and len(pool_cached) else None
             return extractor.features(cached, cnn), pool
 
