@@ -34,7 +34,7 @@ from .rowwise import apply_rowwise
 from .recalibration import RecalibrationLayer, fit_recalibration, inverse_frequency_alpha
 from .metrics import tail_classes as skewness_tail
 from .novelty import DEFAULT_K, DEFAULT_MAX_REFERENCE, NoveltyScorer, l2_normalise, stratified_reference
-from .queue import NOVEL_BUCKET, greedy_queue
+from .queue import DEFAULT_QUEUE_TEACH, DEFAULT_TEACH_RAMP, NOVEL_BUCKET, greedy_queue
 from .scoring import RECONSTRUCTION_SCORE_BOUND, softmax, tail_or_novel
 from .validation import check_features, check_labels, check_num_classes
 
@@ -86,6 +86,7 @@ class MinorityMiner:
                  rc_max_steps_per_epoch: int | None = 8, ae_max_steps_per_epoch: int | None = 32,
                  strategy: str = "tail_novelty", novelty_k: int = DEFAULT_K,
                  novelty_max_reference: int = DEFAULT_MAX_REFERENCE, queue_window: int = 200,
+                 queue_teach: float = DEFAULT_QUEUE_TEACH, queue_teach_ramp: int = DEFAULT_TEACH_RAMP,
                  cold_start: str = "all"):
         self.num_classes = check_num_classes(num_classes)
         if strategy not in STRATEGIES:
@@ -98,6 +99,10 @@ class MinorityMiner:
             raise ValueError(f"cold_start must be one of {COLD_STARTS}, got {cold_start!r}")
         if int(queue_window) < 0:
             raise ValueError(f"queue_window must be >= 0, got {queue_window}")
+        if not 0.0 <= float(queue_teach) <= 1.0:
+            raise ValueError(f"queue_teach must be in [0, 1], got {queue_teach}")
+        if int(queue_teach_ramp) < 0:
+            raise ValueError(f"queue_teach_ramp must be >= 0, got {queue_teach_ramp}")
         if int(novelty_k) < 1 or int(novelty_max_reference) < 2:
             raise ValueError(f"novelty_k must be >= 1 and novelty_max_reference >= 2, got {novelty_k}, "
                              f"{novelty_max_reference}")
@@ -134,7 +139,8 @@ class MinorityMiner:
             rc_max_steps_per_epoch=None if rc_max_steps_per_epoch is None else int(rc_max_steps_per_epoch),
             ae_max_steps_per_epoch=None if ae_max_steps_per_epoch is None else int(ae_max_steps_per_epoch),
             strategy=strategy, novelty_k=int(novelty_k), novelty_max_reference=int(novelty_max_reference),
-            queue_window=int(queue_window), cold_start=cold_start)
+            queue_window=int(queue_window), queue_teach=float(queue_teach),
+            queue_teach_ramp=int(queue_teach_ramp), cold_start=cold_start)
         self.seed = int(seed)
         self.in_dim_: int | None = None
         self.rc_: RecalibrationLayer | None = None
@@ -292,9 +298,9 @@ class MinorityMiner:
         labeling budget teaches the model the most while keeping the tail yield (mcm_core.queue).
 
         Among the ``queue_window`` highest-scored examples: round-robin over the RC layer's
-        predicted tail classes (plus a bucket for novel examples predicted as a head class), and
-        within a bucket greedily the largest score x distance to the labeled and already-queued
-        examples of that class. Those get (0.5, 1]; the rest 0.5 * score_samples(). Unlike
+        predicted tail classes, least-labeled first (examples predicted as a head class keep their
+        places), and within a bucket greedily the largest score x ((1 - queue_teach) + queue_teach x
+        distance to the labeled and already-queued examples of that class). Those get (0.5, 1]; the rest 0.5 * score_samples(). Unlike
         score_samples(), a row's value depends on the rest of the pool: pass the whole pool in one call."""
         self._check_fitted()
         if self.config["strategy"] != "tail_novelty":
@@ -307,7 +313,8 @@ class MinorityMiner:
         buckets = np.where(np.isin(top, self.tail_), top, NOVEL_BUCKET)
         refs = {int(k): self.tail_reference_[self.tail_reference_labels_ == k] for k in self.tail_}
         refs[NOVEL_BUCKET] = np.concatenate([self.novelty_.reference, self.tail_reference_])
-        return greedy_queue(scores, buckets, x, refs, self.config["queue_window"])
+        return greedy_queue(scores, buckets, x, refs, self.config["queue_window"], self.config["queue_teach"],
+                            self.config["queue_teach_ramp"])
 
     def novelty_score(self, features) -> np.ndarray:
         """N in [0, 1): calibrated kNN novelty against the labeled head rows. Every strategy has it,
@@ -377,6 +384,8 @@ class MinorityMiner:
         cfg.setdefault("rc_min_epochs", 0)
         cfg.setdefault("strategy", "reconstruction")
         cfg.setdefault("cold_start", "all")
+        cfg.setdefault("queue_teach", 1.0)  # the queue's only form before the options
+        cfg.setdefault("queue_teach_ramp", 0)
         num_classes, seed = cfg.pop("num_classes"), cfg.pop("seed")
         miner = cls(num_classes, seed, **cfg)
         miner.in_dim_ = int(payload["in_dim"])

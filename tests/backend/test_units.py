@@ -44,7 +44,7 @@ def test_settings_from_env_parses_and_validates():
         Settings.from_env({"BASIC_AUTH_USER": "u"})
     with pytest.raises(ValueError, match="CIDR"):
         Settings.from_env({"MCM_ALLOWED_HOSTS": "10.0.0.0/99"})
-    assert Settings.from_env({"MCM_MINER_OPTIONS": '{"n_models": 1}'}).miner_kwargs == {"queue_window": 0, "n_models": 1}
+    assert Settings.from_env({"MCM_MINER_OPTIONS": '{"n_models": 1}'}).miner_kwargs == {"queue_window": 200, "n_models": 1}
     with pytest.raises(ValueError, match="MCM_MINER_OPTIONS"):
         Settings.from_env({"MCM_MINER_OPTIONS": "{n_models"})
     with pytest.raises(ValueError, match="MCM_MINER_OPTIONS"):
@@ -335,8 +335,8 @@ def test_lanes_split_the_unlabeled_tasks_into_disjoint_equal_id_ranges():
 
 @pytest.mark.parametrize("window", [0, 12])
 def test_the_tab_follows_the_score_unless_a_queue_window_is_set(window):
-    """MCM_QUEUE_WINDOW=0 (default): the published ranking is the mining score's order, unchanged.
-    N > 0: the N best-scored tasks (the same ones) are re-ordered above every other task."""
+    """MCM_QUEUE_WINDOW=0: the published ranking is the mining score's order, unchanged. N > 0 (200 by
+    default): the N best-scored tasks (the same ones) are re-ordered above every other task."""
     import types
 
     from mcm_core import MinorityMiner
@@ -348,7 +348,8 @@ def test_the_tab_follows_the_score_unless_a_queue_window_is_set(window):
     centers = rng.normal(size=(5, 16)).astype(np.float32)
     y = np.r_[np.repeat([0, 1, 2], 60), [3, 3, 4, 4]]
     x = centers[y] + 0.3 * rng.normal(size=(len(y), 16)).astype(np.float32)
-    settings = Settings.from_env({"MCM_QUEUE_WINDOW": str(window)} if window else {})
+    settings = Settings.from_env({"MCM_QUEUE_WINDOW": str(window)})
+    assert Settings.from_env({}).queue_window == 200
     miner = MinorityMiner(num_classes=5, seed=0, **settings.miner_kwargs).fit(x, y)
     pool_y = rng.integers(0, 5, 80)
     pool = centers[pool_y] + 0.3 * rng.normal(size=(80, 16)).astype(np.float32)

@@ -10,7 +10,9 @@ Studio's task data.
 What must hold (checked after each session, all problems reported at once):
   - every submission is saved: Label Studio answers 2xx, no "Annotation is not saved" toast, and
     the annotation is there through the API with the chosen class;
-  - at least 80 % of the served tasks are tail-class digits;
+  - at least 80 % of the served tasks are tail-class digits (issue 23: 90 % for the first annotator);
+  - issue 23: the first annotator's first COVER_TASKS tasks show every rare digit that has at least
+    COVER_MIN unlabeled tasks among the first 50 of the tab when the session starts;
   - no task is served twice: not again after it was saved, not to two annotators;
   - after a retrain, a reloaded Data Manager tab shows the order the API gives for that view.
 Measured and printed at the end (also <state dir>/browser_metrics.json): submissions attempted /
@@ -43,6 +45,8 @@ N_PAIR_TASKS = int(os.environ.get("MCM_BROWSER_PAIR_TASKS", "4"))
 TRAIN_TIMEOUT = float(os.environ.get("MCM_E2E_TRAIN_TIMEOUT", "420"))
 FRESH_TIMEOUT = float(os.environ.get("MCM_BROWSER_FRESH_TIMEOUT", "150"))
 MIN_TAIL_SHARE = 0.8
+FIRST_TAIL_SHARE = 0.9  # the first annotator's served tasks (issue 23)
+COVER_TASKS, COVER_MIN, COVER_TOP = 12, 3, 50
 DM_ROWS = 8
 
 
@@ -91,12 +95,13 @@ def project(ls, ls_env, backend, state_dir, metrics):
     manifest = json.loads((ls_env["files_root"] / quickstart_demo.SUBDIR / "manifest.json").read_text())
     label_of = {item["image"]: item["label"] for item in manifest["items"]}
     truth = {t["id"]: label_of[t["data"]["image"]] for t in ls.tasks(pid)}
+    top = [t["id"] for t in ls.tasks(pid, view=view, limit=COVER_TOP)]
     base = ls.project(pid)["finished_task_number"]  # imported annotations count here, not in num_tasks_with_...
     watch = VersionWatch(lambda: backend.status(pid), lambda: ls.project(pid), backend.model_dir)
     watch.start()
     ls_log = state_dir / "ls" / "ls.log"  # where scripts/ls_server.sh writes it
     record = {"pid": pid, "view": view, "truth": truth, "tails": set(manifest["tail_digits"]), "base": base,
-              "version0": version0, "submissions": [], "served": {},
+              "version0": version0, "submissions": [], "served": {}, "top": top,
               "ls_log": lambda: ls_log.read_text(errors="replace") if ls_log.exists() else ""}
     metrics["tail digits"] = ",".join(manifest["tail_digits"])
     metrics["first model"] = f"{version0} (trained on {status['n_labeled']} labeled tasks)"
@@ -228,7 +233,30 @@ def test_one_annotator_labels_the_tail_first_and_every_submission_is_saved(proje
                 for i in range(N_TASKS)]
     project["served"][ui.name] = list(ui.served)
     problems = session_problems(subs, [ui], project, ls)
+    problems += coverage_problems(ui.served, project, metrics)
     assert not problems, "one annotator, Label Tasks As Displayed:\n" + "\n".join(problems)
+
+
+def coverage_problems(served: list[int], project: dict, metrics: dict) -> list[str]:
+    """Issue 23: the first COVER_TASKS served show every rare digit with >= COVER_MIN unlabeled tasks in
+    the tab's first COVER_TOP when the session started; the served tasks' tail share >= FIRST_TAIL_SHARE."""
+    in_top = Counter(project["truth"][t] for t in project["top"] if project["truth"][t] in project["tails"])
+    findable = sorted(d for d, n in in_top.items() if n >= COVER_MIN)
+    first = served[:COVER_TASKS]
+    shown = sorted({project["truth"][t] for t in first} & project["tails"])
+    share = tail_share(served, project) if served else 0.0
+    metrics["rare digits in the tab's first 50 at the start"] = dict(sorted(in_top.items()))
+    metrics[f"rare digits among the first {COVER_TASKS} served"] = dict(sorted(
+        Counter(project["truth"][t] for t in first if project["truth"][t] in project["tails"]).items()))
+    metrics["first annotator's tail share"] = round(share, 3)
+    problems = []
+    missing = sorted(set(findable) - set(shown))
+    if missing:
+        problems.append(f"rare digit(s) {missing} (>= {COVER_MIN} in the tab's first {COVER_TOP}: {dict(in_top)}) "
+                        f"not among the first {COVER_TASKS} served: {[(t, project['truth'][t]) for t in first]}")
+    if share < FIRST_TAIL_SHARE:
+        problems.append(f"tail share of the first annotator's served tasks {share:.2f} < {FIRST_TAIL_SHARE}")
+    return problems
 
 
 def test_data_manager_shows_the_new_order_after_a_reload(project, open_ui, ls, ls_env, backend):

@@ -6,14 +6,20 @@ from mcm_core.queue import NOVEL_BUCKET, greedy_queue
 
 
 def test_greedy_queue_hand():
-    """Window = 4 best scores; bucket 0 has a labeled row at (1, 0), bucket 1 none.
-    Bucket 0: a (0.9, next to its labeled row: d ~ 5e-5) vs b (0.8, d = 1) -> b first.
-    Bucket 1: c (0.7 x d=2) vs d (0.1 x 2) -> c. Round-robin: b, c, then a, then d."""
+    """Window = 4 best scores; bucket 0 has a labeled row at (1, 0), bucket 1 none, so the ring
+    starts with bucket 1. teach=1: bucket 0: a (0.9, next to its labeled row: d ~ 5e-5) vs b
+    (0.8, d = 1) -> b first. Bucket 1: c (0.7 x d=2) vs d (0.1 x 2) -> c. Round-robin: c, b, d, a.
+    teach=0: each bucket in score order: c, a, d, b."""
     feats = np.array([[1.0, 0.01], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.0], [0.5, 0.5]])
     scores = np.array([0.9, 0.8, 0.7, 0.1, 0.05])
     buckets = np.array([0, 0, 1, 1, 1])
-    q = greedy_queue(scores, buckets, feats, {0: np.array([[1.0, 0.0]])}, window=4)
-    assert q == pytest.approx([0.75, 1.0, 0.875, 0.625, 0.025])
+    refs = {0: np.array([[1.0, 0.0]])}
+    q = greedy_queue(scores, buckets, feats, refs, window=4, teach=1.0)
+    assert q == pytest.approx([0.625, 0.875, 1.0, 0.75, 0.025])
+    q0 = greedy_queue(scores, buckets, feats, refs, window=4, teach=0.0)
+    assert np.argsort(-q0, kind="stable").tolist() == [2, 0, 3, 1, 4]
+    with pytest.raises(ValueError, match="teach"):
+        greedy_queue(scores, buckets, feats, refs, window=4, teach=1.5)
     # window 0: plain half scores, same order as the scores
     assert greedy_queue(scores, buckets, feats, {}, window=0) == pytest.approx(0.5 * scores)
     with pytest.raises(ValueError):
@@ -25,6 +31,34 @@ def test_greedy_queue_spreads_a_bucket_over_its_modes():
     feats = np.array([[1.0, 0.0], [1.0, 0.001], [0.0, 1.0]])
     q = greedy_queue(np.array([0.9, 0.89, 0.5]), np.zeros(3, int), feats, {}, window=3)
     assert np.argsort(-q).tolist() == [0, 2, 1]
+
+
+def test_the_ring_starts_with_the_least_labeled_tail_class():
+    """After a retraining with more labels of class 0 than 1, class 1 is served first (an annotator
+    served one task per version still sees both), whatever the scores."""
+    feats = np.eye(4) + 0.01
+    scores = np.array([0.9, 0.8, 0.7, 0.6])
+    buckets = np.array([0, 0, 1, 1])
+    first = lambda refs: int(np.argmax(greedy_queue(scores, buckets, feats, refs, window=4, teach=0.0)))
+    assert first({0: np.ones((1, 4)), 1: np.ones((3, 4))}) == 0
+    assert first({0: np.ones((3, 4)), 1: np.ones((1, 4))}) == 2
+    assert first({0: np.ones((2, 4))}) == 2   # class 1 never labeled
+
+
+def test_teaching_ramps_up_with_the_labels_of_a_class():
+    """teach_ramp: a class with few labels is served most likely first (its predicted members are
+    unreliable); with teach_ramp labels or more, unlike what is labeled first (the full teach)."""
+    feats = np.array([[1.0, 0.0], [1.0, 0.02], [0.0, 1.0]])
+    scores = np.array([0.9, 0.85, 0.8])
+    buckets = np.zeros(3, int)
+    order = lambda n_refs, ramp: np.argsort(-greedy_queue(
+        scores, buckets, feats, {0: np.tile([[1.0, 0.0]], (n_refs, 1))}, window=3, teach=1.0, teach_ramp=ramp),
+        kind="stable").tolist()
+    assert order(2, 20)[0] == 0     # 2 labels of 20: weight 0.1, the most likely first
+    assert order(20, 20)[0] == 2    # 20 labels: the far example first
+    assert order(2, 0)[0] == 2      # no ramp: the full teach whatever the labels
+    with pytest.raises(ValueError, match="teach_ramp"):
+        greedy_queue(scores, buckets, feats, {}, window=3, teach_ramp=-1)
 
 
 def test_miner_queue_balances_tail_classes_and_is_deterministic(blobs, tmp_path):
@@ -46,6 +80,10 @@ def test_miner_queue_balances_tail_classes_and_is_deterministic(blobs, tmp_path)
         rc.queue_scores(pool)
     with pytest.raises(ValueError, match="queue_window"):
         MinorityMiner(4, queue_window=-1)
+    with pytest.raises(ValueError, match="queue_teach"):
+        MinorityMiner(4, queue_teach=-0.1)
+    with pytest.raises(ValueError, match="queue_teach_ramp"):
+        MinorityMiner(4, queue_teach_ramp=-1)
     assert NOVEL_BUCKET not in m.tail_
 
 
