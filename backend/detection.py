@@ -33,7 +33,7 @@ from mcm_core.detection import box_scores, cold_start_classes, image_scores, jit
 from .annotations import LabeledTasks, TrainingRows, task_boxes, usable_tasks
 from .ingest.pipeline import image_keys
 from .label_config import LabelConfig
-from .prefill import prefill_labels
+from .prefill import prefill_labels, spare_likely_tail
 from .ranking import Ranking, map_scores
 from .regions import Region, TaskRegions
 from .validation import Skipped
@@ -152,7 +152,8 @@ class Detection:
             probs = miner.predict_proba(features)
             scores, bound = box_scores(miner, features, n_classes, probs=probs)
             box_labels = np.asarray(probs)[:, :n_classes].argmax(1)
-            prefilled = prefill_labels(model, features, settings)  # -1: not pre-filled (background, unreliable)
+            # -1: not pre-filled (background, unreliable, or a common class on a box that looks rare)
+            prefilled = spare_likely_tail(prefill_labels(model, features, settings), miner, features)
         else:
             scores, bound, box_labels, prefilled = np.zeros(0), 1.0, np.zeros(0, np.int64), np.zeros(0, np.int32)
         offsets = np.concatenate([[0], np.cumsum([len(c) for _, c, _ in scored])]).astype(np.int64)

@@ -165,6 +165,7 @@ def test_one_bad_region_never_stops_a_detection_project(fake_ls, images, tmp_pat
     # class reliable, and which classes are is tests/backend/test_prefill_projects.py's subject, not this test's
     monkeypatch.setattr(backend.detection, "prefill_labels", lambda model, features, settings: np.full(
         len(features), 3, np.int32))
+    monkeypatch.setattr(backend.detection, "spare_likely_tail", lambda prefill, miner, features: prefill)
     pid = 41
     labeled, pool = _detection_project(fake_ls, images, pid)
     fake_ls.tasks[labeled[0]]["annotations"][0]["result"].insert(0, _rectangle(**bad))

@@ -16,6 +16,7 @@ from backend.context import Context
 from backend.fitting import train_project
 from backend.label_config import LabelConfig
 from backend.ranking import map_scores
+from backend.report.heldout import HeldOut
 from backend.scoring import predict_tasks
 from backend.versions import PREFILL_FILE, LoadedModel
 from backend_fakes import LABEL_CONFIG, populate_project, png_bytes
@@ -90,11 +91,14 @@ def test_a_weak_model_orders_the_tab_by_novelty_or_at_random_instead_of_its_scor
         expected = np.sqrt(np.clip(model.miner.novelty_score(features), 0, 1))
     elif order == "random":
         expected = np.sqrt([np.random.default_rng([settings.seed, t]).random() for t in ids])
-    else:
-        expected = map_scores(model.miner.score_samples(features), model.miner.score_upper_bound)
+    else:  # the miner's own order: its labeling queue, which covers this small pool (MCM_QUEUE_WINDOW)
+        expected = model.miner.queue_scores(features)
     assert np.allclose([pushed[t]["score"] for t in ids], expected)
-    served, _ = predict_tasks(PID, [{"id": t, "data": fake_ls.tasks[t]["data"]} for t in ids], context, model)
-    assert {p["task"]: p["score"] for p in served} == {t: pushed[t]["score"] for t in ids}  # alone = in the pool
+    # alone = in the pool; the queue's scores depend on the pool, so /predict answers the published ones
+    published = {t: pushed[t]["score"] for t in ids} if order == "miner" else None
+    served, _ = predict_tasks(PID, [{"id": t, "data": fake_ls.tasks[t]["data"]} for t in ids], context, model,
+                              published)
+    assert {p["task"]: p["score"] for p in served} == {t: pushed[t]["score"] for t in ids}
     status = _status(settings)
     assert (f"MCM_WEAK_ORDER={order}" in status["reliability"]["message"]) == (order != "miner"), status
     assert status["tab_order"] == (order if order != "miner" else "score")
@@ -173,7 +177,8 @@ def test_a_backbone_that_learns_from_unlabeled_images_gets_the_pool_never_its_la
     """pool-cnn (mcm_core.backbones) learns from the unlabeled pool too: the backend hands it the pool's
     prepared images at the version's training and at every pre-fill fold (plus that fold's held-out
     images, without their labels). A recording simple-cnn stands in for it: pool-cnn trains ~20 s a call."""
-    truth = populate_project(fake_ls, images, pid=PID, head=12, tail=4, unlabeled_per_class=3)
+    # 24 + 24 + 5 labels: a tail class (5 < 0.3 x the mean count) with a label in each of the report's 5 folds
+    truth = populate_project(fake_ls, images, pid=PID, head=24, tail=5, unlabeled_per_class=3)
     settings = make_settings(label_studio_url=fake_ls.url, label_studio_api_key=fake_ls.legacy_token)
     context = Context(settings)
     extractor, seen = context.extractor, []
@@ -195,20 +200,34 @@ def test_a_backbone_that_learns_from_unlabeled_images_gets_the_pool_never_its_la
     assert version and seen[0] == (n_labeled, len(truth))  # the version's backbone: every pool image
     folds = seen[1:]  # the pre-fill check's CNNs: the pool plus the held-out fold's images, not their labels
     assert len(folds) >= 2 and all(pool - len(truth) == n_labeled - n_train > 0 for n_train, pool in folds)
+    # the report's held-out evaluation trains its fold CNNs the same way
+    del seen[:]
+    summary = HeldOut(context, is_busy=lambda pid: False).compute(PID, version)
+    assert summary["status"] == "ready", summary
+    assert len(seen) == summary["folds"] and all(pool - len(truth) == n_labeled - n_train > 0 for n_train, pool in seen)
 
 
 def test_a_task_the_miner_finds_likely_tail_never_gets_a_common_class_pre_ticked():
     """The tail-first tab serves rare-rich tasks, where a plain classifier calls rare images common (the
-    newcomer benchmark: 64 % right among the first 20 served against 85 % over the pool): such tasks
-    start blank; a rare class the check allows stays, and so do common tasks."""
+    newcomer benchmark: 64 % right among the first 20 served against 85 % over the pool): tasks with a
+    high tail mass or a high novelty start blank; a rare class the check allows stays, and so do common
+    tasks."""
     import types
 
     from backend.prefill import spare_likely_tail
 
-    mass = {0: 0.9, 1: 0.2, 2: 0.7, 3: 0.1}
-    miner = types.SimpleNamespace(tail_=[2], tail_mass=lambda x: np.array([mass[int(r)] for r in x[:, 0]]))
-    features = np.arange(4, dtype=np.float32).reshape(4, 1)
-    #              task:  likely tail, head class | head | likely tail, rare class | nothing to pre-tick
-    prefill = np.array([0, 1, 2, -1], np.int32)
-    assert spare_likely_tail(prefill, miner, features).tolist() == [-1, 1, 2, -1]
-    assert spare_likely_tail(prefill, types.SimpleNamespace(tail_=[]), features).tolist() == [0, 1, 2, -1]
+    mass = {0: 0.9, 1: 0.2, 2: 0.7, 3: 0.1, 4: 0.1}
+    novelty = {0: 0.1, 1: 0.3, 2: 0.2, 3: 0.95, 4: 0.95}
+    per_row = lambda table: (lambda x: np.array([table[int(r)] for r in x[:, 0]]))
+    miner = types.SimpleNamespace(tail_=[2], tail_mass=per_row(mass), novelty_=object(),
+                                  novelty_score=per_row(novelty))
+    features = np.arange(5, dtype=np.float32).reshape(5, 1)
+    #   task: likely tail, head class | head | likely tail, rare class | nothing | novel, head class
+    prefill = np.array([0, 1, 2, -1, 1], np.int32)
+    assert spare_likely_tail(prefill, miner, features).tolist() == [-1, 1, 2, -1, -1]
+    # a miner without a novelty reference: the tail mass alone
+    no_novelty = types.SimpleNamespace(tail_=[2], tail_mass=per_row(mass), novelty_=None)
+    assert spare_likely_tail(prefill, no_novelty, features).tolist() == [-1, 1, 2, -1, 1]
+    # no tail class yet: only novelty spares a task
+    no_tail = types.SimpleNamespace(tail_=[], novelty_=object(), novelty_score=per_row(novelty))
+    assert spare_likely_tail(prefill, no_tail, features).tolist() == [0, 1, 2, -1, -1]
