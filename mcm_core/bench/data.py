@@ -112,6 +112,9 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("digits-paper", "digits", "sklearn digits, classes 0, 1 at the paper's skewness (1 and 3 labels)",
             tail_ratios=dict(DEFAULT_TAIL_RATIOS)),
     Setting("digits-zero", "digits", "sklearn digits, classes 0, 1 with 0 labels", tail_counts={0: 0, 1: 0}),
+    # the annotation loop's second cell (mcm_core.bench.loop): three rare classes, like mnist-few otherwise
+    Setting("mnist-three", "mnist", "3 tail classes 0, 1, 2 with 1, 2 and 4 labels",
+            tail_counts={0: 1, 1: 2, 2: 4}),
 )}
 
 

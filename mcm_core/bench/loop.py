@@ -4,15 +4,19 @@ model for the same labeling budget?
 Per setting, seed and budget B, for every strategy: start from the skewed labeled set, then R
 rounds of: fit the strategy on the labeled features -> pick the B highest-scored pool examples
 not yet labeled -> oracle labels (the pool's true labels) -> retrain the model on all labels so
-far. Reported per strategy: the tail examples found within the budget, and the final model's
-mean recall on the tail classes (and overall accuracy) of a uniform held-out test set.
+far. Reported per strategy: the tail examples found within the budget, the tail classes covered
+by the first 12 and the first 40 picks (pick order: round 1 first, each round in descending score
+order), and the final mean recall on the tail classes (and overall accuracy) of a uniform held-out
+test set, of two final models: M itself, and the backend's own classifier
+(mcm_core.prefill.PrefillClassifier, a plain softmax) fitted on the final M's dense features of
+every label so far (the issue's "final model").
 
 The model is the paper's small CNN M. Round 0 trains it on the skewed set (shared by every
 strategy); each later round retrains its dense layers (penultimate feature layer + head) from the
 previous round's weights on all labels so far, with the convolutions frozen (as a frozen
 backbone in the backend), so a round costs seconds instead of a full CNN training.
 
-    python -m mcm_core.bench.loop            # 2 settings x 3 seeds x budgets 20, 40; 3 rounds
+    python -m mcm_core.bench.loop            # mnist-few, mnist-three x 3 seeds x budgets 20, 40; 3 rounds
     python -m mcm_core.bench.loop --quick    # mnist-paper, 1 seed, budget 40
 """
 from __future__ import annotations
@@ -30,12 +34,15 @@ import numpy as np
 from .. import MinorityMiner
 from ..baselines import entropy, margin_uncertainty, tail_mass, weighted_entropy, TailMassStrategy
 from ..metrics import tail_classes
+from ..prefill import PrefillClassifier
 from ..scoring import softmax
 from ..small_cnn import (dense_features_logits, fine_tune_dense, small_cnn_conv_outputs, train_small_cnn)
 from .data import SETTINGS, iter_settings, make_setting
 from .output import add_common_arguments, comma_list, save_figure, start, write_results
 
-LOOP_SETTINGS = ("mnist-paper", "mnist-few")
+# The issue's cells: two MNIST settings with 2 and 3 rare classes (1-4 labels each) x budgets 20, 40.
+LOOP_SETTINGS = ("mnist-few", "mnist-three")
+COVERAGE_DEPTHS = (12, 40)  # "classes covered after 12 / 40 tasks"
 
 
 @dataclass
@@ -81,7 +88,16 @@ STRATEGIES: dict[str, Callable[[RoundState], np.ndarray]] = {
     "default miner score": _miner_scores(),
     "default queue": _miner_queue(),
 }
+# The queue's teaching weight (mcm_core.queue): 0 = each predicted tail class in score order; 1 = score x
+# distance to what is labeled; "ramp=20": the weight grows with the class's labels, in full from 20.
+STRATEGIES.update({f"queue teach={t:g}": _miner_queue(queue_teach=t, queue_teach_ramp=0) for t in (0.0, 0.5, 1.0)})
+STRATEGIES["queue teach=1 ramp=20"] = _miner_queue(queue_teach=1.0, queue_teach_ramp=20)
 UNCERTAINTY = ("entropy (M)", "margin (M)", "weighted entropy (M)")
+
+
+def is_queue(name: str) -> bool:
+    """A candidate for the default queue (compared with the baselines, not with each other)."""
+    return name == "default queue" or name.startswith("queue teach=")
 
 
 def pick(scores: np.ndarray, budget: int) -> np.ndarray:
@@ -94,6 +110,20 @@ def pick(scores: np.ndarray, budget: int) -> np.ndarray:
 def tail_recalls(z: np.ndarray, y: np.ndarray, tails: list[int]) -> dict[int, float]:
     pred = z.argmax(1)
     return {k: float((pred[y == k] == k).mean()) for k in tails if (y == k).any()}
+
+
+def classes_covered(picked_labels, tails, depth: int) -> int:
+    """Tail classes with at least one example among the first ``depth`` picks (in pick order)."""
+    return int(len(set(np.asarray(picked_labels)[:depth].tolist()) & {int(k) for k in tails}))
+
+
+def classifier_recalls(f_lab: np.ndarray, y_lab: np.ndarray, f_test: np.ndarray, y_test: np.ndarray,
+                       tails: list[int], num_classes: int, seed: int) -> tuple[dict[int, float], float]:
+    """The backend's own classifier (PrefillClassifier: plain softmax, no class weights) fitted on
+    the labeled features: (its recall per tail class on the test features, its test accuracy)."""
+    clf = PrefillClassifier(num_classes, seed).fit(f_lab, y_lab)
+    p = clf.predict_proba(f_test)
+    return tail_recalls(p, y_test, tails), float((p.argmax(1) == y_test).mean())
 
 
 def run_strategy(name: str, strategy, model0, conv: dict, y_train: np.ndarray, y_pool: np.ndarray,
@@ -124,20 +154,31 @@ def run_strategy(name: str, strategy, model0, conv: dict, y_train: np.ndarray, y
         lab = np.asarray(labeled_pool, dtype=np.int64)
         fine_tune_dense(model, np.concatenate([conv["train"], conv["pool"][lab]]),
                         np.concatenate([y_train, y_pool[lab]]), finetune_epochs, seed=seed + r + 1)
-        _, z_test = dense_features_logits(model, conv["test"])
+        f_test, z_test = dense_features_logits(model, conv["test"])
         rec = tail_recalls(z_test, y_test, tails)
+        # the backend's classifier on the retrained M's features of every label so far
+        f_tr, _ = dense_features_logits(model, conv["train"])
+        f_lab, _ = dense_features_logits(model, conv["pool"][lab])
+        clf_rec, clf_acc = classifier_recalls(np.concatenate([f_tr, f_lab]), np.concatenate([y_train, y_pool[lab]]),
+                                              f_test, y_test, tails, num_classes, seed)
         history.append({"round": r + 1, "picked": chosen.tolist(), "tail_picked": int(is_tail.sum()),
                         "tail_picked_per_class": {int(k): int((y_pool[chosen] == k).sum()) for k in tails},
                         "tail_picked_already_recognised": int((recognised & is_tail).sum()),
                         "strategy_seconds": time.time() - t0,
                         "tail_recall": rec, "mean_tail_recall": float(np.mean(list(rec.values()))),
-                        "test_acc": float((z_test.argmax(1) == y_test).mean())})
+                        "test_acc": float((z_test.argmax(1) == y_test).mean()),
+                        "clf_tail_recall": clf_rec, "clf_mean_tail_recall": float(np.mean(list(clf_rec.values()))),
+                        "clf_test_acc": clf_acc})
     picked = np.asarray(labeled_pool)
     return {"strategy": name, "rounds": history, "n_picked": int(len(picked)),
             "n_unique": int(len(np.unique(picked))),
             "tail_found": int(np.isin(y_pool[picked], tails).sum()),
+            "covered": {str(d): classes_covered(y_pool[picked], tails, d) for d in COVERAGE_DEPTHS},
+            "n_tails": len(tails),
             "final_mean_tail_recall": history[-1]["mean_tail_recall"], "final_test_acc": history[-1]["test_acc"],
-            "final_tail_recall": history[-1]["tail_recall"]}
+            "final_tail_recall": history[-1]["tail_recall"],
+            "final_clf_mean_tail_recall": history[-1]["clf_mean_tail_recall"],
+            "final_clf_test_acc": history[-1]["clf_test_acc"], "final_clf_tail_recall": history[-1]["clf_tail_recall"]}
 
 
 def run_seed(dataset, setting, seed: int, budgets: list[int], rounds: int, strategies: list[str],
@@ -175,6 +216,7 @@ def summarise(seed_results: list[dict], budgets: list[int], strategies: list[str
             runs = [sr["runs"][str(b)][name] for sr in seed_results]
             out[str(b)][name] = {
                 "tail_found": float(np.mean([r["tail_found"] for r in runs])),
+                "tail_found_std": float(np.std([r["tail_found"] for r in runs])),
                 "final_mean_tail_recall": float(np.mean([r["final_mean_tail_recall"] for r in runs])),
                 "final_mean_tail_recall_std": float(np.std([r["final_mean_tail_recall"] for r in runs])),
                 "final_test_acc": float(np.mean([r["final_test_acc"] for r in runs])),
@@ -184,7 +226,50 @@ def summarise(seed_results: list[dict], budgets: list[int], strategies: list[str
                 "tail_found_by_round": np.mean([np.cumsum([h["tail_picked"] for h in r["rounds"]])
                                                 for r in runs], 0).tolist(),
             }
+            if all("covered" in r for r in runs):   # the columns added for issue 23
+                out[str(b)][name].update({
+                    "n_tails": runs[0]["n_tails"],
+                    **{f"covered_{d}": float(np.mean([r["covered"][str(d)] for r in runs])) for d in COVERAGE_DEPTHS},
+                    "clf_recall": float(np.mean([r["final_clf_mean_tail_recall"] for r in runs])),
+                    "clf_recall_std": float(np.std([r["final_clf_mean_tail_recall"] for r in runs])),
+                    "clf_test_acc": float(np.mean([r["final_clf_test_acc"] for r in runs])),
+                    "clf_recall_by_round": np.mean([[h["clf_mean_tail_recall"] for h in r["rounds"]]
+                                                    for r in runs], 0).tolist(),
+                })
     return out
+
+
+def verdicts(rows: dict) -> list[dict]:
+    """Issue 23's done-when for each candidate queue in one cell: tail found >= 1.2x the best
+    uncertainty baseline's (the one of entropy / margin / weighted entropy with most tail found),
+    and the highest final mean tail recall of the backend's classifier among the candidate and every
+    strategy that is not a candidate queue (ties count as highest)."""
+    unc = [n for n in UNCERTAINTY if n in rows]
+    if not unc or all(is_queue(n) for n in rows):
+        return []
+    best_u = max(unc, key=lambda n: rows[n]["tail_found"])
+    rivals = [n for n in rows if not is_queue(n)]
+    out = []
+    for name in (n for n in rows if is_queue(n)):
+        key = "clf_recall" if "clf_recall" in rows[name] else "final_mean_tail_recall"
+        best_rival = max(rivals, key=lambda n: rows[n][key])
+        ratio = rows[name]["tail_found"] / max(rows[best_u]["tail_found"], 1e-9)
+        highest = rows[name][key] >= rows[best_rival][key]
+        ratios = {n: rows[name]["tail_found"] / max(rows[n]["tail_found"], 1e-9) for n in unc}
+        out.append({"strategy": name, "best_uncertainty": best_u, "ratio": ratio, "ratios": ratios, "recall_key": key,
+                    "recall": rows[name][key], "best_rival": best_rival, "best_rival_recall": rows[best_rival][key],
+                    "highest": bool(highest), "met": bool(ratio >= 1.2 and highest)})
+    return out
+
+
+def verdict_line(v: dict) -> str:
+    what = "classifier" if v["recall_key"] == "clf_recall" else "M"
+    others = ", ".join(f"vs {n} {r:.2f}x" for n, r in v["ratios"].items() if n != v["best_uncertainty"])
+    return (f"verdict {v['strategy']}: tail found {v['ratio']:.2f}x {v['best_uncertainty']} (goal >= 1.2x: "
+            f"{'yes' if v['ratio'] >= 1.2 else 'no'}{'; ' + others if others else ''}); "
+            f"final tail recall ({what}) {v['recall']:.3f} vs best other "
+            f"{v['best_rival']} {v['best_rival_recall']:.3f} (highest: {'yes' if v['highest'] else 'no'}) -> "
+            f"{'MET' if v['met'] else 'not met'}")
 
 
 def format_table(setting: str, summary: dict, n_seeds: int, rounds: int, round0: float) -> str:
@@ -192,43 +277,58 @@ def format_table(setting: str, summary: dict, n_seeds: int, rounds: int, round0:
     for b, rows in summary.items():
         lines.append(f"## {setting}, budget {b} x {rounds} rounds, mean over {n_seeds} seed(s); "
                      f"round-0 mean tail recall {round0:.3f}")
-        lines.append(f"{'strategy':42s} {'tail found':>10s} {'(recognised)':>12s} {'tail recall':>15s} "
-                     f"{'test acc':>8s}")
+        lines.append(f"{'strategy':42s} {'tail found':>10s} {'(recognised)':>12s} {'cov@12':>6s} {'cov@40':>6s} "
+                     f"{'M tail recall':>15s} {'M acc':>6s} {'clf tail recall':>15s} {'clf acc':>7s}")
         for name, r in rows.items():
-            lines.append(f"{name:42s} {r['tail_found']:10.1f} {r['tail_already_recognised']:12.1f} "
+            new = (f"{r['covered_12']:6.2f} {r['covered_40']:6.2f}",
+                   f"{r['clf_recall']:7.3f} +- {r['clf_recall_std']:.3f} {r['clf_test_acc']:7.3f}") \
+                if "clf_recall" in r else (f"{'-':>6s} {'-':>6s}", "")
+            lines.append(f"{name:42s} {r['tail_found']:10.1f} {r['tail_already_recognised']:12.1f} {new[0]} "
                          f"{r['final_mean_tail_recall']:7.3f} +- {r['final_mean_tail_recall_std']:.3f} "
-                         f"{r['final_test_acc']:8.3f}")
-        unc = [n for n in UNCERTAINTY if n in rows]
-        if "default queue" in rows and unc:
-            best_u = max(unc, key=lambda n: rows[n]["tail_found"])
-            best_r = max(rows, key=lambda n: rows[n]["final_mean_tail_recall"])
-            d = rows["default queue"]
-            lines.append(f"default queue: tail found {d['tail_found']:.1f} = "
-                         f"{d['tail_found'] / max(rows[best_u]['tail_found'], 1e-9):.2f}x the best uncertainty "
-                         f"baseline ({best_u}, goal >= 1.2x); highest final tail recall: {best_r} "
-                         f"({rows[best_r]['final_mean_tail_recall']:.3f})")
+                         f"{r['final_test_acc']:6.3f} {new[1]}")
+        lines += [verdict_line(v) for v in verdicts(rows)]
     return "\n".join(lines)
 
 
 def markdown(results: dict) -> str:
     """One markdown table per setting and budget: tail found, of them already recognised, final
-    mean tail recall and test accuracy (means over seeds); best figure of each column in bold."""
+    mean tail recall and test accuracy (means over seeds); best figure of each column in bold.
+    Summaries with the issue-23 columns also get the tail classes covered by the first 12 / 40
+    picks, the backend classifier's final tail recall and accuracy, and one verdict line per
+    candidate queue."""
     out = []
     for s, res in results.items():
         for b, rows in res["summary"].items():
-            out += [f"{s}, {b} examples per round (round-0 mean tail recall {res['round0_mean_tail_recall']:.3f})", "",
-                    "| strategy | tail found | already recognised | final tail recall | final test acc |",
-                    "|---|---|---|---|---|"]
-            best = {k: max(r[k] for r in rows.values()) for k in ("tail_found", "final_mean_tail_recall",
-                                                                  "final_test_acc")}
+            full = all("clf_recall" in r for r in rows.values())
+            keys = ["tail_found", "final_mean_tail_recall", "final_test_acc"]
+            out += [f"{s}, {b} examples per round (round-0 mean tail recall {res['round0_mean_tail_recall']:.3f})", ""]
+            if full:
+                n = next(iter(rows.values()))["n_tails"]
+                keys += ["covered_12", "covered_40", "clf_recall", "clf_test_acc"]
+                out += [f"| strategy | tail found | already recognised | classes covered @12 (of {n}) | @40 | "
+                        "final tail recall (classifier) | classifier test acc | final tail recall (M) | M test acc |",
+                        "|---|---|---|---|---|---|---|---|---|"]
+            else:
+                out += ["| strategy | tail found | already recognised | final tail recall | final test acc |",
+                        "|---|---|---|---|---|"]
+            best = {k: max(r[k] for r in rows.values()) for k in keys}
 
             def cell(r, k, fmt):
                 return f"**{r[k]:{fmt}}**" if r[k] == best[k] else f"{r[k]:{fmt}}"
             for name, r in rows.items():
-                out.append(f"| {name} | {cell(r, 'tail_found', '.1f')} | {r['tail_already_recognised']:.1f} | "
-                           f"{cell(r, 'final_mean_tail_recall', '.3f')} +- {r['final_mean_tail_recall_std']:.3f} | "
-                           f"{cell(r, 'final_test_acc', '.3f')} |")
+                m_rec = f"{cell(r, 'final_mean_tail_recall', '.3f')} +- {r['final_mean_tail_recall_std']:.3f}"
+                if full:
+                    out.append(f"| {name} | {cell(r, 'tail_found', '.1f')} | {r['tail_already_recognised']:.1f} | "
+                               f"{cell(r, 'covered_12', '.2f')} | {cell(r, 'covered_40', '.2f')} | "
+                               f"{cell(r, 'clf_recall', '.3f')} +- {r['clf_recall_std']:.3f} | "
+                               f"{cell(r, 'clf_test_acc', '.3f')} | {m_rec} | {cell(r, 'final_test_acc', '.3f')} |")
+                else:
+                    out.append(f"| {name} | {cell(r, 'tail_found', '.1f')} | {r['tail_already_recognised']:.1f} | "
+                               f"{m_rec} | {cell(r, 'final_test_acc', '.3f')} |")
             out.append("")
+            lines = [verdict_line(v) for v in verdicts(rows)]
+            if lines:
+                out += [f"- {line}" for line in lines] + [""]
     return "\n".join(out)
 
 
@@ -242,11 +342,13 @@ def plot(results: dict, path: Path) -> None:
         rows = results[s]["summary"][b]
         r0 = results[s]["round0_mean_tail_recall"]
         for name, r in rows.items():
-            lw = 2.5 if name.startswith("default") else 1.2
+            lw = 2.5 if name.startswith("default") or is_queue(name) else 1.2
             xs = np.arange(len(r["recall_by_round"]) + 1) * int(b)
-            axes[0, j].plot(xs, [r0, *r["recall_by_round"]], marker="o", lw=lw, label=name)
+            axes[0, j].plot(xs, [r0, *r.get("clf_recall_by_round", r["recall_by_round"])], marker="o", lw=lw,
+                            label=name)
             axes[1, j].plot(xs, [0, *r["tail_found_by_round"]], marker="o", lw=lw, label=name)
-        axes[0, j].set_title(f"{s}, budget {b}/round: mean tail-class recall (test)", fontsize=9)
+        what = "classifier" if all("clf_recall_by_round" in r for r in rows.values()) else "M"
+        axes[0, j].set_title(f"{s}, budget {b}/round: mean tail-class recall ({what}; test)", fontsize=9)
         axes[1, j].set_title(f"{s}, budget {b}/round: tail examples labeled", fontsize=9)
         for ax in axes[:, j]:
             ax.set_xlabel("examples labeled")
@@ -263,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
                          "output directory for loop.json, loop.png and loop.md")
     ap.add_argument("--budgets", default=None, help="comma list of examples per round (default 20,40; quick 40)")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     ap.add_argument("--strategies", default=None, help=f"comma list; choices: {' | '.join(STRATEGIES)}")
     ap.add_argument("--cnn-epochs", type=int, default=None, help="round-0 CNN epochs (default 15, quick 10)")
     ap.add_argument("--finetune-epochs", type=int, default=5, help="dense-layer epochs per round")
@@ -278,21 +381,24 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for name, st, ds in iter_settings(settings):
         seed_results = []
-        for seed in range(seeds):
+        for seed in range(args.first_seed, args.first_seed + seeds):
             t1 = time.time()
             sr = run_seed(ds, st, seed, budgets, args.rounds, strategies, cnn_epochs, args.finetune_epochs)
             seed_results.append(sr)
             b = str(budgets[-1])
-            print(f"[{name} seed {seed + 1}/{seeds}] train {sr['train_per_class']} | round-0 tail recall "
-                  f"{sr['round0_mean_tail_recall']:.3f} | budget {b}: " + ", ".join(
-                      f"{k} {v['tail_found']}/{v['final_mean_tail_recall']:.2f}" for k, v in sr["runs"][b].items())
+            print(f"[{name} seed {seed} ({seed - args.first_seed + 1}/{seeds})] train {sr['train_per_class']} | "
+                  f"round-0 tail recall {sr['round0_mean_tail_recall']:.3f} | budget {b} (tail found/M/classifier "
+                  "recall): " + ", ".join(
+                      f"{k} {v['tail_found']}/{v['final_mean_tail_recall']:.2f}/{v['final_clf_mean_tail_recall']:.2f}"
+                      for k, v in sr["runs"][b].items())
                   + f" | {time.time() - t1:.0f}s", flush=True)
         summary = summarise(seed_results, budgets, strategies)
         r0 = float(np.mean([sr["round0_mean_tail_recall"] for sr in seed_results]))
         results[name] = {"summary": summary, "seeds": seed_results, "round0_mean_tail_recall": r0}
         print(format_table(name, summary, seeds, args.rounds, r0), flush=True)
     total = time.time() - t0
-    payload = {"config": {"settings": settings, "seeds": seeds, "budgets": budgets, "rounds": args.rounds,
+    payload = {"config": {"settings": settings, "seeds": seeds, "first_seed": args.first_seed, "budgets": budgets,
+                          "rounds": args.rounds,
                           "strategies": strategies, "cnn_epochs": cnn_epochs,
                           "finetune_epochs": args.finetune_epochs, "threads": args.threads},
                "total_seconds": total, "results": results}
