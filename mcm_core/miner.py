@@ -299,8 +299,9 @@ class MinorityMiner:
 
         Among the ``queue_window`` highest-scored examples: round-robin over the RC layer's
         predicted tail classes, least-labeled first (examples predicted as a head class keep their
-        places), and within a bucket greedily the largest score x ((1 - queue_teach) + queue_teach x
-        distance to the labeled and already-queued examples of that class). Those get (0.5, 1]; the rest 0.5 * score_samples(). Unlike
+        places), and within a bucket greedily the largest score x ((1 - w) + w x distance to the
+        labeled and already-queued examples of that class), w = queue_teach x min(1, the class's
+        labels / queue_teach_ramp). Those get (0.5, 1]; the rest 0.5 * score_samples(). Unlike
         score_samples(), a row's value depends on the rest of the pool: pass the whole pool in one call."""
         self._check_fitted()
         if self.config["strategy"] != "tail_novelty":
