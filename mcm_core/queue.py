@@ -11,7 +11,7 @@ the tail yield by choosing only among the ``window`` highest-scored examples, an
   d = cosine distance to the nearest labeled example of that class or example already queued in
   that bucket, w = teach x min(1, labels of the class / ``teach_ramp``). w=0: the bucket in score
   order (the most likely first); w=1: score x d, examples unlike what is labeled first (more to
-  learn, and more often not of that class). The ramp: a class with 2 labels has unreliable
+  learn, and more often not of that class). The ramp: a class with few labels has unreliable
   predicted members, whose unusual ones are often another class (the browser stage: 10 rare digits
   in 12 tasks at w=0.5), so they are served most likely first; with labels, the typical members
   are what the model already recognises, so the unlike ones teach it (annotation loop: final tail
@@ -29,11 +29,12 @@ import numpy as np
 from .novelty import l2_normalise
 
 NOVEL_BUCKET = -1
-# The teaching weight in full once a class has 20 labels, in proportion below: with 2 labels per rare class
-# the browser stage served 10 rare digits in 12 tasks with the full weight 0.5 and 12 in 12 with this ramp,
-# and the annotation loop's final tail recall is the full weight's (docs/quality.md, "The queue").
+# The teaching weight in full once a class has 50 labels, in proportion below. Browser stage (rare digits
+# with 2 labels each, then 2-10 more): full weight 0.5 from the start served 10 rare digits in 12 tasks;
+# ramp 20: 12 in 12, but 7 in 10 in the two-annotator lanes once the digits had 9-14 labels; ramp 50:
+# 20 in 20. The annotation loop's final tail recall is the full weight's (docs/quality.md, "The queue").
 DEFAULT_QUEUE_TEACH = 1.0
-DEFAULT_TEACH_RAMP = 20
+DEFAULT_TEACH_RAMP = 50
 QUEUE_FLOOR = 0.5  # queued examples score (QUEUE_FLOOR, 1]; the others QUEUE_FLOOR x score, below them
 
 

@@ -89,9 +89,10 @@ STRATEGIES: dict[str, Callable[[RoundState], np.ndarray]] = {
     "default queue": _miner_queue(),
 }
 # The queue's teaching weight (mcm_core.queue): 0 = each predicted tail class in score order; 1 = score x
-# distance to what is labeled; "ramp=20": the weight grows with the class's labels, in full from 20.
+# distance to what is labeled; "ramp=N": the weight grows with the class's labels, in full from N ("default
+# queue": ramp 50).
 STRATEGIES.update({f"queue teach={t:g}": _miner_queue(queue_teach=t, queue_teach_ramp=0) for t in (0.0, 0.5, 1.0)})
-STRATEGIES["queue teach=1 ramp=20"] = _miner_queue(queue_teach=1.0, queue_teach_ramp=20)
+STRATEGIES.update({f"queue teach=1 ramp={n}": _miner_queue(queue_teach=1.0, queue_teach_ramp=n) for n in (20, 50)})
 UNCERTAINTY = ("entropy (M)", "margin (M)", "weighted entropy (M)")
 
 
