@@ -34,11 +34,10 @@ from .ranking import published_scores
 from .report.document import FIGURES, Report
 from .report.figures import png
 from .report.page import render_html
-from .scoring import predict_tasks
+from .scoring import predict_tasks, tab_order
 from .service import Service, current_service
 from .task_kinds import kind_of
 from .validation import HttpError, Skipped
-from .weak_order import weak_order
 
 logger = logging.getLogger(__name__)
 
@@ -265,8 +264,8 @@ def status():
         "nothing_to_score_message": NOTHING_TO_SCORE_MESSAGE.format(state.model.version) if idle else None,
         # which classes a prediction pre-ticks and why not the others; do the features separate the classes
         "prefill": prefill_summary(state.model, service.settings.prefill), "reliability": meta.get("reliability"),
-        # what the tab's scores follow: the miner's ("score"), or a weak model's fallback (backend/weak_order.py)
-        "tab_order": (weak_order(state.model, service.settings.weak_order) or "score") if state.model else None,
+        # what the tab's scores follow: the queue, the miner's score, or a weak model's fallback
+        "tab_order": tab_order(state.model, service.settings.weak_order) if state.model else None,
         "skipped_items": state.skipped.as_dict(),  # items read from Label Studio and skipped (validation.Skipped)
         "label_studio_orders_by_other_version": service.maintainer.foreign_version.get(project_id),
         "next_training_in_s": None if wait is None else round(wait, 1),

@@ -42,6 +42,13 @@ def queue_window(miner) -> int:
     return int(getattr(miner, "queue_size", 0))
 
 
+def tab_order(model, weak_setting: str) -> str:
+    """What the tab's scores follow (/mcm/status): a weak model's fallback ("novelty", "random";
+    backend/weak_order.py), else the labeling queue ("queue": MCM_QUEUE_WINDOW > 0 and a strategy with
+    one), else the mining score ("score")."""
+    return weak_order(model, weak_setting) or ("queue" if queue_window(model.miner) else "score")
+
+
 def outside_window(scores: np.ndarray, miner) -> np.ndarray:
     """Scores of tasks outside the queue window: below every queued task (which get (0.5, 1])."""
     return QUEUE_FLOOR * scores if queue_window(miner) else scores

@@ -24,7 +24,7 @@ Figures per run (and their mean over the seeds in the table):
   common class when wrong);
 - common pre-filled rare: among the common tasks of the first 20, the share pre-ticked with a rare class;
 - the reliability verdict (/mcm/status "reliability", written at training) and what the tab followed
-  (/mcm/status "tab_order": "score", or MCM_WEAK_ORDER's order while the verdict is weak).
+  (/mcm/status "tab_order": "queue", "score", or MCM_WEAK_ORDER's order while the verdict is weak).
 
 Options for comparisons: --strategy (MCM_MINER_OPTIONS' strategy), --weak-order (MCM_WEAK_ORDER),
 --backbone/--backbone-weights, --env KEY=VALUE (any other setting). Figures: docs/quality.md.

@@ -101,7 +101,7 @@ def test_a_weak_model_orders_the_tab_by_novelty_or_at_random_instead_of_its_scor
     assert {p["task"]: p["score"] for p in served} == {t: pushed[t]["score"] for t in ids}
     status = _status(settings)
     assert (f"MCM_WEAK_ORDER={order}" in status["reliability"]["message"]) == (order != "miner"), status
-    assert status["tab_order"] == (order if order != "miner" else "score")
+    assert status["tab_order"] == (order if order != "miner" else "queue")  # the miner's order: its queue
 
 
 def test_features_that_separate_the_classes_prefill_right_answers(fake_ls, images, make_settings):

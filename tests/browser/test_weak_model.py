@@ -6,7 +6,7 @@ one this test gave it). 77 tasks are imported and 37 of them labeled through the
 with 2 labels each); 40 are not (4 of them rare, 10 %). `python -m backend.admin connect` as an operator would; the
 backend's first training starts on its own and its first publish creates the "Tail classes first"
 tab (MCM_AUTO_TAB). Its /mcm/status must say the reliability verdict is "weak" and which order the tab
-follows (`tab_order` "score": MCM_WEAK_ORDER's default, the miner's scores).
+follows (`tab_order` "queue": MCM_WEAK_ORDER's default, the miner's own order).
 
 Then Label Studio's own web UI in Chromium: log in, open the tab, "Label Tasks As Displayed", and for
 N_TASKS served tasks look at each for PAUSE seconds, read which classes are ticked (when the task
@@ -121,7 +121,7 @@ def test_weak_model_prefills_nothing_for_the_annotator(weak_project, open_ui, ba
     # The model is weak by construction: the backend must say so; the tab follows MCM_WEAK_ORDER's default
     # (the miner's scores: measured best on newcomer images, backend/weak_order.py).
     assert (status.get("reliability") or {}).get("verdict") == "weak", status.get("reliability")
-    assert status.get("tab_order") == "score", status.get("tab_order")
+    assert status.get("tab_order") == "queue", status.get("tab_order")
     assert status["prefill"]["classes"] == [], status["prefill"]
 
     ui = open_ui("weak-model-annotator")
