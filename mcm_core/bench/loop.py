@@ -89,10 +89,10 @@ STRATEGIES: dict[str, Callable[[RoundState], np.ndarray]] = {
     "default queue": _miner_queue(),
 }
 # The queue's teaching weight (mcm_core.queue): 0 = each predicted tail class in score order; 1 = score x
-# distance to what is labeled; "ramp=N": the weight grows with the class's labels, in full from N ("default
-# queue": ramp 50).
+# distance to what is labeled; "ramp=20": the weight grows with the class's labels, in full from 20 (the
+# "default queue" is the miner's defaults: in full from 50).
 STRATEGIES.update({f"queue teach={t:g}": _miner_queue(queue_teach=t, queue_teach_ramp=0) for t in (0.0, 0.5, 1.0)})
-STRATEGIES.update({f"queue teach=1 ramp={n}": _miner_queue(queue_teach=1.0, queue_teach_ramp=n) for n in (20, 50)})
+STRATEGIES["queue teach=1 ramp=20"] = _miner_queue(queue_teach=1.0, queue_teach_ramp=20)
 UNCERTAINTY = ("entropy (M)", "margin (M)", "weighted entropy (M)")
 
 
@@ -135,12 +135,12 @@ def run_strategy(name: str, strategy, model0, conv: dict, y_train: np.ndarray, y
     model = copy.deepcopy(model0)
     labeled_pool: list[int] = []
     history = []
+    # the current model's features: the strategy's input, then (after retraining) the classifier's
     f_tr, _ = dense_features_logits(model, conv["train"])
+    f_pool, z_pool = dense_features_logits(model, conv["pool"])
     for r in range(rounds):
         remaining = np.setdiff1d(np.arange(len(y_pool)), labeled_pool)
         lab = np.asarray(labeled_pool, dtype=np.int64)
-        f_pool, z_pool = dense_features_logits(model, conv["pool"])
-        f_tr, _ = dense_features_logits(model, conv["train"])
         state = RoundState(np.concatenate([f_tr, f_pool[lab]]), np.concatenate([y_train, y_pool[lab]]),
                            f_pool[remaining], z_pool[remaining], num_classes, seed, budget)
         t0 = time.time()
@@ -155,12 +155,12 @@ def run_strategy(name: str, strategy, model0, conv: dict, y_train: np.ndarray, y
         lab = np.asarray(labeled_pool, dtype=np.int64)
         fine_tune_dense(model, np.concatenate([conv["train"], conv["pool"][lab]]),
                         np.concatenate([y_train, y_pool[lab]]), finetune_epochs, seed=seed + r + 1)
+        f_tr, _ = dense_features_logits(model, conv["train"])
+        f_pool, z_pool = dense_features_logits(model, conv["pool"])
         f_test, z_test = dense_features_logits(model, conv["test"])
         rec = tail_recalls(z_test, y_test, tails)
         # the backend's classifier on the retrained M's features of every label so far
-        f_tr, _ = dense_features_logits(model, conv["train"])
-        f_lab, _ = dense_features_logits(model, conv["pool"][lab])
-        clf_rec, clf_acc = classifier_recalls(np.concatenate([f_tr, f_lab]), np.concatenate([y_train, y_pool[lab]]),
+        clf_rec, clf_acc = classifier_recalls(np.concatenate([f_tr, f_pool[lab]]), np.concatenate([y_train, y_pool[lab]]),
                                               f_test, y_test, tails, num_classes, seed)
         history.append({"round": r + 1, "picked": chosen.tolist(), "tail_picked": int(is_tail.sum()),
                         "tail_picked_per_class": {int(k): int((y_pool[chosen] == k).sum()) for k in tails},
