@@ -39,11 +39,13 @@ class Split:
 
 def skewed_split(labels: np.ndarray, num_classes: int, seed: int, pool_fraction: float = 0.3,
                  test_fraction: float = 0.2, tail_ratios: dict[int, float] | None = None,
-                 tail_counts: dict[int, int] | None = None) -> Split:
+                 tail_counts: dict[int, int] | None = None, pool_tail: int | None = None) -> Split:
     """Stratified split. Pool and test take the same share of every class (uniform); the train
     split keeps all remaining head-class examples but only round(ratio * mean class count) (>= 1)
     examples of each tail class, so its skewness ratios match the paper's. ``tail_counts`` gives
-    exact labeled counts instead (0 allowed: a class that is never annotated)."""
+    exact labeled counts instead (0 allowed: a class that is never annotated). ``pool_tail`` keeps
+    only that many examples of each tail class in the pool (a long-tailed pool, as users have); the
+    test split is the same as without it."""
     if tail_counts is not None:
         if tail_ratios is not None:
             raise ValueError("give tail_ratios or tail_counts, not both")
@@ -56,8 +58,10 @@ def skewed_split(labels: np.ndarray, num_classes: int, seed: int, pool_fraction:
     n_min = min(len(p) for p in per_class)
     n_pool, n_test = int(pool_fraction * n_min), int(test_fraction * n_min)
     pool, test, rest = [], [], []
-    for idx in per_class:
-        pool.append(idx[:n_pool])
+    if pool_tail is not None and not 0 < pool_tail <= n_pool:
+        raise ValueError(f"pool_tail must be in 1..{n_pool}, got {pool_tail}")
+    for k, idx in enumerate(per_class):
+        pool.append(idx[:pool_tail if pool_tail is not None and k in tails else n_pool])
         test.append(idx[n_pool:n_pool + n_test])
         rest.append(idx[n_pool + n_test:])
     head = [k for k in range(num_classes) if k not in tails]
@@ -92,6 +96,7 @@ class Setting:
     tail_ratios: dict = field(default_factory=dict)
     novel: tuple = ()
     head_noise: float = 0.0
+    pool_tail: int | None = None   # examples of each tail class in the pool (None: as many as a head class)
 
     @property
     def positive_classes(self) -> list[int]:
@@ -115,6 +120,12 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
     # the annotation loop's second cell (mcm_core.bench.loop): three rare classes, like mnist-few otherwise
     Setting("mnist-three", "mnist", "3 tail classes 0, 1, 2 with 1, 2 and 4 labels",
             tail_counts={0: 1, 1: 2, 2: 4}),
+    # the same two with a long-tailed pool: 20 unlabeled examples of each tail class against 150 of a
+    # head class (tail 3.2 % / 5.4 % of the pool), where uncertainty sampling meets the tail less often
+    Setting("mnist-few-lt", "mnist", "as mnist-few, 20 of each tail class in the pool (3.2 %)",
+            tail_counts={0: 1, 1: 2}, pool_tail=20),
+    Setting("mnist-three-lt", "mnist", "as mnist-three, 20 of each tail class in the pool (5.4 %)",
+            tail_counts={0: 1, 1: 2, 2: 4}, pool_tail=20),
 )}
 
 
@@ -148,9 +159,11 @@ def make_setting(dataset: Dataset, setting: Setting, seed: int) -> SettingData:
     if counts:
         if setting.tail_ratios:
             raise ValueError(f"setting {setting.name}: give tail_counts or tail_ratios, not both")
-        split = skewed_split(dataset.labels, dataset.num_classes, seed, tail_counts=counts)
+        split = skewed_split(dataset.labels, dataset.num_classes, seed, tail_counts=counts,
+                             pool_tail=setting.pool_tail)
     else:
-        split = skewed_split(dataset.labels, dataset.num_classes, seed, tail_ratios=setting.tail_ratios or None)
+        split = skewed_split(dataset.labels, dataset.num_classes, seed, tail_ratios=setting.tail_ratios or None,
+                             pool_tail=setting.pool_tail)
     config_classes = [k for k in range(dataset.num_classes) if k not in setting.novel]
     y_tr = dataset.labels[split.train].copy()
     if setting.head_noise > 0:

@@ -133,6 +133,18 @@ def test_skewed_split_exact_counts():
         skewed_split(labels, 4, seed=0, tail_counts={0: -1})
 
 
+def test_long_tailed_pool_keeps_few_tail_examples_and_the_same_test_split():
+    labels = np.repeat(np.arange(4), 100)
+    uniform = skewed_split(labels, 4, seed=0, tail_counts={0: 1, 1: 2})
+    lt = skewed_split(labels, 4, seed=0, tail_counts={0: 1, 1: 2}, pool_tail=5)
+    assert np.bincount(labels[lt.pool], minlength=4).tolist() == [5, 5, 30, 30]
+    assert np.array_equal(lt.test, uniform.test) and np.array_equal(lt.train, uniform.train)
+    assert set(lt.pool) < set(uniform.pool)
+    for bad in (0, 31):
+        with pytest.raises(ValueError, match="pool_tail"):
+            skewed_split(labels, 4, seed=0, tail_counts={0: 1}, pool_tail=bad)
+
+
 def test_markdown_table_marks_the_best_and_gives_ratios():
     from mcm_core.bench.quality import DEFAULT_NAME, markdown
 
