@@ -27,7 +27,7 @@ from .labels import collect_labels
 from .refresh import refresh_project
 from .settings import Settings
 from .task_kinds import kind_of
-from .versions import PREFILL_FILE, LoadedModel
+from .versions import PREFILL_FILE, LoadedModel, counted_tail_names
 
 if TYPE_CHECKING:
     from .context import Context
@@ -56,7 +56,7 @@ def train_project(project_id: int, context: "Context", rescore: bool = True) -> 
     logger.info("project %s: training on %d %s (%s) of %d annotated tasks (%d training rows), backbone %s",
                 project_id, len(rows.objects), kind.row_name, dict(counts), len(labeled.annotated_ids), len(rows.y),
                 context.settings.backbone)
-    tail = project_tail(project_id, config, rows.objects)
+    tail = project_tail(project_id, config, rows.objects, state.model.meta if state.model else {})
     unlabeled = context.ingest.cache(project_id).get(rows.unlabeled_keys) if rows.unlabeled_keys else None
     miner, trained_backbone, features = fit_miner(project_id, context, rows.keys, rows.y, rows.n_classes,
                                                   rows.cache_kind, rows.options, tail.classes, unlabeled)
@@ -79,10 +79,11 @@ def train_project(project_id: int, context: "Context", rescore: bool = True) -> 
     return version
 
 
-def project_tail(project_id: int, config: LabelConfig, objects: np.ndarray) -> TailSet:
-    """The tail classes of a new version (LabelConfig.tail_set), logged with the rule that chose them.
+def project_tail(project_id: int, config: LabelConfig, objects: np.ndarray, previous_meta: dict) -> TailSet:
+    """The tail classes of a new version (LabelConfig.tail_set, which keeps the previous version's counted
+    classes while they have fewer labels than an average class), logged with the rule that chose them.
     One set for the miner, the queue, the report and the held-out evaluation (they read the meta)."""
-    tail = config.tail_set(objects)
+    tail = config.tail_set(objects, counted_tail_names(previous_meta))
     if config.declared_tail and not tail.declared:
         logger.warning("project %s: every labeled class is declared tail (%s); the declaration waits until a head "
                        "class has labels", project_id, list(config.declared_tail))

@@ -13,7 +13,7 @@ import dataclasses
 import functools
 import html
 import re
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 from label_studio_sdk.label_interface import LabelInterface
@@ -43,14 +43,18 @@ class LabelConfig:
     declared_tail: tuple[str, ...] = ()
     count_tail: bool = True
 
-    def tail_set(self, labels) -> TailSet:
+    def tail_set(self, labels, previous: Iterable[str] = ()) -> TailSet:
         """The tail classes for class indices `labels`: the declared ones plus, unless the config turns it
-        off, the count rule's (mcm_core.tails). A declaration that leaves no labeled class as head is set
-        aside (the miner needs head rows to learn what is common): the count rule decides alone then."""
+        off, the count rule's (mcm_core.tails), which keeps the `previous` version's counted classes (names;
+        unknown ones ignored) until they have as many labels as an average class. A declaration that leaves
+        no labeled class as head is set aside (the miner needs head rows to learn what is common): the count
+        rule decides alone then."""
         declared = [self.classes.index(c) for c in self.declared_tail]
         if declared and set(np.asarray(labels, dtype=np.int64).tolist()) <= set(declared):
             declared = []
-        return choose_tail_classes(labels, len(self.classes), declared, use_counts=self.count_tail or not declared)
+        kept = [self.classes.index(c) for c in previous if isinstance(c, str) and c in self.classes]
+        return choose_tail_classes(labels, len(self.classes), declared, use_counts=self.count_tail or not declared,
+                                   previous=kept)
 
     def class_index(self, label: str) -> int:
         try:

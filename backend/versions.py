@@ -50,6 +50,13 @@ class LoadedModel:
     memo_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
 
+def counted_tail_names(meta: dict) -> list[str]:
+    """The class names the count rule gave a version (its meta's "tail_counted"); [] when absent or not a
+    list of names (a version saved before, or a damaged file: the count rule then starts afresh)."""
+    names = meta.get("tail_counted") if isinstance(meta, dict) else None
+    return [c for c in names if isinstance(c, str)] if isinstance(names, list) else []
+
+
 class ModelStore:
     """Reads and writes one project's versions."""
 

@@ -33,7 +33,7 @@ from ..ledger import Ledger
 from ..ranking import Ranking
 from ..task_kinds import kind_of
 from ..validation import Skipped
-from ..versions import VERSION_RE, ModelStore
+from ..versions import VERSION_RE, ModelStore, counted_tail_names
 from . import stats
 from .document import Report
 from .figures import figure_states
@@ -288,10 +288,9 @@ def build_report(context: "Context", heldout: HeldOut, project_id: int, last_err
     skipped = context.projects.get(project_id).skipped
     events, n_annotations = stats.label_events(annotated, config, kind_of(config).label_event, skipped)
     counts = stats.class_counts(events, classes)
-    ratios, tail_now = stats.skewness(counts, config)
-
     model = context.projects.get(project_id).model
     meta = model.meta if model else {}
+    ratios, tail_now = stats.skewness(counts, config, counted_tail_names(meta))
     tail = list(meta.get("tail_classes", tail_now)) if model else tail_now
     try:
         ordering, ordering_note = remember_enabled_at(client, project_id, project_dir, skipped), UNKNOWN_ORDERING

@@ -243,12 +243,14 @@ def cumulative_per_class(events: Sequence[LabelEvent], classes: Sequence[str]) -
     return {c: np.cumsum([e.classes.count(c) for e in ordered]).astype(np.int64) for c in classes}
 
 
-def skewness(counts: Mapping[str, int], config: LabelConfig) -> tuple[dict[str, float], list[str]]:
+def skewness(counts: Mapping[str, int], config: LabelConfig,
+             previous: Sequence[str] = ()) -> tuple[dict[str, float], list[str]]:
     """(per-class skewness ratio = count / mean count, the tail classes by the training rule,
-    LabelConfig.tail_set: declared ones plus those rare beyond chance)."""
+    LabelConfig.tail_set: declared ones plus those rare beyond chance, plus the `previous` version's
+    counted ones while they have fewer labels than an average class)."""
     classes = config.classes
     labels = np.repeat(np.arange(len(classes)), [int(counts.get(c, 0)) for c in classes])
-    tail = [classes[k] for k in config.tail_set(labels).classes]
+    tail = [classes[k] for k in config.tail_set(labels, previous).classes]
     if len(labels) == 0:
         return {c: 0.0 for c in classes}, tail
     return {c: round(float(r), 4) for c, r in zip(classes, skewness_ratios(labels, len(classes)))}, tail

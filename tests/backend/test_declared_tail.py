@@ -67,3 +67,38 @@ def test_declare_tail_edits_only_the_tags_and_refuses_unknown_classes():
         declare_tail(config, ["zero", "one", "seven"])
     with pytest.raises(LabelConfigError, match="count rule off"):
         declare_tail(config, [], count_rule=False)
+
+
+def _label(fake_ls, truth: dict, name: str, n: int) -> None:
+    """Annotate `n` more unlabeled tasks of class `name`, as an annotator of the tail-first tab would."""
+    todo = [t for t, c in sorted(truth.items()) if c == name and not fake_ls.tasks[t]["annotations"]][:n]
+    assert len(todo) == n
+    for t in todo:
+        fake_ls.tasks[t]["annotations"].append({
+            "id": t * 10, "was_cancelled": False, "created_at": "2026-01-02T00:00:00Z",
+            "updated_at": "2026-01-02T00:00:00Z",
+            "result": [{"from_name": "choice", "to_name": "image", "type": "choices", "value": {"choices": [name]}}]})
+
+
+def test_a_mined_class_stays_tail_until_it_has_as_many_labels_as_an_average_class(fake_ls, images, make_settings):
+    truth = populate_project(fake_ls, images, pid=PID, head=10, tail=2, unlabeled_per_class=10)
+    settings = make_settings(label_studio_url=fake_ls.url, label_studio_api_key=fake_ls.legacy_token, cnn_epochs=2)
+    context = Context(settings)
+
+    def tail_after_training():
+        train_project(PID, context, rescore=False)
+        meta = context.projects.get(PID).model.meta
+        assert meta["tail_classes"] == meta["tail_counted"]
+        return meta
+
+    assert tail_after_training()["tail_classes"] == ["seven"]   # 2 labels against 10 and 10
+    _label(fake_ls, truth, "seven", 3)                          # 5 of 25: ratio 0.6, not rare by the rule alone
+    meta = tail_after_training()
+    assert meta["tail_classes"] == ["seven"] and meta["labeled_per_class"]["seven"] == 5
+    assert "kept from the previous version): seven" in meta["tail_rule"]
+    _label(fake_ls, truth, "seven", 5)                          # 10 of 30: as many as an average class
+    assert tail_after_training()["tail_classes"] == []
+    # without a previous version the count rule alone decides: 5 of 25 is no tail
+    config = parse_label_config(LABEL_CONFIG)
+    assert config.tail_set([0] * 10 + [1] * 10 + [2] * 5).classes == ()
+    assert config.tail_set([0] * 10 + [1] * 10 + [2] * 5, previous=["seven", "not a class", 3]).classes == (2,)

@@ -27,6 +27,14 @@ def test_early_noise_is_no_tail_but_never_labeled_is():
     assert counted_tail(y, 11) == [10]         # a class in the config never labeled is tail
 
 
+def test_one_label_in_forty_is_tail_at_the_ten_percent_level():
+    # 40 labels over 10 classes: P(X <= 1 | 40, 0.1) = 0.080 (tail at 10 %, chance at 5 %)
+    y = labels_from([1, 0, 4, 7, 4, 6, 4, 7, 4, 3])
+    assert binomial_cdf(1, 40, 0.1) == pytest.approx(0.9 ** 40 + 4 * 0.9 ** 39)
+    assert counted_tail(y, 10) == [0, 1]
+    assert counted_tail(y, 10, alpha=0.05) == [1]
+
+
 def test_declared_classes_are_tail_with_any_counts():
     y = labels_from(EARLY)
     tail = choose_tail_classes(y, 10, declared=[5, 9])  # 5 has the most labels
@@ -102,3 +110,19 @@ def test_early_label_noise_with_declared_rare_digits_ranks_them_first():
         assert auc_pr(rare, declared) > auc_pr(rare, counted), seed
         lifts.append(rare[np.argsort(-declared)[:50]].mean() / rare.mean())
     assert np.mean(lifts) >= 3.0, lifts
+
+
+def test_a_previous_tail_class_stays_until_it_has_as_many_labels_as_an_average_class():
+    y = labels_from([10, 10, 10, 5])                   # ratio 0.57: not rare by the rule alone
+    assert choose_tail_classes(y, 4).classes == ()
+    kept = choose_tail_classes(y, 4, previous=[3])
+    assert kept.classes == kept.counted == kept.kept == (3,)
+    assert "kept from the previous version): 3" in kept.describe()
+    assert choose_tail_classes(labels_from([10, 10, 10, 9]), 4, previous=[3]).classes == (3,)
+    assert choose_tail_classes(labels_from([10, 10, 10, 10]), 4, previous=[3]).classes == ()  # the average
+    assert choose_tail_classes(y, 4, previous=[0, 7, -1]).classes == ()       # a head class, unknown indices
+    # the count rule off: only the declared classes, nothing kept
+    assert choose_tail_classes(y, 4, declared=[1], use_counts=False, previous=[3]).classes == (1,)
+    # a class both counted now and before is counted, not "kept"
+    both = choose_tail_classes(labels_from([10, 10, 10, 0]), 4, previous=[3])
+    assert both.counted == (3,) and both.kept == ()
