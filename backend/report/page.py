@@ -121,7 +121,8 @@ CAPTIONS = {
                   "not known to within +-50 %.",
     "classes": "Tasks labeled per class as labeling went on. Thick lines: the tail classes of the current model "
                "(declared by the admin with mcm_tail=\"true\" in the label config, or counted: skewness ratio "
-               "r = count / mean count below 0.3 with a count improbable by chance, or never labeled).",
+               "r = count / mean count below 0.3 with a count improbable by chance, or never labeled; a counted "
+               "class stays tail until it has as many labels as an average class).",
     "precision_recall": "Each labeled task scored by a model that never saw it ({folds}-fold stratified "
                         "cross-validation, seed {seed}; for simple-cnn each fold also retrains the CNN). Positives: "
                         "the tail classes. Baselines: {source}. AUC-PR is average precision; random order scores "
