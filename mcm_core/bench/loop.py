@@ -227,6 +227,10 @@ def summarise(seed_results: list[dict], budgets: list[int], strategies: list[str
                 "tail_found_by_round": np.mean([np.cumsum([h["tail_picked"] for h in r["rounds"]])
                                                 for r in runs], 0).tolist(),
             }
+            if all("pool_tail" in sr for sr in seed_results) and all("n_picked" in r for r in runs):
+                # the most tail examples any strategy could find: the budget, or the tail the pool holds
+                out[str(b)][name]["tail_possible"] = float(np.mean([min(r["n_picked"], sr["pool_tail"])
+                                                                    for r, sr in zip(runs, seed_results)]))
             if all("covered" in r for r in runs):   # the columns added for issue 23
                 out[str(b)][name].update({
                     "n_tails": runs[0]["n_tails"],
@@ -257,7 +261,10 @@ def verdicts(rows: dict) -> list[dict]:
         ratio = rows[name]["tail_found"] / max(rows[best_u]["tail_found"], 1e-9)
         highest = rows[name][key] >= rows[best_rival][key]
         ratios = {n: rows[name]["tail_found"] / max(rows[n]["tail_found"], 1e-9) for n in unc}
-        out.append({"strategy": name, "best_uncertainty": best_u, "ratio": ratio, "ratios": ratios, "recall_key": key,
+        possible = rows[name].get("tail_possible")
+        ceiling = None if possible is None else possible / max(rows[best_u]["tail_found"], 1e-9)
+        out.append({"strategy": name, "best_uncertainty": best_u, "ratio": ratio, "ratios": ratios, "ceiling": ceiling,
+                    "recall_key": key,
                     "recall": rows[name][key], "best_rival": best_rival, "best_rival_recall": rows[best_rival][key],
                     "highest": bool(highest), "met": bool(ratio >= 1.2 and highest)})
     return out
@@ -266,8 +273,9 @@ def verdicts(rows: dict) -> list[dict]:
 def verdict_line(v: dict) -> str:
     what = "classifier" if v["recall_key"] == "clf_recall" else "M"
     others = ", ".join(f"vs {n} {r:.2f}x" for n, r in v["ratios"].items() if n != v["best_uncertainty"])
+    ceiling = "" if v.get("ceiling") is None else f"; at most {v['ceiling']:.2f}x possible"
     return (f"verdict {v['strategy']}: tail found {v['ratio']:.2f}x {v['best_uncertainty']} (goal >= 1.2x: "
-            f"{'yes' if v['ratio'] >= 1.2 else 'no'}{'; ' + others if others else ''}); "
+            f"{'yes' if v['ratio'] >= 1.2 else 'no'}{ceiling}{'; ' + others if others else ''}); "
             f"final tail recall ({what}) {v['recall']:.3f} vs best other "
             f"{v['best_rival']} {v['best_rival_recall']:.3f} (highest: {'yes' if v['highest'] else 'no'}) -> "
             f"{'MET' if v['met'] else 'not met'}")

@@ -195,3 +195,19 @@ def test_summary_new_columns_and_verdict():
     assert any(line.startswith("- verdict queue teach=0:") and line.endswith("MET") for line in md)
     table = loop.format_table("s", {"20": rows}, 2, 1, 0.2)
     assert "verdict queue teach=1:" in table and "not met" in table
+    assert v["queue teach=0"]["ceiling"] is None and "possible" not in table  # runs saved before: no ceiling
+
+
+def test_the_verdict_says_how_much_tail_any_strategy_could_find():
+    def run(found, picked=60):
+        return {"tail_found": found, "n_picked": picked, "final_mean_tail_recall": 0.5, "final_test_acc": 0.9,
+                "rounds": [{"tail_picked_already_recognised": 0, "mean_tail_recall": 0.5, "tail_picked": found}]}
+
+    names = ["weighted entropy (M)", "default queue"]
+    seeds = [{"pool_tail": 40, "runs": {"20": {"weighted entropy (M)": run(36), "default queue": run(39)}}},
+             {"pool_tail": 300, "runs": {"20": {"weighted entropy (M)": run(58), "default queue": run(59)}}}]
+    rows = loop.summarise(seeds, [20], names)["20"]
+    assert rows["default queue"]["tail_possible"] == 50.0   # min(60, 40) and min(60, 300)
+    (v,) = loop.verdicts(rows)
+    assert v["ceiling"] == pytest.approx(50 / 47) and not v["met"]
+    assert "at most 1.06x possible" in loop.verdict_line(v)
