@@ -60,11 +60,12 @@ TABLE: tuple[Setting, ...] = (
     Setting("MCM_HEAD_SIZE", "head_size", int, 100, "Tasks pushed at once under a new version (the head of the "
             "queue); at least 4 x the labels added since the previous version.", minimum=1,
             group="Publishing predictions"),
-    Setting("MCM_QUEUE_WINDOW", "queue_window", int, 200, "The N best-scored tasks are re-ordered so that the "
+    Setting("MCM_QUEUE_WINDOW", "queue_window", int, 500, "The N best-scored tasks are re-ordered so that the "
             "first ones show every rare class the model finds (its predicted tail classes in turn, the least "
-            "labeled first) and their labels teach the model (mcm_core.queue; MCM_MINER_OPTIONS "
-            "'{\"queue_teach\": x}' weighs \"unlike what is labeled\" against \"most likely rare\"). 0: the tab "
-            "follows the mining score alone (one rare class at a time). Applies from the next training.",
+            "labeled first) and their labels teach the model (mcm_core.queue; MCM_MINER_OPTIONS '{\"queue_teach\": x}' "
+            "weighs \"unlike what is labeled\" against \"most likely rare\"). N should also hold the rare tasks "
+            "the model ranks below those it already recognises. 0: the tab follows the mining score alone (one "
+            "rare class at a time). Applies from the next training.",
             minimum=0, group="Publishing predictions"),
     Setting("MCM_AUTO_TAB", "auto_tab", bool, True, "On a project's first publish, create its Data Manager tab "
             "\"Tail classes first\" (unlabeled tasks, highest score first) unless a tab of that title exists; "

@@ -85,7 +85,7 @@ class MinorityMiner:
                  score_weighting: str = "alpha", ae_train_on: str = "head", rc_min_epochs: int = 20,
                  rc_max_steps_per_epoch: int | None = 8, ae_max_steps_per_epoch: int | None = 32,
                  strategy: str = "tail_novelty", novelty_k: int = DEFAULT_K,
-                 novelty_max_reference: int = DEFAULT_MAX_REFERENCE, queue_window: int = 200,
+                 novelty_max_reference: int = DEFAULT_MAX_REFERENCE, queue_window: int = 500,
                  queue_teach: float = DEFAULT_QUEUE_TEACH, queue_teach_ramp: int = DEFAULT_TEACH_RAMP,
                  cold_start: str = "all"):
         self.num_classes = check_num_classes(num_classes)
@@ -293,20 +293,28 @@ class MinorityMiner:
         p = self.predict_proba(features).astype(np.float64)
         return p[:, self.tail_].sum(1) if self.tail_ else np.zeros(len(p))
 
-    def queue_scores(self, features) -> np.ndarray:
+    def queue_scores(self, features, proba=None) -> np.ndarray:
         """Descending scores for a whole unlabeled pool (tail_novelty only): the order in which a
         labeling budget teaches the model the most while keeping the tail yield (mcm_core.queue).
 
         Among the ``queue_window`` highest-scored examples: round-robin over the RC layer's
         predicted tail classes, least-labeled first (examples predicted as a head class keep their
-        places), and within a bucket greedily the largest score x ((1 - w) + w x distance to the
-        labeled and already-queued examples of that class), w = queue_teach x min(1, the class's
-        labels / queue_teach_ramp). Those get (0.5, 1]; the rest 0.5 * score_samples(). Unlike
-        score_samples(), a row's value depends on the rest of the pool: pass the whole pool in one call."""
+        places), and within a bucket greedily the largest score x ((1 - w) + w x v). v: the doubt of
+        a plain classifier, 1 - proba[row, bucket class], when ``proba`` (M, C) is given (e.g.
+        PrefillClassifier.predict_proba of the same rows; an option: it cost live tail share,
+        docs/quality.md), else the distance to the labeled and already-queued examples of that
+        class; w = queue_teach x min(1, the class's labels / queue_teach_ramp).
+        Those get (0.5, 1]; the rest 0.5 * score_samples(). Unlike score_samples(), a row's value
+        depends on the rest of the pool: pass the whole pool in one call."""
         self._check_fitted()
         if self.config["strategy"] != "tail_novelty":
             raise ValueError(f"queue_scores needs strategy='tail_novelty', not {self.config['strategy']!r}")
         x = check_features(features, dim=self.in_dim_)
+        if proba is not None:
+            proba = np.asarray(proba, dtype=np.float64)
+            if proba.shape != (len(x), self.num_classes) or not np.all(np.isfinite(proba)):
+                raise ValueError(f"proba must be finite ({len(x)}, {self.num_classes}) probabilities, got "
+                                 f"shape {proba.shape}")
         p = self.predict_proba(x).astype(np.float64)
         t = p[:, self.tail_].sum(1) if self.tail_ else np.zeros(len(p))
         scores = tail_or_novel(t, self.novelty_.score(x))
@@ -314,8 +322,10 @@ class MinorityMiner:
         buckets = np.where(np.isin(top, self.tail_), top, NOVEL_BUCKET)
         refs = {int(k): self.tail_reference_[self.tail_reference_labels_ == k] for k in self.tail_}
         refs[NOVEL_BUCKET] = np.concatenate([self.novelty_.reference, self.tail_reference_])
+        doubt = None if proba is None else \
+            np.clip(1.0 - proba[np.arange(len(x)), np.where(buckets >= 0, buckets, 0)], 0.0, 1.0)
         return greedy_queue(scores, buckets, x, refs, self.config["queue_window"], self.config["queue_teach"],
-                            self.config["queue_teach_ramp"])
+                            self.config["queue_teach_ramp"], doubt)
 
     def novelty_score(self, features) -> np.ndarray:
         """N in [0, 1): calibrated kNN novelty against the labeled head rows. Every strategy has it,

@@ -134,6 +134,7 @@ def test_backend_speed_benchmark_runs_the_whole_path_on_a_small_project(tmp_path
     assert backend_speed.main(["--annotated", "300", "--unlabeled", "450", "--dim", "32", "--out", str(out)]) == 0
     figures = json.loads(out.read_text())
     assert figures["n_scored"] == 450 and figures["model_version"].startswith("mcm-v1-")
-    # the head: the whole queue window (MCM_QUEUE_WINDOW, 200 by default; more than MCM_HEAD_SIZE's 100)
-    assert figures["refresh_seconds"]["pool"] == 450 and figures["refresh_seconds"]["created"] == 200
+    # the head: the whole queue window (MCM_QUEUE_WINDOW, 500 by default; more than MCM_HEAD_SIZE's 100), here
+    # the whole pool of 450
+    assert figures["refresh_seconds"]["pool"] == 450 and figures["refresh_seconds"]["created"] == 450
     assert set(figures["predict_100_seconds"]) == {"first", "median"}

@@ -64,10 +64,14 @@ def _miner_scores(**kwargs) -> Callable[[RoundState], np.ndarray]:
     return run
 
 
-def _miner_queue(**kwargs) -> Callable[[RoundState], np.ndarray]:
+def _miner_queue(doubt: bool = False, **kwargs) -> Callable[[RoundState], np.ndarray]:
+    """The miner's queue; ``doubt``: teaching by the doubt of the backend's classifier (PrefillClassifier
+    on the labeled features, as the backend passes its pre-fill classifier), else by the distance."""
     def run(s: RoundState) -> np.ndarray:
         miner = MinorityMiner(s.num_classes, seed=s.seed, **kwargs).fit(s.f_lab, s.y_lab)
-        return miner.queue_scores(s.f_pool)
+        proba = PrefillClassifier(s.num_classes, s.seed).fit(s.f_lab, s.y_lab).predict_proba(s.f_pool) \
+            if doubt else None
+        return miner.queue_scores(s.f_pool, proba)
     return run
 
 
@@ -89,10 +93,14 @@ STRATEGIES: dict[str, Callable[[RoundState], np.ndarray]] = {
     "default queue": _miner_queue(),
 }
 # The queue's teaching weight (mcm_core.queue): 0 = each predicted tail class in score order; 1 = score x
-# distance to what is labeled; "ramp=20": the weight grows with the class's labels, in full from 20 (the
-# "default queue" is the miner's defaults: in full from 50).
+# distance to what is labeled; "ramp=20": the weight grows with the class's labels, in full from 20; "window=200":
+# the queue as the default was before (200-task window); "doubt": taught by the doubt of the backend's classifier
+# instead of the distance (measured, not the default: docs/quality.md). The "default queue" is the miner's defaults.
 STRATEGIES.update({f"queue teach={t:g}": _miner_queue(queue_teach=t, queue_teach_ramp=0) for t in (0.0, 0.5, 1.0)})
 STRATEGIES["queue teach=1 ramp=20"] = _miner_queue(queue_teach=1.0, queue_teach_ramp=20)
+STRATEGIES["queue window=200"] = _miner_queue(queue_window=200)
+STRATEGIES["queue doubt"] = _miner_queue(doubt=True)
+STRATEGIES["queue doubt ramp=0"] = _miner_queue(doubt=True, queue_teach_ramp=0)
 UNCERTAINTY = ("entropy (M)", "margin (M)", "weighted entropy (M)")
 
 

@@ -44,7 +44,7 @@ def test_settings_from_env_parses_and_validates():
         Settings.from_env({"BASIC_AUTH_USER": "u"})
     with pytest.raises(ValueError, match="CIDR"):
         Settings.from_env({"MCM_ALLOWED_HOSTS": "10.0.0.0/99"})
-    assert Settings.from_env({"MCM_MINER_OPTIONS": '{"n_models": 1}'}).miner_kwargs == {"queue_window": 200, "n_models": 1}
+    assert Settings.from_env({"MCM_MINER_OPTIONS": '{"n_models": 1}'}).miner_kwargs == {"queue_window": 500, "n_models": 1}
     with pytest.raises(ValueError, match="MCM_MINER_OPTIONS"):
         Settings.from_env({"MCM_MINER_OPTIONS": "{n_models"})
     with pytest.raises(ValueError, match="MCM_MINER_OPTIONS"):
@@ -335,7 +335,7 @@ def test_lanes_split_the_unlabeled_tasks_into_disjoint_equal_id_ranges():
 
 @pytest.mark.parametrize("window", [0, 12])
 def test_the_tab_follows_the_score_unless_a_queue_window_is_set(window):
-    """MCM_QUEUE_WINDOW=0: the published ranking is the mining score's order, unchanged. N > 0 (200 by
+    """MCM_QUEUE_WINDOW=0: the published ranking is the mining score's order, unchanged. N > 0 (500 by
     default): the N best-scored tasks (the same ones) are re-ordered above every other task."""
     import types
 
@@ -349,7 +349,7 @@ def test_the_tab_follows_the_score_unless_a_queue_window_is_set(window):
     y = np.r_[np.repeat([0, 1, 2], 60), [3, 3, 4, 4]]
     x = centers[y] + 0.3 * rng.normal(size=(len(y), 16)).astype(np.float32)
     settings = Settings.from_env({"MCM_QUEUE_WINDOW": str(window)})
-    assert Settings.from_env({}).queue_window == 200
+    assert Settings.from_env({}).queue_window == 500
     miner = MinorityMiner(num_classes=5, seed=0, **settings.miner_kwargs).fit(x, y)
     pool_y = rng.integers(0, 5, 80)
     pool = centers[pool_y] + 0.3 * rng.normal(size=(80, 16)).astype(np.float32)
@@ -358,7 +358,7 @@ def test_the_tab_follows_the_score_unless_a_queue_window_is_set(window):
     ranking = Ranking.build(ids, scores, labels)
     features = dict(zip(ids.tolist(), pool))
     ingest = types.SimpleNamespace(features=lambda pid, keys, model=None: np.stack([features[k] for k, _ in keys]))
-    model = types.SimpleNamespace(miner=miner)
+    model = types.SimpleNamespace(miner=miner, prefill=None)
     queued = queue_order(1, ranking, {int(t): f"u{t}" for t in ids}, ingest, model)
     if window == 0:
         assert queued.task_ids.tolist() == ranking.task_ids.tolist()
@@ -369,3 +369,4 @@ def test_the_tab_follows_the_score_unless_a_queue_window_is_set(window):
     assert (queued.scores[:window] > 0.5).all() and (queued.scores[window:] <= 0.5).all()
     assert np.allclose(np.sort(queued.scores[window:]), np.sort(0.5 * ranking.scores[window:]))
     assert np.array_equal(outside_window(scores, miner), 0.5 * scores)
+

@@ -61,6 +61,38 @@ def test_teaching_ramps_up_with_the_labels_of_a_class():
         greedy_queue(scores, buckets, feats, {}, window=3, teach_ramp=-1)
 
 
+def test_a_classifiers_doubt_teaches_in_place_of_the_distance():
+    """doubt: within a bucket the largest score x doubt (the likely members the classifier does not
+    recognise yet first), weighed by the same ramp as the distance."""
+    feats = np.array([[1.0, 0.0], [1.0, 0.02], [0.0, 1.0]])
+    scores = np.array([0.9, 0.85, 0.8])
+    buckets = np.zeros(3, int)
+    order = lambda doubt, n_refs=20, ramp=20: np.argsort(-greedy_queue(
+        scores, buckets, feats, {0: np.tile([[1.0, 0.0]], (n_refs, 1))}, window=3, teach=1.0, teach_ramp=ramp,
+        doubt=doubt), kind="stable").tolist()
+    assert order(np.array([0.1, 0.9, 0.2])) == [1, 2, 0]        # 0.765, 0.16, 0.09 (the distance: 2 first)
+    assert order(np.array([1.0, 1.0, 1.0])) == [0, 1, 2]        # doubted alike: score order
+    assert order(np.array([0.1, 0.9, 0.2]), n_refs=1, ramp=50) == [0, 1, 2]  # 1 label of 50: most likely first
+    for bad in (np.array([0.1, 0.9]), np.array([0.1, 1.5, 0.2]), np.array([np.nan, 0.5, 0.5])):
+        with pytest.raises(ValueError, match="doubt"):
+            greedy_queue(scores, buckets, feats, {}, window=3, doubt=bad)
+
+
+def test_miner_queue_takes_a_plain_classifiers_probabilities(blobs):
+    x, y, centers = blobs([200, 200, 3, 3])
+    rng = np.random.default_rng(5)
+    pool = np.concatenate([centers[k] + rng.normal(size=(n, 8)) for k, n in enumerate([100, 100, 30, 30])])
+    pool = pool.astype(np.float32)
+    m = MinorityMiner(4, seed=0, queue_window=40).fit(x, y)
+    sure = np.full((len(pool), 4), 0.25)
+    assert np.array_equal(m.queue_scores(pool, sure), m.queue_scores(pool, sure.copy()))
+    assert not np.array_equal(m.queue_scores(pool, sure), m.queue_scores(pool))  # the doubt, not the distance
+    with pytest.raises(ValueError, match="proba"):
+        m.queue_scores(pool, sure[:, :3])
+    with pytest.raises(ValueError, match="proba"):
+        m.queue_scores(pool, np.full((len(pool), 4), np.nan))
+
+
 def test_miner_queue_balances_tail_classes_and_is_deterministic(blobs, tmp_path):
     x, y, centers = blobs([80, 80, 6, 2], num_classes=4, dim=8, seed=2)
     rng = np.random.default_rng(5)
