@@ -293,7 +293,7 @@ class MinorityMiner:
         p = self.predict_proba(features).astype(np.float64)
         return p[:, self.tail_].sum(1) if self.tail_ else np.zeros(len(p))
 
-    def queue_scores(self, features, proba=None) -> np.ndarray:
+    def queue_scores(self, features, proba: np.ndarray | None = None) -> np.ndarray:
         """Descending scores for a whole unlabeled pool (tail_novelty only): the order in which a
         labeling budget teaches the model the most while keeping the tail yield (mcm_core.queue).
 

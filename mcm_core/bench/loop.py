@@ -66,7 +66,7 @@ def _miner_scores(**kwargs) -> Callable[[RoundState], np.ndarray]:
 
 def _miner_queue(doubt: bool = False, **kwargs) -> Callable[[RoundState], np.ndarray]:
     """The miner's queue; ``doubt``: teaching by the doubt of the backend's classifier (PrefillClassifier
-    on the labeled features, as the backend passes its pre-fill classifier), else by the distance."""
+    on the labeled features, the classifier the backend pre-fills with), else by the distance."""
     def run(s: RoundState) -> np.ndarray:
         miner = MinorityMiner(s.num_classes, seed=s.seed, **kwargs).fit(s.f_lab, s.y_lab)
         proba = PrefillClassifier(s.num_classes, s.seed).fit(s.f_lab, s.y_lab).predict_proba(s.f_pool) \
