@@ -52,7 +52,7 @@ class LabelConfig:
         declared = [self.classes.index(c) for c in self.declared_tail]
         if declared and set(np.asarray(labels, dtype=np.int64).tolist()) <= set(declared):
             declared = []
-        kept = [self.classes.index(c) for c in previous if isinstance(c, str) and c in self.classes]
+        kept = [self.classes.index(c) for c in previous if c in self.classes]
         return choose_tail_classes(labels, len(self.classes), declared, use_counts=self.count_tail or not declared,
                                    previous=kept)
 

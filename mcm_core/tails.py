@@ -70,14 +70,19 @@ def binomial_cdf(count: int, total: int, p: float) -> float:
     return float(min(1.0, np.exp(np.logaddexp.reduce(log_choose + k * math.log(p) + (total - k) * math.log1p(-p)))))
 
 
+def class_counts(labels, num_classes: int) -> np.ndarray:
+    """Labels per class index 0..num_classes-1 (labels beyond them are not counted)."""
+    y = np.asarray(labels, dtype=np.int64)
+    return np.bincount(y, minlength=num_classes)[:num_classes] if len(y) else np.zeros(num_classes, np.int64)
+
+
 def counted_tail(labels, num_classes: int, threshold: float = SKEWNESS_THRESHOLD,
                  alpha: float = CHANCE_LEVEL) -> list[int]:
     """Classes never labeled, or whose skewness ratio is below `threshold` with a count improbable
     (P < alpha) for a class of the average share 1 / num_classes."""
-    y = np.asarray(labels, dtype=np.int64)
     if num_classes < 2:
         return []
-    counts = np.bincount(y, minlength=num_classes)[:num_classes] if len(y) else np.zeros(num_classes, int)
+    counts = class_counts(labels, num_classes)
     total = int(counts.sum())
     if total == 0:
         return list(range(num_classes))
@@ -88,8 +93,7 @@ def counted_tail(labels, num_classes: int, threshold: float = SKEWNESS_THRESHOLD
 
 def still_under_labeled(labels, num_classes: int, previous: Iterable[int]) -> list[int]:
     """Of `previous` (class indices), those with fewer labels than the mean count (module docstring)."""
-    y = np.asarray(labels, dtype=np.int64)
-    counts = np.bincount(y, minlength=num_classes)[:num_classes] if len(y) else np.zeros(num_classes, int)
+    counts = class_counts(labels, num_classes)
     mean = counts.sum() / num_classes
     return sorted({int(k) for k in previous if 0 <= int(k) < num_classes and counts[int(k)] < mean})
 
