@@ -27,8 +27,9 @@ NOVELTY_LIMIT = 0.9    # ... nor on one less like the labeled common rows than 9
 def spare_likely_tail(prefill: np.ndarray, miner, features: np.ndarray, limit: float = TAIL_MASS_LIMIT,
                       novelty_limit: float = NOVELTY_LIMIT) -> np.ndarray:
     """`prefill` with -1 where a common (head) class would be pre-ticked on a task the miner finds likely
-    tail: its re-calibrated tail mass >= `limit`, or its calibrated novelty against the labeled common rows
-    >= `novelty_limit` (about 10 % of common images reach it; they start blank, which costs a click).
+    tail: its re-calibrated tail mass >= `limit`, its re-calibrated class is a tail class (the queue's
+    buckets: the tab serves such a task for that class), or its calibrated novelty against the labeled
+    common rows >= `novelty_limit` (about 10 % of common images reach it; they start blank, which costs a click).
 
     Why: the pre-fill check measures precision on the labels' class mix, but the tail-first tab serves
     the rare-rich head of the pool, where the plain classifier calls rare images common. On the newcomer
@@ -36,13 +37,21 @@ def spare_likely_tail(prefill: np.ndarray, miner, features: np.ndarray, limit: f
     20 served 64 %; with the tail-mass rule alone the first 20 still held rare images pre-ticked common
     (4 of 8 wrong with simple-cnn): the tab serves them first for their novelty, which the tail mass does
     not see. A rare image saved as a common class is the loss this product exists to prevent, so those
-    tasks start blank. Row-wise, like the rest (a miner without a novelty reference uses the tail mass)."""
+    tasks start blank. The tail class rule: the queue serves each tail class's bucket (the tasks whose
+    re-calibrated class it is), and a queue that teaches by the plain classifier's doubt (queue_teach_by)
+    serves there the tasks that classifier is least sure of: in the browser stage it served a 7 pre-ticked
+    9 and a 9 pre-ticked 3, with tail mass and novelty below the limits.
+    Row-wise, like the rest (a miner without a novelty reference uses the tail rules alone)."""
     prefill = np.asarray(prefill, np.int32)
     tail = list(getattr(miner, "tail_", []) or [])
     head_ticked = (prefill >= 0) & ~np.isin(prefill, tail)
     if not head_ticked.any():
         return prefill
-    likely_tail = np.asarray(miner.tail_mass(features)) >= limit if tail else np.zeros(len(prefill), bool)
+    if tail:
+        p = np.asarray(miner.predict_proba(features), np.float64)
+        likely_tail = (p[:, tail].sum(1) >= limit) | np.isin(p.argmax(1), tail)
+    else:
+        likely_tail = np.zeros(len(prefill), bool)
     if getattr(miner, "novelty_", None) is not None:
         likely_tail |= np.asarray(miner.novelty_score(features)) >= novelty_limit
     return np.where(head_ticked & likely_tail, -1, prefill).astype(np.int32)

@@ -210,24 +210,27 @@ def test_a_backbone_that_learns_from_unlabeled_images_gets_the_pool_never_its_la
 def test_a_task_the_miner_finds_likely_tail_never_gets_a_common_class_pre_ticked():
     """The tail-first tab serves rare-rich tasks, where a plain classifier calls rare images common (the
     newcomer benchmark: 64 % right among the first 20 served against 85 % over the pool): tasks with a
-    high tail mass or a high novelty start blank; a rare class the check allows stays, and so do common
-    tasks."""
+    high tail mass, a tail class as the re-calibrated class or a high novelty start blank; a rare class
+    the check allows stays, and so do common tasks."""
     import types
 
     from backend.prefill import spare_likely_tail
 
-    mass = {0: 0.9, 1: 0.2, 2: 0.7, 3: 0.1, 4: 0.1}
-    novelty = {0: 0.1, 1: 0.3, 2: 0.2, 3: 0.95, 4: 0.95}
+    # re-calibrated probabilities of classes 0, 1 (head), 2, 3 (tail) per task
+    proba = {0: [0.1, 0.0, 0.9, 0.0], 1: [0.2, 0.6, 0.1, 0.1], 2: [0.3, 0.0, 0.7, 0.0], 3: [0.9, 0.0, 0.1, 0.0],
+             4: [0.9, 0.0, 0.1, 0.0], 5: [0.0, 0.6, 0.0, 0.4], 6: [0.35, 0.25, 0.4, 0.0]}
+    novelty = {0: 0.1, 1: 0.3, 2: 0.2, 3: 0.95, 4: 0.95, 5: 0.1, 6: 0.1}
     per_row = lambda table: (lambda x: np.array([table[int(r)] for r in x[:, 0]]))
-    miner = types.SimpleNamespace(tail_=[2], tail_mass=per_row(mass), novelty_=object(),
+    miner = types.SimpleNamespace(tail_=[2, 3], predict_proba=per_row(proba), novelty_=object(),
                                   novelty_score=per_row(novelty))
-    features = np.arange(5, dtype=np.float32).reshape(5, 1)
-    #   task: likely tail, head class | head | likely tail, rare class | nothing | novel, head class
-    prefill = np.array([0, 1, 2, -1, 1], np.int32)
-    assert spare_likely_tail(prefill, miner, features).tolist() == [-1, 1, 2, -1, -1]
-    # a miner without a novelty reference: the tail mass alone
-    no_novelty = types.SimpleNamespace(tail_=[2], tail_mass=per_row(mass), novelty_=None)
-    assert spare_likely_tail(prefill, no_novelty, features).tolist() == [-1, 1, 2, -1, 1]
+    features = np.arange(7, dtype=np.float32).reshape(7, 1)
+    # task: likely tail, head class | head | likely tail, rare class | nothing | novel, head class |
+    #       head (tail mass 0.4) | re-calibrated class 2 (tail mass 0.4), head class pre-ticked
+    prefill = np.array([0, 1, 2, -1, 1, 1, 0], np.int32)
+    assert spare_likely_tail(prefill, miner, features).tolist() == [-1, 1, 2, -1, -1, 1, -1]
+    # a miner without a novelty reference: the tail rules alone
+    no_novelty = types.SimpleNamespace(tail_=[2, 3], predict_proba=per_row(proba), novelty_=None)
+    assert spare_likely_tail(prefill, no_novelty, features).tolist() == [-1, 1, 2, -1, 1, 1, -1]
     # no tail class yet: only novelty spares a task
     no_tail = types.SimpleNamespace(tail_=[], novelty_=object(), novelty_score=per_row(novelty))
-    assert spare_likely_tail(prefill, no_tail, features).tolist() == [0, 1, 2, -1, -1]
+    assert spare_likely_tail(prefill, no_tail, features).tolist() == [0, 1, 2, -1, -1, 1, 0]
