@@ -78,7 +78,17 @@ def queue_order(project_id: int, ranking: "Ranking", pool_urls: dict[int, str], 
         return ranking
     top = ranking.task_ids[:window]
     keys = [(int(t), pool_urls[int(t)]) for t in top]
-    queued = model.miner.queue_scores(ingest.features(project_id, keys, model=model))
+    features = ingest.features(project_id, keys, model=model)
+    queued = model.miner.queue_scores(features, queue_proba(model, features))
     scores = QUEUE_FLOOR * ranking.scores
     scores[:window] = queued
     return ranking.rescored(scores)
+
+
+def queue_proba(model, features: np.ndarray) -> np.ndarray | None:
+    """The version's pre-fill classifier's probabilities of the window's tasks, when the miner's queue
+    teaches by a classifier's doubt (queue_teach_by in MCM_MINER_OPTIONS); None otherwise, and for a
+    version without that classifier (the queue then teaches by the distance)."""
+    if not getattr(model.miner, "queue_needs_proba", False) or getattr(model, "prefill", None) is None:
+        return None
+    return model.prefill.predict_proba(features)

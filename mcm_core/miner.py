@@ -34,7 +34,7 @@ from .rowwise import apply_rowwise
 from .recalibration import RecalibrationLayer, fit_recalibration, inverse_frequency_alpha
 from .metrics import tail_classes as skewness_tail
 from .novelty import DEFAULT_K, DEFAULT_MAX_REFERENCE, NoveltyScorer, l2_normalise, stratified_reference
-from .queue import DEFAULT_QUEUE_TEACH, DEFAULT_TEACH_RAMP, NOVEL_BUCKET, greedy_queue
+from .queue import DEFAULT_QUEUE_TEACH, DEFAULT_TEACH_RAMP, NOVEL_BUCKET, TEACH_BY, greedy_queue
 from .scoring import RECONSTRUCTION_SCORE_BOUND, softmax, tail_or_novel
 from .validation import check_features, check_labels, check_num_classes
 
@@ -86,8 +86,8 @@ class MinorityMiner:
                  rc_max_steps_per_epoch: int | None = 8, ae_max_steps_per_epoch: int | None = 32,
                  strategy: str = "tail_novelty", novelty_k: int = DEFAULT_K,
                  novelty_max_reference: int = DEFAULT_MAX_REFERENCE, queue_window: int = 500,
-                 queue_teach: float = DEFAULT_QUEUE_TEACH, queue_teach_ramp: int = DEFAULT_TEACH_RAMP,
-                 cold_start: str = "all"):
+                 queue_teach: float = DEFAULT_QUEUE_TEACH, queue_teach_ramp: int | None = None,
+                 queue_teach_by: str = "distance", cold_start: str = "all"):
         self.num_classes = check_num_classes(num_classes)
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
@@ -101,6 +101,10 @@ class MinorityMiner:
             raise ValueError(f"queue_window must be >= 0, got {queue_window}")
         if not 0.0 <= float(queue_teach) <= 1.0:
             raise ValueError(f"queue_teach must be in [0, 1], got {queue_teach}")
+        if queue_teach_by not in TEACH_BY:
+            raise ValueError(f"queue_teach_by must be one of {TEACH_BY}, got {queue_teach_by!r}")
+        if queue_teach_ramp is None:  # the distance's ramp; the doubt forms teach in full from the first label
+            queue_teach_ramp = DEFAULT_TEACH_RAMP if queue_teach_by == "distance" else 0
         if int(queue_teach_ramp) < 0:
             raise ValueError(f"queue_teach_ramp must be >= 0, got {queue_teach_ramp}")
         if int(novelty_k) < 1 or int(novelty_max_reference) < 2:
@@ -140,7 +144,7 @@ class MinorityMiner:
             ae_max_steps_per_epoch=None if ae_max_steps_per_epoch is None else int(ae_max_steps_per_epoch),
             strategy=strategy, novelty_k=int(novelty_k), novelty_max_reference=int(novelty_max_reference),
             queue_window=int(queue_window), queue_teach=float(queue_teach),
-            queue_teach_ramp=int(queue_teach_ramp), cold_start=cold_start)
+            queue_teach_ramp=int(queue_teach_ramp), queue_teach_by=queue_teach_by, cold_start=cold_start)
         self.seed = int(seed)
         self.in_dim_: int | None = None
         self.rc_: RecalibrationLayer | None = None
@@ -299,13 +303,14 @@ class MinorityMiner:
 
         Among the ``queue_window`` highest-scored examples: round-robin over the RC layer's
         predicted tail classes, least-labeled first (examples predicted as a head class keep their
-        places), and within a bucket greedily the largest score x ((1 - w) + w x v). v: the doubt of
-        a plain classifier, 1 - proba[row, bucket class], when ``proba`` (M, C) is given (e.g.
-        PrefillClassifier.predict_proba of the same rows; an option: it cost live tail share,
-        docs/quality.md), else the distance to the labeled and already-queued examples of that
-        class; w = queue_teach x min(1, the class's labels / queue_teach_ramp).
-        Those get (0.5, 1]; the rest 0.5 * score_samples(). Unlike score_samples(), a row's value
-        depends on the rest of the pool: pass the whole pool in one call."""
+        places), and within a bucket greedily the largest score x ((1 - w) + w x v), w = queue_teach x
+        min(1, the class's labels / queue_teach_ramp). v (``queue_teach_by``): "distance" to the
+        labeled and already-queued examples of that class; "doubt" of a plain classifier, 1 -
+        proba[row, bucket class]; "novel_doubt", that doubt x the row's novelty against the labeled
+        head rows. ``proba`` (M, C): that classifier's probabilities of the same rows (e.g.
+        PrefillClassifier.predict_proba); the doubt forms fall back to the distance without it, and
+        "distance" does not use it. Those get (0.5, 1]; the rest 0.5 * score_samples(). Unlike
+        score_samples(), a row's value depends on the rest of the pool: pass the whole pool in one call."""
         self._check_fitted()
         if self.config["strategy"] != "tail_novelty":
             raise ValueError(f"queue_scores needs strategy='tail_novelty', not {self.config['strategy']!r}")
@@ -317,15 +322,24 @@ class MinorityMiner:
                                  f"shape {proba.shape}")
         p = self.predict_proba(x).astype(np.float64)
         t = p[:, self.tail_].sum(1) if self.tail_ else np.zeros(len(p))
-        scores = tail_or_novel(t, self.novelty_.score(x))
+        novelty = self.novelty_.score(x)
+        scores = tail_or_novel(t, novelty)
         top = p.argmax(1)
         buckets = np.where(np.isin(top, self.tail_), top, NOVEL_BUCKET)
         refs = {int(k): self.tail_reference_[self.tail_reference_labels_ == k] for k in self.tail_}
         refs[NOVEL_BUCKET] = np.concatenate([self.novelty_.reference, self.tail_reference_])
-        doubt = None if proba is None else \
-            np.clip(1.0 - proba[np.arange(len(x)), np.where(buckets >= 0, buckets, 0)], 0.0, 1.0)
+        doubt = None
+        if proba is not None and self.config["queue_teach_by"] != "distance":
+            doubt = np.clip(1.0 - proba[np.arange(len(x)), np.where(buckets >= 0, buckets, 0)], 0.0, 1.0)
+            if self.config["queue_teach_by"] == "novel_doubt":
+                doubt = doubt * np.clip(np.asarray(novelty, dtype=np.float64), 0.0, 1.0)
         return greedy_queue(scores, buckets, x, refs, self.config["queue_window"], self.config["queue_teach"],
                             self.config["queue_teach_ramp"], doubt)
+
+    @property
+    def queue_needs_proba(self) -> bool:
+        """Whether queue_scores() teaches by a classifier's doubt (pass it ``proba``)."""
+        return self.config["queue_teach_by"] != "distance"
 
     def novelty_score(self, features) -> np.ndarray:
         """N in [0, 1): calibrated kNN novelty against the labeled head rows. Every strategy has it,
@@ -397,6 +411,7 @@ class MinorityMiner:
         cfg.setdefault("cold_start", "all")
         cfg.setdefault("queue_teach", 1.0)  # the queue's only form before the options
         cfg.setdefault("queue_teach_ramp", 0)
+        cfg.setdefault("queue_teach_by", "distance")
         num_classes, seed = cfg.pop("num_classes"), cfg.pop("seed")
         miner = cls(num_classes, seed, **cfg)
         miner.in_dim_ = int(payload["in_dim"])

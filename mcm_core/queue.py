@@ -45,6 +45,12 @@ NOVEL_BUCKET = -1
 # 20 in 20. The annotation loop's final tail recall is the full weight's (docs/quality.md, "The queue").
 DEFAULT_QUEUE_TEACH = 1.0
 DEFAULT_TEACH_RAMP = 50
+# What the teaching term v weighs (the miner's queue_teach_by): the distance to what is labeled; the doubt of a
+# plain classifier; or that doubt x the example's novelty against the labeled common rows ("novel_doubt": the
+# doubt counts where the example is unlike every labeled common one, so an unrecognised rare example comes
+# before a common one the RC layer lifted). The doubt forms need the classifier's probabilities and teach in
+# full from the first label (ramp 0).
+TEACH_BY = ("distance", "doubt", "novel_doubt")
 QUEUE_FLOOR = 0.5  # queued examples score (QUEUE_FLOOR, 1]; the others QUEUE_FLOOR x score, below them
 
 

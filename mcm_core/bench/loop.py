@@ -64,13 +64,13 @@ def _miner_scores(**kwargs) -> Callable[[RoundState], np.ndarray]:
     return run
 
 
-def _miner_queue(doubt: bool = False, **kwargs) -> Callable[[RoundState], np.ndarray]:
-    """The miner's queue; ``doubt``: teaching by the doubt of the backend's classifier (PrefillClassifier
-    on the labeled features, the classifier the backend pre-fills with), else by the distance."""
+def _miner_queue(**kwargs) -> Callable[[RoundState], np.ndarray]:
+    """The miner's queue; its doubt forms (queue_teach_by) get the doubt of the backend's classifier
+    (PrefillClassifier on the labeled features, the classifier the backend pre-fills with)."""
     def run(s: RoundState) -> np.ndarray:
         miner = MinorityMiner(s.num_classes, seed=s.seed, **kwargs).fit(s.f_lab, s.y_lab)
         proba = PrefillClassifier(s.num_classes, s.seed).fit(s.f_lab, s.y_lab).predict_proba(s.f_pool) \
-            if doubt else None
+            if miner.queue_needs_proba else None
         return miner.queue_scores(s.f_pool, proba)
     return run
 
@@ -99,8 +99,9 @@ STRATEGIES: dict[str, Callable[[RoundState], np.ndarray]] = {
 STRATEGIES.update({f"queue teach={t:g}": _miner_queue(queue_teach=t, queue_teach_ramp=0) for t in (0.0, 0.5, 1.0)})
 STRATEGIES["queue teach=1 ramp=20"] = _miner_queue(queue_teach=1.0, queue_teach_ramp=20)
 STRATEGIES["queue window=200"] = _miner_queue(queue_window=200)
-STRATEGIES["queue doubt"] = _miner_queue(doubt=True)
-STRATEGIES["queue doubt ramp=0"] = _miner_queue(doubt=True, queue_teach_ramp=0)
+STRATEGIES["queue doubt"] = _miner_queue(queue_teach_by="doubt", queue_teach_ramp=50)
+STRATEGIES["queue doubt ramp=0"] = _miner_queue(queue_teach_by="doubt")
+STRATEGIES["queue novel doubt"] = _miner_queue(queue_teach_by="novel_doubt")
 UNCERTAINTY = ("entropy (M)", "margin (M)", "weighted entropy (M)")
 
 

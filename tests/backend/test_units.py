@@ -1,6 +1,7 @@
 """Unit tests of the backend's building blocks (no HTTP app)."""
 from __future__ import annotations
 
+import json
 import os
 import queue as stdlib_queue
 import threading
@@ -369,4 +370,49 @@ def test_the_tab_follows_the_score_unless_a_queue_window_is_set(window):
     assert (queued.scores[:window] > 0.5).all() and (queued.scores[window:] <= 0.5).all()
     assert np.allclose(np.sort(queued.scores[window:]), np.sort(0.5 * ranking.scores[window:]))
     assert np.array_equal(outside_window(scores, miner), 0.5 * scores)
+
+
+def test_a_doubt_taught_queue_gets_the_versions_prefill_classifier():
+    """queue_teach_by (MCM_MINER_OPTIONS) "doubt" / "novel_doubt": queue_order hands the miner the
+    version's pre-fill classifier's probabilities of the window's tasks; a version without that
+    classifier (older files) queues by the distance; "distance" never computes them."""
+    import types
+
+    from mcm_core import MinorityMiner
+    from mcm_core.prefill import PrefillClassifier
+    from backend.classification import score_features
+    from backend.ranking import Ranking
+    from backend.scoring import queue_order, queue_proba
+
+    rng = np.random.default_rng(1)
+    centers = rng.normal(size=(5, 16)).astype(np.float32)
+    y = np.r_[np.repeat([0, 1, 2], 60), [3, 3, 4, 4]]
+    x = centers[y] + 0.6 * rng.normal(size=(len(y), 16)).astype(np.float32)
+    pool_y = rng.integers(0, 5, 80)
+    pool = centers[pool_y] + 0.6 * rng.normal(size=(80, 16)).astype(np.float32)
+    ids = np.arange(101, 181)
+    features = dict(zip(ids.tolist(), pool))
+    calls = []
+
+    def read(pid, keys, model=None):
+        calls.append(len(keys))
+        return np.stack([features[k] for k, _ in keys])
+
+    ingest = types.SimpleNamespace(features=read)
+    prefill = PrefillClassifier(5, seed=0).fit(x, y)
+    orders = {}
+    for teach_by in ("distance", "novel_doubt"):
+        settings = Settings.from_env({"MCM_QUEUE_WINDOW": "40",
+                                      "MCM_MINER_OPTIONS": json.dumps({"queue_teach_by": teach_by})})
+        miner = MinorityMiner(num_classes=5, seed=0, **settings.miner_kwargs).fit(x, y)
+        ranking = Ranking.build(ids, *score_features(miner, pool, "sqrt"))
+        urls = {int(t): f"u{t}" for t in ids}
+        with_clf = queue_order(1, ranking, urls, ingest, types.SimpleNamespace(miner=miner, prefill=prefill))
+        without = queue_order(1, ranking, urls, ingest, types.SimpleNamespace(miner=miner, prefill=None))
+        orders[teach_by] = (with_clf.task_ids.tolist(), without.task_ids.tolist())
+        proba = queue_proba(types.SimpleNamespace(miner=miner, prefill=prefill), pool[:40])
+        assert (proba is None) == (teach_by == "distance")
+    assert orders["distance"][0] == orders["distance"][1]      # the distance ignores the classifier
+    assert orders["novel_doubt"][0] != orders["novel_doubt"][1]  # the doubt re-orders the window
+    assert set(orders["novel_doubt"][0][:40]) == set(orders["distance"][0][:40])  # the same window
 

@@ -78,19 +78,39 @@ def test_a_classifiers_doubt_teaches_in_place_of_the_distance():
             greedy_queue(scores, buckets, feats, {}, window=3, doubt=bad)
 
 
-def test_miner_queue_takes_a_plain_classifiers_probabilities(blobs):
+def test_miner_queue_teaches_by_a_plain_classifiers_doubt_when_told(blobs, tmp_path):
     x, y, centers = blobs([200, 200, 3, 3])
     rng = np.random.default_rng(5)
     pool = np.concatenate([centers[k] + rng.normal(size=(n, 8)) for k, n in enumerate([100, 100, 30, 30])])
     pool = pool.astype(np.float32)
-    m = MinorityMiner(4, seed=0, queue_window=40).fit(x, y)
-    sure = np.full((len(pool), 4), 0.25)
-    assert np.array_equal(m.queue_scores(pool, sure), m.queue_scores(pool, sure.copy()))
-    assert not np.array_equal(m.queue_scores(pool, sure), m.queue_scores(pool))  # the doubt, not the distance
-    with pytest.raises(ValueError, match="proba"):
-        m.queue_scores(pool, sure[:, :3])
-    with pytest.raises(ValueError, match="proba"):
-        m.queue_scores(pool, np.full((len(pool), 4), np.nan))
+    # a classifier sure of class 2 on the first half of the pool, unsure elsewhere
+    proba = np.full((len(pool), 4), 0.25)
+    proba[: len(pool) // 2] = [0.0, 0.0, 1.0, 0.0]
+    distance = MinorityMiner(4, seed=0, queue_window=40).fit(x, y)
+    assert not distance.queue_needs_proba and distance.config["queue_teach_ramp"] == 50
+    assert np.array_equal(distance.queue_scores(pool, proba), distance.queue_scores(pool))  # proba unused
+    by = {}
+    for teach_by in ("doubt", "novel_doubt"):
+        m = MinorityMiner(4, seed=0, queue_window=40, queue_teach_by=teach_by).fit(x, y)
+        assert m.queue_needs_proba and m.config["queue_teach_ramp"] == 0  # in full from the first label
+        by[teach_by] = m.queue_scores(pool, proba)
+        assert np.array_equal(by[teach_by], m.queue_scores(pool, proba.copy()))
+        assert np.array_equal(m.queue_scores(pool), distance_queue(x, y, pool))  # no proba: the distance
+        m.save(tmp_path / f"{teach_by}.pt")
+        assert np.array_equal(MinorityMiner.load(tmp_path / f"{teach_by}.pt").queue_scores(pool, proba), by[teach_by])
+        with pytest.raises(ValueError, match="proba"):
+            m.queue_scores(pool, proba[:, :3])
+        with pytest.raises(ValueError, match="proba"):
+            m.queue_scores(pool, np.full((len(pool), 4), np.nan))
+    assert not np.array_equal(by["doubt"], by["novel_doubt"])  # the novelty weighs the doubt
+    assert not np.array_equal(by["doubt"], distance.queue_scores(pool))
+    with pytest.raises(ValueError, match="queue_teach_by"):
+        MinorityMiner(4, queue_teach_by="entropy")
+
+
+def distance_queue(x, y, pool):
+    """The queue a doubt-taught miner falls back to without proba: the distance, with its own ramp (0)."""
+    return MinorityMiner(4, seed=0, queue_window=40, queue_teach_ramp=0).fit(x, y).queue_scores(pool)
 
 
 def test_miner_queue_balances_tail_classes_and_is_deterministic(blobs, tmp_path):
