@@ -79,7 +79,7 @@ def queue_order(project_id: int, ranking: "Ranking", pool_urls: dict[int, str], 
     top = ranking.task_ids[:window]
     keys = [(int(t), pool_urls[int(t)]) for t in top]
     features = ingest.features(project_id, keys, model=model)
-    queued = model.miner.queue_scores(features, queue_proba(model, features))
+    queued = model.miner.queue_scores(features, queue_proba(model, features), pool_size=len(ranking))
     scores = QUEUE_FLOOR * ranking.scores
     scores[:window] = queued
     return ranking.rescored(scores)

@@ -62,8 +62,9 @@ TABLE: tuple[Setting, ...] = (
             group="Publishing predictions"),
     Setting("MCM_QUEUE_WINDOW", "queue_window", int, 500, "The N best-scored tasks are re-ordered so that the "
             "first ones show every rare class the model finds (its predicted tail classes in turn, the least "
-            "labeled first) and their labels teach the model (mcm_core.queue; MCM_MINER_OPTIONS '{\"queue_teach\": x}' "
-            "weighs \"unlike what is labeled\" against \"most likely rare\"). N should also hold the rare tasks "
+            "labeled first) and their labels teach the model (mcm_core.queue: where the evidence says a class's "
+            "tasks are mostly rare, those the version's classifier does not recognise yet first; MCM_MINER_OPTIONS "
+            "'{\"queue_teach_by\": \"distance\"}': those unlike what is labeled). N should also hold the rare tasks "
             "the model ranks below those it already recognises. 0: the tab follows the mining score alone (one "
             "rare class at a time). Applies from the next training.",
             minimum=0, group="Publishing predictions"),

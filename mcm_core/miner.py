@@ -34,7 +34,8 @@ from .rowwise import apply_rowwise
 from .recalibration import RecalibrationLayer, fit_recalibration, inverse_frequency_alpha
 from .metrics import tail_classes as skewness_tail
 from .novelty import DEFAULT_K, DEFAULT_MAX_REFERENCE, NoveltyScorer, l2_normalise, stratified_reference
-from .queue import DEFAULT_QUEUE_TEACH, DEFAULT_TEACH_RAMP, NOVEL_BUCKET, TEACH_BY, greedy_queue
+from .queue import (DEFAULT_DOUBT_PURITY, DEFAULT_QUEUE_TEACH, DEFAULT_TEACH_BY, DEFAULT_TEACH_RAMP, NOVEL_BUCKET,
+                    TEACH_BY, bucket_purity, greedy_queue)
 from .scoring import RECONSTRUCTION_SCORE_BOUND, softmax, tail_or_novel
 from .validation import check_features, check_labels, check_num_classes
 
@@ -86,8 +87,9 @@ class MinorityMiner:
                  rc_max_steps_per_epoch: int | None = 8, ae_max_steps_per_epoch: int | None = 32,
                  strategy: str = "tail_novelty", novelty_k: int = DEFAULT_K,
                  novelty_max_reference: int = DEFAULT_MAX_REFERENCE, queue_window: int = 500,
-                 queue_teach: float = DEFAULT_QUEUE_TEACH, queue_teach_ramp: int | None = None,
-                 queue_teach_by: str = "distance", cold_start: str = "all"):
+                 queue_teach: float = DEFAULT_QUEUE_TEACH, queue_teach_ramp: int = DEFAULT_TEACH_RAMP,
+                 queue_teach_by: str = DEFAULT_TEACH_BY, queue_doubt_purity: float = DEFAULT_DOUBT_PURITY,
+                 cold_start: str = "all"):
         self.num_classes = check_num_classes(num_classes)
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
@@ -103,8 +105,8 @@ class MinorityMiner:
             raise ValueError(f"queue_teach must be in [0, 1], got {queue_teach}")
         if queue_teach_by not in TEACH_BY:
             raise ValueError(f"queue_teach_by must be one of {TEACH_BY}, got {queue_teach_by!r}")
-        if queue_teach_ramp is None:  # the distance's ramp; the doubt forms teach in full from the first label
-            queue_teach_ramp = DEFAULT_TEACH_RAMP if queue_teach_by == "distance" else 0
+        if not 0.0 <= float(queue_doubt_purity) <= 1.0:
+            raise ValueError(f"queue_doubt_purity must be in [0, 1], got {queue_doubt_purity}")
         if int(queue_teach_ramp) < 0:
             raise ValueError(f"queue_teach_ramp must be >= 0, got {queue_teach_ramp}")
         if int(novelty_k) < 1 or int(novelty_max_reference) < 2:
@@ -144,7 +146,8 @@ class MinorityMiner:
             ae_max_steps_per_epoch=None if ae_max_steps_per_epoch is None else int(ae_max_steps_per_epoch),
             strategy=strategy, novelty_k=int(novelty_k), novelty_max_reference=int(novelty_max_reference),
             queue_window=int(queue_window), queue_teach=float(queue_teach),
-            queue_teach_ramp=int(queue_teach_ramp), queue_teach_by=queue_teach_by, cold_start=cold_start)
+            queue_teach_ramp=int(queue_teach_ramp), queue_teach_by=queue_teach_by,
+            queue_doubt_purity=float(queue_doubt_purity), cold_start=cold_start)
         self.seed = int(seed)
         self.in_dim_: int | None = None
         self.rc_: RecalibrationLayer | None = None
@@ -197,6 +200,7 @@ class MinorityMiner:
         tail = skewness_tail(y, self.num_classes) if tail_classes is None else self._check_tail(tail_classes)
         info = {"n_labeled": int(len(y)), "labeled_per_class": counts.tolist(), "tail_classes": tail,
                 "rc_best_epoch": rc_res.best_epoch, "rc_epochs": rc_res.epochs_run}
+        info.update(self._false_alarms(x, y, tail, rc, rc_res.holdout))
         ae = novelty = None
         head = ~np.isin(y, tail)
         # every strategy keeps the novelty reference: tail_novelty's N, and the detection cold start's
@@ -220,6 +224,14 @@ class MinorityMiner:
         log.info("MinorityMiner (%s) fitted on %d examples (per class %s, tail %s); RC best epoch %d/%d",
                  c["strategy"], len(y), counts.tolist(), tail, rc_res.best_epoch + 1, rc_res.epochs_run)
         return self
+
+    def _false_alarms(self, x: np.ndarray, y: np.ndarray, tail: list[int], rc, holdout) -> dict:
+        """How often the RC layer calls a labeled common row it never trained on (its early-stopping
+        hold-out) a tail class: the queue's estimate of the common examples in that class's bucket."""
+        rows = np.zeros(0, np.int64) if holdout is None else np.asarray(holdout, np.int64)
+        rows = rows[~np.isin(y[rows], tail)]
+        pred = self._logits(x[rows], rc).argmax(1) if len(rows) else np.zeros(0, np.int64)
+        return {"head_held_out": int(len(rows)), "tail_false_alarms": {str(k): int((pred == k).sum()) for k in tail}}
 
     def _check_tail(self, tail_classes: Sequence[int]) -> list[int]:
         tail = sorted({int(k) for k in tail_classes})
@@ -297,20 +309,24 @@ class MinorityMiner:
         p = self.predict_proba(features).astype(np.float64)
         return p[:, self.tail_].sum(1) if self.tail_ else np.zeros(len(p))
 
-    def queue_scores(self, features, proba: np.ndarray | None = None) -> np.ndarray:
+    def queue_scores(self, features, proba: np.ndarray | None = None, pool_size: int | None = None) -> np.ndarray:
         """Descending scores for a whole unlabeled pool (tail_novelty only): the order in which a
         labeling budget teaches the model the most while keeping the tail yield (mcm_core.queue).
 
         Among the ``queue_window`` highest-scored examples: round-robin over the RC layer's
         predicted tail classes, least-labeled first (examples predicted as a head class keep their
-        places), and within a bucket greedily the largest score x ((1 - w) + w x v), w = queue_teach x
-        min(1, the class's labels / queue_teach_ramp). v (``queue_teach_by``): "distance" to the
-        labeled and already-queued examples of that class; "doubt" of a plain classifier, 1 -
-        proba[row, bucket class]; "novel_doubt", that doubt x the row's novelty against the labeled
-        head rows. ``proba`` (M, C): that classifier's probabilities of the same rows (e.g.
-        PrefillClassifier.predict_proba); the doubt forms fall back to the distance without it, and
-        "distance" does not use it. Those get (0.5, 1]; the rest 0.5 * score_samples(). Unlike
-        score_samples(), a row's value depends on the rest of the pool: pass the whole pool in one call."""
+        places), and within a bucket greedily the largest score x ((1 - w) + w x v). v
+        (``queue_teach_by``): "distance" to the labeled and already-queued examples of that class, w =
+        queue_teach x min(1, the class's labels / queue_teach_ramp); "doubt" of a plain classifier, 1 -
+        proba[row, bucket class], or "novel_doubt", that doubt x the row's novelty against the labeled
+        head rows, w = queue_teach, in a bucket whose `bucket_purity` (from the RC layer's false alarms
+        on its held-out head rows, fit_info_) reaches ``queue_doubt_purity`` (the other buckets keep the
+        distance). ``proba`` (M, C): that classifier's probabilities of the same rows (e.g.
+        PrefillClassifier.predict_proba); the doubt forms fall back to the distance without it.
+        ``pool_size``: the unlabeled pool's size when ``features`` are only its best-scored rows (the
+        backend passes its window; default len(features)). Those get (0.5, 1]; the rest 0.5 *
+        score_samples(). Unlike score_samples(), a row's value depends on the rest of the pool: pass
+        the whole pool (or its window) in one call."""
         self._check_fitted()
         if self.config["strategy"] != "tail_novelty":
             raise ValueError(f"queue_scores needs strategy='tail_novelty', not {self.config['strategy']!r}")
@@ -320,6 +336,8 @@ class MinorityMiner:
             if proba.shape != (len(x), self.num_classes) or not np.all(np.isfinite(proba)):
                 raise ValueError(f"proba must be finite ({len(x)}, {self.num_classes}) probabilities, got "
                                  f"shape {proba.shape}")
+        if pool_size is not None and int(pool_size) < len(x):
+            raise ValueError(f"pool_size {pool_size} is smaller than the {len(x)} rows given")
         p = self.predict_proba(x).astype(np.float64)
         t = p[:, self.tail_].sum(1) if self.tail_ else np.zeros(len(p))
         novelty = self.novelty_.score(x)
@@ -328,13 +346,30 @@ class MinorityMiner:
         buckets = np.where(np.isin(top, self.tail_), top, NOVEL_BUCKET)
         refs = {int(k): self.tail_reference_[self.tail_reference_labels_ == k] for k in self.tail_}
         refs[NOVEL_BUCKET] = np.concatenate([self.novelty_.reference, self.tail_reference_])
-        doubt = None
-        if proba is not None and self.config["queue_teach_by"] != "distance":
+        window = self.config["queue_window"]
+        doubt = doubted = None
+        if proba is not None and self.queue_needs_proba:
             doubt = np.clip(1.0 - proba[np.arange(len(x)), np.where(buckets >= 0, buckets, 0)], 0.0, 1.0)
             if self.config["queue_teach_by"] == "novel_doubt":
                 doubt = doubt * np.clip(np.asarray(novelty, dtype=np.float64), 0.0, 1.0)
-        return greedy_queue(scores, buckets, x, refs, self.config["queue_window"], self.config["queue_teach"],
-                            self.config["queue_teach_ramp"], doubt)
+            purity = self.bucket_purity(buckets[np.argsort(-scores, kind="stable")[:window]],
+                                        len(x) if pool_size is None else int(pool_size))
+            doubted = [k for k, v in purity.items() if v >= self.config["queue_doubt_purity"]]
+            log.info("queue: taught by the %s in tail classes %s, by the distance in the others (bucket purity %s, "
+                     "needs %.2f)", self.config["queue_teach_by"], doubted,
+                     {k: round(v, 2) for k, v in purity.items()}, self.config["queue_doubt_purity"])
+        return greedy_queue(scores, buckets, x, refs, window, self.config["queue_teach"],
+                            self.config["queue_teach_ramp"], doubt, doubted)
+
+    def bucket_purity(self, window_buckets: np.ndarray, pool_size: int) -> dict[int, float]:
+        """{tail class: its bucket's estimated share of rare examples} (mcm_core.queue.bucket_purity) for
+        the buckets of the queue window's rows; 0 for a class without a false-alarm count (files saved
+        before they were kept)."""
+        alarms = self.fit_info_.get("tail_false_alarms", {})
+        held = int(self.fit_info_.get("head_held_out", 0))
+        window_buckets = np.asarray(window_buckets)
+        return {k: (bucket_purity(alarms[str(k)], held, int((window_buckets == k).sum()), pool_size)
+                    if str(k) in alarms else 0.0) for k in self.tail_}
 
     @property
     def queue_needs_proba(self) -> bool:
@@ -411,7 +446,6 @@ class MinorityMiner:
         cfg.setdefault("cold_start", "all")
         cfg.setdefault("queue_teach", 1.0)  # the queue's only form before the options
         cfg.setdefault("queue_teach_ramp", 0)
-        cfg.setdefault("queue_teach_by", "distance")
         num_classes, seed = cfg.pop("num_classes"), cfg.pop("seed")
         miner = cls(num_classes, seed, **cfg)
         miner.in_dim_ = int(payload["in_dim"])

@@ -317,6 +317,11 @@ def wilson_lower(right: int, n: int, z: float = LOWER_BOUND_Z) -> float:
     return float((p + z2 / (2 * n) - z * np.sqrt(p * (1 - p) / n + z2 / (4 * n * n))) / (1 + z2 / n))
 
 
+def wilson_upper(right: int, n: int, z: float = LOWER_BOUND_Z) -> float:
+    """The Wilson score interval's upper end for `right` successes in `n` trials (1 for n = 0)."""
+    return 1.0 - wilson_lower(n - right, n, z) if n > 0 else 1.0
+
+
 def class_reliability(labels, proba: np.ndarray, eligible: Iterable[int] | None = None,
                       thresholds: Sequence[float] = THRESHOLDS, min_precision: float = MIN_PRECISION,
                       min_support: int = MIN_SUPPORT, alpha: float = PREFILL_CHANCE,

@@ -7,21 +7,25 @@ the tail yield by choosing only among the ``window`` highest-scored examples, an
 - covers the tail classes: round-robin over buckets = the RC layer's predicted class when it
   is a tail class, the least-labeled class first (so each retraining starts with the class the
   labels have seen least, and an annotator served one task per version still sees every class);
-- teaches (``teach`` in [0, 1]): within a bucket, greedily the largest score x ((1 - w) + w x v),
-  w = teach x min(1, labels of the class / ``teach_ramp``), v = the distance d = cosine distance to
-  the nearest labeled example of that class or example already queued in that bucket. Option: v =
-  the **doubt** of a plain classifier (1 - its probability of the bucket's class: the likely tail
-  examples the model does not recognise yet). It teaches more in the annotation loop (mnist-three,
-  10 seeds, final tail recall 0.90 / 0.94 without the ramp, margin sampling 0.89 / 0.94, the
-  distance 0.87 / 0.92) but with 2-6 labels per rare digit it serves the RC layer's mistakes first
-  (browser stage: 7 rare digits in the first 12 without the ramp, 10 with it, 12 with the
-  distance), so the distance is the default. w=0: the bucket in score
-  order (the most likely first); w=1: score x d, examples unlike what is labeled first (more to
-  learn, and more often not of that class). The ramp: a class with few labels has unreliable
-  predicted members, whose unusual ones are often another class (the browser stage: 10 rare digits
-  in 12 tasks at w=0.5), so they are served most likely first; with labels, the typical members
-  are what the model already recognises, so the unlike ones teach it (annotation loop: final tail
-  recall 0.60-0.85 at w=0 against 0.81-0.97 with teaching, 10 seeds);
+- teaches (``teach`` in [0, 1]): within a bucket, greedily the largest score x ((1 - w) + w x v).
+  By default v = the **novel doubt**: (1 - a plain classifier's probability of the bucket's class)
+  x the example's novelty against the labeled common rows, i.e. the likely rare examples the model
+  does not recognise yet, w = teach; but only in a bucket the evidence says is mostly rare
+  (`bucket_purity` >= the miner's queue_doubt_purity, 0.8: the RC layer's false alarms on held-out
+  common rows, scaled to the pool, are at most a fifth of the bucket). Elsewhere v = the distance d
+  = cosine distance to the nearest labeled example of that class or example already queued in that
+  bucket, w = teach x min(1, labels of the class / ``teach_ramp``). Why the gate: in a bucket full
+  of the RC layer's mistakes (few labels, weak features) "the classifier doubts this is a 6" mostly
+  means "it is not a 6": ungated, the doubt served 7-10 rare digits in the first 12 live (browser
+  stage), while no bucket of that project passes the gate (its queue is the distance's, 12 of 12).
+  In the annotation loop (20 seeds) the gated novel doubt gives the highest final tail recall of
+  all strategies in all four cells (the distance alone: 2 of 4). The distance:
+  w=0, the bucket in score order (the most likely first); w=1, score x d, examples unlike what is
+  labeled first (more to learn, and more often not of that class). Its ramp: a class with few
+  labels has unreliable predicted members, whose unusual ones are often another class (the browser
+  stage: 10 rare digits in 12 tasks at w=0.5), so they are served most likely first; with labels,
+  the typical members are what the model already recognises, so the unlike ones teach it
+  (annotation loop: final tail recall 0.60-0.85 at w=0 against 0.81-0.97 with teaching, 10 seeds);
 - keeps the tail yield: the examples predicted as a head class (in the window for their
   novelty: the "novel" bucket) keep their places in the score order, and the tail buckets' queue
   fills the other places. (Giving the novel bucket an equal turn cut the share of rare digits
@@ -37,6 +41,7 @@ from __future__ import annotations
 import numpy as np
 
 from .novelty import l2_normalise
+from .prefill import wilson_upper
 
 NOVEL_BUCKET = -1
 # The teaching weight in full once a class has 50 labels, in proportion below. Browser stage (rare digits
@@ -48,15 +53,33 @@ DEFAULT_TEACH_RAMP = 50
 # What the teaching term v weighs (the miner's queue_teach_by): the distance to what is labeled; the doubt of a
 # plain classifier; or that doubt x the example's novelty against the labeled common rows ("novel_doubt": the
 # doubt counts where the example is unlike every labeled common one, so an unrecognised rare example comes
-# before a common one the RC layer lifted). The doubt forms need the classifier's probabilities and teach in
-# full from the first label (ramp 0).
+# before a common one the RC layer lifted). The doubt forms need the classifier's probabilities; they teach a
+# bucket in full, and only a bucket whose estimated share of rare examples (`bucket_purity`) reaches the
+# miner's queue_doubt_purity; the others keep the distance and its ramp. Without the purity gate the doubt
+# served the RC layer's mistakes live (browser stage: tail share 0.77 and 0.62; docs/quality.md).
 TEACH_BY = ("distance", "doubt", "novel_doubt")
+DEFAULT_TEACH_BY = "novel_doubt"
+DEFAULT_DOUBT_PURITY = 0.8
 QUEUE_FLOOR = 0.5  # queued examples score (QUEUE_FLOOR, 1]; the others QUEUE_FLOOR x score, below them
+
+
+def bucket_purity(false_alarms: int, held_out: int, bucket_size: int, pool_size: int) -> float:
+    """A lower estimate of the share of a tail class's bucket that is really of a rare class: 1 - (the
+    false alarms expected in the pool) / (the bucket's size). `false_alarms` of `held_out` labeled
+    common rows the RC layer never trained on were predicted as that class; the rate's one-sided 95 %
+    upper bound (Wilson) x `pool_size` is what the bucket may hold of common examples (their high tail
+    mass puts them all in the queue window). Few held-out rows give a loose bound and a low purity:
+    the doubt waits for evidence."""
+    if bucket_size <= 0:
+        return 0.0
+    expected = wilson_upper(int(false_alarms), int(held_out)) * max(int(pool_size), 0)
+    return float(1.0 - min(1.0, expected / bucket_size))
 
 
 def greedy_queue(scores: np.ndarray, buckets: np.ndarray, features: np.ndarray,
                  references: dict[int, np.ndarray], window: int, teach: float = 1.0,
-                 teach_ramp: int = 0, doubt: np.ndarray | None = None) -> np.ndarray:
+                 teach_ramp: int = 0, doubt: np.ndarray | None = None,
+                 doubt_buckets=None) -> np.ndarray:
     """Descending queue scores for a pool.
 
     scores (M,) in [0, 1] (pointwise tail likelihood); buckets (M,) int (tail class or
@@ -66,8 +89,9 @@ def greedy_queue(scores: np.ndarray, buckets: np.ndarray, features: np.ndarray,
     hold in the score order, the novel bucket's in score order in theirs; every other example
     gets 0.5 * score, below them and in score order. The ring starts with the bucket with the fewest
     reference rows (then the lower class); ``teach`` weighs the teaching term (module docstring): the
-    ``doubt`` (M,) in [0, 1] when given, else the distance; in full for a bucket with ``teach_ramp``
-    reference rows or more, in proportion below (0: always in full).
+    distance, in full for a bucket with ``teach_ramp`` reference rows or more, in proportion below (0:
+    always in full); or, in the ``doubt_buckets`` (None: every tail bucket) when ``doubt`` (M,) in [0, 1]
+    is given, that doubt, in full.
     Deterministic: ties go to the lower pool index."""
     s = np.asarray(scores, dtype=np.float64)
     b = np.asarray(buckets)
@@ -100,13 +124,16 @@ def greedy_queue(scores: np.ndarray, buckets: np.ndarray, features: np.ndarray,
     avail = ~novel
     order = []
     ring = sorted((int(k) for k in np.unique(cb[~novel])), key=lambda k: (_n_rows(references.get(k)), k))
-    weight = {k: teach * (min(1.0, _n_rows(references.get(k)) / teach_ramp) if teach_ramp else 1.0) for k in ring}
-    value = dmin if doubt is None else doubt[cand]  # dmin is updated in place as the buckets fill
+    doubted = set() if doubt is None else set(ring) if doubt_buckets is None else {int(k) for k in doubt_buckets}
+    weight = {k: teach if k in doubted else
+              teach * (min(1.0, _n_rows(references.get(k)) / teach_ramp) if teach_ramp else 1.0) for k in ring}
+    cd = None if doubt is None else doubt[cand]
     while avail.any():
         for k in ring:
             m = avail & (cb == k)
             if not m.any():
                 continue
+            value = cd if k in doubted else dmin  # dmin is updated in place as the buckets fill
             i = int(np.argmax(np.where(m, cs * ((1.0 - weight[k]) + weight[k] * value), -np.inf)))
             order.append(i)
             avail[i] = False

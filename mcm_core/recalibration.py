@@ -74,6 +74,7 @@ class EarlyStopResult:
     epochs_run: int
     best_val_loss: float
     history: list
+    holdout: np.ndarray | None = None  # fit_recalibration: the row indices held out (never trained on)
 
 
 def train_with_early_stopping(model: nn.Module, loss_fn, x_tr: torch.Tensor, y_tr: torch.Tensor,
@@ -176,4 +177,5 @@ def fit_recalibration(features: np.ndarray, labels: np.ndarray, num_classes: int
         lr=lr, batch_size=batch_size, max_epochs=max_epochs, patience=patience,
         generator=gen, weight_decay=weight_decay, max_steps_per_epoch=max_steps_per_epoch,
         min_epochs=min_epochs)
+    result.holdout = ho
     return layer, result

@@ -94,20 +94,22 @@ STRATEGIES: dict[str, Callable[[RoundState], np.ndarray]] = {
 }
 # The queue's teaching weight (mcm_core.queue): 0 = each predicted tail class in score order; 1 = score x
 # distance to what is labeled; "ramp=20": the weight grows with the class's labels, in full from 20; "window=200":
-# the queue as the default was before (200-task window); "doubt": taught by the doubt of the backend's classifier
-# instead of the distance (measured, not the default: docs/quality.md). The "default queue" is the miner's defaults.
+# the queue as the default was before (200-task window); "distance": taught by the distance alone (the default
+# before the doubt); "doubt" / "novel doubt": by the doubt of the backend's classifier (x the novelty) in every
+# tail bucket, in full from the first label. The "default queue" is the miner's defaults: the novel doubt in
+# the buckets whose estimated share of rare examples reaches queue_doubt_purity, the distance in the others.
 STRATEGIES.update({f"queue teach={t:g}": _miner_queue(queue_teach=t, queue_teach_ramp=0) for t in (0.0, 0.5, 1.0)})
 STRATEGIES["queue teach=1 ramp=20"] = _miner_queue(queue_teach=1.0, queue_teach_ramp=20)
 STRATEGIES["queue window=200"] = _miner_queue(queue_window=200)
-STRATEGIES["queue doubt"] = _miner_queue(queue_teach_by="doubt", queue_teach_ramp=50)
-STRATEGIES["queue doubt ramp=0"] = _miner_queue(queue_teach_by="doubt")
-STRATEGIES["queue novel doubt"] = _miner_queue(queue_teach_by="novel_doubt")
+STRATEGIES["queue distance"] = _miner_queue(queue_teach_by="distance")
+STRATEGIES["queue doubt ramp=0"] = _miner_queue(queue_teach_by="doubt", queue_doubt_purity=0.0)
+STRATEGIES["queue novel doubt"] = _miner_queue(queue_teach_by="novel_doubt", queue_doubt_purity=0.0)
 UNCERTAINTY = ("entropy (M)", "margin (M)", "weighted entropy (M)")
 
 
 def is_queue(name: str) -> bool:
     """A candidate for the default queue (compared with the baselines, not with each other)."""
-    return name == "default queue" or name.startswith("queue teach=")
+    return name == "default queue" or name.startswith("queue ")
 
 
 def pick(scores: np.ndarray, budget: int) -> np.ndarray:

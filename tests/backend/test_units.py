@@ -392,10 +392,8 @@ def test_a_doubt_taught_queue_gets_the_versions_prefill_classifier():
     pool = centers[pool_y] + 0.6 * rng.normal(size=(80, 16)).astype(np.float32)
     ids = np.arange(101, 181)
     features = dict(zip(ids.tolist(), pool))
-    calls = []
 
     def read(pid, keys, model=None):
-        calls.append(len(keys))
         return np.stack([features[k] for k, _ in keys])
 
     ingest = types.SimpleNamespace(features=read)
@@ -403,7 +401,8 @@ def test_a_doubt_taught_queue_gets_the_versions_prefill_classifier():
     orders = {}
     for teach_by in ("distance", "novel_doubt"):
         settings = Settings.from_env({"MCM_QUEUE_WINDOW": "40",
-                                      "MCM_MINER_OPTIONS": json.dumps({"queue_teach_by": teach_by})})
+                                      "MCM_MINER_OPTIONS": json.dumps({"queue_teach_by": teach_by,
+                                                                           "queue_doubt_purity": 0.0})})
         miner = MinorityMiner(num_classes=5, seed=0, **settings.miner_kwargs).fit(x, y)
         ranking = Ranking.build(ids, *score_features(miner, pool, "sqrt"))
         urls = {int(t): f"u{t}" for t in ids}
@@ -415,4 +414,10 @@ def test_a_doubt_taught_queue_gets_the_versions_prefill_classifier():
     assert orders["distance"][0] == orders["distance"][1]      # the distance ignores the classifier
     assert orders["novel_doubt"][0] != orders["novel_doubt"][1]  # the doubt re-orders the window
     assert set(orders["novel_doubt"][0][:40]) == set(orders["distance"][0][:40])  # the same window
+    # the miner hears the whole pool's size, not the window's: the purity scales the false alarms by it
+    seen = []
+    original = miner.queue_scores
+    miner.queue_scores = lambda f, proba=None, pool_size=None: seen.append(pool_size) or original(f, proba, pool_size)
+    queue_order(1, ranking, urls, ingest, types.SimpleNamespace(miner=miner, prefill=prefill))
+    assert seen == [len(ids)] and len(ids) > 40
 

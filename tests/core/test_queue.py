@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from mcm_core import MinorityMiner
-from mcm_core.queue import NOVEL_BUCKET, greedy_queue
+from mcm_core.queue import NOVEL_BUCKET, bucket_purity, greedy_queue
 
 
 def test_greedy_queue_hand():
@@ -61,21 +61,37 @@ def test_teaching_ramps_up_with_the_labels_of_a_class():
         greedy_queue(scores, buckets, feats, {}, window=3, teach_ramp=-1)
 
 
-def test_a_classifiers_doubt_teaches_in_place_of_the_distance():
-    """doubt: within a bucket the largest score x doubt (the likely members the classifier does not
-    recognise yet first), weighed by the same ramp as the distance."""
+def test_a_classifiers_doubt_teaches_in_place_of_the_distance_in_the_buckets_it_is_given():
+    """doubt: within a doubted bucket the largest score x doubt (the likely members the classifier does
+    not recognise yet first), in full whatever the labels; the other buckets keep the distance and its ramp."""
     feats = np.array([[1.0, 0.0], [1.0, 0.02], [0.0, 1.0]])
     scores = np.array([0.9, 0.85, 0.8])
     buckets = np.zeros(3, int)
-    order = lambda doubt, n_refs=20, ramp=20: np.argsort(-greedy_queue(
+    order = lambda doubt, n_refs=20, ramp=20, doubted=None: np.argsort(-greedy_queue(
         scores, buckets, feats, {0: np.tile([[1.0, 0.0]], (n_refs, 1))}, window=3, teach=1.0, teach_ramp=ramp,
-        doubt=doubt), kind="stable").tolist()
-    assert order(np.array([0.1, 0.9, 0.2])) == [1, 2, 0]        # 0.765, 0.16, 0.09 (the distance: 2 first)
+        doubt=doubt, doubt_buckets=doubted), kind="stable").tolist()
+    unsure = np.array([0.1, 0.9, 0.2])
+    assert order(unsure) == [1, 2, 0]                           # 0.765, 0.16, 0.09
     assert order(np.array([1.0, 1.0, 1.0])) == [0, 1, 2]        # doubted alike: score order
-    assert order(np.array([0.1, 0.9, 0.2]), n_refs=1, ramp=50) == [0, 1, 2]  # 1 label of 50: most likely first
+    assert order(unsure, n_refs=1, ramp=50) == [1, 2, 0]        # 1 label of 50: the doubt still in full
+    assert order(None)[0] == 2                                  # the distance: the far example first
+    assert order(unsure, doubted=[]) == order(None)             # a bucket not doubted keeps the distance
+    assert order(unsure, n_refs=1, ramp=50, doubted=[]) == [0, 1, 2]  # ... and its ramp
     for bad in (np.array([0.1, 0.9]), np.array([0.1, 1.5, 0.2]), np.array([np.nan, 0.5, 0.5])):
         with pytest.raises(ValueError, match="doubt"):
             greedy_queue(scores, buckets, feats, {}, window=3, doubt=bad)
+
+
+def test_bucket_purity_needs_evidence_that_a_bucket_is_mostly_rare():
+    """1 - (upper bound of the false-alarm rate x pool size) / bucket size: more held-out common rows
+    tighten the bound, false alarms and a bigger pool lower it."""
+    assert bucket_purity(0, 400, 69, 1500) > bucket_purity(0, 118, 69, 1500)
+    assert bucket_purity(0, 400, 69, 1500) > bucket_purity(2, 400, 69, 1500)
+    assert bucket_purity(0, 400, 69, 1500) > bucket_purity(0, 400, 69, 3000)
+    assert bucket_purity(0, 400, 138, 1500) > bucket_purity(0, 400, 69, 1500)
+    assert 0.8 < bucket_purity(0, 400, 69, 1500) < 0.9   # 0 of 400: the bound is ~0.7 %, ~10 of 69 may be common
+    assert bucket_purity(0, 0, 69, 1500) == 0.0 and bucket_purity(0, 400, 0, 1500) == 0.0
+    assert bucket_purity(50, 100, 10, 1000) == 0.0
 
 
 def test_miner_queue_teaches_by_a_plain_classifiers_doubt_when_told(blobs, tmp_path):
@@ -86,31 +102,36 @@ def test_miner_queue_teaches_by_a_plain_classifiers_doubt_when_told(blobs, tmp_p
     # a classifier sure of class 2 on the first half of the pool, unsure elsewhere
     proba = np.full((len(pool), 4), 0.25)
     proba[: len(pool) // 2] = [0.0, 0.0, 1.0, 0.0]
-    distance = MinorityMiner(4, seed=0, queue_window=40).fit(x, y)
-    assert not distance.queue_needs_proba and distance.config["queue_teach_ramp"] == 50
+    assert MinorityMiner(4).config["queue_teach_by"] == "novel_doubt" and MinorityMiner(4).queue_needs_proba
+    distance = MinorityMiner(4, seed=0, queue_window=40, queue_teach_by="distance").fit(x, y)
+    assert not distance.queue_needs_proba
     assert np.array_equal(distance.queue_scores(pool, proba), distance.queue_scores(pool))  # proba unused
+    info = distance.fit_info_
+    assert info["head_held_out"] == 80 and set(info["tail_false_alarms"]) == {"2", "3"}  # 20 % of each head class
     by = {}
     for teach_by in ("doubt", "novel_doubt"):
-        m = MinorityMiner(4, seed=0, queue_window=40, queue_teach_by=teach_by).fit(x, y)
-        assert m.queue_needs_proba and m.config["queue_teach_ramp"] == 0  # in full from the first label
+        m = MinorityMiner(4, seed=0, queue_window=40, queue_teach_by=teach_by, queue_doubt_purity=0.0).fit(x, y)
+        assert m.queue_needs_proba
         by[teach_by] = m.queue_scores(pool, proba)
         assert np.array_equal(by[teach_by], m.queue_scores(pool, proba.copy()))
-        assert np.array_equal(m.queue_scores(pool), distance_queue(x, y, pool))  # no proba: the distance
+        assert np.array_equal(m.queue_scores(pool), distance.queue_scores(pool))  # no proba: the distance
         m.save(tmp_path / f"{teach_by}.pt")
         assert np.array_equal(MinorityMiner.load(tmp_path / f"{teach_by}.pt").queue_scores(pool, proba), by[teach_by])
         with pytest.raises(ValueError, match="proba"):
             m.queue_scores(pool, proba[:, :3])
         with pytest.raises(ValueError, match="proba"):
             m.queue_scores(pool, np.full((len(pool), 4), np.nan))
+        with pytest.raises(ValueError, match="pool_size"):
+            m.queue_scores(pool, proba, pool_size=len(pool) - 1)
     assert not np.array_equal(by["doubt"], by["novel_doubt"])  # the novelty weighs the doubt
     assert not np.array_equal(by["doubt"], distance.queue_scores(pool))
-    with pytest.raises(ValueError, match="queue_teach_by"):
-        MinorityMiner(4, queue_teach_by="entropy")
-
-
-def distance_queue(x, y, pool):
-    """The queue a doubt-taught miner falls back to without proba: the distance, with its own ramp (0)."""
-    return MinorityMiner(4, seed=0, queue_window=40, queue_teach_ramp=0).fit(x, y).queue_scores(pool)
+    # the default purity: 80 held-out common rows cannot show that a 30-example bucket is 80 % rare
+    pure = MinorityMiner(4, seed=0, queue_window=40, queue_teach_by="doubt").fit(x, y)
+    assert all(v < 0.8 for v in pure.bucket_purity(np.repeat([2, 3], 30), len(pool)).values())
+    assert np.array_equal(pure.queue_scores(pool, proba), distance.queue_scores(pool))
+    for bad in ({"queue_teach_by": "entropy"}, {"queue_doubt_purity": 1.5}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            MinorityMiner(4, **bad)
 
 
 def test_miner_queue_balances_tail_classes_and_is_deterministic(blobs, tmp_path):
