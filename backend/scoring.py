@@ -70,8 +70,9 @@ def predict_tasks(project_id: int, tasks: Sequence[dict], context, model,
 def queue_order(project_id: int, ranking: "Ranking", pool_urls: dict[int, str], ingest, model,
                 weak_setting: str = "miner") -> "Ranking":
     """The ranking a labeling queue should follow (mcm_core.queue): the window of best-scored tasks
-    re-ordered so that the labels it brings teach the model the most (tail classes in turn, unlike
-    what is labeled), scored (0.5, 1]; every other task 0.5 x its score, below them. A weak model's
+    re-ordered so that the labels it brings teach the model the most (tail classes in turn; within a
+    class the rare tasks the version's classifier does not know yet where the evidence says the class's
+    tasks are mostly rare, else those unlike what is labeled), scored (0.5, 1]; every other task 0.5 x its score, below them. A weak model's
     order (`weak_setting`: MCM_WEAK_ORDER; backend/weak_order.py) is kept as it is."""
     window = min(queue_window(model.miner), len(ranking))
     if window == 0 or weak_order(model, weak_setting) is not None:
@@ -87,8 +88,9 @@ def queue_order(project_id: int, ranking: "Ranking", pool_urls: dict[int, str], 
 
 def queue_proba(model, features: np.ndarray) -> np.ndarray | None:
     """The version's pre-fill classifier's probabilities of the window's tasks, when the miner's queue
-    teaches by a classifier's doubt (queue_teach_by in MCM_MINER_OPTIONS); None otherwise, and for a
-    version without that classifier (the queue then teaches by the distance)."""
+    teaches by a classifier's doubt (queue_teach_by: "novel_doubt" by default, or "doubt"); None for
+    "distance" (MCM_MINER_OPTIONS) and for a version without that classifier (older versions): the
+    queue then teaches by the distance."""
     if not getattr(model.miner, "queue_needs_proba", False) or getattr(model, "prefill", None) is None:
         return None
     return model.prefill.predict_proba(features)
