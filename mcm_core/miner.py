@@ -35,7 +35,7 @@ from .recalibration import RecalibrationLayer, fit_recalibration, inverse_freque
 from .metrics import tail_classes as skewness_tail
 from .novelty import DEFAULT_K, DEFAULT_MAX_REFERENCE, NoveltyScorer, l2_normalise, stratified_reference
 from .queue import (DEFAULT_DOUBT_PURITY, DEFAULT_QUEUE_TEACH, DEFAULT_TEACH_BY, DEFAULT_TEACH_RAMP, NOVEL_BUCKET,
-                    TEACH_BY, bucket_purity, greedy_queue)
+                    TEACH_BY, bucket_purity, greedy_queue, window_rows)
 from .scoring import RECONSTRUCTION_SCORE_BOUND, softmax, tail_or_novel
 from .validation import check_features, check_labels, check_num_classes
 
@@ -352,7 +352,7 @@ class MinorityMiner:
             doubt = np.clip(1.0 - proba[np.arange(len(x)), np.where(buckets >= 0, buckets, 0)], 0.0, 1.0)
             if self.config["queue_teach_by"] == "novel_doubt":
                 doubt = doubt * np.clip(np.asarray(novelty, dtype=np.float64), 0.0, 1.0)
-            purity = self.bucket_purity(buckets[np.argsort(-scores, kind="stable")[:window]],
+            purity = self.bucket_purity(buckets[window_rows(scores, window)],
                                         len(x) if pool_size is None else int(pool_size))
             doubted = [k for k, v in purity.items() if v >= self.config["queue_doubt_purity"]]
             log.info("queue: taught by the %s in tail classes %s, by the distance in the others (bucket purity %s, "

@@ -108,7 +108,7 @@ def greedy_queue(scores: np.ndarray, buckets: np.ndarray, features: np.ndarray,
         if doubt.shape != s.shape or not np.all((doubt >= 0.0) & (doubt <= 1.0)):
             raise ValueError(f"doubt must be {s.shape} values in [0, 1], got shape {doubt.shape}")
     out = QUEUE_FLOOR * np.clip(s, 0.0, 1.0)
-    cand = np.argsort(-s, kind="stable")[:min(window, len(s))]
+    cand = window_rows(s, window)
     if len(cand) == 0:
         return out
     xu = l2_normalise(np.asarray(features)[cand]).astype(np.float64)
@@ -146,6 +146,11 @@ def greedy_queue(scores: np.ndarray, buckets: np.ndarray, features: np.ndarray,
     n = len(final)
     out[cand[final]] = QUEUE_FLOOR + (1.0 - QUEUE_FLOOR) * (n - np.arange(n)) / n
     return out
+
+
+def window_rows(scores: np.ndarray, window: int) -> np.ndarray:
+    """Indices of the ``window`` highest scores, best first (stable: ties keep pool order)."""
+    return np.argsort(-np.asarray(scores), kind="stable")[:min(window, len(scores))]
 
 
 def _n_rows(ref) -> int:
