@@ -18,8 +18,8 @@ the tail yield by choosing only among the ``window`` highest-scored examples, an
   of the RC layer's mistakes (few labels, weak features) "the classifier doubts this is a 6" mostly
   means "it is not a 6": ungated, the doubt served 7-10 rare digits in the first 12 live (browser
   stage), while no bucket of that project passes the gate (its queue is the distance's, 12 of 12).
-  In the annotation loop (20 seeds) the gated novel doubt gives the highest final tail recall of
-  all strategies in all four cells (the distance alone: 2 of 4). The distance:
+  In the annotation loop (20 seeds) the gated novel doubt gives a final tail recall above every
+  baseline's in all four cells (the distance alone: 2 of 4). The distance:
   w=0, the bucket in score order (the most likely first); w=1, score x d, examples unlike what is
   labeled first (more to learn, and more often not of that class). Its ramp: a class with few
   labels has unreliable predicted members, whose unusual ones are often another class (the browser
@@ -37,6 +37,8 @@ the model ranks below those it already recognises: with 200 of a 1,500-example p
 with 500: 0.87 / 0.92; live tail share and precision@50 unchanged: docs/quality.md).
 """
 from __future__ import annotations
+
+from typing import Iterable
 
 import numpy as np
 
@@ -79,7 +81,7 @@ def bucket_purity(false_alarms: int, held_out: int, bucket_size: int, pool_size:
 def greedy_queue(scores: np.ndarray, buckets: np.ndarray, features: np.ndarray,
                  references: dict[int, np.ndarray], window: int, teach: float = 1.0,
                  teach_ramp: int = 0, doubt: np.ndarray | None = None,
-                 doubt_buckets=None) -> np.ndarray:
+                 doubt_buckets: Iterable[int] | None = None) -> np.ndarray:
     """Descending queue scores for a pool.
 
     scores (M,) in [0, 1] (pointwise tail likelihood); buckets (M,) int (tail class or
