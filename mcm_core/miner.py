@@ -225,11 +225,10 @@ class MinorityMiner:
                  c["strategy"], len(y), counts.tolist(), tail, rc_res.best_epoch + 1, rc_res.epochs_run)
         return self
 
-    def _false_alarms(self, x: np.ndarray, y: np.ndarray, tail: list[int], rc, holdout) -> dict:
+    def _false_alarms(self, x: np.ndarray, y: np.ndarray, tail: list[int], rc, holdout: np.ndarray) -> dict:
         """How often the RC layer calls a labeled common row it never trained on (its early-stopping
         hold-out) a tail class: the queue's estimate of the common examples in that class's bucket."""
-        rows = np.zeros(0, np.int64) if holdout is None else np.asarray(holdout, np.int64)
-        rows = rows[~np.isin(y[rows], tail)]
+        rows = holdout[~np.isin(y[holdout], tail)]
         pred = self._logits(x[rows], rc).argmax(1) if len(rows) else np.zeros(0, np.int64)
         return {"head_held_out": int(len(rows)), "tail_false_alarms": {str(k): int((pred == k).sum()) for k in tail}}
 
